@@ -1,0 +1,36 @@
+# Soul: `make run` starts the whole local stack, `make test` runs the whole suite. Both set themselves up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.soul-installed
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-fast test-e2e bench lint clean
+
+setup: $(STAMP)
+
+# Re-installs whenever pyproject.toml changes. torch==2.13.0 is pinned: pip takes the CPU wheel on this image.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+run: setup
+	HF_HUB_OFFLINE=1 $(PY) -m emulators.devstack
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not e2e and not fault" $(PYTEST_ARGS)
+
+test-e2e: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "e2e or fault" $(PYTEST_ARGS)
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) -m bench
+
+clean:
+	rm -rf .soul .pytest_cache

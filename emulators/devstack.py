@@ -1,0 +1,112 @@
+"""The whole local stack, the way `make run` starts it: the three stand-ins, the `api` function under
+functions-framework, and the GPU runner with the offline tiny models. Every process runs in its own process
+group; Ctrl-C or SIGTERM (or any child dying) stops them all, emulators included. End-to-end tests start this
+very module as a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from emulators import _process
+from emulators._process import ReadinessCheck
+from emulators.stack import EmulatorStack, StackConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DevStackConfig:
+    port: int = 8080
+    host: str = "127.0.0.1"
+    emulators: StackConfig = StackConfig(state_dir=Path(".soul/emulators"))
+    runner_env: tuple[tuple[str, str], ...] = ()  # extra settings for the runner, e.g. short heartbeats in tests
+
+
+class DevStack:
+    def __init__(self, config: DevStackConfig):
+        self.config = config
+        self.emulators = EmulatorStack(config.emulators)
+        self._children: list[tuple[str, subprocess.Popen, Path]] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    def start(self) -> None:
+        self.emulators.start()
+        self.emulators.provision()
+        env = {**os.environ, **self.emulators.env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env.setdefault("SOUL_PUBLIC_BASE_URL", self.base_url)
+        logs = self.emulators.state_dir / "logs"
+        api, api_record = _process.spawn(
+            "api",
+            [sys.executable, "-m", "functions_framework", "--target", "api", "--source",
+             str(REPO / "functions" / "main.py"), "--host", self.config.host, "--port", str(self.config.port)],
+            logs / "api.log", marker="functions_framework", env=env,
+        )
+        self._children.append(("api", api, api_record.log_path))
+        runner, runner_record = _process.spawn(
+            "gpu_runner", [sys.executable, "-m", "gpu_runner", "--warm"], logs / "gpu_runner.log",
+            marker="gpu_runner", env={**env, **dict(self.config.runner_env)},
+        )
+        self._children.append(("gpu_runner", runner, runner_record.log_path))
+        _process.wait_until_ready([ReadinessCheck(api, api_record, f"{self.base_url}/healthz")], timeout_s=60)
+
+    def stop(self) -> None:
+        _process.stop_groups([(popen.pid, popen) for _, popen, _ in self._children], grace_s=15.0)
+        self._children.clear()
+        self.emulators.stop()
+
+    def first_dead_child(self) -> str | None:
+        for name, popen, log_path in self._children:
+            if popen.poll() is not None:
+                return f"{name} exited with code {popen.returncode}; last lines of {log_path}:\n" + _process.log_tail(
+                    log_path
+                )
+        return None
+
+
+def main(port: int | None = None) -> int:
+    config = DevStackConfig(port=port or int(os.environ.get("PORT", "8080")))
+    stack = DevStack(config)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        stack.start()
+        print(_banner(stack), flush=True)
+        while not stop.wait(0.5):
+            death = stack.first_dead_child()
+            if death:
+                print(f"error: {death}", file=sys.stderr, flush=True)
+                return 1
+        return 0
+    finally:
+        print("stopping the stack...", file=sys.stderr, flush=True)
+        stack.stop()
+
+
+def _banner(stack: DevStack) -> str:
+    url = stack.base_url
+    return f"""
+Soul is running (tiny offline models; logs in {stack.emulators.state_dir / 'logs'}).
+  api          {url}   (functions-framework, target api)
+  gpu_runner   python -m gpu_runner   (subscribed to soul-jobs)
+  emulators    Pub/Sub {stack.emulators.env()['PUBSUB_EMULATOR_HOST']}, Firestore {stack.emulators.env()['FIRESTORE_EMULATOR_HOST']}, GCS {stack.emulators.env()['STORAGE_EMULATOR_HOST']}
+
+Try:
+  curl "{url}/image?soul_id=nova&cue=penguin&user_id=user123"
+  curl "{url}/tasks/<task_id from the answer>"
+
+Ctrl-C stops everything.
+""".strip("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

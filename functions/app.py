@@ -1,0 +1,179 @@
+"""The `api` HTTP function's router: matches the endpoint table (`routes.py`), authenticates, parses path,
+query and body into schemas/ models, applies Idempotency-Key, and turns every failure into the one error shape
+`{"error": {"code", "message", "field"}}`. Nothing else reaches the wire: no stack trace, no HTML error page."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import time
+from typing import TypeVar
+
+import flask
+import structlog
+from google.api_core import exceptions as gexc
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
+from werkzeug.exceptions import NotFound as WzNotFound
+from werkzeug.routing import Map, Rule
+
+from functions import errors
+from functions._clients import Clients
+from functions.idempotency import StoredReply, request_fingerprint
+from functions.openapi import docs_page, openapi_document
+from functions.routes import ENDPOINTS, Call, Endpoint
+from functions.services import build_services
+from functions.settings import FunctionsSettings
+from schemas.api import ErrorBody, ErrorDetail
+from schemas.ids import new_ulid
+
+log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+# google-api-core errors that mean "a backend is down or slow", not "the request is wrong".
+_UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.InternalServerError,
+                gexc.TooManyRequests)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Pages of the service itself: public even when API keys are configured.
+_PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs"}
+
+
+class Api:
+    """One instance per process: routing table compiled once, services built once."""
+
+    def __init__(self, settings: FunctionsSettings, clients: Clients):
+        self._settings = settings
+        self._services = build_services(settings, clients)
+        self._api_keys = tuple(k.strip() for k in settings.api_keys.get_secret_value().split(",") if k.strip())
+        self._endpoints = {ep.name: ep for ep in ENDPOINTS}
+        self._routes = Map(
+            [Rule(ep.rule, endpoint=ep.name, methods=[ep.method]) for ep in ENDPOINTS]
+            + [Rule(path, endpoint=name, methods=["GET"]) for path, name in _PUBLIC_PAGES.items()],
+            strict_slashes=False,
+        )
+
+    @property
+    def services(self):
+        return self._services
+
+    def __call__(self, request: flask.Request) -> flask.Response:
+        supplied = request.headers.get("X-Request-Id", "")
+        request_id = supplied if _REQUEST_ID.match(supplied) else new_ulid()
+        started = time.perf_counter()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            response = self._dispatch(request)
+        except errors.SoulError as exc:
+            response = _json(exc.status, _error_body(exc))
+        except _UNAVAILABLE as exc:
+            log.warning("backend_unavailable", error=str(exc))
+            response = _json(503, _error_body(errors.Unavailable("a backing service is unavailable; retry later")))
+        except Exception:  # noqa: BLE001 - the last line of defence: log it, never show a stack trace
+            log.exception("unhandled_error")
+            response = _json(500, _error_body(errors.Internal(f"internal error (request id {request_id})")))
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+        response.headers["X-Request-Id"] = request_id
+        log.info("request", method=request.method, path=request.path, status=response.status_code,
+                 latency_ms=round((time.perf_counter() - started) * 1000, 2))
+        return response
+
+    def _dispatch(self, request: flask.Request) -> flask.Response:
+        try:
+            name, params = self._routes.bind("localhost").match(request.path, method=request.method)
+        except WzMethodNotAllowed as exc:
+            allowed = ", ".join(sorted(m for m in exc.valid_methods or [] if m not in ("HEAD", "OPTIONS")))
+            raise errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allowed}") from None
+        except WzNotFound:
+            raise errors.NotFound(f"no endpoint {request.path}") from None
+        if name == "openapi":
+            return flask.Response(json.dumps(openapi_document()), mimetype="application/json")
+        if name == "docs":
+            return flask.Response(docs_page(), mimetype="text/html")
+        endpoint = self._endpoints[name]
+        caller = "public" if endpoint.public else self._authenticate(request)
+        for param, pattern in endpoint.path_params.items():
+            if not re.fullmatch(pattern, params[param]):
+                raise errors.InvalidInput(f"{param} is not well-formed (expected {pattern})", field=param)
+        call = Call(
+            request=request,
+            path=params,
+            query=parse(endpoint.query, _query_dict(request)) if endpoint.query else None,
+            body=parse(endpoint.body, self._json_body(request)) if endpoint.body else None,
+        )
+        key = request.headers.get("Idempotency-Key")
+        if endpoint.creates_work and key is not None:
+            fingerprint = request_fingerprint(
+                request.method, request.path, _query_dict(request), call.body.model_dump(mode="json") if call.body else None
+            )
+            stored = self._services.idempotency.run_once(key, caller, fingerprint, lambda: self._run(endpoint, call))
+            response = flask.Response(stored.body, status=stored.status, mimetype="application/json")
+            response.headers["Idempotency-Key"] = key
+            return response
+        reply = endpoint.handler(self._services, call)
+        if isinstance(reply, flask.Response):
+            return reply
+        status, body = reply
+        return _json(status, body)
+
+    def _run(self, endpoint: Endpoint, call: Call) -> StoredReply:
+        status, body = endpoint.handler(self._services, call)
+        return StoredReply(status=status, body=body.model_dump_json())
+
+    def _authenticate(self, request: flask.Request) -> str:
+        """The caller's scope for idempotency keys: a hash of their API key, or "anonymous"."""
+        if self._settings.auth_mode != "api_key":
+            return "anonymous"
+        header = request.headers.get("Authorization", "")
+        key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("X-API-Key", "").strip()
+        if not key:
+            raise errors.Unauthenticated("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        if not any(secrets.compare_digest(key.encode(), known.encode()) for known in self._api_keys):
+            raise errors.PermissionDenied("the API key is not valid for this service")
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def _json_body(self, request: flask.Request) -> object:
+        limit = self._settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
+        if not request.is_json:
+            raise errors.UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
+        raw = request.get_data(cache=True)
+        if len(raw) > limit:
+            raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise errors.InvalidInput("the body is not valid JSON") from None
+
+
+def _query_dict(request: flask.Request) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for name, values in request.args.lists():
+        if len(values) > 1:
+            raise errors.InvalidInput(f"{name} is given {len(values)} times; give it once", field=name)
+        query[name] = values[0]
+    return query
+
+
+def parse(model: type[M], raw: object) -> M:
+    """Validate `raw` into `model`; the first problem becomes a 400 naming the field."""
+    if not isinstance(raw, dict):
+        raise errors.InvalidInput("expected a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"] if first["type"] != "extra_forbidden" else "unknown field"
+        raise errors.InvalidInput(f"{field}: {message}" if field else message, field=field) from None
+
+
+def _json(status: int, body: BaseModel) -> flask.Response:
+    return flask.Response(body.model_dump_json(), status=status, mimetype="application/json")
+
+
+def _error_body(exc: errors.SoulError) -> ErrorBody:
+    return ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message, field=exc.field))

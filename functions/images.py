@@ -1,0 +1,176 @@
+"""Image requests: resolve the soul's style, key the prompt, deliver an unseen variant or make sure exactly one
+job makes the next one. This is the one code path behind `GET/POST /image`, `/image/selfie` and `ingest`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from functions import estimates, keys
+from functions.errors import InvalidInput
+from functions.normalize import EmptyCueError, normalize_cue
+from functions.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
+from functions.publish import Publisher
+from functions.settings import FunctionsSettings
+from functions.signing import UrlSigner
+from functions.store import Store
+from functions.styles import StyleService
+from functions.variants import choose_unseen, next_variant_index
+from schemas._base import utcnow
+from schemas.api import ImageQueued, ImageReady, Place, SelfieRequest, Variant
+from schemas.documents import PromptDoc, VariantDoc
+from schemas.ids import new_ulid
+from schemas.jobs import ImageJobSpec, JobDoc, JobStatus, JobType
+
+log = structlog.get_logger(__name__)
+
+# A failed or canceled job for (pk, n) is retried under a new id at most this many times, so a prompt that
+# always fails cannot make work forever.
+MAX_JOB_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class ImageAsk:
+    """A validated image request in the product's terms. `place` is set for selfies."""
+
+    soul_id: str
+    cue: str
+    user_id: str
+    kind: str = "image"
+    place: str | None = None
+
+
+class ImageService:
+    def __init__(
+        self,
+        store: Store,
+        styles: StyleService,
+        publisher: Publisher,
+        signer: UrlSigner,
+        settings: FunctionsSettings,
+        defaults: estimates.EstimateDefaults,
+    ):
+        self._store = store
+        self._styles = styles
+        self._publisher = publisher
+        self._signer = signer
+        self._settings = settings
+        self._defaults = defaults
+
+    def selfie(self, request: SelfieRequest) -> ImageReady | ImageQueued:
+        """A selfie is an image whose cue names a place chosen for the city and mood, fresh for this user."""
+        catalog = shipped_places()
+        recent = self._store.recent_places(request.user_id)
+        try:
+            place = choose_place(
+                catalog, request.city_key, request.mood, recent, seed=f"{request.user_id}|{request.soul_id}"
+            )
+        except UnknownChoice as exc:
+            raise InvalidInput(str(exc), field=exc.field) from exc
+        city = catalog.cities[request.city_key]
+        answer = self.request(
+            ImageAsk(
+                soul_id=request.soul_id, cue=selfie_cue(place, city, request.mood), user_id=request.user_id,
+                kind="selfie", place=place.key,
+            )
+        )
+        self._store.set_recent_places(request.user_id, remember(recent, place.key))
+        named = Place(key=place.key, name=place.name, city_key=request.city_key, city_name=city.name)
+        return answer.model_copy(update={"place": named})
+
+    def request(self, ask: ImageAsk) -> ImageReady | ImageQueued:
+        try:
+            cue = normalize_cue(ask.cue)
+        except EmptyCueError as exc:
+            raise InvalidInput(str(exc), field="cue") from exc
+        style = self._styles.get(ask.soul_id).style  # a stored style wins over the catalog; else 404
+        pk = keys.prompt_key(
+            kind=ask.kind, soul_id=ask.soul_id, cue=cue, style=style, model_tag=self._settings.model_tag
+        )
+        variants = self._store.variants_of(pk)
+        seen = self._store.seen_among(ask.user_id, [v.variant_id for v in variants])
+        unseen = choose_unseen(variants, seen)
+        if unseen is not None:
+            return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
+        index = next_variant_index(variants)
+        if index == 0:
+            now = utcnow()
+            self._store.ensure_prompt(
+                PromptDoc(
+                    pk=pk, kind=ask.kind, soul_id=ask.soul_id, cue=cue,
+                    style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now,
+                )
+            )
+        spec = ImageJobSpec(
+            soul_id=ask.soul_id,
+            pk=pk,
+            variant_index=index,
+            variant_id=new_ulid(),
+            cue=cue,
+            prompt=keys.compose_prompt(style, cue),
+            negative_prompt=style.negative_prompt,
+            width=style.width,
+            height=style.height,
+            steps=style.steps,
+            guidance=style.guidance,
+            seed=keys.variant_seed(pk, index),
+            style_fingerprint=keys.style_fingerprint(style),
+            place=ask.place,
+        )
+        job = self._ensure_job(spec, ask.user_id)
+        return ImageQueued(
+            status=job.status,
+            task_id=job.job_id,
+            pk_id=pk,
+            status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",
+            estimated_seconds=estimates.image_seconds(self._store.runner_stats(), self._defaults),
+        )
+
+    def _ensure_job(self, spec: ImageJobSpec, user_id: str) -> JobDoc:
+        """Create the job for (pk, index) exactly once across all callers and publish it; or join the existing one.
+
+        create() gives one winner and an immediate Conflict to the others (a read-then-write transaction
+        livelocks under contention on the emulator), so concurrent identical requests cost one job and one
+        message. A failed or canceled run is retried under the next "-rN" id."""
+        existing: JobDoc | None = None
+        for retry in range(MAX_JOB_RETRIES + 1):
+            now = utcnow()
+            job = JobDoc(
+                job_id=keys.image_job_id(spec.pk, spec.variant_index, retry),
+                type=JobType.IMAGE,
+                request=spec,
+                requested_by=user_id,
+                soul_id=spec.soul_id,
+                created_at=now,
+                updated_at=now,
+            )
+            if self._store.create_job(job):
+                self._publish(job)
+                return job
+            existing = self._store.job(job.job_id)
+            if existing is not None and existing.status not in (JobStatus.FAILED, JobStatus.CANCELED):
+                return existing
+        assert existing is not None
+        return existing
+
+    def _publish(self, job: JobDoc) -> None:
+        try:
+            self._publisher.publish_job(job)
+        except Exception:  # noqa: BLE001 - the job document is the truth; the reconciler re-publishes it
+            log.warning("publish_failed_job_left_for_reconciler", job_id=job.job_id, exc_info=True)
+            return
+        self._store.mark_published(job.job_id, utcnow())
+
+    def variant_view(self, variant: VariantDoc) -> Variant:
+        signed = self._signer.sign(variant.object)
+        return Variant(
+            variant_id=variant.variant_id,
+            pk_id=variant.pk,
+            url=signed.url,
+            expires_at=signed.expires_at,
+            width=variant.width,
+            height=variant.height,
+            seed=variant.seed,
+            created_at=variant.created_at,
+        )

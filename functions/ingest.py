@@ -1,0 +1,87 @@
+"""The `ingest` CloudEvent function's logic: requests that other services publish on soul-requests, served by
+the same services as the HTTP API, with every outcome (accepted or rejected, with the reason) published on
+soul-events.
+
+A message carries the same JSON body as the HTTP endpoint; its `type` attribute says which (`image`, `selfie`;
+default `image`) and an optional `request_id` attribute correlates the outcome (else the message id). Bad input
+is answered with a rejection event and acknowledged: retrying cannot fix it. Backend outages raise, so Pub/Sub
+redelivers the push (and dead-letters it after the subscription's bounded attempts)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Mapping
+
+import structlog
+from pydantic import BaseModel
+
+from functions import errors
+from functions.app import parse
+from functions.images import ImageAsk
+from functions.services import Services
+from schemas import names
+from schemas.api import ErrorDetail, ImageQueued, ImageReady, ImageRequest, RequestOutcome, SelfieRequest
+
+log = structlog.get_logger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _image(svc: Services, body: BaseModel) -> ImageReady | ImageQueued:
+    assert isinstance(body, ImageRequest)
+    return svc.images.request(ImageAsk(soul_id=body.soul_id, cue=body.cue, user_id=body.user_id))
+
+
+def _selfie(svc: Services, body: BaseModel) -> ImageReady | ImageQueued:
+    assert isinstance(body, SelfieRequest)
+    return svc.images.selfie(body)
+
+
+REQUEST_TYPES: Mapping[str, tuple[type[BaseModel], Callable[[Services, BaseModel], BaseModel]]] = {
+    "image": (ImageRequest, _image),
+    "selfie": (SelfieRequest, _selfie),
+}
+
+
+def handle_message(svc: Services, message: Mapping, message_id: str) -> RequestOutcome:
+    """Serve one soul-requests message and publish its outcome. Raises only for transient backend failures."""
+    attributes = message.get("attributes") or {}
+    supplied_id = str(attributes.get("request_id", ""))
+    request_id = supplied_id if _REQUEST_ID.match(supplied_id) else message_id
+    kind = str(attributes.get("type", "image"))
+    try:
+        if kind not in REQUEST_TYPES:
+            raise errors.InvalidInput(f"unknown request type '{kind}'; valid: {', '.join(REQUEST_TYPES)}",
+                                      field="type")
+        model, serve = REQUEST_TYPES[kind]
+        answer = serve(svc, parse(model, _decode(message.get("data"))))
+        outcome = RequestOutcome(request_id=request_id, type=kind, accepted=True, answer=answer)
+    except errors.SoulError as exc:
+        if exc.status >= 500:
+            raise
+        outcome = RequestOutcome(
+            request_id=request_id, type=kind, accepted=False,
+            error=ErrorDetail(code=exc.code, message=exc.message, field=exc.field),
+        )
+    svc.publisher.publish_event(
+        event_type=names.EVENT_REQUEST_ACCEPTED if outcome.accepted else names.EVENT_REQUEST_REJECTED,
+        event_id=request_id,
+        data=outcome.model_dump_json().encode(),
+    )
+    log.info("request_ingested", request_id=request_id, type=kind, accepted=outcome.accepted)
+    return outcome
+
+
+def _decode(data: object) -> object:
+    if not isinstance(data, str) or not data:
+        raise errors.InvalidInput("the message has no data; publish the request body as JSON", field="data")
+    if len(data) > MAX_MESSAGE_BYTES * 4 // 3 + 4:
+        raise errors.PayloadTooLarge(f"the message exceeds {MAX_MESSAGE_BYTES} bytes")
+    try:
+        return json.loads(base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise errors.InvalidInput("the message data is not a JSON object", field="data") from None

@@ -1,0 +1,46 @@
+"""Pub/Sub adapter of the functions: hands jobs to the runner (soul-jobs) and outcomes to consumers (soul-events)."""
+
+from __future__ import annotations
+
+from google.cloud import pubsub_v1
+
+from schemas import names
+from schemas.jobs import JobDoc, JobRequested
+
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class Publisher:
+    def __init__(self, client: pubsub_v1.PublisherClient, project_id: str):
+        self._client = client
+        self._jobs_topic = client.topic_path(project_id, names.TOPIC_JOBS)
+        self._events_topic = client.topic_path(project_id, names.TOPIC_EVENTS)
+
+    def publish_job(self, job: JobDoc) -> str:
+        message = JobRequested(job_id=job.job_id, type=job.type)
+        future = self._client.publish(
+            self._jobs_topic,
+            message.model_dump_json().encode(),
+            job_id=job.job_id,
+            type=str(message.type),
+            schema_version=str(message.schema_version),
+        )
+        return future.result(timeout=PUBLISH_TIMEOUT_S)
+
+    def publish_event(self, *, event_type: str, event_id: str, data: bytes) -> str:
+        """A CloudEvent in binary mode: attributes carry the envelope, the data is the JSON body."""
+        future = self._client.publish(
+            self._events_topic,
+            data,
+            **{
+                "ce-specversion": "1.0",
+                "ce-type": event_type,
+                "ce-source": names.EVENT_SOURCE_FUNCTIONS,
+                "ce-id": event_id,
+                "content-type": "application/json",
+            },
+        )
+        return future.result(timeout=PUBLISH_TIMEOUT_S)
+
+    def ping(self) -> None:
+        self._client.get_topic(request={"topic": self._jobs_topic}, timeout=5)

@@ -1,0 +1,332 @@
+"""The HTTP surface of the `api` function: one table of endpoints (method, path, parameters, bodies, answers)
+and their handlers. The router (`app.py`) parses and validates from this table, and the OpenAPI document
+(`openapi.py`) is generated from it, so the contract and the code cannot drift apart.
+
+Handlers are thin: they get parsed models, call a service, and return (status, model) or a redirect."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import flask
+from pydantic import BaseModel
+
+from functions import estimates
+from functions.errors import InvalidInput, NotFound
+from functions.images import ImageAsk
+from functions.services import Services
+from schemas._base import utcnow
+from schemas.api import (
+    EstimateQuery,
+    Health,
+    ImageQueued,
+    ImageReady,
+    ImageRequest,
+    Info,
+    MarkSeenQuery,
+    PageQuery,
+    Seen,
+    SeenPage,
+    SelfieRequest,
+    StaticListing,
+    StyleDeleted,
+    StyleOut,
+    StylePage,
+    StyleUpsert,
+    Task,
+    TaskListQuery,
+    TaskPage,
+    TaskStats,
+    VariantPage,
+    VideoEstimate,
+)
+from schemas.documents import SeenDoc
+from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
+from schemas.jobs import VideoResult
+
+
+@dataclass(frozen=True)
+class Call:
+    """One parsed request, as a handler sees it."""
+
+    request: flask.Request
+    path: Mapping[str, str]
+    query: BaseModel | None
+    body: BaseModel | None
+
+
+Reply = tuple[int, BaseModel] | flask.Response
+Handler = Callable[[Services, Call], Reply]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    method: str
+    rule: str  # werkzeug syntax: /tasks/<task_id>
+    handler: Handler
+    summary: str
+    tag: str
+    responses: Mapping[int, type[BaseModel] | None]
+    query: type[BaseModel] | None = None
+    body: type[BaseModel] | None = None
+    path_params: Mapping[str, str] = field(default_factory=dict)  # name -> regex
+    public: bool = False
+    creates_work: bool = False  # honours Idempotency-Key
+    media_type: str = "application/json"
+
+
+# Path parameter formats.
+FILENAME_IMAGE = r"^[0-9A-HJKMNP-TV-Z]{26}\.png$"
+FILENAME_VIDEO = r"^(img|vid)-[0-9a-f]{32}-[0-9]{1,6}(-r[0-9]{1,2})?\.(gif|mp4|webp)$"
+
+
+def redirect(url: str) -> flask.Response:
+    response = flask.redirect(url, code=302)
+    response.headers["Cache-Control"] = "private, no-store"  # the target is a short-lived signed URL
+    return response
+
+
+# ---- health and info -------------------------------------------------------------------------------------------
+
+
+def healthz(svc: Services, call: Call) -> Reply:
+    return 200, Health(status="ok")
+
+
+def ready(svc: Services, call: Call) -> Reply:
+    checks = {
+        "firestore": svc.store.ping,
+        "pubsub": svc.publisher.ping,
+        "gcs": lambda: svc.clients.storage.bucket(svc.settings.bucket).reload(timeout=5),
+    }
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            check()
+            results[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - readiness reports any failure by name
+            results[name] = f"unavailable: {type(exc).__name__}"
+    ok = all(v == "ok" for v in results.values())
+    return (200 if ok else 503), Health(status="ok" if ok else "unavailable", checks=results)
+
+
+def info(svc: Services, call: Call) -> Reply:
+    import os
+
+    def backend(env: str) -> str:
+        host = os.environ.get(env)
+        return f"emulator at {host}" if host else "gcp"
+
+    s = svc.settings
+    return 200, Info(
+        name="soul",
+        version=metadata.version("soul"),
+        backends={
+            "firestore": backend("FIRESTORE_EMULATOR_HOST"),
+            "pubsub": backend("PUBSUB_EMULATOR_HOST"),
+            "gcs": backend("STORAGE_EMULATOR_HOST"),
+        },
+        model_backend=s.model_tag,
+        configuration={
+            "project_id": s.project_id,
+            "bucket": s.bucket,
+            "auth_mode": s.auth_mode,
+            "signed_url_ttl_s": s.signed_url_ttl_s,
+            "signing": "key_file" if s.signing_key_file else "iam_sign_blob",
+            "max_body_bytes": s.max_body_bytes,
+            "svd_num_frames": s.svd_num_frames,
+            "svd_fps": s.svd_fps,
+            "svd_estimated_seconds_per_frame": s.svd_estimated_seconds_per_frame,
+            "log_level": s.log_level,
+        },
+    )
+
+
+# ---- images ----------------------------------------------------------------------------------------------------
+
+
+def _image_reply(answer: ImageReady | ImageQueued) -> Reply:
+    return (200 if isinstance(answer, ImageReady) else 202), answer
+
+
+def image(svc: Services, call: Call) -> Reply:
+    ask = call.query if call.query is not None else call.body
+    assert isinstance(ask, ImageRequest)
+    return _image_reply(svc.images.request(ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id)))
+
+
+def selfie(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.body, SelfieRequest)
+    return _image_reply(svc.images.selfie(call.body))
+
+
+def mark_seen(svc: Services, call: Call) -> Reply:
+    query = call.query
+    assert isinstance(query, MarkSeenQuery)
+    variant = svc.store.variant(query.variant_id)
+    if variant is None:
+        raise NotFound(f"no variant '{query.variant_id}'", field="variant_id")
+    doc = svc.store.mark_seen(
+        query.user_id, SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
+    )
+    return 200, Seen(variant_id=doc.variant_id, user_id=query.user_id, pk_id=doc.pk, soul_id=doc.soul_id,
+                     seen_at=doc.seen_at)
+
+
+def variants_of_pk(svc: Services, call: Call) -> Reply:
+    page = call.query
+    assert isinstance(page, PageQuery)
+    variants, cursor = svc.store.variants_page(call.path["pk_id"], page.page_size, page.cursor)
+    return 200, VariantPage(items=[svc.images.variant_view(v) for v in variants], next_cursor=cursor)
+
+
+def seen_of_user(svc: Services, call: Call) -> Reply:
+    page = call.query
+    assert isinstance(page, PageQuery)
+    user_id = call.path["user_id"]
+    docs, cursor = svc.store.seen_page(user_id, page.page_size, page.cursor)
+    items = [Seen(variant_id=d.variant_id, user_id=user_id, pk_id=d.pk, soul_id=d.soul_id, seen_at=d.seen_at)
+             for d in docs]
+    return 200, SeenPage(items=items, next_cursor=cursor)
+
+
+# ---- styles ----------------------------------------------------------------------------------------------------
+
+
+def style_put(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.body, StyleUpsert)
+    return 200, svc.styles.put(call.body)
+
+
+def style_get(svc: Services, call: Call) -> Reply:
+    return 200, svc.styles.get(call.path["soul_id"])
+
+
+def style_delete(svc: Services, call: Call) -> Reply:
+    return 200, svc.styles.delete(call.path["soul_id"])
+
+
+def style_list(svc: Services, call: Call) -> Reply:
+    page = call.query
+    assert isinstance(page, PageQuery)
+    if page.cursor and not re.fullmatch(SOUL_ID_PATTERN, page.cursor):
+        raise InvalidInput("cursor does not name a position in this list", field="cursor")
+    return 200, svc.styles.list(page.page_size, page.cursor)
+
+
+# ---- tasks -----------------------------------------------------------------------------------------------------
+
+
+def task_get(svc: Services, call: Call) -> Reply:
+    return 200, svc.tasks.get(call.path["task_id"])
+
+
+def task_cancel(svc: Services, call: Call) -> Reply:
+    return svc.tasks.cancel(call.path["task_id"])
+
+
+def task_list(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.query, TaskListQuery)
+    return 200, svc.tasks.list(call.query)
+
+
+def task_stats(svc: Services, call: Call) -> Reply:
+    return 200, svc.tasks.stats()
+
+
+# ---- video -----------------------------------------------------------------------------------------------------
+
+
+def video_estimate(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.query, EstimateQuery)
+    frames = call.query.num_frames or svc.settings.svd_num_frames
+    return 200, estimates.video_estimate(svc.store.runner_stats(), frames, svc.estimate_defaults)
+
+
+# ---- compatibility with the original app's static paths: redirects to signed URLs, never local files -----------
+
+
+def static_image(svc: Services, call: Call) -> Reply:
+    variant = svc.store.variant(call.path["filename"].removesuffix(".png"))
+    if variant is None:
+        raise NotFound(f"no image '{call.path['filename']}'", field="filename")
+    return redirect(svc.signer.sign(variant.object).url)
+
+
+def static_video(svc: Services, call: Call) -> Reply:
+    job_id, _, fmt = call.path["filename"].rpartition(".")
+    job = svc.store.job(job_id)
+    outputs = job.result.outputs if job is not None and isinstance(job.result, VideoResult) else ()
+    for output in outputs:
+        if output.format == fmt:
+            return redirect(svc.signer.sign(output.object).url)
+    raise NotFound(f"no video '{call.path['filename']}'", field="filename")
+
+
+def static_images(svc: Services, call: Call) -> Reply:
+    page = call.query
+    assert isinstance(page, PageQuery)
+    variants, cursor = svc.store.variants_page(None, page.page_size, page.cursor)
+    return 200, StaticListing(items=[svc.images.variant_view(v) for v in variants], next_cursor=cursor)
+
+
+TASK = {"task_id": JOB_ID_PATTERN}
+ERRORS_ONLY: Mapping[int, None] = {}
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("healthz", "GET", "/healthz", healthz, "Liveness: the process is up.", "health", {200: Health},
+             public=True),
+    Endpoint("ready", "GET", "/ready", ready, "Readiness: Firestore, Pub/Sub and GCS are reachable.", "health",
+             {200: Health, 503: Health}, public=True),
+    Endpoint("info", "GET", "/info", info, "Version, backends and configuration (no secrets).", "health",
+             {200: Info}),
+    Endpoint("image_get", "GET", "/image", image, "An unseen variant of the cue for this user, or the job making one.",
+             "image", {200: ImageReady, 202: ImageQueued}, query=ImageRequest),
+    Endpoint("image_post", "POST", "/image", image, "Same as GET /image, with a JSON body.", "image",
+             {200: ImageReady, 202: ImageQueued}, body=ImageRequest, creates_work=True),
+    Endpoint("selfie", "POST", "/image/selfie", selfie,
+             "A selfie of the soul at a place in the city that fits the mood, fresh for this user.", "image",
+             {200: ImageReady, 202: ImageQueued}, body=SelfieRequest, creates_work=True),
+    Endpoint("mark_seen", "POST", "/image/mark-seen", mark_seen, "Mark a variant seen by a user (idempotent).",
+             "image", {200: Seen}, query=MarkSeenQuery),
+    Endpoint("variants", "GET", "/image/variants/<pk_id>", variants_of_pk, "All variants of a prompt key.",
+             "image", {200: VariantPage}, query=PageQuery, path_params={"pk_id": PK_PATTERN}),
+    Endpoint("seen", "GET", "/image/user/<user_id>/seen", seen_of_user, "The variants a user has marked seen.",
+             "image", {200: SeenPage}, query=PageQuery, path_params={"user_id": USER_ID_PATTERN}),
+    Endpoint("style_put", "POST", "/style", style_put,
+             "Create or update a style profile; last write wins on updated_at.", "style", {200: StyleOut},
+             body=StyleUpsert),
+    Endpoint("style_list", "GET", "/style", style_list, "All souls' styles (catalog and stored).", "style",
+             {200: StylePage}, query=PageQuery),
+    Endpoint("style_get", "GET", "/style/<soul_id>", style_get, "A soul's style.", "style", {200: StyleOut},
+             path_params={"soul_id": SOUL_ID_PATTERN}),
+    Endpoint("style_delete", "DELETE", "/style/<soul_id>", style_delete,
+             "Delete a stored style (the catalog default applies again).", "style", {200: StyleDeleted},
+             path_params={"soul_id": SOUL_ID_PATTERN}),
+    Endpoint("task_stats", "GET", "/tasks/stats/summary", task_stats, "Counts by status and type; p50/p95 durations.",
+             "tasks", {200: TaskStats}),
+    Endpoint("task_get", "GET", "/tasks/<task_id>", task_get, "A task's status, progress and result.", "tasks",
+             {200: Task}, path_params=TASK),
+    Endpoint("task_cancel", "DELETE", "/tasks/<task_id>", task_cancel,
+             "Cancel: queued tasks at once (200), running ones at their next step (202).", "tasks",
+             {200: Task, 202: Task}, path_params=TASK),
+    Endpoint("task_list", "GET", "/tasks", task_list, "Tasks, newest first, with filters.", "tasks",
+             {200: TaskPage}, query=TaskListQuery),
+    Endpoint("video_estimate", "GET", "/video/estimate", video_estimate,
+             "Estimated animation time, from measured runner pace when there is any.", "video",
+             {200: VideoEstimate}, query=EstimateQuery),
+    Endpoint("static_image", "GET", "/static/image/<filename>", static_image,
+             "Redirect to a signed URL of an image ({variant_id}.png).", "compat", {302: None},
+             path_params={"filename": FILENAME_IMAGE}),
+    Endpoint("generated", "GET", "/generated/<filename>", static_image, "Same as /static/image/{filename}.",
+             "compat", {302: None}, path_params={"filename": FILENAME_IMAGE}),
+    Endpoint("static_video", "GET", "/static/videos/<filename>", static_video,
+             "Redirect to a signed URL of an animation ({task_id}.gif|mp4|webp).", "compat", {302: None},
+             path_params={"filename": FILENAME_VIDEO}),
+    Endpoint("static_images", "GET", "/static/images", static_images, "Images with signed URLs, oldest first.",
+             "compat", {200: StaticListing}, query=PageQuery),
+)

@@ -1,0 +1,57 @@
+"""Configuration of the functions deployable: one settings object, read from the environment once at the
+entry point and passed down. Variable names of the original app are kept where they still mean the same."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FunctionsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOUL_", extra="ignore", frozen=True)
+
+    project_id: str = Field(
+        default="soul-local", validation_alias=AliasChoices("GCS_PROJECT_ID", "GOOGLE_CLOUD_PROJECT")
+    )
+    bucket: str = Field(default="soul-local-media", validation_alias=AliasChoices("GCS_BUCKET_NAME"))
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("LOG_LEVEL"))
+    # The model the runner serves; part of the prompt key, so switching models never serves old pixels.
+    model_tag: str = "tiny-sdxl-v1"
+    # V4 URL signing: a service-account key file, or (on GCP, no key) IAM signBlob as `signing_service_account`.
+    signing_key_file: str | None = None
+    signing_service_account: str | None = None
+    signed_url_endpoint: str | None = None  # e.g. the fake-gcs-server address locally; None = storage.googleapis.com
+    signed_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # Estimates before a runner has measured anything (the original app's SVD_* names).
+    estimate_image_seconds: float = 8.0
+    svd_estimated_seconds_per_frame: float = Field(
+        default=2.0, gt=0, validation_alias=AliasChoices("SVD_ESTIMATED_SECONDS_PER_FRAME")
+    )
+    estimate_encode_seconds_per_frame: float = Field(default=0.08, gt=0)
+    svd_num_frames: int = Field(default=25, ge=2, le=64, validation_alias=AliasChoices("SVD_NUM_FRAMES"))
+    svd_fps: int = Field(default=7, ge=1, le=60, validation_alias=AliasChoices("SVD_FPS"))
+    # Auth: comma-separated keys; empty = auth off (local only; the deployed config refuses to start without it).
+    api_keys: SecretStr = SecretStr("")
+    # "platform": the platform verified the caller's ID token before the request arrived (Cloud Run invoker IAM).
+    auth_mode: Literal["none", "api_key", "platform"] = "none"
+    # Set in every deployed configuration: refuse to start when auth is off.
+    require_auth: bool = False
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    max_body_bytes: int = 64 * 1024
+    public_base_url: str = ""  # prefix of status_url; empty = relative URLs
+
+    @model_validator(mode="after")
+    def _auth_is_consistent(self) -> FunctionsSettings:
+        has_keys = bool(self.api_keys.get_secret_value().strip())
+        if self.auth_mode == "api_key" and not has_keys:
+            raise ValueError("SOUL_AUTH_MODE=api_key needs SOUL_API_KEYS")
+        if has_keys and self.auth_mode == "none":
+            object.__setattr__(self, "auth_mode", "api_key")
+        if self.require_auth and self.auth_mode == "none":
+            raise ValueError(
+                "SOUL_REQUIRE_AUTH is set but auth is off: set SOUL_API_KEYS, or SOUL_AUTH_MODE=platform behind "
+                "Cloud Run invoker IAM"
+            )
+        return self

@@ -1,0 +1,119 @@
+"""Style profiles: stored overrides of the shipped catalog, written last-write-wins on `updated_at`.
+
+The write is lock-free: read the document, decide with `lww.incoming_wins`, then write only if the document is
+unchanged since the read (create() when absent, an update-time precondition when present); a lost race re-reads
+and decides again. Read-then-write transactions would livelock under contention on the Firestore emulator.
+A delete is a tombstone with its own `updated_at`, so an older write arriving late cannot resurrect a style."""
+
+from __future__ import annotations
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+
+from functions import keys
+from functions.catalog import shipped_souls
+from functions.errors import Conflict, NotFound, Unavailable
+from functions.lww import incoming_wins
+from schemas import names
+from schemas._base import utcnow
+from schemas.api import StyleDeleted, StyleOut, StylePage, StyleUpsert
+from schemas.documents import Style
+
+_RACE_RETRIES = 8
+
+
+class StyleService:
+    def __init__(self, db: firestore.Client):
+        self._db = db
+
+    def _ref(self, soul_id: str):
+        return self._db.collection(names.STYLES).document(soul_id)
+
+    def put(self, upsert: StyleUpsert) -> StyleOut:
+        updated_at = upsert.updated_at or utcnow()
+        incoming = {
+            "soul_id": upsert.soul_id,
+            "display_name": upsert.display_name,
+            "style": upsert.style.model_dump(mode="json"),
+            "deleted": False,
+            "updated_at": updated_at,
+        }
+        stored = self._write_lww(upsert.soul_id, incoming)
+        if stored.get("deleted"):
+            raise Conflict(
+                f"the style of '{upsert.soul_id}' was deleted at {stored['updated_at'].isoformat()}, after this "
+                "write's updated_at; send a newer updated_at to create it again",
+                field="updated_at",
+            )
+        return self._view(upsert.soul_id, stored)
+
+    def delete(self, soul_id: str) -> StyleDeleted:
+        snap = self._ref(soul_id).get()
+        if not snap.exists or snap.to_dict().get("deleted"):
+            raise NotFound(f"no stored style for soul '{soul_id}'", field="soul_id")
+        tombstone = {"soul_id": soul_id, "display_name": "", "style": None, "deleted": True, "updated_at": utcnow()}
+        stored = self._write_lww(soul_id, tombstone)
+        if not stored.get("deleted"):
+            raise NotFound(f"a newer write replaced the style of '{soul_id}'", field="soul_id")
+        return StyleDeleted(soul_id=soul_id, updated_at=stored["updated_at"])
+
+    def _write_lww(self, soul_id: str, incoming: dict) -> dict:
+        """Store `incoming` unless a newer write is stored; return what is stored afterwards."""
+        ref = self._ref(soul_id)
+        for _ in range(_RACE_RETRIES):
+            snap = ref.get()
+            stored = snap.to_dict() if snap.exists else None
+            if not incoming_wins(
+                stored and stored.get("updated_at"), _content(stored), incoming["updated_at"], _content(incoming)
+            ):
+                return stored
+            try:
+                if snap.exists:
+                    ref.update(incoming, option=self._db.write_option(last_update_time=snap.update_time))
+                else:
+                    ref.create(incoming)
+            except (gexc.FailedPrecondition, gexc.Conflict):
+                continue  # someone wrote in between: decide again against their write
+            return incoming
+        raise Unavailable(f"style of '{soul_id}' is under heavy concurrent writes; retry")
+
+    def get(self, soul_id: str) -> StyleOut:
+        snap = self._ref(soul_id).get()
+        return self._view(soul_id, snap.to_dict() if snap.exists else None)
+
+    def list(self, page_size: int, cursor: str | None) -> StylePage:
+        stored = {snap.id: snap.to_dict() for snap in self._db.collection(names.STYLES).stream()}
+        soul_ids = sorted(set(shipped_souls()) | set(stored))
+        if cursor:
+            soul_ids = [s for s in soul_ids if s > cursor]
+        items = []
+        for soul_id in soul_ids:
+            try:
+                items.append(self._view(soul_id, stored.get(soul_id)))
+            except NotFound:
+                continue
+            if len(items) == page_size:
+                break
+        more = bool(items) and any(s > items[-1].soul_id for s in soul_ids)
+        return StylePage(items=items, next_cursor=items[-1].soul_id if more else None)
+
+    def _view(self, soul_id: str, stored: dict | None) -> StyleOut:
+        if stored and not stored.get("deleted"):
+            style = Style.model_validate(stored["style"])
+            return StyleOut(
+                soul_id=soul_id, display_name=stored.get("display_name", ""), style=style,
+                fingerprint=keys.style_fingerprint(style), source="stored", updated_at=stored["updated_at"],
+            )
+        shipped = shipped_souls().get(soul_id)
+        if shipped is None:
+            raise NotFound(f"unknown soul '{soul_id}'", field="soul_id")
+        return StyleOut(
+            soul_id=soul_id, display_name=shipped.display_name, style=shipped.style,
+            fingerprint=keys.style_fingerprint(shipped.style), source="catalog", updated_at=None,
+        )
+
+
+def _content(doc: dict | None) -> dict | None:
+    if doc is None:
+        return None
+    return {k: v for k, v in doc.items() if k != "updated_at"}

@@ -1,0 +1,154 @@
+"""Tasks: a job document as the `/tasks` API shows it (with signed URLs for finished results), listing with
+filters, cancellation, and summary statistics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from google.api_core import exceptions as gexc
+
+from functions.errors import Conflict, NotFound, Unavailable
+from functions.publish import Publisher
+from functions.signing import UrlSigner
+from functions.store import Store
+from schemas import names
+from schemas._base import utcnow
+from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats, Variant
+from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
+
+STATS_SAMPLE = 500
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile of ascending values; None for no values."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return round(sorted_values[rank - 1], 3)
+
+
+class TaskService:
+    def __init__(self, store: Store, signer: UrlSigner, publisher: Publisher, base_url: str):
+        self._store = store
+        self._signer = signer
+        self._publisher = publisher
+        self._base_url = base_url
+
+    def get(self, task_id: str) -> Task:
+        job = self._store.job(task_id)
+        if job is None:
+            raise NotFound(f"no task '{task_id}'", field="task_id")
+        return self.view(job)
+
+    def list(self, query: TaskListQuery) -> TaskPage:
+        filters = {
+            field: str(value)
+            for field, value in (
+                ("status", query.status), ("type", query.type), ("soul_id", query.soul_id),
+                ("requested_by", query.user_id),
+            )
+            if value is not None
+        }
+        jobs, cursor = self._store.jobs_page(filters, query.page_size, query.cursor)
+        return TaskPage(items=[self.view(job, sign=False) for job in jobs], next_cursor=cursor)
+
+    def cancel(self, task_id: str) -> tuple[int, Task]:
+        """Queued: canceled at once (200). Running: the runner stops at its next step (202). Finished: 409."""
+        ref = self._store.jobs().document(task_id)
+        for _ in range(5):
+            snap = ref.get()
+            if not snap.exists:
+                raise NotFound(f"no task '{task_id}'", field="task_id")
+            job = JobDoc.model_validate(snap.to_dict())
+            if JobStatus(job.status) in TERMINAL_STATUSES:
+                raise Conflict(f"task '{task_id}' is already {job.status}; only queued or running tasks can be canceled")
+            now = utcnow()
+            if job.status == JobStatus.QUEUED:
+                update = {"status": JobStatus.CANCELED.value, "stage": "canceled", "finished_at": now,
+                          "cancel_requested": True, "updated_at": now, "event_published_at": now}
+            else:
+                update = {"cancel_requested": True, "updated_at": now}
+            try:
+                # Conditional on the read: a runner claiming the job at the same moment wins or loses cleanly.
+                ref.update(update, option=self._store.db.write_option(last_update_time=snap.update_time))
+            except gexc.FailedPrecondition:
+                continue
+            canceled = job.model_copy(update=update)
+            if canceled.status == JobStatus.CANCELED:
+                self._announce(canceled)
+                return 200, self.view(canceled)
+            return 202, self.view(canceled)
+        raise Unavailable(f"task '{task_id}' kept changing; retry")
+
+    def _announce(self, job: JobDoc) -> None:
+        event = JobEvent(job_id=job.job_id, type=job.type, status=JobStatus.CANCELED, soul_id=job.soul_id,
+                         requested_by=job.requested_by, occurred_at=utcnow())
+        self._publisher.publish_event(
+            event_type=names.EVENT_JOB_CANCELED, event_id=job.job_id, data=event.model_dump_json().encode()
+        )
+
+    def stats(self) -> TaskStats:
+        by_status = {s.value: self._store.count_jobs("status", s.value) for s in JobStatus}
+        by_type = {t.value: self._store.count_jobs("type", t.value) for t in JobType}
+        finished = self._store.recent_finished(JobStatus.SUCCEEDED.value, STATS_SAMPLE)
+        durations: dict[str, list[float]] = {t.value: [] for t in JobType}
+        for job in finished:
+            if job.started_at and job.finished_at:
+                durations[str(job.type)].append((job.finished_at - job.started_at).total_seconds())
+        return TaskStats(
+            total=sum(by_status.values()),
+            by_status=by_status,
+            by_type=by_type,
+            durations={
+                kind: DurationStats(count=len(values), p50_seconds=percentile(sorted(values), 50),
+                                    p95_seconds=percentile(sorted(values), 95))
+                for kind, values in durations.items()
+            },
+            sample_size=len(finished),
+        )
+
+    def view(self, job: JobDoc, *, sign: bool = True) -> Task:
+        url = f"{self._base_url}/tasks/{job.job_id}"
+        active = JobStatus(job.status) not in TERMINAL_STATUSES
+        return Task(
+            task_id=job.job_id,
+            type=job.type,
+            status=job.status,
+            progress=job.progress,
+            stage=job.stage,
+            eta_seconds=job.eta_seconds,
+            soul_id=job.soul_id,
+            user_id=job.requested_by,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            attempts=job.attempts,
+            cancel_requested=job.cancel_requested,
+            result=self._result(job) if sign else None,
+            error=job.error,
+            actions=TaskActions(self=url, cancel=url if active else None),
+        )
+
+    def _result(self, job: JobDoc) -> TaskResult | None:
+        if isinstance(job.result, ImageResult):
+            signed = self._signer.sign(job.result.object)
+            variant = Variant(
+                variant_id=job.result.variant_id,
+                pk_id=job.result.pk,
+                url=signed.url,
+                expires_at=signed.expires_at,
+                width=job.result.width,
+                height=job.result.height,
+                seed=job.result.seed,
+                created_at=job.result.created_at,
+            )
+            return TaskResult(variant=variant)
+        if isinstance(job.result, VideoResult):
+            links = []
+            for output in job.result.outputs:
+                signed = self._signer.sign(output.object)
+                links.append(MediaLink(format=output.format, url=signed.url, expires_at=signed.expires_at,
+                                       content_type=output.content_type, bytes=output.bytes))
+            return TaskResult(outputs=links)
+        return None

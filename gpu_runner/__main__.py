@@ -1,0 +1,50 @@
+"""`python -m gpu_runner [--burst] [--max-jobs N]`: the long-running subscriber of soul-jobs.
+
+Builds the settings and clients once here and passes them down; SIGTERM/SIGINT stop it gracefully."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore, pubsub_v1, storage
+
+from functions.logs import configure_logging
+from gpu_runner.settings import RunnerSettings
+from gpu_runner.worker import Runner, RunnerClients
+
+
+def make_clients(settings: RunnerSettings) -> RunnerClients:
+    # The client libraries read the *_EMULATOR_HOST variables themselves; storage needs anonymous credentials.
+    on_emulator = bool(os.environ.get("STORAGE_EMULATOR_HOST"))
+    gcs_credentials = AnonymousCredentials() if on_emulator else None
+    return RunnerClients(
+        firestore=firestore.Client(project=settings.project_id),
+        subscriber=pubsub_v1.SubscriberClient(),
+        publisher=pubsub_v1.PublisherClient(),
+        storage=storage.Client(project=settings.project_id, credentials=gcs_credentials),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gpu_runner", description=__doc__)
+    parser.add_argument("--burst", action="store_true", help="exit once the subscription is drained")
+    parser.add_argument("--max-jobs", type=int, default=None, help="exit after handling this many messages")
+    parser.add_argument("--warm", action="store_true", help="load the SDXL pipeline before taking work")
+    args = parser.parse_args(argv)
+    settings = RunnerSettings()
+    configure_logging(settings.log_level, component="gpu_runner")
+    runner = Runner(settings, make_clients(settings))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: runner.stop())
+    if args.warm:
+        runner.warm()
+    runner.run(burst=args.burst, max_jobs=args.max_jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

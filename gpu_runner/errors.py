@@ -1,0 +1,67 @@
+"""The runner's error tree and its policy table: which failures are retried (nack, Pub/Sub redelivers and
+dead-letters after bounded attempts) and which are terminal (recorded on the job, message acked or sent to the
+dead-letter topic at once). The decision lives in `disposition()` and nowhere else."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from google.api_core import exceptions as gexc
+
+
+class Disposition(Enum):
+    ACK = "ack"  # done, or nothing left to do (duplicate, canceled, lease taken over)
+    FAIL = "fail"  # record the job failed, then ack: retrying cannot help
+    DEAD_LETTER = "dead_letter"  # the message itself is unusable: copy it to the dead-letter topic, ack
+    RETRY = "retry"  # transient: nack; the subscription's retry policy and dead-letter policy bound it
+
+
+class RunnerError(Exception):
+    """Base of the runner's own errors."""
+
+
+class InvalidMessage(RunnerError):
+    """The Pub/Sub message is not a valid JobRequested (bad JSON, unknown schema_version, bad job id)."""
+
+
+class JobNotFound(RunnerError):
+    """The message names a job that has no document."""
+
+
+class InvalidJob(RunnerError):
+    """The job document cannot be run (it fails validation, or its request cannot be rendered)."""
+
+
+class JobCanceled(RunnerError):
+    """A cancel was requested while the job ran; it stops at the next step."""
+
+
+class LeaseLost(RunnerError):
+    """Another runner holds the job now (our lease expired); stop without writing results."""
+
+
+class TransientError(RunnerError):
+    """A backend or the device failed in a way that may pass; try again later."""
+
+
+# Checked in order; the first matching class decides.
+_POLICY: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Disposition], ...] = (
+    (JobCanceled, Disposition.ACK),
+    (LeaseLost, Disposition.ACK),
+    (InvalidMessage, Disposition.DEAD_LETTER),
+    (JobNotFound, Disposition.DEAD_LETTER),
+    (InvalidJob, Disposition.FAIL),
+    (ValueError, Disposition.FAIL),  # render-spec checks (diffusers' check_inputs style) raise ValueError
+    (TransientError, Disposition.RETRY),
+    ((gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted), Disposition.RETRY),
+    ((gexc.TooManyRequests, gexc.RetryError, ConnectionError, TimeoutError), Disposition.RETRY),
+    (MemoryError, Disposition.RETRY),
+)
+
+
+def disposition(exc: BaseException) -> Disposition:
+    for types, decided in _POLICY:
+        if isinstance(exc, types):
+            return decided
+    # Unknown failures are retried: the dead-letter policy bounds them, and the last attempt records the job failed.
+    return Disposition.RETRY

@@ -1,0 +1,169 @@
+"""Firestore adapter of the runner: claims jobs with a lease, renews it, records progress, and writes the
+results it owns (variant documents, the prompt index's variant list, the job outcome).
+
+Every write that decides ownership is conditional on the document's update time (optimistic concurrency), so a
+runner whose lease expired can never overwrite the work of the runner that took the job over."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from pydantic import ValidationError
+
+from gpu_runner.errors import InvalidJob, JobNotFound, LeaseLost, TransientError
+from gpu_runner.leasing import ClaimDecision, decide_claim
+from schemas import names
+from schemas._base import firestore_dict, utcnow
+from schemas.documents import VariantDoc
+from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobStatus
+
+_OPTIMISTIC_RETRIES = 5
+
+
+class JobStore:
+    def __init__(self, db: firestore.Client, runner_id: str, lease: timedelta):
+        self._db = db
+        self._runner_id = runner_id
+        self._lease = lease
+
+    def _ref(self, job_id: str):
+        return self._db.collection(names.JOBS).document(job_id)
+
+    def _read(self, job_id: str):
+        snap = self._ref(job_id).get()
+        if not snap.exists:
+            raise JobNotFound(f"job {job_id} has no document")
+        try:
+            return snap, JobDoc.model_validate(snap.to_dict())
+        except ValidationError as exc:
+            raise InvalidJob(f"job {job_id} document is invalid: {exc.errors(include_url=False)[0]['msg']}") from exc
+
+    def _conditional(self, job_id: str, change: Callable[[JobDoc, datetime], dict | None]) -> JobDoc | None:
+        """Read the job, let `change` compute the update (None = nothing to do), write it only if the document
+        did not change in between; retry a few times on a lost race."""
+        for _ in range(_OPTIMISTIC_RETRIES):
+            snap, job = self._read(job_id)
+            now = utcnow()
+            update = change(job, now)
+            if update is None:
+                return job
+            update["updated_at"] = now
+            try:
+                self._ref(job_id).update(update, option=self._db.write_option(last_update_time=snap.update_time))
+            except gexc.FailedPrecondition:
+                continue
+            return job.model_copy(update=update)
+        raise TransientError(f"job {job_id} kept changing under us")
+
+    def claim(self, job_id: str) -> tuple[ClaimDecision, JobDoc]:
+        decided: dict[str, ClaimDecision] = {}
+
+        def change(job: JobDoc, now: datetime) -> dict | None:
+            decided["d"] = decide_claim(job, self._runner_id, now)
+            if decided["d"] is not ClaimDecision.CLAIM:
+                return None
+            return {
+                "status": JobStatus.RUNNING.value,
+                "stage": "starting",
+                "lease_owner": self._runner_id,
+                "lease_expires_at": now + self._lease,
+                "attempts": job.attempts + 1,
+                "started_at": job.started_at or now,
+                "error": None,
+            }
+
+        job = self._conditional(job_id, change)
+        assert job is not None
+        return decided["d"], job
+
+    def renew(self, job_id: str) -> bool:
+        """Extend our lease; returns whether a cancel was requested. Raises LeaseLost if the job is not ours."""
+
+        def change(job: JobDoc, now: datetime) -> dict | None:
+            self._assert_owner(job)
+            return {"lease_expires_at": now + self._lease}
+
+        job = self._conditional(job_id, change)
+        return bool(job and job.cancel_requested)
+
+    def progress(self, job_id: str, progress: float, stage: str, eta_seconds: float | None) -> None:
+        # Unconditional: progress is advisory and throttled; a lost race only loses a progress tick.
+        self._ref(job_id).update(
+            {"progress": round(min(max(progress, 0.0), 1.0), 4), "stage": stage, "eta_seconds": eta_seconds,
+             "updated_at": utcnow()}
+        )
+
+    def finish(self, job_id: str, status: JobStatus, *, result=None, error: JobError | None = None) -> JobDoc:
+        def change(job: JobDoc, now: datetime) -> dict | None:
+            self._assert_owner(job)
+            update = {
+                "status": status.value,
+                "stage": status.value,
+                "finished_at": now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "eta_seconds": 0.0,
+            }
+            if status is JobStatus.SUCCEEDED:
+                update["progress"] = 1.0
+                update["result"] = firestore_dict(result)
+            if error is not None:
+                update["error"] = firestore_dict(error)
+            return update
+
+        job = self._conditional(job_id, change)
+        assert job is not None
+        return job
+
+    def fail_unowned(self, job_id: str, error: JobError) -> None:
+        """Record a job failed whatever its lease (the message is being given up on)."""
+
+        def change(job: JobDoc, now: datetime) -> dict | None:
+            if JobStatus(job.status) in TERMINAL_STATUSES:
+                return None
+            return {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now,
+                    "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}
+
+        try:
+            self._conditional(job_id, change)
+        except (JobNotFound, InvalidJob):
+            pass
+
+    def release(self, job_id: str, error: JobError) -> None:
+        """Give a job back after a transient failure so the redelivered message can claim it at once."""
+
+        def change(job: JobDoc, now: datetime) -> dict | None:
+            if job.status != JobStatus.RUNNING or job.lease_owner != self._runner_id:
+                return None
+            return {"status": JobStatus.QUEUED.value, "stage": "retrying", "lease_owner": None,
+                    "lease_expires_at": None, "error": firestore_dict(error)}
+
+        self._conditional(job_id, change)
+
+    def get(self, job_id: str) -> JobDoc | None:
+        try:
+            return self._read(job_id)[1]
+        except (JobNotFound, InvalidJob):
+            return None
+
+    def mark_event_published(self, job_id: str) -> None:
+        self._ref(job_id).update({"event_published_at": utcnow()})
+
+    def _assert_owner(self, job: JobDoc) -> None:
+        if job.lease_owner != self._runner_id or job.status != JobStatus.RUNNING:
+            raise LeaseLost(f"job {job.job_id} is {job.status} held by {job.lease_owner}, not {self._runner_id}")
+
+    # results the runner owns
+    def save_variant(self, variant: VariantDoc) -> None:
+        """Idempotent: the variant id was fixed when the job was created, so a re-run writes the same document."""
+        batch = self._db.batch()
+        batch.set(self._db.collection(names.VARIANTS).document(variant.variant_id), firestore_dict(variant))
+        batch.set(
+            self._db.collection(names.PROMPTS).document(variant.pk),
+            {"variant_ids": firestore.ArrayUnion([variant.variant_id]), "updated_at": utcnow()},
+            merge=True,
+        )
+        batch.commit()

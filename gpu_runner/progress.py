@@ -1,0 +1,63 @@
+"""Progress of the running job: throttled writes (about one per second per job), an ETA from the measured pace,
+and the place where cancellation and lost leases interrupt the work, between two denoising steps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from gpu_runner.errors import JobCanceled, LeaseLost, TransientError
+
+
+class JobSignals:
+    """Set by the heartbeat thread, read by the work between steps."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.lease_lost = threading.Event()
+        self.shutdown = threading.Event()  # the runner is stopping and the grace budget is spent
+
+    def check(self) -> None:
+        if self.shutdown.is_set():
+            raise TransientError("runner shutting down; job released for another runner")
+        if self.lease_lost.is_set():
+            raise LeaseLost("lease lost while working")
+        if self.cancel.is_set():
+            raise JobCanceled("cancel requested")
+
+
+class ProgressReporter:
+    def __init__(
+        self,
+        write: Callable[[float, str, float | None], None],
+        signals: JobSignals,
+        min_interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._write = write
+        self._signals = signals
+        self._min_interval = min_interval_s
+        self._clock = clock
+        self._started = clock()
+        self._last_write = float("-inf")
+
+    def stage(self, name: str, fraction: float) -> None:
+        """A coarse stage change (loading, uploading...): always written."""
+        self._signals.check()
+        self._emit(fraction, name, force=True)
+
+    def step(self, done: int, total: int, *, stage: str, span: tuple[float, float] = (0.0, 1.0)) -> None:
+        """A fine-grained step inside a stage that covers `span` of the whole job."""
+        self._signals.check()
+        low, high = span
+        self._emit(low + (high - low) * (done / max(total, 1)), stage, force=False)
+
+    def _emit(self, fraction: float, stage: str, *, force: bool) -> None:
+        now = self._clock()
+        if not force and now - self._last_write < self._min_interval:
+            return
+        elapsed = now - self._started
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
+        self._last_write = now
+        self._write(fraction, stage, None if eta is None else round(eta, 2))

@@ -1,0 +1,62 @@
+"""Configuration of the GPU runner: one settings object, read from the environment once in `__main__` and passed
+down. The original app's variable names (FORCE_CPU, DEVICE_MEMORY_FRACTION, MAX_CONCURRENT_TASKS, LOG_LEVEL,
+SVD_*) keep their meaning; newer knobs carry the SOUL_ prefix."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_runner_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _alias(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class RunnerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOUL_", extra="ignore", frozen=True)
+
+    project_id: str = Field(default="soul-local", validation_alias=_alias("GCS_PROJECT_ID", "GOOGLE_CLOUD_PROJECT"))
+    bucket: str = Field(default="soul-local-media", validation_alias=_alias("GCS_BUCKET_NAME"))
+    log_level: str = Field(default="INFO", validation_alias=_alias("LOG_LEVEL"))
+    runner_id: str = Field(default_factory=_default_runner_id)
+
+    # Device.
+    force_cpu: bool = Field(default=False, validation_alias=_alias("FORCE_CPU"))
+    device_memory_fraction: float = Field(default=0.8, gt=0.0, le=1.0, validation_alias=_alias("DEVICE_MEMORY_FRACTION"))
+    # One job at a time per GPU; more slots only make sense with several GPUs or CPU stand-ins.
+    max_concurrent_tasks: int = Field(default=1, ge=1, le=16, validation_alias=_alias("MAX_CONCURRENT_TASKS"))
+
+    # Models: None = the offline tiny random-weight pipelines; a local folder or single .safetensors = real weights.
+    sdxl_model: str | None = Field(default=None, validation_alias=_alias("SDXL_MODEL"))
+    svd_model: str | None = Field(default=None, validation_alias=_alias("SVD_MODEL"))
+    model_cache_dir: Path = Field(default=Path.home() / ".cache" / "soul" / "models")
+    # The tiny stand-in renders at most this size and step count: its pixels are noise at any size.
+    tiny_max_side: int = Field(default=256, ge=64, le=2048)
+    tiny_max_steps: int = Field(default=4, ge=1, le=150)
+
+    # SVD (seed names).
+    svd_num_frames: int = Field(default=25, ge=2, le=64, validation_alias=_alias("SVD_NUM_FRAMES"))
+    svd_fps: int = Field(default=7, ge=1, le=60, validation_alias=_alias("SVD_FPS"))
+    svd_image_width: int = Field(default=1024, ge=64, le=2048, validation_alias=_alias("SVD_IMAGE_WIDTH"))
+    svd_image_height: int = Field(default=576, ge=64, le=2048, validation_alias=_alias("SVD_IMAGE_HEIGHT"))
+
+    # Work distribution.
+    subscription: str = "soul-jobs-runner"
+    lease_seconds: float = Field(default=60.0, ge=5.0)
+    heartbeat_seconds: float = Field(default=10.0, ge=0.2)
+    progress_interval_seconds: float = Field(default=1.0, ge=0.0)
+    pull_timeout_seconds: float = Field(default=5.0, ge=0.1)
+    idle_sleep_seconds: float = Field(default=0.05, ge=0.0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0.0)
+    # Reconciler: re-publishes jobs whose message may be lost (never published, lease expired, stuck queued).
+    reconcile_interval_seconds: float = Field(default=30.0, ge=0.5)
+    unpublished_after_seconds: float = Field(default=30.0, ge=0.0)
+    requeue_queued_after_seconds: float = Field(default=600.0, ge=1.0)

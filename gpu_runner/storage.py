@@ -1,0 +1,41 @@
+"""GCS adapter of the runner: create-only uploads of rendered media.
+
+Uploads use `if_generation_match=0` on a single-request (non-resumable) upload, so a re-run of a job can never
+overwrite an object: the second writer gets 412 and keeps the first object (fake-gcs-server ignores the
+precondition on resumable uploads, and so should we: small media go up in one request)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.api_core import exceptions as gexc
+from google.cloud import storage
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    name: str
+    size: int
+    created: bool  # False when the object already existed from an earlier attempt
+
+
+class MediaStore:
+    def __init__(self, client: storage.Client, bucket: str):
+        self._bucket = client.bucket(bucket)
+
+    def existing(self, name: str) -> StoredObject | None:
+        blob = self._bucket.get_blob(name)
+        return None if blob is None else StoredObject(name=name, size=blob.size or 0, created=False)
+
+    def read(self, name: str) -> bytes:
+        return self._bucket.blob(name).download_as_bytes()
+
+    def put_once(self, name: str, data: bytes, content_type: str) -> StoredObject:
+        blob = self._bucket.blob(name)
+        # chunk_size=None with bytes below the resumable threshold means a multipart (single request) upload.
+        try:
+            blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
+        except gexc.PreconditionFailed:
+            existing = self.existing(name)
+            return existing or StoredObject(name=name, size=len(data), created=False)
+        return StoredObject(name=name, size=len(data), created=True)

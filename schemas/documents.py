@@ -1,0 +1,85 @@
+"""Firestore documents other than jobs: the prompt index, variants, what a user has seen, style profiles."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from schemas._base import Contract, Document
+from schemas.ids import SOUL_ID_PATTERN
+
+
+class Style(Contract):
+    """How a soul is drawn. Its fingerprint is part of the prompt key, so a changed style never serves old images."""
+
+    prompt_prefix: str = Field(default="", max_length=500)
+    prompt_suffix: str = Field(default="", max_length=500)
+    negative_prompt: str = Field(default="", max_length=1000)
+    width: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
+    height: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
+    steps: int = Field(default=30, ge=1, le=150)
+    guidance: float = Field(default=7.0, ge=0.0, le=30.0)
+
+
+class StyleProfile(Document):
+    """`styles/{soul_id}`: a soul's stored style; last write wins on `updated_at`. A delete is a tombstone
+    (`deleted`, no style) so that an older write arriving late cannot bring the style back."""
+
+    soul_id: str = Field(pattern=SOUL_ID_PATTERN)
+    display_name: str = ""
+    style: Style | None = None
+    deleted: bool = False
+    updated_at: datetime
+
+
+class RunnerStats(Document):
+    """`runner_stats/{device_key}`: pace measured by a runner on its device, for estimates."""
+
+    device: str
+    image_seconds: float | None = None  # one whole image job, rendering included
+    image_seconds_per_step: float | None = None
+    video_seconds_per_frame: float | None = None  # SVD denoising + decoding, per output frame
+    encode_seconds_per_frame: float | None = None  # GIF/MP4/WebP encoding, per output frame
+    samples: int = 0
+    updated_at: datetime
+
+
+class PromptDoc(Document):
+    """`prompts/{pk}`: the dedup index entry for one prompt key."""
+
+    pk: str
+    kind: str
+    soul_id: str
+    cue: str
+    style_fingerprint: str
+    variant_ids: list[str] = []
+    created_at: datetime
+    updated_at: datetime
+
+
+class VariantDoc(Document):
+    """`variants/{variant_id}`: one generated image."""
+
+    variant_id: str
+    pk: str
+    soul_id: str
+    variant_index: int
+    object: str
+    width: int
+    height: int
+    seed: int
+    bytes: int
+    job_id: str
+    cue: str
+    place: str | None = None
+    created_at: datetime
+
+
+class SeenDoc(Document):
+    """`users/{user_id}/seen/{variant_id}`."""
+
+    variant_id: str
+    pk: str
+    soul_id: str
+    seen_at: datetime

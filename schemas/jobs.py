@@ -1,0 +1,171 @@
+"""The job contract: status enum and its allowed transitions, the Firestore job document, the JobRequested
+message on soul-jobs and the completion event on soul-events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from schemas._base import Contract, Document
+from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
+
+SCHEMA_VERSION = 1
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class JobType(StrEnum):
+    IMAGE = "image"
+    VIDEO = "video"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED})
+
+# Allowed transitions; everything else is a bug or a stale writer. A running job goes back to queued when its
+# lease expired and the reconciler hands it out again.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.QUEUED, JobStatus.RUNNING}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELED: frozenset(),
+}
+
+
+def can_transition(current: JobStatus | str, new: JobStatus | str) -> bool:
+    return JobStatus(new) in TRANSITIONS[JobStatus(current)]
+
+
+JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN)]
+
+
+class ImageJobSpec(Contract):
+    """Everything the runner needs to render one variant; fixed when the job is created."""
+
+    kind: Literal["image"] = "image"
+    soul_id: str = Field(pattern=SOUL_ID_PATTERN)
+    pk: str = Field(pattern=PK_PATTERN)
+    variant_index: int = Field(ge=0)
+    variant_id: str = Field(pattern=VARIANT_ID_PATTERN)
+    cue: str = Field(min_length=1, max_length=500)
+    prompt: str = Field(min_length=1, max_length=2000)
+    negative_prompt: str = Field(default="", max_length=2000)
+    width: int = Field(ge=64, le=2048, multiple_of=8)
+    height: int = Field(ge=64, le=2048, multiple_of=8)
+    steps: int = Field(ge=1, le=150)
+    guidance: float = Field(ge=0.0, le=30.0)
+    seed: int = Field(ge=0, lt=2**32)
+    style_fingerprint: str
+    place: str | None = None
+
+
+class VideoJobSpec(Contract):
+    """An animation of an existing variant."""
+
+    kind: Literal["video"] = "video"
+    variant_id: str = Field(pattern=VARIANT_ID_PATTERN)
+    source_object: str
+    num_frames: int = Field(ge=2, le=64)
+    fps: int = Field(ge=1, le=60)
+    formats: tuple[Literal["gif", "mp4", "webp"], ...] = ("gif", "mp4", "webp")
+    seed: int = Field(ge=0, lt=2**32)
+
+
+JobSpec = Annotated[ImageJobSpec | VideoJobSpec, Field(discriminator="kind")]
+
+
+class JobError(Contract):
+    type: str
+    message: str
+    retryable: bool = False
+
+
+class ImageResult(Contract):
+    kind: Literal["image"] = "image"
+    variant_id: str
+    pk: str
+    object: str
+    width: int
+    height: int
+    seed: int
+    bytes: int
+    render_seconds: float
+    created_at: datetime
+
+
+class VideoOutput(Contract):
+    format: Literal["gif", "mp4", "webp"]
+    object: str
+    content_type: str
+    bytes: int
+
+
+class VideoResult(Contract):
+    kind: Literal["video"] = "video"
+    variant_id: str
+    num_frames: int
+    fps: int
+    outputs: tuple[VideoOutput, ...]
+    render_seconds: float
+
+
+JobResult = Annotated[ImageResult | VideoResult, Field(discriminator="kind")]
+
+
+class JobDoc(Document):
+    """`jobs/{job_id}`: the source of truth for a job. Pub/Sub only carries its id."""
+
+    job_id: str
+    type: JobType
+    status: JobStatus = JobStatus.QUEUED
+    request: JobSpec
+    requested_by: str | None = None
+    soul_id: str | None = None
+    progress: float = Field(default=0.0, ge=0.0, le=1.0)
+    stage: str = "queued"
+    eta_seconds: float | None = None
+    result: JobResult | None = None
+    error: JobError | None = None
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
+    created_at: datetime
+    published_at: datetime | None = None
+    event_published_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+
+
+class JobRequested(Contract):
+    """The message on soul-jobs. The job document holds the request; the message only says which job to run."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: JobId
+    type: JobType
+
+
+class JobEvent(Contract):
+    """The completion event on soul-events (CloudEvent attributes: type, source, id = job id)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job_id: str
+    type: JobType
+    status: JobStatus
+    soul_id: str | None = None
+    requested_by: str | None = None
+    result: JobResult | None = None
+    error: JobError | None = None
+    occurred_at: datetime

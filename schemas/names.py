@@ -1,0 +1,46 @@
+"""Names that both deployables and the local stand-ins agree on: Firestore collections, Pub/Sub topics and
+subscriptions, GCS object paths, CloudEvent types. Changing one is a contract change."""
+
+from __future__ import annotations
+
+# Firestore collections.
+PROMPTS = "prompts"
+VARIANTS = "variants"
+USERS = "users"
+SEEN = "seen"  # users/{user_id}/seen/{variant_id}
+JOBS = "jobs"
+STYLES = "styles"
+IDEMPOTENCY = "idempotency"
+RUNNER_STATS = "runner_stats"
+
+# Pub/Sub topics.
+TOPIC_JOBS = "soul-jobs"
+TOPIC_JOBS_DEAD_LETTER = "soul-jobs-dead-letter"
+TOPIC_EVENTS = "soul-events"
+TOPIC_REQUESTS = "soul-requests"
+
+# Pub/Sub subscriptions.
+SUB_RUNNER = "soul-jobs-runner"
+SUB_JOBS_DEAD_LETTER = "soul-jobs-dead-letter-sub"
+SUB_EVENTS = "soul-events-sub"
+SUB_REQUESTS_PUSH = "soul-requests-ingest"
+
+# Delivery policy of the runner's subscription.
+MAX_DELIVERY_ATTEMPTS = 5
+
+# CloudEvent types published on soul-events.
+EVENT_SOURCE_RUNNER = "//soul/gpu_runner"
+EVENT_SOURCE_FUNCTIONS = "//soul/functions"
+EVENT_JOB_SUCCEEDED = "soul.job.succeeded"
+EVENT_JOB_FAILED = "soul.job.failed"
+EVENT_JOB_CANCELED = "soul.job.canceled"
+EVENT_REQUEST_ACCEPTED = "soul.request.accepted"
+EVENT_REQUEST_REJECTED = "soul.request.rejected"
+
+
+def image_object(soul_id: str, pk: str, variant_id: str) -> str:
+    return f"images/{soul_id}/{pk}/{variant_id}.png"
+
+
+def video_object(variant_id: str, job_id: str, fmt: str) -> str:
+    return f"videos/{variant_id}/{job_id}.{fmt}"
