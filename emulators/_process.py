@@ -107,15 +107,19 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(tail) if tail else "(log is empty)"
 
 
-def http_ok(url: str, expect_body: str | None = None, timeout_s: float = 1.0) -> bool:
-    """True when `url` answers 200 (and, if given, a body starting with `expect_body`)."""
+def http_ok(url: str, expect_body: str | None = None, timeout_s: float = 1.0, expect_status: int | None = 200) -> bool:
+    """True when `url` answers `expect_status` (None: any HTTP status) and, if given, a body starting with
+    `expect_body`."""
     try:
         with _NO_PROXY_OPENER.open(url, timeout=timeout_s) as response:
-            if response.status != 200:
-                return False
-            return expect_body is None or response.read(64).decode(errors="replace").startswith(expect_body)
+            status, body = response.status, response.read(64)
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read(64)
     except (OSError, urllib.error.URLError, ValueError):
         return False
+    if expect_status is not None and status != expect_status:
+        return False
+    return expect_body is None or body.decode(errors="replace").startswith(expect_body)
 
 
 def http_request(method: str, url: str, timeout_s: float = 10.0) -> int:
@@ -149,6 +153,7 @@ class ReadinessCheck:
     record: ProcessRecord
     url: str
     expect_body: str | None = None
+    expect_status: int | None = 200
 
 
 def wait_until_ready(checks: Sequence[ReadinessCheck], timeout_s: float) -> None:
@@ -163,7 +168,7 @@ def wait_until_ready(checks: Sequence[ReadinessCheck], timeout_s: float) -> None
                     f"{check.record.name} exited with code {code} before it was ready; "
                     f"last lines of {check.record.log_path}:\n{log_tail(check.record.log_path)}"
                 )
-            if http_ok(check.url, check.expect_body):
+            if http_ok(check.url, check.expect_body, expect_status=check.expect_status):
                 pending.remove(check)
             elif _log_has_fatal_line(check.record.log_path):
                 raise EmulatorStartFailed(

@@ -5,6 +5,7 @@ very module as a process."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class DevStackConfig:
     port: int = 8080
+    ingest_port: int = 8081  # the `ingest` CloudEvent function, pushed to by the soul-requests subscription
     host: str = "127.0.0.1"
     emulators: StackConfig = StackConfig(state_dir=Path(".soul/emulators"))
     runner_env: tuple[tuple[str, str], ...] = ()  # extra settings for the runner, e.g. short heartbeats in tests
@@ -38,9 +40,15 @@ class DevStack:
     def base_url(self) -> str:
         return f"http://{self.config.host}:{self.config.port}"
 
+    @property
+    def ingest_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.ingest_port}/"
+
     def start(self) -> None:
         self.emulators.start()
-        self.emulators.provision()
+        self.emulators.provision(push_endpoint=self.ingest_url)
+        # Clients outside the stack (the CLI, tests, a shell) find the stand-ins here.
+        (self.emulators.state_dir / "env.json").write_text(json.dumps(self.emulators.env(), indent=2))
         env = {**os.environ, **self.emulators.env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.setdefault("SOUL_PUBLIC_BASE_URL", self.base_url)
         logs = self.emulators.state_dir / "logs"
@@ -51,12 +59,27 @@ class DevStack:
             logs / "api.log", marker="functions_framework", env=env,
         )
         self._children.append(("api", api, api_record.log_path))
+        ingest, ingest_record = _process.spawn(
+            "ingest",
+            [sys.executable, "-m", "functions_framework", "--target", "ingest", "--signature-type", "cloudevent",
+             "--source", str(REPO / "functions" / "main.py"), "--host", self.config.host,
+             "--port", str(self.config.ingest_port)],
+            logs / "ingest.log", marker="functions_framework", env=env,
+        )
+        self._children.append(("ingest", ingest, ingest_record.log_path))
         runner, runner_record = _process.spawn(
             "gpu_runner", [sys.executable, "-m", "gpu_runner", "--warm"], logs / "gpu_runner.log",
             marker="gpu_runner", env={**env, **dict(self.config.runner_env)},
         )
         self._children.append(("gpu_runner", runner, runner_record.log_path))
-        _process.wait_until_ready([ReadinessCheck(api, api_record, f"{self.base_url}/healthz")], timeout_s=60)
+        _process.wait_until_ready(
+            [
+                ReadinessCheck(api, api_record, f"{self.base_url}/healthz"),
+                # A CloudEvent target answers a plain GET with an error status: any HTTP answer means it is up.
+                ReadinessCheck(ingest, ingest_record, self.ingest_url, expect_status=None),
+            ],
+            timeout_s=60,
+        )
 
     def stop(self) -> None:
         _process.stop_groups([(popen.pid, popen) for _, popen, _ in self._children], grace_s=15.0)
@@ -73,7 +96,8 @@ class DevStack:
 
 
 def main(port: int | None = None) -> int:
-    config = DevStackConfig(port=port or int(os.environ.get("PORT", "8080")))
+    api_port = port or int(os.environ.get("PORT", "8080"))
+    config = DevStackConfig(port=api_port, ingest_port=int(os.environ.get("INGEST_PORT", api_port + 1)))
     stack = DevStack(config)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -97,6 +121,7 @@ def _banner(stack: DevStack) -> str:
     return f"""
 Soul is running (tiny offline models; logs in {stack.emulators.state_dir / 'logs'}).
   api          {url}   (functions-framework, target api)
+  ingest       {stack.ingest_url}   (CloudEvent target, pushed by the soul-requests subscription)
   gpu_runner   python -m gpu_runner   (subscribed to soul-jobs)
   emulators    Pub/Sub {stack.emulators.env()['PUBSUB_EMULATOR_HOST']}, Firestore {stack.emulators.env()['FIRESTORE_EMULATOR_HOST']}, GCS {stack.emulators.env()['STORAGE_EMULATOR_HOST']}
 

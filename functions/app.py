@@ -67,6 +67,7 @@ class Api:
             response = self._dispatch(request)
         except errors.SoulError as exc:
             response = _json(exc.status, _error_body(exc))
+            response.headers.update(exc.headers)
         except _UNAVAILABLE as exc:
             log.warning("backend_unavailable", error=str(exc))
             response = _json(503, _error_body(errors.Unavailable("a backing service is unavailable; retry later")))
@@ -84,8 +85,10 @@ class Api:
         try:
             name, params = self._routes.bind("localhost").match(request.path, method=request.method)
         except WzMethodNotAllowed as exc:
-            allowed = ", ".join(sorted(m for m in exc.valid_methods or [] if m not in ("HEAD", "OPTIONS")))
-            raise errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allowed}") from None
+            allowed = ", ".join(sorted(exc.valid_methods or []))
+            raise errors.MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}; use {allowed}", headers={"Allow": allowed}
+            ) from None
         except WzNotFound:
             raise errors.NotFound(f"no endpoint {request.path}") from None
         if name == "openapi":
@@ -101,7 +104,7 @@ class Api:
             request=request,
             path=params,
             query=parse(endpoint.query, _query_dict(request)) if endpoint.query else None,
-            body=parse(endpoint.body, self._json_body(request)) if endpoint.body else None,
+            body=parse_json(endpoint.body, self._json_body(request)) if endpoint.body else None,
         )
         key = request.headers.get("Idempotency-Key")
         if endpoint.creates_work and key is not None:
@@ -134,7 +137,7 @@ class Api:
             raise errors.PermissionDenied("the API key is not valid for this service")
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
-    def _json_body(self, request: flask.Request) -> object:
+    def _json_body(self, request: flask.Request) -> bytes:
         limit = self._settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
@@ -143,10 +146,7 @@ class Api:
         raw = request.get_data(cache=True)
         if len(raw) > limit:
             raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
-        try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise errors.InvalidInput("the body is not valid JSON") from None
+        return raw
 
 
 def _query_dict(request: flask.Request) -> dict[str, str]:
@@ -158,17 +158,43 @@ def _query_dict(request: flask.Request) -> dict[str, str]:
     return query
 
 
-def parse(model: type[M], raw: object) -> M:
-    """Validate `raw` into `model`; the first problem becomes a 400 naming the field."""
-    if not isinstance(raw, dict):
-        raise errors.InvalidInput("expected a JSON object")
+def parse(model: type[M], raw: dict[str, str]) -> M:
+    """Validate query parameters (strings, converted as their fields say) into `model`."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        message = first["msg"] if first["type"] != "extra_forbidden" else "unknown field"
-        raise errors.InvalidInput(f"{field}: {message}" if field else message, field=field) from None
+        raise _invalid(exc) from None
+
+
+def parse_json(model: type[M], raw: bytes) -> M:
+    """Validate a JSON body strictly: JSON types must match the schema (no "0" for 0, no 0 for a date). As in
+    JSON Schema, a number with a zero fraction (64.0) is an integer; NaN and Infinity are not JSON."""
+    try:
+        canonical = json.dumps(json.loads(raw, parse_float=_json_number, parse_constant=_no_constants))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise errors.InvalidInput("the body is not valid JSON") from None
+    try:
+        return model.model_validate_json(canonical, strict=True)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _json_number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _invalid(exc: ValidationError) -> errors.InvalidInput:
+    """The first problem, as a 400 naming the field."""
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in first["loc"]) or None
+    message = {"extra_forbidden": "unknown field", "json_invalid": "the body is not valid JSON",
+               "model_type": "expected a JSON object"}.get(first["type"], first["msg"])
+    return errors.InvalidInput(f"{field}: {message}" if field else message, field=field)
 
 
 def _json(status: int, body: BaseModel) -> flask.Response:

@@ -10,10 +10,11 @@ class SoulError(Exception):
     status = 500
     code = "internal"
 
-    def __init__(self, message: str, *, field: str | None = None):
+    def __init__(self, message: str, *, field: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
+        self.headers = headers or {}
 
 
 class InvalidInput(SoulError):

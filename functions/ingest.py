@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Callable, Mapping
 
@@ -19,7 +18,7 @@ import structlog
 from pydantic import BaseModel
 
 from functions import errors
-from functions.app import parse
+from functions.app import parse_json
 from functions.images import ImageAsk
 from functions.services import Services
 from schemas import names
@@ -58,7 +57,7 @@ def handle_message(svc: Services, message: Mapping, message_id: str) -> RequestO
             raise errors.InvalidInput(f"unknown request type '{kind}'; valid: {', '.join(REQUEST_TYPES)}",
                                       field="type")
         model, serve = REQUEST_TYPES[kind]
-        answer = serve(svc, parse(model, _decode(message.get("data"))))
+        answer = serve(svc, parse_json(model, _decode(message.get("data"))))
         outcome = RequestOutcome(request_id=request_id, type=kind, accepted=True, answer=answer)
     except errors.SoulError as exc:
         if exc.status >= 500:
@@ -76,12 +75,12 @@ def handle_message(svc: Services, message: Mapping, message_id: str) -> RequestO
     return outcome
 
 
-def _decode(data: object) -> object:
+def _decode(data: object) -> bytes:
     if not isinstance(data, str) or not data:
         raise errors.InvalidInput("the message has no data; publish the request body as JSON", field="data")
     if len(data) > MAX_MESSAGE_BYTES * 4 // 3 + 4:
         raise errors.PayloadTooLarge(f"the message exceeds {MAX_MESSAGE_BYTES} bytes")
     try:
-        return json.loads(base64.b64decode(data, validate=True))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise errors.InvalidInput("the message data is not a JSON object", field="data") from None
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.InvalidInput("the message data is not base64", field="data") from None
