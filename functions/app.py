@@ -129,8 +129,11 @@ class Api:
         """The caller's scope for idempotency keys: a hash of their API key, or "anonymous"."""
         if self._settings.auth_mode != "api_key":
             return "anonymous"
+        # X-API-Key first: behind Cloud Run invoker IAM, `Authorization` may carry the caller's ID token instead.
+        key = request.headers.get("X-API-Key", "").strip()
         header = request.headers.get("Authorization", "")
-        key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("X-API-Key", "").strip()
+        if not key and header[:7].lower() == "bearer ":
+            key = header[7:].strip()
         if not key:
             raise errors.Unauthenticated("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
         if not any(secrets.compare_digest(key.encode(), known.encode()) for known in self._api_keys):

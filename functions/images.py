@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import structlog
-
 from functions import estimates, keys
 from functions.errors import InvalidInput
+from functions.jobs import ensure_job
 from functions.normalize import EmptyCueError, normalize_cue
 from functions.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.publish import Publisher
@@ -21,14 +20,7 @@ from schemas._base import utcnow
 from schemas.api import ImageQueued, ImageReady, Place, SelfieRequest, Variant
 from schemas.documents import PromptDoc, VariantDoc
 from schemas.ids import new_ulid
-from schemas.jobs import ImageJobSpec, JobDoc, JobStatus, JobType
-
-log = structlog.get_logger(__name__)
-
-# A failed or canceled job for (pk, n) is retried under a new id at most this many times, so a prompt that
-# always fails cannot make work forever.
-MAX_JOB_RETRIES = 3
-
+from schemas.jobs import ImageJobSpec, JobDoc, JobType
 
 @dataclass(frozen=True)
 class ImageAsk:
@@ -118,7 +110,14 @@ class ImageService:
             style_fingerprint=keys.style_fingerprint(style),
             place=ask.place,
         )
-        job = self._ensure_job(spec, ask.user_id)
+        job = ensure_job(
+            self._store,
+            self._publisher,
+            lambda retry: JobDoc(
+                job_id=keys.image_job_id(pk, index, retry), type=JobType.IMAGE, request=spec,
+                requested_by=ask.user_id, soul_id=ask.soul_id, created_at=utcnow(), updated_at=utcnow(),
+            ),
+        )
         return ImageQueued(
             status=job.status,
             task_id=job.job_id,
@@ -126,41 +125,6 @@ class ImageService:
             status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",
             estimated_seconds=estimates.image_seconds(self._store.runner_stats(), self._defaults),
         )
-
-    def _ensure_job(self, spec: ImageJobSpec, user_id: str) -> JobDoc:
-        """Create the job for (pk, index) exactly once across all callers and publish it; or join the existing one.
-
-        create() gives one winner and an immediate Conflict to the others (a read-then-write transaction
-        livelocks under contention on the emulator), so concurrent identical requests cost one job and one
-        message. A failed or canceled run is retried under the next "-rN" id."""
-        existing: JobDoc | None = None
-        for retry in range(MAX_JOB_RETRIES + 1):
-            now = utcnow()
-            job = JobDoc(
-                job_id=keys.image_job_id(spec.pk, spec.variant_index, retry),
-                type=JobType.IMAGE,
-                request=spec,
-                requested_by=user_id,
-                soul_id=spec.soul_id,
-                created_at=now,
-                updated_at=now,
-            )
-            if self._store.create_job(job):
-                self._publish(job)
-                return job
-            existing = self._store.job(job.job_id)
-            if existing is not None and existing.status not in (JobStatus.FAILED, JobStatus.CANCELED):
-                return existing
-        assert existing is not None
-        return existing
-
-    def _publish(self, job: JobDoc) -> None:
-        try:
-            self._publisher.publish_job(job)
-        except Exception:  # noqa: BLE001 - the job document is the truth; the reconciler re-publishes it
-            log.warning("publish_failed_job_left_for_reconciler", job_id=job.job_id, exc_info=True)
-            return
-        self._store.mark_published(job.job_id, utcnow())
 
     def variant_view(self, variant: VariantDoc) -> Variant:
         signed = self._signer.sign(variant.object)

@@ -2,8 +2,8 @@
 the same services as the HTTP API, with every outcome (accepted or rejected, with the reason) published on
 soul-events.
 
-A message carries the same JSON body as the HTTP endpoint; its `type` attribute says which (`image`, `selfie`;
-default `image`) and an optional `request_id` attribute correlates the outcome (else the message id). Bad input
+A message carries the same JSON body as the HTTP endpoint; its `type` attribute says which (`image`, `selfie`, or
+`video` with the fields of /video/generate-from-variant; default `image`) and an optional `request_id` attribute correlates the outcome (else the message id). Bad input
 is answered with a rejection event and acknowledged: retrying cannot fix it. Backend outages raise, so Pub/Sub
 redelivers the push (and dead-letters it after the subscription's bounded attempts)."""
 
@@ -22,7 +22,16 @@ from functions.app import parse_json
 from functions.images import ImageAsk
 from functions.services import Services
 from schemas import names
-from schemas.api import ErrorDetail, ImageQueued, ImageReady, ImageRequest, RequestOutcome, SelfieRequest
+from schemas.api import (
+    ErrorDetail,
+    ImageQueued,
+    ImageReady,
+    ImageRequest,
+    RequestOutcome,
+    SelfieRequest,
+    VideoAccepted,
+    VideoFromVariantQuery,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -40,9 +49,15 @@ def _selfie(svc: Services, body: BaseModel) -> ImageReady | ImageQueued:
     return svc.images.selfie(body)
 
 
+def _video(svc: Services, body: BaseModel) -> VideoAccepted:
+    assert isinstance(body, VideoFromVariantQuery)
+    return svc.videos.from_variant(body.variant_id, body.num_frames, body.generate_gif, body.user_id)[1]
+
+
 REQUEST_TYPES: Mapping[str, tuple[type[BaseModel], Callable[[Services, BaseModel], BaseModel]]] = {
     "image": (ImageRequest, _image),
     "selfie": (SelfieRequest, _selfie),
+    "video": (VideoFromVariantQuery, _video),
 }
 
 

@@ -41,10 +41,13 @@ from schemas.api import (
     TaskPage,
     TaskStats,
     VariantPage,
+    VideoAccepted,
     VideoEstimate,
+    VideoFromVariantQuery,
+    VideoGenerateRequest,
 )
 from schemas.documents import SeenDoc
-from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
+from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN
 from schemas.jobs import VideoResult
 
 
@@ -247,6 +250,18 @@ def video_estimate(svc: Services, call: Call) -> Reply:
     return 200, estimates.video_estimate(svc.store.runner_stats(), frames, svc.estimate_defaults)
 
 
+def video_from_variant(svc: Services, call: Call) -> Reply:
+    query = call.query
+    assert isinstance(query, VideoFromVariantQuery)
+    return svc.videos.from_variant(query.variant_id, query.num_frames, query.generate_gif, query.user_id)
+
+
+def video_generate(svc: Services, call: Call) -> Reply:
+    body = call.body
+    assert isinstance(body, VideoGenerateRequest)
+    return svc.videos.from_image_path(body.image_path, body.num_frames, body.generate_gif, body.user_id)
+
+
 # ---- compatibility with the original app's static paths: redirects to signed URLs, never local files -----------
 
 
@@ -319,6 +334,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("video_estimate", "GET", "/video/estimate", video_estimate,
              "Estimated animation time, from measured runner pace when there is any.", "video",
              {200: VideoEstimate}, query=EstimateQuery),
+    Endpoint("video_from_variant", "POST", "/video/generate-from-variant", video_from_variant,
+             "Animate a variant (GIF, MP4, WebP); the same request joins the same job.", "video",
+             {200: VideoAccepted, 202: VideoAccepted}, query=VideoFromVariantQuery, creates_work=True),
+    Endpoint("video_generate", "POST", "/video/generate", video_generate,
+             "Animate the variant whose image object `image_path` names (no file paths, no URLs).", "video",
+             {200: VideoAccepted, 202: VideoAccepted}, body=VideoGenerateRequest, creates_work=True),
     Endpoint("static_image", "GET", "/static/image/<filename>", static_image,
              "Redirect to a signed URL of an image ({variant_id}.png).", "compat", {302: None},
              path_params={"filename": FILENAME_IMAGE}),

@@ -15,6 +15,7 @@ from functions.signing import UrlSigner
 from functions.store import Store
 from functions.styles import StyleService
 from functions.tasks import TaskService
+from functions.videos import VideoService
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Services:
     styles: StyleService
     images: ImageService
     tasks: TaskService
+    videos: VideoService
     idempotency: IdempotencyStore
     estimate_defaults: EstimateDefaults
 
@@ -48,6 +50,7 @@ def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
         encode_seconds_per_frame=settings.estimate_encode_seconds_per_frame,
     )
     styles = StyleService(clients.firestore)
+    tasks = TaskService(store, signer, publisher, settings.public_base_url)
     return Services(
         settings=settings,
         clients=clients,
@@ -56,7 +59,8 @@ def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
         signer=signer,
         styles=styles,
         images=ImageService(store, styles, publisher, signer, settings, defaults),
-        tasks=TaskService(store, signer, publisher, settings.public_base_url),
+        tasks=tasks,
+        videos=VideoService(store, publisher, tasks, settings, defaults),
         idempotency=IdempotencyStore(clients.firestore, timedelta(seconds=settings.idempotency_ttl_s)),
         estimate_defaults=defaults,
     )

@@ -25,16 +25,20 @@ class EventPublisher:
         self._dead_letter = client.topic_path(project_id, names.TOPIC_JOBS_DEAD_LETTER)
 
     def job_finished(self, job: JobDoc) -> None:
-        status = JobStatus(job.status)
-        event = JobEvent(
-            job_id=job.job_id, type=job.type, status=status, soul_id=job.soul_id,
-            requested_by=job.requested_by, result=job.result, error=job.error, occurred_at=utcnow(),
+        self.publish(
+            JobEvent(
+                job_id=job.job_id, type=job.type, status=JobStatus(job.status), soul_id=job.soul_id,
+                requested_by=job.requested_by, result=job.result, error=job.error, occurred_at=utcnow(),
+            )
         )
+
+    def publish(self, event: JobEvent) -> None:
+        status = JobStatus(event.status)
         attributes = {
             "ce-specversion": "1.0",
             "ce-type": EVENT_TYPES[status],
             "ce-source": names.EVENT_SOURCE_RUNNER,
-            "ce-id": job.job_id,
+            "ce-id": event.job_id,
             "ce-time": event.occurred_at.isoformat(),
             "content-type": "application/json",
         }

@@ -50,6 +50,7 @@ def run_image_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> 
 
         progress.stage("loading_model", 0.02)
         pipe = ctx.models.sdxl()
+        render_started = time.perf_counter()
         image = render_image(
             pipe,
             RenderSpec(
@@ -57,6 +58,10 @@ def run_image_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> 
                 steps=steps, guidance=spec.guidance, seed=spec.seed,
             ),
             on_step=lambda done, total: progress.step(done, total, stage="denoising", span=(0.05, 0.9)),
+        )
+        rendered_in = time.perf_counter() - render_started
+        ctx.store.record_pace(
+            ctx.models.device.name, image_seconds=rendered_in, image_seconds_per_step=rendered_in / steps
         )
         progress.stage("uploading", 0.92)
         buffer = io.BytesIO()

@@ -6,6 +6,7 @@ runner whose lease expired can never overwrite the work of the runner that took 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -21,6 +22,8 @@ from schemas.documents import VariantDoc
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobStatus
 
 _OPTIMISTIC_RETRIES = 5
+# Weight of a new sample in the moving averages of measured pace.
+PACE_WEIGHT = 0.2
 
 
 class JobStore:
@@ -119,18 +122,21 @@ class JobStore:
         return job
 
     def fail_unowned(self, job_id: str, error: JobError) -> None:
-        """Record a job failed whatever its lease (the message is being given up on)."""
-
-        def change(job: JobDoc, now: datetime) -> dict | None:
-            if JobStatus(job.status) in TERMINAL_STATUSES:
-                return None
-            return {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now,
-                    "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}
-
-        try:
-            self._conditional(job_id, change)
-        except (JobNotFound, InvalidJob):
-            pass
+        """Record a job failed whatever its lease (the message is being given up on). Works on the raw document:
+        a job whose document no longer validates must still end as failed, not stay queued forever."""
+        ref = self._ref(job_id)
+        for _ in range(_OPTIMISTIC_RETRIES):
+            snap = ref.get()
+            if not snap.exists or (snap.to_dict() or {}).get("status") in {s.value for s in TERMINAL_STATUSES}:
+                return
+            now = utcnow()
+            update = {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
+                      "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}
+            try:
+                ref.update(update, option=self._db.write_option(last_update_time=snap.update_time))
+                return
+            except gexc.FailedPrecondition:
+                continue
 
     def release(self, job_id: str, error: JobError) -> None:
         """Give a job back after a transient failure so the redelivered message can claim it at once."""
@@ -156,6 +162,18 @@ class JobStore:
         if job.lease_owner != self._runner_id or job.status != JobStatus.RUNNING:
             raise LeaseLost(f"job {job.job_id} is {job.status} held by {job.lease_owner}, not {self._runner_id}")
 
+    def record_pace(self, device: str, **measured: float) -> None:
+        """Fold measured figures (e.g. image_seconds_per_step) into this device's moving averages, for estimates.
+        A transaction-free read-modify-write: a lost race only loses one sample of an average."""
+        ref = self._db.collection(names.RUNNER_STATS).document(_device_key(device))
+        snap = ref.get()
+        current = snap.to_dict() if snap.exists else {}
+        update = {"device": device, "samples": int(current.get("samples", 0)) + 1, "updated_at": utcnow()}
+        for field, value in measured.items():
+            previous = current.get(field)
+            update[field] = value if previous is None else round(previous + PACE_WEIGHT * (value - previous), 6)
+        ref.set(update, merge=True)
+
     # results the runner owns
     def save_variant(self, variant: VariantDoc) -> None:
         """Idempotent: the variant id was fixed when the job was created, so a re-run writes the same document."""
@@ -167,3 +185,7 @@ class JobStore:
             merge=True,
         )
         batch.commit()
+
+
+def _device_key(device: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", device).strip("-")[:100] or "unknown"

@@ -47,6 +47,11 @@ class RunnerSettings(BaseSettings):
     svd_fps: int = Field(default=7, ge=1, le=60, validation_alias=_alias("SVD_FPS"))
     svd_image_width: int = Field(default=1024, ge=64, le=2048, validation_alias=_alias("SVD_IMAGE_WIDTH"))
     svd_image_height: int = Field(default=576, ge=64, le=2048, validation_alias=_alias("SVD_IMAGE_HEIGHT"))
+    svd_steps: int = Field(default=25, ge=1, le=150, validation_alias=_alias("SVD_NUM_INFERENCE_STEPS"))
+    svd_decode_chunk_size: int = Field(default=8, ge=1, le=64, validation_alias=_alias("SVD_DECODE_CHUNK_SIZE"))
+    svd_motion_bucket_id: int = Field(default=127, ge=0, le=1023, validation_alias=_alias("SVD_MOTION_BUCKET_ID"))
+    svd_noise_aug_strength: float = Field(default=0.02, ge=0.0, le=1.0,
+                                          validation_alias=_alias("SVD_NOISE_AUG_STRENGTH"))
 
     # Work distribution.
     subscription: str = "soul-jobs-runner"

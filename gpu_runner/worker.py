@@ -38,7 +38,8 @@ from gpu_runner.settings import RunnerSettings
 from gpu_runner.storage import MediaStore
 from schemas import names
 from schemas.ids import JOB_ID_PATTERN
-from schemas.jobs import JobDoc, JobError, JobRequested, JobStatus, JobType
+from schemas._base import utcnow
+from schemas.jobs import JobDoc, JobError, JobEvent, JobRequested, JobStatus, JobType
 
 log = structlog.get_logger(__name__)
 
@@ -278,6 +279,12 @@ class Runner:
             job = self._store.get(job_id)
             if job is not None and job.status == JobStatus.FAILED:
                 self._publish_outcome(job)
+            elif job is None:  # the document no longer validates: announce the failure from what we know
+                kind = JobType.IMAGE if job_id.startswith("img-") else JobType.VIDEO
+                self._events.publish(
+                    JobEvent(job_id=job_id, type=kind, status=JobStatus.FAILED, error=error, occurred_at=utcnow())
+                )
+                self._store.mark_event_published(job_id)
         except Exception:  # noqa: BLE001 - the message is nacked or parked anyway; the reconciler re-checks
             log.warning("settle_failure_failed", job_id=job_id, exc_info=True)
 

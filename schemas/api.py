@@ -245,6 +245,38 @@ class Health(Contract):
     checks: dict[str, str] = {}
 
 
+class VideoFromVariantQuery(Contract):
+    """`POST /video/generate-from-variant?variant_id&num_frames&generate_gif` (the original app's query form)."""
+
+    variant_id: str = Field(pattern=VARIANT_ID_PATTERN)
+    num_frames: int | None = Field(default=None, ge=2, le=64)
+    generate_gif: bool = True
+    user_id: str | None = Field(default=None, pattern=USER_ID_PATTERN, description="For /tasks filters.")
+
+
+class VideoGenerateRequest(Contract):
+    """`POST /video/generate`: `image_path` names an image object of this project's bucket that belongs to a
+    variant, as `images/{soul_id}/{pk_id}/{variant_id}.png` or `gs://{bucket}/images/...`. Nothing else is read."""
+
+    image_path: str = Field(min_length=1, max_length=300)
+    num_frames: int | None = Field(default=None, ge=2, le=64)
+    generate_gif: bool = True
+    user_id: str | None = Field(default=None, pattern=USER_ID_PATTERN, description="For /tasks filters.")
+
+
+class VideoAccepted(Contract):
+    """The animation job for this (variant, frames, fps, formats): new, running, or already done."""
+
+    status: JobStatus
+    task_id: str
+    variant_id: str
+    num_frames: int
+    formats: list[str]
+    status_url: str
+    estimated_seconds: float
+    result: TaskResult | None = None
+
+
 class RequestOutcome(Contract):
     """Published on soul-events for each request that arrived on soul-requests (ingest): accepted with the
     answer the HTTP API would have given, or rejected with the error it would have answered."""
@@ -253,5 +285,5 @@ class RequestOutcome(Contract):
     request_id: str
     type: str
     accepted: bool
-    answer: ImageReady | ImageQueued | None = None
+    answer: ImageReady | ImageQueued | VideoAccepted | None = None
     error: ErrorDetail | None = None

@@ -55,6 +55,7 @@ app = typer.Typer(
     help="Ask the Soul service for images of souls, follow their tasks, and look after its Pub/Sub queues.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",  # reflows docstring paragraphs
     pretty_exceptions_show_locals=False,  # locals would include the API key
 )
 dead_letters_app = typer.Typer(

@@ -14,6 +14,7 @@ from rich.text import Text
 from soul_cli.bus import Received
 from soul_cli.dead_letters import DeadLetter
 from schemas.api import Task
+from schemas.jobs import TERMINAL_STATUSES
 
 NONE = "-"
 
@@ -35,16 +36,17 @@ def task_url(task: Task) -> str | None:
 
 def task_table(task: Task) -> Table:
     """One task as field/value rows."""
+    finished = task.status in TERMINAL_STATUSES
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     rows = [
         ("task", task.task_id),
         ("type", task.type),
-        ("status", task.status + (" (cancel requested)" if task.cancel_requested and task.status != "canceled" else "")),
+        ("status", task.status + (" (cancel requested)" if task.cancel_requested and not finished else "")),
         ("progress", f"{task.progress:.0%}"),
         ("stage", task.stage),
-        ("eta", eta(task.eta_seconds) if task.status in ("queued", "running") else NONE),
+        ("eta", NONE if finished else eta(task.eta_seconds)),
         ("soul", task.soul_id or NONE),
         ("user", task.user_id or NONE),
         ("created", when(task.created_at)),

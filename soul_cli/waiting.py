@@ -21,16 +21,9 @@ def wait_for_task(
 ) -> Task:
     """The task once it is succeeded, failed or canceled; `StillRunning` when `timeout_s` passes first."""
     deadline = time.monotonic() + timeout_s
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[stage]}"),
-        TextColumn("ETA {task.fields[eta]}"),
-    )
-    last_seen: tuple[str, str] | None = None
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+    task: Task | None = None
+    shown: tuple[str, str] | None = None
+    with _progress_bar(console) as progress:
         bar = progress.add_task(task_id, total=1.0, stage="queued", eta="?")
         while True:
             try:
@@ -38,23 +31,37 @@ def wait_for_task(
             except CliError as exc:
                 if not exc.retryable:
                     raise
-                progress.update(bar, stage=f"retrying: {exc}")
-                task = None
-            if task is not None:
+                progress.update(bar, stage=f"retrying ({exc})")
+            else:
                 progress.update(bar, completed=task.progress, stage=task.stage, eta=render.eta(task.eta_seconds))
-                if not console.is_terminal and (task.status, task.stage) != last_seen:
-                    last_seen = (task.status, task.stage)
-                    console.print(
-                        f"{task_id}: {task.status}, {task.stage}, {task.progress:.0%}, ETA {render.eta(task.eta_seconds)}",
-                        markup=False, highlight=False,
-                    )
+                if not console.is_terminal and (task.status, task.stage) != shown:
+                    shown = (task.status, task.stage)
+                    console.print(_status_line(task), markup=False, highlight=False)
                 if task.status in TERMINAL_STATUSES:
                     return task
             left = deadline - time.monotonic()
             if left <= 0:
-                status = task.status if task is not None else "unknown"
                 raise StillRunning(
-                    f"gave up waiting after {timeout_s:g} s; task {task_id} is {status}. "
+                    f"gave up waiting after {timeout_s:g} s; task {task_id} is {task.status if task else 'unknown'}. "
                     f"Follow it with `soul task {task_id}`."
                 )
             time.sleep(min(poll_interval_s, left))
+
+
+def _progress_bar(console: Console) -> Progress:
+    """Progress, stage and the API's ETA (not rich's own estimate); drawn only on a terminal."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[stage]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+
+
+def _status_line(task: Task) -> str:
+    return f"{task.task_id}: {task.status}, {task.stage}, {task.progress:.0%}, ETA {render.eta(task.eta_seconds)}"

@@ -22,7 +22,20 @@ def api_app(emulator_stack):
 
 
 @pytest.fixture
-def api(api_app, clean_firestore, drain_jobs):
+def clean_bucket(emulator_stack):
+    """Start a test with an empty bucket (fake-gcs-server keeps objects for the whole session)."""
+    import os
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project=os.environ["GCS_PROJECT_ID"], credentials=AnonymousCredentials())
+    for blob in client.bucket(os.environ["GCS_BUCKET_NAME"]).list_blobs():
+        blob.delete()
+
+
+@pytest.fixture
+def api(api_app, clean_firestore, clean_bucket, drain_jobs):
     return api_app.test_client()
 
 

@@ -1,0 +1,80 @@
+# Firestore (native mode), the source of truth: prompts, variants, users/*/seen, jobs, styles, idempotency,
+# runner_stats. If the project already has a (default) database, import it instead of creating it:
+#   terraform import google_firestore_database.default "projects/PROJECT_ID/databases/(default)"
+resource "google_firestore_database" "default" {
+  name                    = "(default)"
+  location_id             = var.firestore_location
+  type                    = "FIRESTORE_NATIVE"
+  delete_protection_state = "DELETE_PROTECTION_ENABLED"
+  deletion_policy         = "ABANDON" # `terraform destroy` leaves the data alone
+
+  depends_on = [google_project_service.enabled]
+}
+
+# Composite indexes for the queries in the code. Queries that need none (served by the automatic single-field
+# indexes): variants where pk == ... ordered by __name__ (functions/store.py), jobs where status == ... (the
+# reconciler, count() per status/type), documents read by id.
+locals {
+  firestore_indexes = {
+    # GET /tasks: equality filters on any subset of status / type / soul_id / requested_by, newest first
+    # (functions/store.py jobs_page: order by created_at desc, __name__ desc). One index per filter field;
+    # Firestore merges them (index merging) for queries that combine several equality filters.
+    jobs_status_created = {
+      collection = "jobs"
+      fields     = [["status", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    jobs_type_created = {
+      collection = "jobs"
+      fields     = [["type", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    jobs_soul_created = {
+      collection = "jobs"
+      fields     = [["soul_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    jobs_requester_created = {
+      collection = "jobs"
+      fields     = [["requested_by", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    # The most common combination (a user's jobs in one state) gets its own index rather than a merge.
+    jobs_requester_status_created = {
+      collection = "jobs"
+      fields = [
+        ["requested_by", "ASCENDING"], ["status", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"],
+      ]
+    }
+    # GET /tasks/stats/summary: recent succeeded jobs (functions/store.py recent_finished: status ==, finished_at desc).
+    jobs_status_finished = {
+      collection = "jobs"
+      fields     = [["status", "ASCENDING"], ["finished_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+  }
+}
+
+resource "google_firestore_index" "indexes" {
+  for_each = local.firestore_indexes
+
+  database    = google_firestore_database.default.name
+  collection  = each.value.collection
+  query_scope = "COLLECTION"
+  api_scope   = "ANY_API"
+
+  dynamic "fields" {
+    for_each = each.value.fields
+    content {
+      field_path = fields.value[0]
+      order      = fields.value[1]
+    }
+  }
+}
+
+# Idempotency-Key records carry expires_at (functions/idempotency.py): let Firestore delete them after it.
+resource "google_firestore_field" "idempotency_ttl" {
+  database   = google_firestore_database.default.name
+  collection = "idempotency"
+  field      = "expires_at"
+
+  ttl_config {}
+
+  # Nothing queries expires_at: no single-field indexes on it (avoids write hotspots on a timestamp field).
+  index_config {}
+}

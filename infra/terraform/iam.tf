@@ -1,0 +1,156 @@
+# Service accounts, each with the least it needs. Project-level roles only where no narrower resource exists
+# (Firestore has no per-collection IAM; logging/monitoring are project sinks).
+
+# --- soul-api: identity of the `api` and `ingest` functions -------------------------------------------------
+resource "google_service_account" "api" {
+  account_id   = "soul-api"
+  display_name = "Soul functions (api, ingest)"
+  depends_on   = [google_project_service.enabled]
+}
+
+resource "google_project_iam_member" "api_firestore" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = google_service_account.api.member
+}
+
+resource "google_pubsub_topic_iam_member" "api_publishes" {
+  for_each = {
+    jobs   = google_pubsub_topic.jobs.name
+    events = google_pubsub_topic.events.name
+  }
+
+  topic  = each.value
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.api.member
+}
+
+resource "google_storage_bucket_iam_member" "api_reads_media" {
+  bucket = google_storage_bucket.media.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.api.member
+}
+
+# V4 signed URLs without a key file: the functions call IAM signBlob as themselves
+# (SOUL_SIGNING_SERVICE_ACCOUNT), which needs iam.serviceAccounts.signBlob on their own account.
+resource "google_service_account_iam_member" "api_signs_as_itself" {
+  service_account_id = google_service_account.api.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = google_service_account.api.member
+}
+
+resource "google_secret_manager_secret_iam_member" "api_reads_keys" {
+  project   = var.project_id
+  secret_id = var.api_keys_secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.api.member
+}
+
+# --- soul-runner: identity of the GPU runner VMs --------------------------------------------------------------
+resource "google_service_account" "runner" {
+  account_id   = "soul-runner"
+  display_name = "Soul GPU runner"
+  depends_on   = [google_project_service.enabled]
+}
+
+resource "google_project_iam_member" "runner_project" {
+  for_each = toset([
+    "roles/datastore.user",    # job documents, variants, runner_stats
+    "roles/logging.logWriter", # container logs (COS logging agent)
+    "roles/monitoring.metricWriter",
+  ])
+
+  project = var.project_id
+  role    = each.value
+  member  = google_service_account.runner.member
+}
+
+resource "google_pubsub_subscription_iam_member" "runner_subscribes" {
+  subscription = google_pubsub_subscription.runner.name
+  role         = "roles/pubsub.subscriber"
+  member       = google_service_account.runner.member
+}
+
+resource "google_pubsub_topic_iam_member" "runner_publishes" {
+  for_each = {
+    events      = google_pubsub_topic.events.name           # completion events
+    jobs        = google_pubsub_topic.jobs.name             # the reconciler re-publishes lost jobs
+    dead_letter = google_pubsub_topic.jobs_dead_letter.name # unusable messages, with the reason
+  }
+
+  topic  = each.value
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.runner.member
+}
+
+# Create-only writes (objectCreator cannot overwrite or delete) plus reads (existing objects, video sources).
+resource "google_storage_bucket_iam_member" "runner_media" {
+  for_each = toset(["roles/storage.objectCreator", "roles/storage.objectViewer"])
+
+  bucket = google_storage_bucket.media.name
+  role   = each.value
+  member = google_service_account.runner.member
+}
+
+resource "google_artifact_registry_repository_iam_member" "runner_pulls" {
+  location   = google_artifact_registry_repository.soul.location
+  repository = google_artifact_registry_repository.soul.name
+  role       = "roles/artifactregistry.reader"
+  member     = google_service_account.runner.member
+}
+
+locals {
+  models_bucket = var.models_gcs_uri == "" ? "" : regex("^gs://([^/]+)", var.models_gcs_uri)[0]
+}
+
+# Weights copied at boot from a bucket other than the media bucket (in the media bucket, the objectViewer
+# grant above already covers them).
+resource "google_storage_bucket_iam_member" "runner_reads_models" {
+  count = local.models_bucket != "" && local.models_bucket != local.bucket_name ? 1 : 0
+
+  bucket = local.models_bucket
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.runner.member
+}
+
+# --- soul-push: the identity Pub/Sub uses to push soul-requests to `ingest` ----------------------------------
+resource "google_service_account" "push" {
+  account_id   = "soul-push"
+  display_name = "Soul soul-requests push subscription"
+  depends_on   = [google_project_service.enabled]
+}
+
+# Lets the Pub/Sub service agent mint OIDC tokens for the push account. Granted automatically to the agent in
+# projects created after April 2021; harmless (and needed) in older ones.
+resource "google_service_account_iam_member" "agent_mints_push_tokens" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_service_agent
+}
+
+# --- soul-build: builds the functions' containers (Cloud Build) ----------------------------------------------
+# New projects no longer give the default compute account the build permissions; a dedicated account avoids
+# depending on either.
+resource "google_service_account" "build" {
+  account_id   = "soul-build"
+  display_name = "Soul functions build"
+  depends_on   = [google_project_service.enabled]
+}
+
+resource "google_project_iam_member" "build" {
+  for_each = toset([
+    "roles/cloudbuild.builds.builder",
+    "roles/logging.logWriter",
+    "roles/artifactregistry.writer",
+  ])
+
+  project = var.project_id
+  role    = each.value
+  member  = google_service_account.build.member
+}
+
+resource "google_storage_bucket_iam_member" "build_reads_source" {
+  bucket = google_storage_bucket.functions_source.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.build.member
+}

@@ -1,0 +1,22 @@
+# Names are contracts shared with the code: they mirror schemas/names.py (change both together).
+locals {
+  topic_jobs             = "soul-jobs"
+  topic_jobs_dead_letter = "soul-jobs-dead-letter"
+  topic_events           = "soul-events"
+  topic_requests         = "soul-requests"
+  sub_runner             = "soul-jobs-runner"
+  sub_jobs_dead_letter   = "soul-jobs-dead-letter-sub"
+  sub_events             = "soul-events-sub"
+  sub_requests_push      = "soul-requests-ingest"
+  max_delivery_attempts  = 5 # schemas/names.py MAX_DELIVERY_ATTEMPTS
+
+  # Infra-only names (no code reads them): where soul-requests messages that ingest keeps failing on end up.
+  topic_requests_dead_letter = "soul-requests-dead-letter"
+  sub_requests_dead_letter   = "soul-requests-dead-letter-sub"
+
+  bucket_name     = var.bucket_name != "" ? var.bucket_name : "${var.project_id}-soul-media"
+  bucket_location = var.bucket_location != "" ? var.bucket_location : upper(var.region)
+
+  # The Pub/Sub service agent: moves undeliverable messages to dead-letter topics, mints push OIDC tokens.
+  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+}
