@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,17 @@ class DevStack:
             ],
             timeout_s=60,
         )
+        self._wait_for_log(runner, runner_record.log_path, b'"runner_ready"', timeout_s=180)
+
+    @staticmethod
+    def _wait_for_log(popen: subprocess.Popen, log_path: Path, marker: bytes, timeout_s: float) -> None:
+        """The runner is ready once it says so (its models are loaded): wait for that line, or its death."""
+        deadline = time.monotonic() + timeout_s
+        while marker not in log_path.read_bytes():
+            if popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gpu_runner did not become ready; last lines of {log_path}:\n"
+                                   + _process.log_tail(log_path))
+            time.sleep(0.2)
 
     def stop(self) -> None:
         _process.stop_groups([(popen.pid, popen) for _, popen, _ in self._children], grace_s=15.0)
@@ -111,6 +123,9 @@ def main(port: int | None = None) -> int:
                 print(f"error: {death}", file=sys.stderr, flush=True)
                 return 1
         return 0
+    except Exception as exc:  # noqa: BLE001 - a start-up failure is reported in one line, then all is stopped
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         print("stopping the stack...", file=sys.stderr, flush=True)
         stack.stop()

@@ -12,7 +12,7 @@ import functions_framework
 from cloudevents.http.event import CloudEvent
 
 from functions._clients import make_clients
-from functions.app import Api
+from functions.app import Api, structured_error
 from functions.ingest import handle_message
 from functions.logs import configure_logging
 from functions.settings import FunctionsSettings
@@ -36,15 +36,23 @@ def api(request: flask.Request) -> flask.Response:
     return _get_api()(request)
 
 
-def _route_static_paths_to_api() -> None:
-    """Flask's built-in `/static/<path>` view would serve files from local disk and shadow the original app's
-    `/static/...` paths, which must answer with signed-URL redirects. functions-framework executes this module
-    inside its app context, so the view can be replaced by the API here."""
-    if flask.has_app_context() and "static" in flask.current_app.view_functions:
-        flask.current_app.view_functions["static"] = lambda filename: api(flask.request)
+def _adapt_flask_app() -> None:
+    """functions-framework executes this module inside its Flask app's context; two of Flask's defaults must go.
+
+    Its built-in `/static/<path>` view would serve files from local disk and shadow the original app's
+    `/static/...` paths, which answer with signed-URL redirects: the view is handed to the API. And requests no
+    Flask rule matches (e.g. a path with an encoded newline) would get Flask's HTML error pages: they get the
+    API's structured error instead."""
+    if not flask.has_app_context():
+        return
+    app = flask.current_app
+    if "static" in app.view_functions:
+        app.view_functions["static"] = lambda filename: api(flask.request)
+    for status in (400, 404, 405):
+        app.register_error_handler(status, lambda exc: structured_error(exc.code, exc.description))
 
 
-_route_static_paths_to_api()
+_adapt_flask_app()
 
 
 @functions_framework.cloud_event

@@ -47,7 +47,7 @@ def _text_config(width: int, heads: int, hidden_act: str, projection_dim: int) -
 
 def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     """The tiny SDXL in memory, laid out like SDXL base 1.0 at a fraction of its widths (after diffusers' own
-    `get_dummy_components()`): UNet of two levels with text_time conditioning, two-level VAE, both text encoders."""
+    `get_dummy_components()`): UNet of two levels with text_time conditioning, four-level VAE, both text encoders."""
     torch.manual_seed(seed)  # every component below draws its random init from this one stream, in this order
     unet = UNet2DConditionModel(
         sample_size=32,
@@ -66,15 +66,18 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         projection_class_embeddings_input_dim=6 * _TIME_EMBED_DIM + _TEXT_2_PROJECTION,
         norm_num_groups=16,
     )
+    # Four levels, like SDXL's VAE: latents are 1/8 of the image. (With diffusers' two-level dummy VAE a 256 px
+    # image has 128x128 latents, and the VAE's mid-block attention over 16k positions took 9 s per render.)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16, 32, 32),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
-        norm_num_groups=16,
-        sample_size=64,
+        norm_num_groups=8,
+        sample_size=256,
         scaling_factor=0.13025,
         force_upcast=True,
     )

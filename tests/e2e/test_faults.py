@@ -1,0 +1,100 @@
+"""Faults on purpose, with the runner as a real process: killed mid-job (SIGKILL, nothing cleaned up) and
+stopped gracefully (SIGTERM). The job document, the lease and the reconciler must recover the work without
+losing or duplicating anything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore, storage
+
+from schemas import names
+
+pytestmark = pytest.mark.fault
+
+
+@pytest.fixture
+def spawn_runner(emulator_stack, tmp_path_factory, api):
+    started: list[subprocess.Popen] = []
+    logs = tmp_path_factory.mktemp("runner-logs")
+
+    def spawn(name: str) -> subprocess.Popen:
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "SOUL_MODEL_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "models"),
+            "SOUL_LEASE_SECONDS": "5",
+            "SOUL_HEARTBEAT_SECONDS": "0.5",
+            "SOUL_RECONCILE_INTERVAL_SECONDS": "1",
+            "SOUL_TINY_MAX_STEPS": "40",
+            "SOUL_PROGRESS_INTERVAL_SECONDS": "0.1",
+            "SOUL_PULL_TIMEOUT_SECONDS": "1",
+            "SOUL_RUNNER_ID": name,
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gpu_runner", "--warm"], env=env, start_new_session=True,
+            stdout=open(logs / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
+        )
+        started.append(process)
+        return process
+
+    yield spawn
+    for process in started:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def job(job_id: str) -> dict:
+    db = firestore.Client(project=os.environ["GCS_PROJECT_ID"])
+    return db.collection(names.JOBS).document(job_id).get().to_dict()
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_runner_killed_mid_job_loses_nothing_and_duplicates_nothing(api, spawn_runner):
+    first = spawn_runner("runner-a")
+    queued = api.get("/image", query_string={"soul_id": "nova", "cue": "storm", "user_id": "u"}).json
+    task_id = queued["task_id"]
+    wait_for(lambda: job(task_id)["stage"] == "denoising", 120, "the job to be denoising")
+    os.killpg(first.pid, signal.SIGKILL)  # no cleanup at all: the lease is left to expire
+    first.wait(timeout=30)
+    assert job(task_id)["status"] == "running" and job(task_id)["lease_owner"] == "runner-a"
+
+    second = spawn_runner("runner-b")
+    done = wait_for(lambda: (j := job(task_id))["status"] in ("succeeded", "failed") and j, 120, "recovery")
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    bucket = storage.Client(project=os.environ["GCS_PROJECT_ID"], credentials=AnonymousCredentials()).bucket(
+        os.environ["GCS_BUCKET_NAME"]
+    )
+    assert len(list(bucket.list_blobs(prefix=f"images/nova/{queued['pk_id']}/"))) == 1
+    db = firestore.Client(project=os.environ["GCS_PROJECT_ID"])
+    assert len(list(db.collection(names.VARIANTS).stream())) == 1
+    assert api.get("/image", query_string={"soul_id": "nova", "cue": "storm", "user_id": "u"}).status_code == 200
+
+    os.killpg(second.pid, signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
+
+
+def test_sigterm_lets_the_running_job_finish_then_exits(api, spawn_runner):
+    runner = spawn_runner("runner-c")
+    task_id = api.get("/image", query_string={"soul_id": "mira", "cue": "rain", "user_id": "u"}).json["task_id"]
+    wait_for(lambda: job(task_id)["stage"] == "denoising", 120, "the job to be denoising")
+    os.killpg(runner.pid, signal.SIGTERM)
+    assert runner.wait(timeout=60) == 0
+    finished = job(task_id)
+    assert finished["status"] == "succeeded" and finished["attempts"] == 1
