@@ -12,7 +12,7 @@ from functions.normalize import EmptyCueError, normalize_cue
 from functions.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.publish import Publisher
 from functions.settings import FunctionsSettings
-from functions.signing import UrlSigner
+from functions.signing import UrlSigner, variant_link
 from functions.store import Store
 from functions.styles import StyleService
 from functions.variants import choose_unseen, next_variant_index
@@ -127,14 +127,4 @@ class ImageService:
         )
 
     def variant_view(self, variant: VariantDoc) -> Variant:
-        signed = self._signer.sign(variant.object)
-        return Variant(
-            variant_id=variant.variant_id,
-            pk_id=variant.pk,
-            url=signed.url,
-            expires_at=signed.expires_at,
-            width=variant.width,
-            height=variant.height,
-            seed=variant.seed,
-            created_at=variant.created_at,
-        )
+        return variant_link(self._signer, variant)

@@ -13,6 +13,10 @@ import google.auth.transport.requests
 from google.cloud import storage
 from google.oauth2 import service_account
 
+from schemas.api import Variant
+from schemas.documents import VariantDoc
+from schemas.jobs import ImageResult
+
 
 @dataclass(frozen=True)
 class SignedUrl:
@@ -57,3 +61,12 @@ class UrlSigner:
             credentials.refresh(google.auth.transport.requests.Request())
         email = self._service_account_email or getattr(credentials, "service_account_email", None)
         return {"service_account_email": email, "access_token": credentials.token}
+
+
+def variant_link(signer: UrlSigner, image: VariantDoc | ImageResult) -> Variant:
+    """An image as the API shows it: its facts and a fresh signed URL (from a variant document or a job result)."""
+    signed = signer.sign(image.object)
+    return Variant(
+        variant_id=image.variant_id, pk_id=image.pk, url=signed.url, expires_at=signed.expires_at,
+        width=image.width, height=image.height, seed=image.seed, created_at=image.created_at,
+    )

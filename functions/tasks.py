@@ -10,7 +10,7 @@ from google.api_core import exceptions as gexc
 
 from functions.errors import Conflict, NotFound, Unavailable
 from functions.publish import Publisher
-from functions.signing import UrlSigner
+from functions.signing import UrlSigner, variant_link
 from functions.store import Store
 from schemas import names
 from schemas._base import utcnow
@@ -132,18 +132,7 @@ class TaskService:
 
     def _result(self, job: JobDoc) -> TaskResult | None:
         if isinstance(job.result, ImageResult):
-            signed = self._signer.sign(job.result.object)
-            variant = Variant(
-                variant_id=job.result.variant_id,
-                pk_id=job.result.pk,
-                url=signed.url,
-                expires_at=signed.expires_at,
-                width=job.result.width,
-                height=job.result.height,
-                seed=job.result.seed,
-                created_at=job.result.created_at,
-            )
-            return TaskResult(variant=variant)
+            return TaskResult(variant=variant_link(self._signer, job.result))
         if isinstance(job.result, VideoResult):
             links = []
             for output in job.result.outputs:

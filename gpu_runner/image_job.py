@@ -28,14 +28,21 @@ class WorkContext:
     models: ModelHost
 
 
+def capped(width: int, height: int, steps: int, settings: RunnerSettings) -> tuple[int, int, int]:
+    """Size and steps for a tiny stand-in model: its pixels are noise at any size, so render small and few."""
+    scale = min(1.0, settings.tiny_max_side / max(width, height))
+    return (
+        max(64, int(width * scale) // 8 * 8),
+        max(64, int(height * scale) // 8 * 8),
+        min(steps, settings.tiny_max_steps),
+    )
+
+
 def render_size(spec: ImageJobSpec, models: ModelHost, settings: RunnerSettings) -> tuple[int, int, int]:
     """Width, height and steps actually rendered: the tiny stand-in is capped, real weights render as asked."""
     if not models.tiny_sdxl:
         return spec.width, spec.height, spec.steps
-    scale = min(1.0, settings.tiny_max_side / max(spec.width, spec.height))
-    width = max(64, int(spec.width * scale) // 8 * 8)
-    height = max(64, int(spec.height * scale) // 8 * 8)
-    return width, height, min(spec.steps, settings.tiny_max_steps)
+    return capped(spec.width, spec.height, spec.steps, settings)
 
 
 def run_image_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> ImageResult:

@@ -193,7 +193,11 @@ def clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
 
 
 def find_clip_bpe() -> Path | None:
-    """OpenAI's BPE merges file as shipped inside an installed package, found without importing the package."""
+    """OpenAI's BPE merges file: the copy shipped with the runner (configs/clip_bpe/, from open_clip_torch), else
+    one inside an installed package, found without importing the package."""
+    shipped = Path(__file__).resolve().parent / "configs" / "clip_bpe" / _CLIP_BPE_FILE
+    if shipped.is_file():
+        return shipped
     for package in _CLIP_BPE_PACKAGES:
         spec = importlib.util.find_spec(package)
         for location in (spec.submodule_search_locations or []) if spec else []:

@@ -12,7 +12,7 @@ import time
 
 from PIL import Image
 
-from gpu_runner.image_job import WorkContext
+from gpu_runner.image_job import WorkContext, capped
 from gpu_runner.progress import ProgressReporter
 from schemas import names
 from schemas.jobs import JobDoc, VideoJobSpec, VideoOutput, VideoResult
@@ -25,10 +25,7 @@ def animation_size(ctx: WorkContext) -> tuple[int, int, int]:
     s = ctx.settings
     if not ctx.models.tiny_svd:
         return s.svd_image_width, s.svd_image_height, s.svd_steps
-    scale = min(1.0, s.tiny_max_side / max(s.svd_image_width, s.svd_image_height))
-    width = max(64, int(s.svd_image_width * scale) // 8 * 8)
-    height = max(64, int(s.svd_image_height * scale) // 8 * 8)
-    return width, height, min(s.svd_steps, s.tiny_max_steps)
+    return capped(s.svd_image_width, s.svd_image_height, s.svd_steps, s)
 
 
 def run_video_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> VideoResult:

@@ -274,13 +274,15 @@ def test_missing_clip_vocabulary_names_the_package(tmp_path: Path, monkeypatch: 
     assert not list(tmp_path.iterdir())  # nothing half-built left behind
 
 
-@pytest.mark.skipif(sdxl.find_clip_bpe() is None, reason="no package with CLIP's BPE merges is installed")
 def test_real_clip_vocabulary(tmp_path: Path):
+    """The shipped merges make OpenAI CLIP's real tokenizer: its size, special tokens and known token ids."""
     from transformers import CLIPTokenizer
 
+    assert sdxl.find_clip_bpe() is not None
     sdxl.build_clip_tokenizer_files(tmp_path)
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
     assert len(tokenizer) == 49408 and tokenizer.eos_token_id == 49407 and tokenizer.bos_token_id == 49406
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
 # --- the device -----------------------------------------------------------------------------------------------------
