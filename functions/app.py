@@ -22,7 +22,7 @@ from werkzeug.routing import Map, Rule
 from functions import errors
 from functions._clients import Clients
 from functions.idempotency import StoredReply, request_fingerprint
-from functions.openapi import docs_page, openapi_document
+from functions.openapi import openapi_document, page
 from functions.routes import ENDPOINTS, Call, Endpoint
 from functions.services import build_services
 from functions.settings import FunctionsSettings
@@ -37,7 +37,7 @@ _UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError,
                 gexc.TooManyRequests)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Pages of the service itself: public even when API keys are configured.
-_PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs"}
+_PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs", "/": "web"}
 
 
 class Api:
@@ -93,8 +93,8 @@ class Api:
             raise errors.NotFound(f"no endpoint {request.path}") from None
         if name == "openapi":
             return flask.Response(json.dumps(openapi_document()), mimetype="application/json")
-        if name == "docs":
-            return flask.Response(docs_page(), mimetype="text/html")
+        if name in ("docs", "web"):
+            return flask.Response(page(name), mimetype="text/html")
         endpoint = self._endpoints[name]
         caller = "public" if endpoint.public else self._authenticate(request)
         for param, pattern in endpoint.path_params.items():

@@ -135,5 +135,7 @@ def openapi_document() -> dict:
 
 
 @cache
-def docs_page() -> str:
-    return resources.files("functions").joinpath("data/docs.html").read_text("utf-8")
+def page(name: str) -> str:
+    """A shipped HTML page: `docs` renders this document, `web` is the original app's web page on the API."""
+    filename = {"docs": "docs.html", "web": "index.html"}[name]
+    return resources.files("functions").joinpath(f"data/{filename}").read_text("utf-8")
