@@ -125,8 +125,11 @@ def _sdpa(pipe) -> None:
 
 
 def _channels_last(pipe) -> None:
+    """channels_last for the 2-D convolutions (SVD's UNet also has tensors of other ranks, which stay as they are)."""
     _sdpa(pipe)
-    pipe.unet.to(memory_format=torch.channels_last)
+    for module in pipe.unet.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
 
 
 def _fused_qkv(pipe) -> None:

@@ -1,0 +1,24 @@
+"""The GPU benchmark's harness, run on the tiny models on the CPU: it must keep working where no GPU is lent, so
+that it runs unchanged on the first CUDA machine that is."""
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def test_gpu_benchmark_harness_runs_on_the_tiny_models(tmp_path, capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(BENCH))
+    assert gpu.main(["--tiny", "--device", "cpu", "--json", str(tmp_path / "out.json"), "--cache",
+                     str(tmp_path / "cache")]) == 0
+    rows = json.loads((tmp_path / "out.json").read_text())["rows"]
+    assert {r["pipeline"] for r in rows} == {"SDXL", "SVD-XT"}
+    assert all(r["seconds"] > 0 and r["max_abs_diff"] is not None for r in rows)
+    sdpa = [r for r in rows if r["variant"] == "fp16 + SDPA"]
+    assert all(r["max_abs_diff"] == 0 for r in sdpa)
+    assert "| SDXL | fp16 + SDPA |" in capsys.readouterr().out
