@@ -48,13 +48,22 @@ class ModelHost:
             return self._sdxl
 
     def svd(self):
+        """Loaded into host memory first; then resident on the GPU beside SDXL when free memory holds it with
+        headroom, else run with model CPU offload (the policy in `svd.residency_policy`)."""
         with self._lock:
             if self._svd is None:
-                from gpu_runner.svd import load_svd
+                import torch
 
-                log.info("loading_svd", model=self._settings.svd_model or "tiny", device=self.device.name)
-                self._svd = load_svd(
-                    self._settings.svd_model, Path(self._settings.model_cache_dir), self.device.device,
-                    self.device.dtype,
+                from gpu_runner.svd import apply_residency, load_svd, pipeline_bytes, residency_policy
+
+                pipe = load_svd(
+                    self._settings.svd_model, Path(self._settings.model_cache_dir), "cpu", self.device.dtype
                 )
+                free = torch.cuda.mem_get_info()[0] if self.device.device.startswith("cuda") else None
+                # SDXL, if loaded, already occupies its share of the device: only SVD's bytes must still fit.
+                policy = residency_policy(free, sdxl_bytes=0, svd_bytes=pipeline_bytes(pipe))
+                apply_residency(pipe, policy, self.device.device)
+                log.info("loaded_svd", model=self._settings.svd_model or "tiny", device=self.device.name,
+                         residency=policy)
+                self._svd = pipe
             return self._svd

@@ -1,9 +1,10 @@
 """The Stable Video Diffusion stage: the tiny offline stand-in, loading real SVD-XT weights, rendering frames.
 
-Memory policy (`residency_policy`): SDXL (~7 GB in fp16) and SVD-XT (~4.5 GB in fp16, plus up to ~10 GB of
-activations at 25 frames) stay resident on the GPU together when free memory holds both with headroom, so an
-animation right after an image pays no transfer. Otherwise the pipeline not in use waits in CPU memory
-(`enable_model_cpu_offload`), which costs a host-to-device copy per job instead of an out-of-memory error."""
+Memory policy (`residency_policy`, applied by `models.ModelHost`): SDXL (~7 GB in fp16) is the hot path and
+stays resident. SVD-XT (~4.5 GB in fp16, plus up to ~10 GB of activations at 25 frames) is loaded into host
+memory first and joins it on the GPU when the free memory holds its weights plus that headroom, so an animation
+right after an image pays no transfer. Otherwise SVD runs with `enable_model_cpu_offload`: each component moves
+to the GPU only while it works, which costs host-to-device copies per job instead of an out-of-memory error."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from gpu_runner.errors import (
     InvalidJob,
     InvalidMessage,
     JobCanceled,
+    JobNotFound,
     disposition,
 )
 from gpu_runner.events import EventPublisher
@@ -268,8 +269,8 @@ class Runner:
         try:
             if decided is Disposition.DEAD_LETTER:
                 self._events.dead_letter(received.message.data, dict(received.message.attributes), error.message)
-            if job_id is None or decided is Disposition.ACK:
-                return
+            if job_id is None or decided is Disposition.ACK or isinstance(exc, JobNotFound):
+                return  # nothing to record: no job, or nothing went wrong with it
             last_attempt = attempt >= names.MAX_DELIVERY_ATTEMPTS
             if decided is Disposition.RETRY and not last_attempt:
                 self._store.release(job_id, error)

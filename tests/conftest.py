@@ -91,6 +91,7 @@ def drain_jobs(subscriber):
     from schemas import names
     from tests.support import pull_all
 
-    pull_all(subscriber, names.SUB_RUNNER, rounds=1)
-    pull_all(subscriber, names.SUB_EVENTS, rounds=1)
-    pull_all(subscriber, names.SUB_JOBS_DEAD_LETTER, rounds=1)
+    # A pull with return_immediately may come back empty while messages wait: ask a few times.
+    pull_all(subscriber, names.SUB_RUNNER, rounds=3)
+    pull_all(subscriber, names.SUB_EVENTS, rounds=3)
+    pull_all(subscriber, names.SUB_JOBS_DEAD_LETTER, rounds=3)
