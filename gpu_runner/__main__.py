@@ -29,6 +29,16 @@ def make_clients(settings: RunnerSettings) -> RunnerClients:
     )
 
 
+def _quiet_progress_bars() -> None:
+    """diffusers and transformers draw tqdm bars on every load and render: noise in a service's JSON logs.
+    Progress is reported on the job document instead."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpu_runner", description=__doc__)
     parser.add_argument("--burst", action="store_true", help="exit once the subscription is drained")
@@ -37,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = RunnerSettings()
     configure_logging(settings.log_level, component="gpu_runner")
+    _quiet_progress_bars()
     runner = Runner(settings, make_clients(settings))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())

@@ -28,21 +28,17 @@ class WorkContext:
     models: ModelHost
 
 
-def capped(width: int, height: int, steps: int, settings: RunnerSettings) -> tuple[int, int, int]:
+def capped(width: int, height: int, steps: int, max_side: int, max_steps: int) -> tuple[int, int, int]:
     """Size and steps for a tiny stand-in model: its pixels are noise at any size, so render small and few."""
-    scale = min(1.0, settings.tiny_max_side / max(width, height))
-    return (
-        max(64, int(width * scale) // 8 * 8),
-        max(64, int(height * scale) // 8 * 8),
-        min(steps, settings.tiny_max_steps),
-    )
+    scale = min(1.0, max_side / max(width, height))
+    return max(64, int(width * scale) // 8 * 8), max(64, int(height * scale) // 8 * 8), min(steps, max_steps)
 
 
 def render_size(spec: ImageJobSpec, models: ModelHost, settings: RunnerSettings) -> tuple[int, int, int]:
     """Width, height and steps actually rendered: the tiny stand-in is capped, real weights render as asked."""
     if not models.tiny_sdxl:
         return spec.width, spec.height, spec.steps
-    return capped(spec.width, spec.height, spec.steps, settings)
+    return capped(spec.width, spec.height, spec.steps, settings.tiny_max_side, settings.tiny_max_steps)
 
 
 def run_image_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> ImageResult:

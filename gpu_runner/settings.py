@@ -41,6 +41,8 @@ class RunnerSettings(BaseSettings):
     # The tiny stand-in renders at most this size and step count: its pixels are noise at any size.
     tiny_max_side: int = Field(default=256, ge=64, le=2048)
     tiny_max_steps: int = Field(default=4, ge=1, le=150)
+    tiny_svd_max_side: int = Field(default=128, ge=64, le=2048)
+    tiny_svd_max_steps: int = Field(default=4, ge=1, le=150)
 
     # SVD (seed names).
     svd_num_frames: int = Field(default=25, ge=2, le=64, validation_alias=_alias("SVD_NUM_FRAMES"))

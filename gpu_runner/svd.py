@@ -9,8 +9,6 @@ to the GPU only while it works, which costs host-to-device copies per job instea
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +24,9 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from gpu_runner.sdxl import publish_folder
+from gpu_runner.tiny_models import save_pipeline
 
-TINY_SVD_NAME = "tiny-svd-v1"  # bump when the architecture below changes: it names the cache folder
+TINY_SVD_NAME = "tiny-svd-v2"  # bump when the architecture below changes: it names the cache folder
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs" / "svd"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Free memory kept beyond both pipelines' weights: activations of a 25-frame SVD decode at 1024x576.
@@ -83,11 +81,13 @@ def tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
         addition_time_embed_dim=32,
     )
     torch.manual_seed(seed + 1)
+    # Four levels, as in the real VAE: latents are 1/8 of the frame, so the UNet's attention stays small.
     vae = AutoencoderKLTemporalDecoder(
-        block_out_channels=[32, 64],
+        block_out_channels=[32, 32, 64, 64],
         in_channels=3,
         out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        layers_per_block=1,
         latent_channels=4,
     )
     torch.manual_seed(seed + 2)
@@ -104,15 +104,7 @@ def tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
 
 
 def build_tiny_svd(dest: Path, seed: int = 0) -> Path:
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        tiny_svd_pipeline(seed).save_pretrained(staging)
-        publish_folder(staging, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return dest
+    return save_pipeline(tiny_svd_pipeline(seed), dest)
 
 
 def ensure_tiny_svd(cache_dir: Path) -> Path:

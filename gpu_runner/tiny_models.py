@@ -94,9 +94,8 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     )
 
 
-def build_tiny_sdxl(dest: Path, seed: int = 0) -> Path:
-    """Write the tiny SDXL as a diffusers folder at `dest` and return it (a model already there stands)."""
-    pipe = tiny_sdxl_pipeline(seed)
+def save_pipeline(pipe, dest: Path) -> Path:
+    """Write a pipeline as a diffusers folder at `dest`, all at once (a model already there stands)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
@@ -107,6 +106,11 @@ def build_tiny_sdxl(dest: Path, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def build_tiny_sdxl(dest: Path, seed: int = 0) -> Path:
+    """Write the tiny SDXL as a diffusers folder at `dest` and return it."""
+    return save_pipeline(tiny_sdxl_pipeline(seed), dest)
 
 
 def ensure_tiny_sdxl(cache_dir: Path) -> Path:

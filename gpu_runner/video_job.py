@@ -25,7 +25,7 @@ def animation_size(ctx: WorkContext) -> tuple[int, int, int]:
     s = ctx.settings
     if not ctx.models.tiny_svd:
         return s.svd_image_width, s.svd_image_height, s.svd_steps
-    return capped(s.svd_image_width, s.svd_image_height, s.svd_steps, s)
+    return capped(s.svd_image_width, s.svd_image_height, s.svd_steps, s.tiny_svd_max_side, s.tiny_svd_max_steps)
 
 
 def run_video_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> VideoResult:

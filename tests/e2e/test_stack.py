@@ -125,3 +125,43 @@ def test_cancel_a_running_task(stack):
     task, _ = poll_task(base, task_id, timeout_s=30)
     assert task["status"] == "canceled" and task["result"] is None
     assert requests.delete(f"{base}/tasks/{task_id}", timeout=10).status_code == 409
+
+
+def curl(*args: str) -> tuple[int, dict]:
+    """Run a curl line from the original README, as written; returns (status, JSON body)."""
+    import subprocess
+
+    out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=30)
+    body, _, status = out.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+def test_the_seed_readme_curls_replayed_as_written(stack):
+    """The original README's examples with only the base URL swapped (localhost:8000 -> the stack)."""
+    base = stack["base"]
+    status, estimate = curl(f"{base}/video/estimate?num_frames=25")
+    assert status == 200
+    assert {k: estimate[k] for k in ("estimated_seconds", "estimated_minutes", "video_generation_seconds",
+                                      "gif_conversion_seconds", "num_frames")} == {
+        "estimated_seconds": 52.0, "estimated_minutes": 0.9, "video_generation_seconds": 50.0,
+        "gif_conversion_seconds": 2.0, "num_frames": 25}  # the README's very figures, from configuration
+
+    status, image = curl(f"{base}/image?soul_id=nova&cue=penguin&user_id=user123")
+    assert status in (200, 202) and image["pk_id"]
+
+    # The README converts a local file path; the pipeline never reads caller-given paths, and says so.
+    status, error = curl("-X", "POST", f"{base}/video/generate", "-H", "Content-Type: application/json", "-d",
+                         '{\n    "image_path": "generated_images/nova_xxx.png",\n    "generate_gif": true\n  }')
+    assert status == 400 and error["error"]["field"] == "image_path"
+    # "01K8XXX" is the README's placeholder: not a variant id.
+    status, error = curl("-X", "POST", f"{base}/video/generate-from-variant?variant_id=01K8XXX&generate_gif=true")
+    assert status == 400 and error["error"]["field"] == "variant_id"
+
+    task, _ = poll_task(base, image["task_id"]) if status and image.get("task_id") else (None, None)
+    variant_id = (task["result"]["variant"] if task else image["variant"])["variant_id"]
+    status, video = curl("-X", "POST", f"{base}/video/generate-from-variant?variant_id={variant_id}&generate_gif=true")
+    assert status == 202 and video["formats"] == ["gif", "mp4", "webp"]
+    done, _ = poll_task(base, video["task_id"], timeout_s=180)
+    assert done["status"] == "succeeded"
+    gif = next(o for o in done["result"]["outputs"] if o["format"] == "gif")
+    assert requests.get(gif["url"], timeout=10).content[:6] in (b"GIF89a", b"GIF87a")

@@ -28,7 +28,7 @@ def video_settings(emulator_stack, tmp_path_factory):
     return RunnerSettings(
         model_cache_dir=tmp_path_factory.getbasetemp() / "models",
         pull_timeout_seconds=1.0, heartbeat_seconds=0.2, progress_interval_seconds=0.0,
-        svd_image_width=96, svd_image_height=64, tiny_max_steps=4,
+        svd_image_width=96, svd_image_height=64, tiny_max_steps=4, tiny_svd_max_steps=4,
     )
 
 
@@ -99,7 +99,7 @@ def test_concurrent_identical_video_requests_make_one_job(api, video_settings, v
 
 def test_cancel_an_animation_mid_run(api, video_settings, video_models):
     variant = make_variant(api, video_settings, video_models, cue="fox")
-    slow = video_settings.model_copy(update={"tiny_max_steps": 40})
+    slow = video_settings.model_copy(update={"tiny_svd_max_steps": 200})
     task_id = api.post("/video/generate-from-variant",
                        query_string={"variant_id": variant["variant_id"], "num_frames": 8}).json["task_id"]
     runner = Runner(slow, make_clients(slow), video_models)
