@@ -45,6 +45,7 @@ class ModelHost:
 
                 log.info("loading_sdxl", model=self._settings.sdxl_model or "tiny", device=self.device.name)
                 self._sdxl = load_sdxl(self._settings.sdxl_model, Path(self._settings.model_cache_dir), self.device)
+                self._sdxl.set_progress_bar_config(disable=True)  # progress goes to the job document
             return self._sdxl
 
     def svd(self):
@@ -63,6 +64,7 @@ class ModelHost:
                 # SDXL, if loaded, already occupies its share of the device: only SVD's bytes must still fit.
                 policy = residency_policy(free, sdxl_bytes=0, svd_bytes=pipeline_bytes(pipe))
                 apply_residency(pipe, policy, self.device.device)
+                pipe.set_progress_bar_config(disable=True)
                 log.info("loaded_svd", model=self._settings.svd_model or "tiny", device=self.device.name,
                          residency=policy)
                 self._svd = pipe
