@@ -14,7 +14,7 @@ from functions.signing import UrlSigner, variant_link
 from functions.store import Store
 from schemas import names
 from schemas._base import utcnow
-from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats, Variant
+from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats
 from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
 
 STATS_SAMPLE = 500

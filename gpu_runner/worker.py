@@ -137,12 +137,13 @@ class Runner:
         """Serve until stop(); in burst mode, return once the subscription is drained (for tests and batch use)."""
         self._transition(WorkerState.STARTING)
         try:
-            self._models.device  # fail fast on a broken device setup, before taking messages
+            device = self._models.device  # fail fast on a broken device setup, before taking messages
         except Exception:
             self._transition(WorkerState.DEFUNCT)
             raise
         self._transition(WorkerState.READY)
-        log.info("runner_ready", runner_id=self._settings.runner_id, slots=self._settings.max_concurrent_tasks)
+        log.info("runner_ready", runner_id=self._settings.runner_id, slots=self._settings.max_concurrent_tasks,
+                 device=device.name)
         reconciler = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
         reconciler.start()
         slots = [

@@ -52,6 +52,8 @@ RUN python -c "import tomllib; p = tomllib.load(open('/tmp/soul/pyproject.toml',
 COPY schemas /tmp/soul/schemas
 COPY functions /tmp/soul/functions
 COPY gpu_runner /tmp/soul/gpu_runner
+# The package declares the `soul` console script; its module ships too so the entry point is not dangling.
+COPY soul_cli /tmp/soul/soul_cli
 RUN pip install "/tmp/soul[runner]" \
     && python -c "import torch; assert '${TORCH_VERSION}' in torch.__version__, torch.__version__" \
     && rm -rf /tmp/soul

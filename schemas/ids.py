@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from ulid import ULID
 
 # Caller-chosen ids (souls, users): short, printable, safe as a Firestore document id and a GCS path segment.
@@ -16,12 +14,6 @@ VARIANT_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"  # ULID, Crockford base32
 # creator of the same work collides with the first; "-rN" names the Nth retry after a failed or canceled run.
 JOB_ID_PATTERN = r"^(img|vid)-[0-9a-f]{32}-[0-9]{1,6}(-r[0-9]{1,2})?$"
 
-_VARIANT_RE = re.compile(VARIANT_ID_PATTERN)
-
 
 def new_ulid() -> str:
     return str(ULID())
-
-
-def is_variant_id(value: str) -> bool:
-    return bool(_VARIANT_RE.match(value))

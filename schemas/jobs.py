@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from schemas._base import Contract, Document
-from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
+from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, VARIANT_ID_PATTERN
 
 SCHEMA_VERSION = 1
 

@@ -22,9 +22,8 @@ from gpu_runner.events import EventPublisher
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.worker import Runner
 from schemas import names
-from schemas._base import firestore_dict, utcnow
+from schemas._base import utcnow
 from schemas.documents import SeenDoc
-from schemas.jobs import JobDoc
 from tests.support import pull_all
 
 PENGUIN = {"soul_id": "nova", "cue": "penguin", "user_id": "user123"}

@@ -1,8 +1,6 @@
 """GIF, MP4 and WebP encoders: each output decodes with the frame count, timing and codec asked for."""
 
 import io
-import json
-import subprocess
 
 import imageio_ffmpeg
 import numpy as np
