@@ -58,7 +58,8 @@ class RunnerSettings(BaseSettings):
     # Work distribution.
     subscription: str = "soul-jobs-runner"
     lease_seconds: float = Field(default=60.0, ge=5.0)
-    heartbeat_seconds: float = Field(default=10.0, ge=0.2)
+    # Also how soon a cancel request is noticed (the beat reads the job document).
+    heartbeat_seconds: float = Field(default=2.0, ge=0.2)
     progress_interval_seconds: float = Field(default=1.0, ge=0.0)
     pull_timeout_seconds: float = Field(default=5.0, ge=0.1)
     idle_sleep_seconds: float = Field(default=0.05, ge=0.0)

@@ -13,6 +13,12 @@ class Contract(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=True)
 
 
+class Reply(BaseModel):
+    """A response body: frozen; readers ignore fields they do not know, so older clients survive additions."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", use_enum_values=True)
+
+
 class Document(BaseModel):
     """A Firestore document model: frozen, but tolerant of fields added by newer writers."""
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas._base import Contract
+from schemas._base import Contract, Reply
 from schemas.documents import Style
 from schemas.ids import SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
 from schemas.jobs import JobError, JobStatus, JobType
@@ -23,7 +23,7 @@ class ImageRequest(Contract):
     user_id: str = Field(pattern=USER_ID_PATTERN, description="The end user, as asserted by the calling backend.")
 
 
-class Variant(Contract):
+class Variant(Reply):
     variant_id: str
     pk_id: str
     url: str = Field(description="V4 signed URL of the PNG.")
@@ -34,7 +34,7 @@ class Variant(Contract):
     created_at: datetime
 
 
-class Place(Contract):
+class Place(Reply):
     """Where a selfie is taken, chosen from the shipped catalog."""
 
     key: str
@@ -43,7 +43,7 @@ class Place(Contract):
     city_name: str
 
 
-class ImageReady(Contract):
+class ImageReady(Reply):
     """An unseen variant existed: answered at once."""
 
     status: Literal["ready"] = "ready"
@@ -52,7 +52,7 @@ class ImageReady(Contract):
     place: Place | None = None
 
 
-class ImageQueued(Contract):
+class ImageQueued(Reply):
     """No unseen variant: a job makes one (or an identical request's job already does)."""
 
     status: JobStatus
@@ -79,7 +79,7 @@ class MarkSeenQuery(Contract):
     user_id: str = Field(pattern=USER_ID_PATTERN)
 
 
-class Seen(Contract):
+class Seen(Reply):
     variant_id: str
     user_id: str
     pk_id: str
@@ -92,12 +92,12 @@ class PageQuery(Contract):
     cursor: str | None = Field(default=None, max_length=200, pattern=r"^[A-Za-z0-9_=-]+$")
 
 
-class VariantPage(Contract):
+class VariantPage(Reply):
     items: list[Variant]
     next_cursor: str | None = None
 
 
-class SeenPage(Contract):
+class SeenPage(Reply):
     items: list[Seen]
     next_cursor: str | None = None
 
@@ -111,7 +111,7 @@ class StyleUpsert(Contract):
     updated_at: datetime | None = None
 
 
-class StyleOut(Contract):
+class StyleOut(Reply):
     soul_id: str
     display_name: str
     style: Style
@@ -120,12 +120,12 @@ class StyleOut(Contract):
     updated_at: datetime | None = None
 
 
-class StylePage(Contract):
+class StylePage(Reply):
     items: list[StyleOut]
     next_cursor: str | None = None
 
 
-class StyleDeleted(Contract):
+class StyleDeleted(Reply):
     soul_id: str
     deleted: Literal[True] = True
     updated_at: datetime
@@ -138,7 +138,7 @@ class TaskListQuery(PageQuery):
     user_id: str | None = Field(default=None, pattern=USER_ID_PATTERN)
 
 
-class MediaLink(Contract):
+class MediaLink(Reply):
     format: str
     url: str
     expires_at: datetime
@@ -146,17 +146,17 @@ class MediaLink(Contract):
     bytes: int
 
 
-class TaskResult(Contract):
+class TaskResult(Reply):
     variant: Variant | None = None
     outputs: list[MediaLink] = []
 
 
-class TaskActions(Contract):
+class TaskActions(Reply):
     self: str
     cancel: str | None = None
 
 
-class Task(Contract):
+class Task(Reply):
     """`GET /tasks/{task_id}`."""
 
     task_id: str
@@ -177,18 +177,18 @@ class Task(Contract):
     actions: TaskActions
 
 
-class TaskPage(Contract):
+class TaskPage(Reply):
     items: list[Task]
     next_cursor: str | None = None
 
 
-class DurationStats(Contract):
+class DurationStats(Reply):
     count: int
     p50_seconds: float | None
     p95_seconds: float | None
 
 
-class TaskStats(Contract):
+class TaskStats(Reply):
     """`GET /tasks/stats/summary`."""
 
     total: int
@@ -202,7 +202,7 @@ class EstimateQuery(Contract):
     num_frames: int | None = Field(default=None, ge=2, le=64)
 
 
-class VideoEstimate(Contract):
+class VideoEstimate(Reply):
     """`GET /video/estimate`: the original app's fields, plus where the figures come from."""
 
     estimated_seconds: float
@@ -215,7 +215,7 @@ class VideoEstimate(Contract):
     device: str | None = None
 
 
-class Info(Contract):
+class Info(Reply):
     name: str
     version: str
     backends: dict[str, str]
@@ -223,24 +223,24 @@ class Info(Contract):
     configuration: dict[str, str | int | float | bool | None]
 
 
-class StaticListing(Contract):
+class StaticListing(Reply):
     items: list[Variant]
     next_cursor: str | None = None
 
 
-class ErrorDetail(Contract):
+class ErrorDetail(Reply):
     code: str
     message: str
     field: str | None = None
 
 
-class ErrorBody(Contract):
+class ErrorBody(Reply):
     """The one shape of every 4xx/5xx answer."""
 
     error: ErrorDetail
 
 
-class Health(Contract):
+class Health(Reply):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = {}
 
@@ -264,7 +264,7 @@ class VideoGenerateRequest(Contract):
     user_id: str | None = Field(default=None, pattern=USER_ID_PATTERN, description="For /tasks filters.")
 
 
-class VideoAccepted(Contract):
+class VideoAccepted(Reply):
     """The animation job for this (variant, frames, fps, formats): new, running, or already done."""
 
     status: JobStatus
@@ -277,7 +277,7 @@ class VideoAccepted(Contract):
     result: TaskResult | None = None
 
 
-class RequestOutcome(Contract):
+class RequestOutcome(Reply):
     """Published on soul-events for each request that arrived on soul-requests (ingest): accepted with the
     answer the HTTP API would have given, or rejected with the error it would have answered."""
 
