@@ -41,7 +41,8 @@ class SoulClient:
         self._session = session or requests.Session()
         self._session.headers.update({"Accept": "application/json", "User-Agent": f"soul-cli/{__version__}"})
         if api_key:
-            self._session.headers["Authorization"] = f"Bearer {api_key}"
+            # X-API-Key leaves `Authorization` free for an ID token where the platform checks one (invoker IAM).
+            self._session.headers["X-API-Key"] = api_key
 
     def __enter__(self) -> SoulClient:
         return self

@@ -72,7 +72,7 @@ def configure(
     ),
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="SOUL_API_KEY", show_default=False, help="Sent as `Authorization: Bearer <key>`."),
+        typer.Option(envvar="SOUL_API_KEY", show_default=False, help="Sent as `X-API-Key: <key>`."),
     ] = None,
     project: Annotated[
         str,

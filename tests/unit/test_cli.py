@@ -341,7 +341,7 @@ def test_the_api_key_is_sent_as_a_bearer_token_on_every_request(api):
 
     assert result.exit_code == ExitCode.OK, result.output
     assert len(api.requests) == 3
-    assert {r.headers.get("Authorization") for r in api.requests} == {"Bearer s3cret"}
+    assert {r.headers.get("X-API-Key") for r in api.requests} == {"s3cret"}
 
 
 def test_the_api_key_flag_wins_over_the_environment_and_no_key_sends_no_header(api):
@@ -350,7 +350,7 @@ def test_the_api_key_flag_wins_over_the_environment_and_no_key_sends_no_header(a
     soul(api, "--api-key", "from-flag", "task", TASK_ID, env={"SOUL_API_KEY": "from-env"})
     soul(api, "task", TASK_ID)
 
-    assert [r.headers.get("Authorization") for r in api.requests] == ["Bearer from-flag", None]
+    assert [r.headers.get("X-API-Key") for r in api.requests] == ["from-flag", None]
 
 
 # ---- tasks ------------------------------------------------------------------------------------------------------
