@@ -108,9 +108,8 @@ class Api:
         )
         key = request.headers.get("Idempotency-Key")
         if endpoint.creates_work and key is not None:
-            fingerprint = request_fingerprint(
-                request.method, request.path, _query_dict(request), call.body.model_dump(mode="json") if call.body else None
-            )
+            body = call.body.model_dump(mode="json") if call.body else None
+            fingerprint = request_fingerprint(request.method, request.path, _query_dict(request), body)
             stored = self._services.idempotency.run_once(key, caller, fingerprint, lambda: self._run(endpoint, call))
             response = flask.Response(stored.body, status=stored.status, mimetype="application/json")
             response.headers["Idempotency-Key"] = key

@@ -15,6 +15,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from functions.errors import IdempotencyMismatch, InvalidInput
+from functions.store import deadline
 from schemas import names
 from schemas._base import utcnow
 
@@ -33,9 +34,10 @@ def request_fingerprint(method: str, path: str, query: dict, body: object) -> st
 
 
 class IdempotencyStore:
-    def __init__(self, db: firestore.Client, ttl: timedelta):
+    def __init__(self, db: firestore.Client, ttl: timedelta, timeout: float = 10.0):
         self._db = db
         self._ttl = ttl
+        self._deadline = deadline(timeout)
 
     def run_once(self, key: str, scope: str, fingerprint: str, run: Callable[[], StoredReply]) -> StoredReply:
         if not _KEY_RE.match(key):
@@ -52,19 +54,19 @@ class IdempotencyStore:
         now = utcnow()
         try:
             ref.create({"fingerprint": fingerprint, "status": reply.status, "body": reply.body, "created_at": now,
-                        "expires_at": now + self._ttl})
+                        "expires_at": now + self._ttl}, **self._deadline)
         except gexc.Conflict:
             # A concurrent request with the same key won; answer as it did (the work itself is deduplicated).
             return self._replay(ref, fingerprint) or reply
         return reply
 
     def _replay(self, ref, fingerprint: str) -> StoredReply | None:
-        snap = ref.get()
+        snap = ref.get(**self._deadline)
         if not snap.exists:
             return None
         doc = snap.to_dict()
         if doc["expires_at"] <= utcnow():
-            ref.delete()
+            ref.delete(**self._deadline)
             return None
         if doc["fingerprint"] != fingerprint:
             raise IdempotencyMismatch("this Idempotency-Key was used with a different request", field="Idempotency-Key")

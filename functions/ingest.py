@@ -3,7 +3,8 @@ the same services as the HTTP API, with every outcome (accepted or rejected, wit
 soul-events.
 
 A message carries the same JSON body as the HTTP endpoint; its `type` attribute says which (`image`, `selfie`, or
-`video` with the fields of /video/generate-from-variant; default `image`) and an optional `request_id` attribute correlates the outcome (else the message id). Bad input
+`video` with the fields of /video/generate-from-variant; default `image`) and an optional `request_id`
+attribute correlates the outcome (else the message id). Bad input
 is answered with a rejection event and acknowledged: retrying cannot fix it. Backend outages raise, so Pub/Sub
 redelivers the push (and dead-letters it after the subscription's bounded attempts)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from google.api_core.retry import Retry
 from google.cloud import pubsub_v1
 
 from schemas import names
@@ -43,4 +44,4 @@ class Publisher:
         return future.result(timeout=PUBLISH_TIMEOUT_S)
 
     def ping(self) -> None:
-        self._client.get_topic(request={"topic": self._jobs_topic}, timeout=5)
+        self._client.get_topic(request={"topic": self._jobs_topic}, timeout=5, retry=Retry(timeout=5))

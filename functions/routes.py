@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 import flask
+from google.api_core.retry import Retry
 from pydantic import BaseModel
 
 from functions import estimates
@@ -104,7 +105,7 @@ def ready(svc: Services, call: Call) -> Reply:
     checks = {
         "firestore": svc.store.ping,
         "pubsub": svc.publisher.ping,
-        "gcs": lambda: svc.clients.storage.bucket(svc.settings.bucket).reload(timeout=5),
+        "gcs": lambda: svc.clients.storage.bucket(svc.settings.bucket).reload(timeout=5, retry=Retry(timeout=5)),
     }
     results: dict[str, str] = {}
     for name, check in checks.items():

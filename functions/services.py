@@ -34,7 +34,7 @@ class Services:
 
 
 def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
-    store = Store(clients.firestore)
+    store = Store(clients.firestore, settings.backend_timeout_s)
     publisher = Publisher(clients.publisher, settings.project_id)
     signer = UrlSigner(
         clients.storage,
@@ -49,7 +49,7 @@ def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
         video_seconds_per_frame=settings.svd_estimated_seconds_per_frame,
         encode_seconds_per_frame=settings.estimate_encode_seconds_per_frame,
     )
-    styles = StyleService(clients.firestore)
+    styles = StyleService(clients.firestore, settings.backend_timeout_s)
     tasks = TaskService(store, signer, publisher, settings.public_base_url)
     return Services(
         settings=settings,
@@ -61,6 +61,8 @@ def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
         images=ImageService(store, styles, publisher, signer, settings, defaults),
         tasks=tasks,
         videos=VideoService(store, publisher, tasks, settings, defaults),
-        idempotency=IdempotencyStore(clients.firestore, timedelta(seconds=settings.idempotency_ttl_s)),
+        idempotency=IdempotencyStore(
+            clients.firestore, timedelta(seconds=settings.idempotency_ttl_s), settings.backend_timeout_s
+        ),
         estimate_defaults=defaults,
     )

@@ -40,6 +40,8 @@ class FunctionsSettings(BaseSettings):
     require_auth: bool = False
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     max_body_bytes: int = 64 * 1024
+    # Deadline of each Firestore call: past it the request answers 503 instead of waiting on retries.
+    backend_timeout_s: float = Field(default=10.0, gt=0, le=120)
     public_base_url: str = ""  # prefix of status_url; empty = relative URLs
 
     @model_validator(mode="after")

@@ -14,6 +14,7 @@ from functions import keys
 from functions.catalog import shipped_souls
 from functions.errors import Conflict, NotFound, Unavailable
 from functions.lww import incoming_wins
+from functions.store import deadline
 from schemas import names
 from schemas._base import utcnow
 from schemas.api import StyleDeleted, StyleOut, StylePage, StyleUpsert
@@ -23,8 +24,9 @@ _RACE_RETRIES = 8
 
 
 class StyleService:
-    def __init__(self, db: firestore.Client):
+    def __init__(self, db: firestore.Client, timeout: float = 10.0):
         self._db = db
+        self._deadline = deadline(timeout)
 
     def _ref(self, soul_id: str):
         return self._db.collection(names.STYLES).document(soul_id)
@@ -48,7 +50,7 @@ class StyleService:
         return self._view(upsert.soul_id, stored)
 
     def delete(self, soul_id: str) -> StyleDeleted:
-        snap = self._ref(soul_id).get()
+        snap = self._ref(soul_id).get(**self._deadline)
         if not snap.exists or snap.to_dict().get("deleted"):
             raise NotFound(f"no stored style for soul '{soul_id}'", field="soul_id")
         tombstone = {"soul_id": soul_id, "display_name": "", "style": None, "deleted": True, "updated_at": utcnow()}
@@ -61,7 +63,7 @@ class StyleService:
         """Store `incoming` unless a newer write is stored; return what is stored afterwards."""
         ref = self._ref(soul_id)
         for _ in range(_RACE_RETRIES):
-            snap = ref.get()
+            snap = ref.get(**self._deadline)
             stored = snap.to_dict() if snap.exists else None
             if not incoming_wins(
                 stored and stored.get("updated_at"), _content(stored), incoming["updated_at"], _content(incoming)
@@ -69,20 +71,22 @@ class StyleService:
                 return stored
             try:
                 if snap.exists:
-                    ref.update(incoming, option=self._db.write_option(last_update_time=snap.update_time))
+                    unchanged = self._db.write_option(last_update_time=snap.update_time)
+                    ref.update(incoming, option=unchanged, **self._deadline)
                 else:
-                    ref.create(incoming)
+                    ref.create(incoming, **self._deadline)
             except (gexc.FailedPrecondition, gexc.Conflict):
                 continue  # someone wrote in between: decide again against their write
             return incoming
         raise Unavailable(f"style of '{soul_id}' is under heavy concurrent writes; retry")
 
     def get(self, soul_id: str) -> StyleOut:
-        snap = self._ref(soul_id).get()
+        snap = self._ref(soul_id).get(**self._deadline)
         return self._view(soul_id, snap.to_dict() if snap.exists else None)
 
     def list(self, page_size: int, cursor: str | None) -> StylePage:
-        stored = {snap.id: snap.to_dict() for snap in self._db.collection(names.STYLES).stream()}
+        snaps = self._db.collection(names.STYLES).stream(**self._deadline)
+        stored = {snap.id: snap.to_dict() for snap in snaps}
         soul_ids = sorted(set(shipped_souls()) | set(stored))
         if cursor:
             soul_ids = [s for s in soul_ids if s > cursor]

@@ -57,12 +57,14 @@ class TaskService:
         """Queued: canceled at once (200). Running: the runner stops at its next step (202). Finished: 409."""
         ref = self._store.jobs().document(task_id)
         for _ in range(5):
-            snap = ref.get()
+            snap = ref.get(**self._store.deadline)
             if not snap.exists:
                 raise NotFound(f"no task '{task_id}'", field="task_id")
             job = JobDoc.model_validate(snap.to_dict())
             if JobStatus(job.status) in TERMINAL_STATUSES:
-                raise Conflict(f"task '{task_id}' is already {job.status}; only queued or running tasks can be canceled")
+                raise Conflict(
+                    f"task '{task_id}' is already {job.status}; only queued or running tasks can be canceled"
+                )
             now = utcnow()
             if job.status == JobStatus.QUEUED:
                 update = {"status": JobStatus.CANCELED.value, "stage": "canceled", "finished_at": now,
@@ -71,7 +73,8 @@ class TaskService:
                 update = {"cancel_requested": True, "updated_at": now}
             try:
                 # Conditional on the read: a runner claiming the job at the same moment wins or loses cleanly.
-                ref.update(update, option=self._store.db.write_option(last_update_time=snap.update_time))
+                unchanged = self._store.db.write_option(last_update_time=snap.update_time)
+                ref.update(update, option=unchanged, **self._store.deadline)
             except gexc.FailedPrecondition:
                 continue
             canceled = job.model_copy(update=update)

@@ -179,3 +179,34 @@ def test_signed_url_is_v4_signed_by_the_service_account_and_expires(emulator_sta
             bytes.fromhex(query["X-Goog-Signature"]), tampered.encode(), padding.PKCS1v15(), hashes.SHA256()
         )
     assert requests.get(signed.url, timeout=10).content == b"\x89PNG fake"
+
+
+def test_readiness_names_the_backend_that_is_down(emulator_stack, monkeypatch):
+    """Firestore pointed at a port nothing listens on: /ready is 503 and says which backend, /healthz stays 200."""
+    import socket
+
+    import flask
+
+    from functions._clients import make_clients
+    from functions.app import Api
+    from functions.settings import FunctionsSettings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{dead_port}")
+    monkeypatch.setenv("SOUL_BACKEND_TIMEOUT_S", "2")
+    settings = FunctionsSettings()
+    api = Api(settings, make_clients(settings.project_id))
+    app = flask.Flask("broken-firestore")
+    app.add_url_rule("/<path:path>", "all", lambda path: api(flask.request))
+    client = app.test_client()
+    ready = client.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json["status"] == "unavailable"
+    assert ready.json["checks"]["firestore"].startswith("unavailable")
+    assert ready.json["checks"]["pubsub"] == "ok" and ready.json["checks"]["gcs"] == "ok"
+    assert client.get("/healthz").status_code == 200
+    # Work that needs the broken backend answers 503 in the error shape, not a stack trace.
+    down = client.get("/image", query_string=PENGUIN)
+    assert down.status_code == 503 and down.json["error"]["code"] == "unavailable"
