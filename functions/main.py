@@ -23,12 +23,13 @@ _api: Api | None = None
 
 def _get_api() -> Api:
     global _api
-    with _lock:
-        if _api is None:
-            settings = FunctionsSettings()
-            configure_logging(settings.log_level, component="functions")
-            _api = Api(settings, make_clients(settings.project_id))
-        return _api
+    if _api is None:  # the lock is only for the first requests, racing to build it
+        with _lock:
+            if _api is None:
+                settings = FunctionsSettings()
+                configure_logging(settings.log_level, component="functions")
+                _api = Api(settings, make_clients(settings.project_id))
+    return _api
 
 
 @functions_framework.http
