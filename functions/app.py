@@ -211,4 +211,4 @@ def structured_error(status: int, message: str) -> flask.Response:
     """The error shape for failures raised outside the router (by Flask itself)."""
     codes = {400: errors.InvalidInput, 404: errors.NotFound, 405: errors.MethodNotAllowed}
     error_type = codes.get(status, errors.Internal)
-    return _json(status, _error_body(error_type(message if status < 500 else "internal error")))
+    return _json(status, _error_body(error_type(message)))

@@ -5,11 +5,13 @@ and the emulators can point them anywhere first."""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import flask
 import functions_framework
 from cloudevents.http.event import CloudEvent
+from pydantic import ValidationError
 
 from functions._clients import make_clients
 from functions.app import Api, structured_error
@@ -34,7 +36,13 @@ def _get_api() -> Api:
 
 @functions_framework.http
 def api(request: flask.Request) -> flask.Response:
-    return _get_api()(request)
+    try:
+        handler = _get_api()
+    except ValidationError as exc:  # a deployment problem: say which setting, in the error shape, and log it
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        logging.getLogger(__name__).error("invalid configuration: %s", problems)
+        return structured_error(500, f"the service is misconfigured: {problems}")
+    return handler(request)
 
 
 def _adapt_flask_app() -> None:

@@ -11,6 +11,7 @@ import sys
 
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, pubsub_v1, storage
+from pydantic import ValidationError
 
 from functions.logs import configure_logging
 from gpu_runner.settings import RunnerSettings
@@ -45,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-jobs", type=int, default=None, help="exit after handling this many messages")
     parser.add_argument("--warm", action="store_true", help="load the SDXL pipeline before taking work")
     args = parser.parse_args(argv)
-    settings = RunnerSettings()
+    try:
+        settings = RunnerSettings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            print(f"error: invalid setting {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, component="gpu_runner")
     _quiet_progress_bars()
     runner = Runner(settings, make_clients(settings))

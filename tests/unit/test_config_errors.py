@@ -1,0 +1,27 @@
+"""Bad configuration is a clear, structured error naming the setting: the runner refuses to start (exit 2), the
+functions answer every request with the error shape instead of a stack trace."""
+
+import flask
+
+import functions.main as functions_main
+from gpu_runner.__main__ import main as runner_main
+
+
+def test_runner_refuses_bad_settings_by_name(monkeypatch, capsys):
+    monkeypatch.setenv("FORCE_CPU", "maybe")
+    monkeypatch.setenv("DEVICE_MEMORY_FRACTION", "3")
+    assert runner_main(["--burst"]) == 2
+    err = capsys.readouterr().err
+    assert "FORCE_CPU" in err and "DEVICE_MEMORY_FRACTION" in err and "Traceback" not in err
+
+
+def test_functions_answer_misconfiguration_in_the_error_shape(monkeypatch):
+    monkeypatch.setenv("SOUL_SIGNED_URL_TTL_S", "5")
+    monkeypatch.setattr(functions_main, "_api", None)
+    app = flask.Flask("misconfigured")
+    with app.test_request_context("/image?soul_id=nova&cue=penguin&user_id=u"):
+        response = functions_main.api(flask.request)
+    assert response.status_code == 500
+    error = response.get_json()["error"]
+    assert error["code"] == "internal" and "signed_url_ttl_s" in error["message"]
+    assert functions_main._api is None  # nothing half-built is kept: a fixed environment is picked up
