@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,9 @@ def emulator_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulato
         retry_max_backoff_s=0.0,
     )
     stack = EmulatorStack(config)
+    # The stand-ins run in process groups of their own and would outlive a pytest killed by SIGTERM (a CI
+    # timeout, `timeout`): turn SIGTERM into the KeyboardInterrupt that makes pytest run its teardowns.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     stack.start()
     try:
         stack.provision()
@@ -36,6 +40,7 @@ def emulator_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulato
             yield stack
     finally:
         stack.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture
