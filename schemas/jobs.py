@@ -123,6 +123,20 @@ class VideoResult(Contract):
 JobResult = Annotated[ImageResult | VideoResult, Field(discriminator="kind")]
 
 
+class JobLane(StrEnum):
+    INTERACTIVE = "interactive"  # a user is waiting (HTTP, ingest): taken first
+    BACKGROUND = "background"  # pre-renders and bulk work: never delays interactive work by more than one render
+
+
+class JobMetrics(Contract):
+    """What a job cost, like Replicate's `metrics.predict_time`: device seconds (its share of a batch) and model."""
+
+    gpu_seconds: float = Field(ge=0.0)
+    model: str
+    device: str
+    batch_size: int = Field(default=1, ge=1)
+
+
 class JobDoc(Document):
     """`jobs/{job_id}`: the source of truth for a job. Pub/Sub only carries its id."""
 
@@ -138,6 +152,8 @@ class JobDoc(Document):
     result: JobResult | None = None
     error: JobError | None = None
     attempts: int = 0
+    lane: JobLane = JobLane.INTERACTIVE
+    metrics: JobMetrics | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     cancel_requested: bool = False

@@ -12,15 +12,19 @@ JOBS = "jobs"
 STYLES = "styles"
 IDEMPOTENCY = "idempotency"
 RUNNER_STATS = "runner_stats"
+TENANTS = "tenants"  # tenants/{tenant}/...: per-tenant counters (quotas)
 
 # Pub/Sub topics.
-TOPIC_JOBS = "soul-jobs"
+TOPIC_JOBS = "soul-jobs"  # the interactive lane: a user is waiting
+TOPIC_JOBS_BACKGROUND = "soul-jobs-background"  # the background lane: pre-renders, bulk work
 TOPIC_JOBS_DEAD_LETTER = "soul-jobs-dead-letter"
 TOPIC_EVENTS = "soul-events"
 TOPIC_REQUESTS = "soul-requests"
 
 # Pub/Sub subscriptions.
 SUB_RUNNER = "soul-jobs-runner"
+SUB_RUNNER_BACKGROUND = "soul-jobs-background-runner"
+SUB_EVENTS_WEBHOOKS = "soul-events-webhooks"  # push subscription to the `webhooks` function
 SUB_JOBS_DEAD_LETTER = "soul-jobs-dead-letter-sub"
 SUB_EVENTS = "soul-events-sub"
 SUB_REQUESTS_PUSH = "soul-requests-ingest"
