@@ -1,32 +1,5 @@
-"""Structured JSON logs in Cloud Logging's shape (`severity`, `message`, `time`), with context bound per request."""
+"""Moved to `soul_common.logs` (the runner and the reconcile function log the same way); kept as an alias."""
 
-from __future__ import annotations
+from soul_common.logs import configure_logging
 
-import logging
-import sys
-
-import structlog
-
-
-def _cloud_logging_fields(_logger, method_name: str, event_dict: dict) -> dict:
-    event_dict["severity"] = event_dict.pop("level", method_name).upper()
-    event_dict["message"] = event_dict.pop("event", "")
-    return event_dict
-
-
-def configure_logging(level: str = "INFO", component: str = "functions") -> None:
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="time"),
-            structlog.processors.format_exc_info,
-            _cloud_logging_fields,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-    structlog.contextvars.bind_contextvars(component=component)
+__all__ = ["configure_logging"]

@@ -69,3 +69,19 @@ def ingest(event: CloudEvent) -> None:
     data = event.data if isinstance(event.data, dict) else {}
     message = data.get("message") or {}
     handle_message(_get_api().services, message, str(message.get("messageId") or event["id"]))
+
+
+@functions_framework.http
+def reconcile(request: flask.Request) -> flask.Response:
+    """Cloud Scheduler's target (every minute): one reconciler pass, the same code the runners run
+    (soul_common.reconciler), so jobs are brought to an end even while no runner is up."""
+    from soul_common import reconcile_function
+
+    try:
+        report = reconcile_function.run_pass()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        return structured_error(500, f"the reconciler is misconfigured: {problems}")
+    if report is None:
+        return flask.jsonify({"status": "busy", "detail": "a pass is already running"}), 409
+    return flask.jsonify({"status": "ok", **report.to_json()})

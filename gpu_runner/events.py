@@ -1,55 +1,5 @@
-"""Completion events on soul-events, as CloudEvents in Pub/Sub binary mode: the attributes carry type, source and
-id (= job id, so consumers can drop the duplicates that at-least-once delivery brings); the data is a JobEvent."""
+"""Moved to `soul_common.events` (the reconcile function publishes the same messages); kept as an alias."""
 
-from __future__ import annotations
+from soul_common.events import EVENT_TYPES, PUBLISH_TIMEOUT_S, EventPublisher
 
-from google.cloud import pubsub_v1
-
-from schemas import names
-from schemas._base import utcnow
-from schemas.jobs import JobDoc, JobEvent, JobStatus
-
-EVENT_TYPES = {
-    JobStatus.SUCCEEDED: names.EVENT_JOB_SUCCEEDED,
-    JobStatus.FAILED: names.EVENT_JOB_FAILED,
-    JobStatus.CANCELED: names.EVENT_JOB_CANCELED,
-}
-PUBLISH_TIMEOUT_S = 30.0
-
-
-class EventPublisher:
-    def __init__(self, client: pubsub_v1.PublisherClient, project_id: str):
-        self._client = client
-        self._events = client.topic_path(project_id, names.TOPIC_EVENTS)
-        self._jobs = client.topic_path(project_id, names.TOPIC_JOBS)
-        self._dead_letter = client.topic_path(project_id, names.TOPIC_JOBS_DEAD_LETTER)
-
-    def job_finished(self, job: JobDoc) -> None:
-        self.publish(
-            JobEvent(
-                job_id=job.job_id, type=job.type, status=JobStatus(job.status), soul_id=job.soul_id,
-                requested_by=job.requested_by, result=job.result, error=job.error, occurred_at=utcnow(),
-            )
-        )
-
-    def publish(self, event: JobEvent) -> None:
-        status = JobStatus(event.status)
-        attributes = {
-            "ce-specversion": "1.0",
-            "ce-type": EVENT_TYPES[status],
-            "ce-source": names.EVENT_SOURCE_RUNNER,
-            "ce-id": event.job_id,
-            "ce-time": event.occurred_at.isoformat(),
-            "content-type": "application/json",
-        }
-        self._client.publish(self._events, event.model_dump_json().encode(), **attributes).result(PUBLISH_TIMEOUT_S)
-
-    def republish_job(self, data: bytes, job_id: str, job_type: str) -> None:
-        self._client.publish(self._jobs, data, job_id=job_id, type=job_type, schema_version="1").result(
-            PUBLISH_TIMEOUT_S
-        )
-
-    def dead_letter(self, data: bytes, attributes: dict[str, str], reason: str) -> None:
-        """Park an unusable message on the dead-letter topic with the reason, instead of retrying it."""
-        attrs = {**attributes, "soul-dead-letter-reason": reason[:1000]}
-        self._client.publish(self._dead_letter, data, **attrs).result(PUBLISH_TIMEOUT_S)
+__all__ = ["EVENT_TYPES", "PUBLISH_TIMEOUT_S", "EventPublisher"]

@@ -152,6 +152,7 @@ class JobDoc(Document):
     result: JobResult | None = None
     error: JobError | None = None
     attempts: int = 0
+    republished: int = 0  # times the reconciler published this job again (bounded: then it fails the job)
     lane: JobLane = JobLane.INTERACTIVE
     metrics: JobMetrics | None = None
     lease_owner: str | None = None
