@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# `make run RUNNERS=3` starts three runners; `make run AUTOSCALE=0:4` lets the local autoscaler size them.
+RUNNERS ?= 1
+AUTOSCALE ?=
 run: setup
-	HF_HUB_OFFLINE=1 $(PY) -m emulators.devstack
+	HF_HUB_OFFLINE=1 RUNNERS=$(RUNNERS) AUTOSCALE=$(AUTOSCALE) $(PY) -m emulators.devstack
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

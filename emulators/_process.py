@@ -76,13 +76,14 @@ def ensure_port_free(host: str, port: int, what: str) -> None:
 
 
 def spawn(
-    name: str, argv: Sequence[str], log_path: Path, marker: str, env: Mapping[str, str] | None = None
+    name: str, argv: Sequence[str], log_path: Path, marker: str, env: Mapping[str, str] | None = None,
+    append: bool = False,
 ) -> tuple[subprocess.Popen, ProcessRecord]:
     """Start `argv` as the leader of a new process group (a new session), output written to `log_path`, with
     `env` as its whole environment (default: this process's). The process outlives this Python process unless
-    stopped: that is what `up` relies on."""
+    stopped: that is what `up` relies on. `append` keeps the log of an earlier run (a restarted process)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab" if append else "wb") as log:
         try:
             popen = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -37,15 +37,16 @@ def state_file(state_dir: Path) -> Path:
     return Path(state_dir).resolve() / STATE_FILE_NAME
 
 
-def record(stack: EmulatorStack) -> DetachedStack:
-    """Write stack.json for a started (and provisioned) stack, atomically, and return what was written."""
+def record(stack: EmulatorStack, extra_env: dict[str, str] | None = None) -> DetachedStack:
+    """Write stack.json for a started (and provisioned) stack, atomically, and return what was written.
+    `extra_env` adds client settings of a bigger stack (`make run` adds SOUL_API_URL)."""
     detached = DetachedStack(
         path=state_file(stack.state_dir),
         project_id=stack.config.project_id,
         bucket=stack.config.bucket,
         ports=asdict(stack.ports),
         processes=stack.processes,
-        env=stack.env(),
+        env={**stack.env(), **(extra_env or {})},
     )
     payload = {
         "project_id": detached.project_id,
