@@ -60,6 +60,7 @@ class EmulatorStack:
         self.state_dir = Path(config.state_dir).resolve()
         self._ports: StackPorts | None = None
         self._processes: dict[str, tuple[subprocess.Popen, ProcessRecord]] = {}
+        self._push_endpoint: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -88,6 +89,7 @@ class EmulatorStack:
         from emulators import provision as _provision
 
         ports = self.ports
+        self._push_endpoint = push_endpoint
         _provision.provision_pubsub(
             f"{self.config.host}:{ports.pubsub}", self.config.project_id,
             retry_min_backoff_s=self.config.retry_min_backoff_s,
@@ -96,6 +98,18 @@ class EmulatorStack:
         )
         _provision.provision_bucket(self.gcs_endpoint, self.config.project_id, self.config.bucket)
         ensure_signing_key(self.state_dir, self.config.project_id)
+
+    def restart_pubsub(self) -> None:
+        """Kill the Pub/Sub emulator (SIGKILL: every message, acked or not, is lost, as in a real crash) and start it
+        again on the same port, then provision it again. The chaos suite's "backlog lost" fault."""
+        popen, record = self._processes.pop(PUBSUB)
+        _process.stop_groups([(record.pgid, popen)], grace_s=0.0)
+        argv, ready_url, expect_body = self._commands(self.ports)[PUBSUB]
+        popen, record = _process.spawn(PUBSUB, argv, record.log_path, MARKERS[PUBSUB], append=True)
+        self._processes[PUBSUB] = (popen, record)
+        _process.wait_until_ready([ReadinessCheck(popen, record, ready_url, expect_body)],
+                                  self.config.start_timeout_s)
+        self.provision(push_endpoint=self._push_endpoint)
 
     def stop(self) -> None:
         """Stop every process group this stack started; a no-op when nothing runs."""

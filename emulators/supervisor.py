@@ -59,6 +59,7 @@ class Supervisor:
         self._policy = policy
         self._clock = clock
         self._children: dict[str, _Child] = {}
+        self.retired: list[tuple[str, int | None]] = []  # (name, exit code) of every retired process
 
     def add(self, name: str, argv: Sequence[str], log_path: Path, *, marker: str,
             env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen, ProcessRecord]:
@@ -103,7 +104,9 @@ class Supervisor:
         assert child.retiring_since is not None
         if child.popen is None or child.popen.poll() is not None:
             del self._children[child.name]
-            log.info("process_retired", process=child.name)
+            code = child.popen.returncode if child.popen is not None else None
+            self.retired.append((child.name, code))
+            log.info("process_retired", process=child.name, exit_code=code)
         elif now - child.retiring_since > self._policy.stop_grace_s:
             _signal_group(child, signal.SIGKILL)
 
