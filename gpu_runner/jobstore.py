@@ -14,12 +14,12 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from pydantic import ValidationError
 
-from gpu_runner.errors import InvalidJob, JobNotFound, LeaseLost, TransientError
+from gpu_runner.errors import InvalidJob, InvalidMessage, JobNotFound, LeaseLost, TransientError
 from gpu_runner.leasing import ClaimDecision, decide_claim
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
-from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobStatus
+from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobStatus, JobType
 
 _OPTIMISTIC_RETRIES = 5
 # Weight of a new sample in the moving averages of measured pace.
@@ -61,10 +61,14 @@ class JobStore:
             return job.model_copy(update=update)
         raise TransientError(f"job {job_id} kept changing under us")
 
-    def claim(self, job_id: str) -> tuple[ClaimDecision, JobDoc]:
+    def claim(self, job_id: str, expected_type: JobType | str) -> tuple[ClaimDecision, JobDoc]:
+        """Take the lease if the rules allow. A message whose type is not its job's is refused before anything
+        is written (InvalidMessage): a forged or corrupted message must not touch someone else's job."""
         decided: dict[str, ClaimDecision] = {}
 
         def change(job: JobDoc, now: datetime) -> dict | None:
+            if job.type != JobType(expected_type):
+                raise InvalidMessage(f"message says {JobType(expected_type)} but job {job.job_id} is {job.type}")
             decided["d"] = decide_claim(job, self._runner_id, now)
             if decided["d"] is not ClaimDecision.CLAIM:
                 return None
@@ -121,22 +125,27 @@ class JobStore:
         assert job is not None
         return job
 
-    def fail_unowned(self, job_id: str, error: JobError) -> None:
-        """Record a job failed whatever its lease (the message is being given up on). Works on the raw document:
-        a job whose document no longer validates must still end as failed, not stay queued forever."""
+    def fail_unowned(self, job_id: str, error: JobError) -> bool:
+        """Record a job failed because its (parsed, valid) message is being given up on; returns whether it did.
+        Only when nobody else holds a live lease and the job is not terminal. Works on the raw document: a job
+        whose document no longer validates must still end as failed, not stay queued forever."""
         ref = self._ref(job_id)
         for _ in range(_OPTIMISTIC_RETRIES):
             snap = ref.get()
-            if not snap.exists or (snap.to_dict() or {}).get("status") in {s.value for s in TERMINAL_STATUSES}:
-                return
+            raw = (snap.to_dict() or {}) if snap.exists else {}
+            if not snap.exists or raw.get("status") in {s.value for s in TERMINAL_STATUSES}:
+                return False
+            if _held_by_other(raw, self._runner_id, utcnow()):
+                return False
             now = utcnow()
             update = {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
                       "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}
             try:
                 ref.update(update, option=self._db.write_option(last_update_time=snap.update_time))
-                return
+                return True
             except gexc.FailedPrecondition:
                 continue
+        return False
 
     def release(self, job_id: str, error: JobError) -> None:
         """Give a job back after a transient failure so the redelivered message can claim it at once."""
@@ -185,6 +194,14 @@ class JobStore:
             merge=True,
         )
         batch.commit()
+
+
+def _held_by_other(raw: dict, runner_id: str, now: datetime) -> bool:
+    """Whether another runner holds a live lease on this raw job document."""
+    owner, expires = raw.get("lease_owner"), raw.get("lease_expires_at")
+    if raw.get("status") != JobStatus.RUNNING.value or owner in (None, runner_id):
+        return False
+    return not isinstance(expires, datetime) or expires > now
 
 
 def _device_key(device: str) -> str:

@@ -7,7 +7,6 @@ DEFUNCT. SIGTERM stops taking work, lets the running job finish within the grace
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from pydantic import ValidationError
 
 from gpu_runner.errors import (
     Disposition,
-    InvalidJob,
     InvalidMessage,
     JobCanceled,
     JobNotFound,
@@ -38,7 +36,6 @@ from gpu_runner.reconciler import ReconcilePolicy, Reconciler
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.storage import MediaStore
 from schemas import names
-from schemas.ids import JOB_ID_PATTERN
 from schemas._base import utcnow
 from schemas.jobs import JobDoc, JobError, JobEvent, JobRequested, JobStatus, JobType
 
@@ -198,9 +195,10 @@ class Runner:
     def handle(self, received) -> Disposition:
         message = received.message
         attempt = received.delivery_attempt or 1
-        claimed_id = message.attributes.get("job_id", "")
-        job_id = claimed_id if re.fullmatch(JOB_ID_PATTERN, claimed_id) else None
-        bound = log.bind(message_id=message.message_id, delivery_attempt=attempt, job_id=job_id)
+        # The job_id attribute is only logged: a body that does not parse names no job (issue 13).
+        bound = log.bind(message_id=message.message_id, delivery_attempt=attempt,
+                         claimed_job_id=str(message.attributes.get("job_id", ""))[:100])
+        job_id = None
         try:
             request = _parse(message.data)
             job_id = request.job_id
@@ -219,15 +217,13 @@ class Runner:
         return decided
 
     def _run_job(self, request: JobRequested, ack_id: str) -> None:
-        decision, job = self._store.claim(request.job_id)
+        decision, job = self._store.claim(request.job_id, request.type)
         if decision is ClaimDecision.ALREADY_FINISHED:
             if not job.event_published_at:  # the earlier run died between its outcome and its event
                 self._publish_outcome(job)
             return
         if decision is ClaimDecision.HELD_ELSEWHERE:
             return
-        if job.type != request.type:
-            raise InvalidJob(f"message says {request.type} but job {job.job_id} is {job.type}")
         signals = JobSignals()
         self._active_signals.add(signals)
         progress = ProgressReporter(
@@ -270,16 +266,17 @@ class Runner:
         try:
             if decided is Disposition.DEAD_LETTER:
                 self._events.dead_letter(received.message.data, dict(received.message.attributes), error.message)
-            if job_id is None or decided is Disposition.ACK or isinstance(exc, JobNotFound):
-                return  # nothing to record: no job, or nothing went wrong with it
+            if job_id is None or decided is Disposition.ACK or isinstance(exc, (JobNotFound, InvalidMessage)):
+                return  # nothing to record: no job, a message that does not fit its job, or nothing went wrong
             last_attempt = attempt >= names.MAX_DELIVERY_ATTEMPTS
             if decided is Disposition.RETRY and not last_attempt:
                 self._store.release(job_id, error)
                 return
             # Terminal, or the last retry before the dead-letter topic: the job must not stay "running".
-            self._store.fail_unowned(job_id, error)
+            if not self._store.fail_unowned(job_id, error):
+                return  # terminal already, or another runner holds a live lease: its message decides
             job = self._store.get(job_id)
-            if job is not None and job.status == JobStatus.FAILED:
+            if job is not None:
                 self._publish_outcome(job)
             elif job is None:  # the document no longer validates: announce the failure from what we know
                 kind = JobType.IMAGE if job_id.startswith("img-") else JobType.VIDEO
