@@ -25,7 +25,9 @@ from gpu_runner.errors import (
     JobNotFound,
     disposition,
 )
+from gpu_runner import failpoints
 from gpu_runner.events import EventPublisher
+from gpu_runner.failpoints import Failpoints
 from gpu_runner.heartbeat import Heartbeat
 from gpu_runner.image_job import WorkContext, run_image_job
 from gpu_runner.jobstore import JobStore
@@ -81,7 +83,9 @@ class Runner:
         self._store = JobStore(clients.firestore, settings.runner_id, timedelta(seconds=settings.lease_seconds))
         self._events = EventPublisher(clients.publisher, settings.project_id)
         self._models = models or ModelHost(settings)
-        self._work = WorkContext(settings, self._store, MediaStore(clients.storage, settings.bucket), self._models)
+        self._failpoints = Failpoints.from_spec(settings.failpoints, settings.failpoint_seed)
+        self._work = WorkContext(settings, self._store, MediaStore(clients.storage, settings.bucket), self._models,
+                                 self._failpoints)
         self._reconciler = Reconciler(
             clients.firestore,
             self._events,
@@ -212,11 +216,13 @@ class Runner:
         if decided is Disposition.RETRY:
             self._nack(received.ack_id)
         else:
+            self._failpoints.hit(failpoints.AFTER_EVENT, job_id=job_id)
             self._ack(received.ack_id)
             self.jobs_done += 1
         return decided
 
     def _run_job(self, request: JobRequested, ack_id: str) -> None:
+        self._failpoints.hit(failpoints.BEFORE_CLAIM, job_id=request.job_id)
         decision, job = self._store.claim(request.job_id, request.type)
         if decision is ClaimDecision.ALREADY_FINISHED:
             if not job.event_published_at:  # the earlier run died between its outcome and its event
@@ -248,6 +254,7 @@ class Runner:
         finally:
             self._active_signals.discard(signals)
         log.info("job_finished", job_id=job.job_id, status=finished.status, attempts=finished.attempts)
+        self._failpoints.hit(failpoints.AFTER_FINISH, job_id=job.job_id)
         self._publish_outcome(finished)
 
     def _dispatch(self, job: JobDoc, progress: ProgressReporter):

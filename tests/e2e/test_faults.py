@@ -15,6 +15,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, storage
 
 from schemas import names
+from tests.support import pull_all
 
 pytestmark = pytest.mark.fault
 
@@ -24,7 +25,7 @@ def spawn_runner(emulator_stack, tmp_path_factory, api):
     started: list[subprocess.Popen] = []
     logs = tmp_path_factory.mktemp("runner-logs")
 
-    def spawn(name: str) -> subprocess.Popen:
+    def spawn(name: str, **extra_env: str) -> subprocess.Popen:
         env = {
             **os.environ,
             "HF_HUB_OFFLINE": "1",
@@ -36,6 +37,7 @@ def spawn_runner(emulator_stack, tmp_path_factory, api):
             "SOUL_PROGRESS_INTERVAL_SECONDS": "0.1",
             "SOUL_PULL_TIMEOUT_SECONDS": "1",
             "SOUL_RUNNER_ID": name,
+            **extra_env,
         }
         process = subprocess.Popen(
             [sys.executable, "-m", "gpu_runner", "--warm"], env=env, start_new_session=True,
@@ -44,6 +46,7 @@ def spawn_runner(emulator_stack, tmp_path_factory, api):
         started.append(process)
         return process
 
+    spawn.logs = logs
     yield spawn
     for process in started:
         if process.poll() is None:
@@ -98,3 +101,30 @@ def test_sigterm_lets_the_running_job_finish_then_exits(api, spawn_runner):
     assert runner.wait(timeout=60) == 0
     finished = job(task_id)
     assert finished["status"] == "succeeded" and finished["attempts"] == 1
+
+
+def test_a_failpoint_kills_the_runner_after_its_upload_and_another_completes_the_job_once(api, spawn_runner,
+                                                                                         subscriber):
+    first = spawn_runner("runner-fp", SOUL_FAILPOINTS="after_upload:1", SOUL_FAILPOINT_SEED="1")
+    queued = api.get("/image", query_string={"soul_id": "nova", "cue": "hail", "user_id": "u"}).json
+    task_id = queued["task_id"]
+    assert first.wait(timeout=120) == -signal.SIGKILL
+    log_text = (spawn_runner.logs / "runner-fp.log").read_text()
+    assert '"failpoint_fired"' in log_text and '"after_upload"' in log_text
+    bucket = storage.Client(project=os.environ["GCS_PROJECT_ID"], credentials=AnonymousCredentials()).bucket(
+        os.environ["GCS_BUCKET_NAME"]
+    )
+    prefix = f"images/nova/{queued['pk_id']}/"
+    assert len(list(bucket.list_blobs(prefix=prefix))) == 1  # the object is there, the variant is not
+    db = firestore.Client(project=os.environ["GCS_PROJECT_ID"])
+    assert list(db.collection(names.VARIANTS).stream()) == []
+
+    second = spawn_runner("runner-fp-2")
+    done = wait_for(lambda: (j := job(task_id))["status"] in ("succeeded", "failed") and j, 120, "recovery")
+    assert done["status"] == "succeeded" and done["attempts"] == 2 and done["progress"] == 1.0, done
+    assert len(list(bucket.list_blobs(prefix=prefix))) == 1
+    assert len(list(db.collection(names.VARIANTS).stream())) == 1
+    events = wait_for(lambda: pull_all(subscriber, names.SUB_EVENTS), 30, "the completion event")
+    assert [e.message.attributes["ce-id"] for e in events] == [task_id]
+    os.killpg(second.pid, signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
