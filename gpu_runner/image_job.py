@@ -77,6 +77,7 @@ def run_image_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> 
     render_seconds = round(time.perf_counter() - started, 4)
     created_at = utcnow()
     ctx.store.save_variant(
+        job.job_id,
         VariantDoc(
             variant_id=spec.variant_id, pk=spec.pk, soul_id=spec.soul_id, variant_index=spec.variant_index,
             object=object_name, width=width, height=height, seed=spec.seed, bytes=stored.size,

@@ -23,6 +23,7 @@ from gpu_runner.errors import (
     InvalidMessage,
     JobCanceled,
     JobNotFound,
+    LeaseLost,
     disposition,
 )
 from gpu_runner import failpoints
@@ -233,7 +234,7 @@ class Runner:
         signals = JobSignals()
         self._active_signals.add(signals)
         progress = ProgressReporter(
-            lambda fraction, stage, eta: self._store.progress(job.job_id, fraction, stage, eta),
+            lambda fraction, stage, eta: self._write_progress(job.job_id, fraction, stage, eta),
             signals,
             self._settings.progress_interval_seconds,
         )
@@ -248,14 +249,29 @@ class Runner:
                 if job.cancel_requested:
                     raise JobCanceled("cancel requested before start")
                 outcome = self._dispatch(job, progress)
+            progress.close()  # no tick may follow the finish (the write is fenced anyway)
             finished = self._store.finish(job.job_id, JobStatus.SUCCEEDED, result=outcome)
         except JobCanceled:
+            progress.close()
             finished = self._store.finish(job.job_id, JobStatus.CANCELED)
+        except LeaseLost:
+            self._store.forget(job.job_id, job.lease_generation)
+            raise
         finally:
+            progress.close()
             self._active_signals.discard(signals)
         log.info("job_finished", job_id=job.job_id, status=finished.status, attempts=finished.attempts)
         self._failpoints.hit(failpoints.AFTER_FINISH, job_id=job.job_id)
         self._publish_outcome(finished)
+
+    def _write_progress(self, job_id: str, fraction: float, stage: str, eta: float | None) -> None:
+        """Progress is advisory: a failed tick is logged and skipped; a lost lease stops the work (LeaseLost)."""
+        try:
+            self._store.progress(job_id, fraction, stage, eta)
+        except LeaseLost:
+            raise
+        except Exception:  # noqa: BLE001 - the next tick or the finish writes the state again
+            log.warning("progress_write_failed", job_id=job_id, exc_info=True)
 
     def _dispatch(self, job: JobDoc, progress: ProgressReporter):
         if job.type == JobType.IMAGE:
