@@ -9,6 +9,8 @@ import io
 import time
 from dataclasses import dataclass
 
+from gpu_runner import failpoints
+from gpu_runner.failpoints import Failpoints
 from gpu_runner.jobstore import JobStore
 from gpu_runner.models import ModelHost
 from gpu_runner.progress import ProgressReporter
@@ -26,6 +28,7 @@ class WorkContext:
     store: JobStore
     media: MediaStore
     models: ModelHost
+    failpoints: Failpoints = failpoints.NONE
 
 
 def capped(width: int, height: int, steps: int, max_side: int, max_steps: int) -> tuple[int, int, int]:
@@ -60,7 +63,7 @@ def run_image_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> 
                 prompt=spec.prompt, negative_prompt=spec.negative_prompt, width=width, height=height,
                 steps=steps, guidance=spec.guidance, seed=spec.seed,
             ),
-            on_step=lambda done, total: progress.step(done, total, stage="denoising", span=(0.05, 0.9)),
+            on_step=lambda done, total: _on_step(ctx, progress, done, total),
         )
         rendered_in = time.perf_counter() - render_started
         ctx.store.record_pace(
@@ -70,16 +73,24 @@ def run_image_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> 
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         stored = ctx.media.put_once(object_name, buffer.getvalue(), "image/png")
+        ctx.failpoints.hit(failpoints.AFTER_UPLOAD, job_id=job.job_id)
     render_seconds = round(time.perf_counter() - started, 4)
     created_at = utcnow()
     ctx.store.save_variant(
+        job.job_id,
         VariantDoc(
             variant_id=spec.variant_id, pk=spec.pk, soul_id=spec.soul_id, variant_index=spec.variant_index,
             object=object_name, width=width, height=height, seed=spec.seed, bytes=stored.size,
             job_id=job.job_id, cue=spec.cue, place=spec.place, created_at=created_at,
         )
     )
+    ctx.failpoints.hit(failpoints.AFTER_VARIANT_WRITE, job_id=job.job_id)
     return ImageResult(
         variant_id=spec.variant_id, pk=spec.pk, object=object_name, width=width, height=height, seed=spec.seed,
         bytes=stored.size, render_seconds=render_seconds, created_at=created_at,
     )
+
+
+def _on_step(ctx: WorkContext, progress: ProgressReporter, done: int, total: int) -> None:
+    ctx.failpoints.hit(failpoints.MID_RENDER, step=done)
+    progress.step(done, total, stage="denoising", span=(0.05, 0.9))

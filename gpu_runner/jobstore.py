@@ -1,8 +1,10 @@
 """Firestore adapter of the runner: claims jobs with a lease, renews it, records progress, and writes the
 results it owns (variant documents, the prompt index's variant list, the job outcome).
 
-Every write that decides ownership is conditional on the document's update time (optimistic concurrency), so a
-runner whose lease expired can never overwrite the work of the runner that took the job over."""
+Fencing: every write to a job this runner holds (renew, progress, stage, variant, finish, release) reads the job,
+checks the lease is still ours (owner and the generation we claimed) and writes only if the document did not change
+in between (its update time). A runner that paused past its lease and wakes up can change nothing, and a terminal
+job's status, stage, progress and result never change again."""
 
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from pydantic import ValidationError
 
-from gpu_runner.errors import InvalidJob, JobNotFound, LeaseLost, TransientError
-from gpu_runner.leasing import ClaimDecision, decide_claim
+from gpu_runner.errors import InvalidJob, InvalidMessage, JobNotFound, LeaseLost, TransientError
+from gpu_runner.leasing import ClaimDecision, decide_claim, lease_expired
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
-from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobStatus
+from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobStatus, JobType
 
 _OPTIMISTIC_RETRIES = 5
 # Weight of a new sample in the moving averages of measured pace.
@@ -31,6 +33,7 @@ class JobStore:
         self._db = db
         self._runner_id = runner_id
         self._lease = lease
+        self._held: dict[str, int] = {}  # job id -> lease generation we claimed
 
     def _ref(self, job_id: str):
         return self._db.collection(names.JOBS).document(job_id)
@@ -61,17 +64,24 @@ class JobStore:
             return job.model_copy(update=update)
         raise TransientError(f"job {job_id} kept changing under us")
 
-    def claim(self, job_id: str) -> tuple[ClaimDecision, JobDoc]:
+    def claim(self, job_id: str, expected_type: JobType | str) -> tuple[ClaimDecision, JobDoc]:
+        """Take the lease if the rules allow. A message whose type is not its job's is refused before anything
+        is written (InvalidMessage): a forged or corrupted message must not touch someone else's job."""
         decided: dict[str, ClaimDecision] = {}
 
         def change(job: JobDoc, now: datetime) -> dict | None:
+            if job.type != JobType(expected_type):
+                raise InvalidMessage(f"message says {JobType(expected_type)} but job {job.job_id} is {job.type}")
             decided["d"] = decide_claim(job, self._runner_id, now)
+            if decided["d"] is ClaimDecision.CLAIM and self._owns(job) and not lease_expired(job, now):
+                decided["d"] = ClaimDecision.HELD_ELSEWHERE  # a duplicate delivery: another slot of ours runs it
             if decided["d"] is not ClaimDecision.CLAIM:
                 return None
             return {
                 "status": JobStatus.RUNNING.value,
                 "stage": "starting",
                 "lease_owner": self._runner_id,
+                "lease_generation": job.lease_generation + 1,
                 "lease_expires_at": now + self._lease,
                 "attempts": job.attempts + 1,
                 "started_at": job.started_at or now,
@@ -80,6 +90,8 @@ class JobStore:
 
         job = self._conditional(job_id, change)
         assert job is not None
+        if decided["d"] is ClaimDecision.CLAIM:
+            self._held[job_id] = job.lease_generation
         return decided["d"], job
 
     def renew(self, job_id: str) -> bool:
@@ -93,11 +105,14 @@ class JobStore:
         return bool(job and job.cancel_requested)
 
     def progress(self, job_id: str, progress: float, stage: str, eta_seconds: float | None) -> None:
-        # Unconditional: progress is advisory and throttled; a lost race only loses a progress tick.
-        self._ref(job_id).update(
-            {"progress": round(min(max(progress, 0.0), 1.0), 4), "stage": stage, "eta_seconds": eta_seconds,
-             "updated_at": utcnow()}
-        )
+        """Fenced like every other write: a progress tick landing after the finish (or after another runner took
+        the job) raises LeaseLost instead of making a finished job look half done."""
+
+        def change(job: JobDoc, now: datetime) -> dict | None:
+            self._assert_owner(job)
+            return {"progress": round(min(max(progress, 0.0), 1.0), 4), "stage": stage, "eta_seconds": eta_seconds}
+
+        self._conditional(job_id, change)
 
     def finish(self, job_id: str, status: JobStatus, *, result=None, error: JobError | None = None) -> JobDoc:
         def change(job: JobDoc, now: datetime) -> dict | None:
@@ -112,42 +127,55 @@ class JobStore:
             }
             if status is JobStatus.SUCCEEDED:
                 update["progress"] = 1.0
-                update["result"] = firestore_dict(result)
+                update["result"] = None if result is None else firestore_dict(result)
             if error is not None:
                 update["error"] = firestore_dict(error)
             return update
 
         job = self._conditional(job_id, change)
         assert job is not None
+        self._held.pop(job_id, None)
         return job
 
-    def fail_unowned(self, job_id: str, error: JobError) -> None:
-        """Record a job failed whatever its lease (the message is being given up on). Works on the raw document:
-        a job whose document no longer validates must still end as failed, not stay queued forever."""
+    def fail_unowned(self, job_id: str, error: JobError) -> bool:
+        """Record a job failed because its (parsed, valid) message is being given up on; returns whether it did.
+        Only when nobody else holds a live lease and the job is not terminal. Works on the raw document: a job
+        whose document no longer validates must still end as failed, not stay queued forever."""
         ref = self._ref(job_id)
         for _ in range(_OPTIMISTIC_RETRIES):
             snap = ref.get()
-            if not snap.exists or (snap.to_dict() or {}).get("status") in {s.value for s in TERMINAL_STATUSES}:
-                return
+            raw = (snap.to_dict() or {}) if snap.exists else {}
+            if not snap.exists or raw.get("status") in {s.value for s in TERMINAL_STATUSES}:
+                return False
+            if _held_by_other(raw, self._runner_id, utcnow()):
+                return False
             now = utcnow()
             update = {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
                       "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}
             try:
                 ref.update(update, option=self._db.write_option(last_update_time=snap.update_time))
-                return
+                self._held.pop(job_id, None)
+                return True
             except gexc.FailedPrecondition:
                 continue
+        return False
 
     def release(self, job_id: str, error: JobError) -> None:
         """Give a job back after a transient failure so the redelivered message can claim it at once."""
 
         def change(job: JobDoc, now: datetime) -> dict | None:
-            if job.status != JobStatus.RUNNING or job.lease_owner != self._runner_id:
+            if not self._owns(job):
                 return None
             return {"status": JobStatus.QUEUED.value, "stage": "retrying", "lease_owner": None,
                     "lease_expires_at": None, "error": firestore_dict(error)}
 
         self._conditional(job_id, change)
+        self._held.pop(job_id, None)
+
+    def forget(self, job_id: str, generation: int) -> None:
+        """Drop our claim record of a job we lost (only that claim: another slot may have claimed it since)."""
+        if self._held.get(job_id) == generation:
+            del self._held[job_id]
 
     def get(self, job_id: str) -> JobDoc | None:
         try:
@@ -158,9 +186,19 @@ class JobStore:
     def mark_event_published(self, job_id: str) -> None:
         self._ref(job_id).update({"event_published_at": utcnow()})
 
+    def _owns(self, job: JobDoc) -> bool:
+        return (
+            job.status == JobStatus.RUNNING
+            and job.lease_owner == self._runner_id
+            and job.lease_generation == self._held.get(job.job_id)
+        )
+
     def _assert_owner(self, job: JobDoc) -> None:
-        if job.lease_owner != self._runner_id or job.status != JobStatus.RUNNING:
-            raise LeaseLost(f"job {job.job_id} is {job.status} held by {job.lease_owner}, not {self._runner_id}")
+        if not self._owns(job):
+            raise LeaseLost(
+                f"job {job.job_id} is {job.status} held by {job.lease_owner} (generation {job.lease_generation}),"
+                f" not {self._runner_id} (generation {self._held.get(job.job_id)})"
+            )
 
     def record_pace(self, device: str, **measured: float) -> None:
         """Fold measured figures (e.g. image_seconds_per_step) into this device's moving averages, for estimates.
@@ -175,16 +213,41 @@ class JobStore:
         ref.set(update, merge=True)
 
     # results the runner owns
-    def save_variant(self, variant: VariantDoc) -> None:
-        """Idempotent: the variant id was fixed when the job was created, so a re-run writes the same document."""
-        batch = self._db.batch()
-        batch.set(self._db.collection(names.VARIANTS).document(variant.variant_id), firestore_dict(variant))
-        batch.set(
-            self._db.collection(names.PROMPTS).document(variant.pk),
-            {"variant_ids": firestore.ArrayUnion([variant.variant_id]), "updated_at": utcnow()},
-            merge=True,
-        )
-        batch.commit()
+    def save_variant(self, job_id: str, variant: VariantDoc) -> None:
+        """Idempotent: the variant id was fixed when the job was created, so a re-run writes the same document.
+        Fenced: one atomic batch with a conditional touch of the job we hold, so a stale runner writes nothing."""
+        for _ in range(_OPTIMISTIC_RETRIES):
+            snap, job = self._read(job_id)
+            self._assert_owner(job)
+            now = utcnow()
+            batch = self._db.batch()
+            batch.update(self._ref(job_id), {"stage": "saving", "updated_at": now},
+                         option=self._db.write_option(last_update_time=snap.update_time))
+            add_variant_writes(self._db, batch, variant, now)
+            try:
+                batch.commit()
+                return
+            except gexc.FailedPrecondition:
+                continue
+        raise TransientError(f"job {job_id} kept changing under us")
+
+
+def add_variant_writes(db: firestore.Client, batch, variant: VariantDoc, now: datetime) -> None:
+    """The variant document and its place in the prompt index, added to `batch` (one atomic commit)."""
+    batch.set(db.collection(names.VARIANTS).document(variant.variant_id), firestore_dict(variant))
+    batch.set(
+        db.collection(names.PROMPTS).document(variant.pk),
+        {"variant_ids": firestore.ArrayUnion([variant.variant_id]), "updated_at": now},
+        merge=True,
+    )
+
+
+def _held_by_other(raw: dict, runner_id: str, now: datetime) -> bool:
+    """Whether another runner holds a live lease on this raw job document."""
+    owner, expires = raw.get("lease_owner"), raw.get("lease_expires_at")
+    if raw.get("status") != JobStatus.RUNNING.value or owner in (None, runner_id):
+        return False
+    return not isinstance(expires, datetime) or expires > now
 
 
 def _device_key(device: str) -> str:

@@ -41,6 +41,11 @@ class ProgressReporter:
         self._clock = clock
         self._started = clock()
         self._last_write = float("-inf")
+        self._closed = False
+
+    def close(self) -> None:
+        """No more writes from this reporter: the job is about to be finished (or is out of our hands)."""
+        self._closed = True
 
     def stage(self, name: str, fraction: float) -> None:
         """A coarse stage change (loading, uploading...): always written."""
@@ -54,6 +59,8 @@ class ProgressReporter:
         self._emit(low + (high - low) * (done / max(total, 1)), stage, force=False)
 
     def _emit(self, fraction: float, stage: str, *, force: bool) -> None:
+        if self._closed:
+            return
         now = self._clock()
         if not force and now - self._last_write < self._min_interval:
             return

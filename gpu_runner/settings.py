@@ -8,7 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -68,3 +68,15 @@ class RunnerSettings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=30.0, ge=0.5)
     unpublished_after_seconds: float = Field(default=30.0, ge=0.0)
     requeue_queued_after_seconds: float = Field(default=600.0, ge=1.0)
+
+    # Chaos runs only (gpu_runner/failpoints.py): "name:probability[,name:probability]"; the seed replays a run.
+    failpoints: str = ""
+    failpoint_seed: int | None = None
+
+    @field_validator("failpoints")
+    @classmethod
+    def _known_failpoints(cls, value: str) -> str:
+        from gpu_runner.failpoints import parse
+
+        parse(value)
+        return value

@@ -7,7 +7,6 @@ DEFUNCT. SIGTERM stops taking work, lets the running job finish within the grace
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -21,13 +20,15 @@ from pydantic import ValidationError
 
 from gpu_runner.errors import (
     Disposition,
-    InvalidJob,
     InvalidMessage,
     JobCanceled,
     JobNotFound,
+    LeaseLost,
     disposition,
 )
+from gpu_runner import failpoints
 from gpu_runner.events import EventPublisher
+from gpu_runner.failpoints import Failpoints
 from gpu_runner.heartbeat import Heartbeat
 from gpu_runner.image_job import WorkContext, run_image_job
 from gpu_runner.jobstore import JobStore
@@ -38,7 +39,6 @@ from gpu_runner.reconciler import ReconcilePolicy, Reconciler
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.storage import MediaStore
 from schemas import names
-from schemas.ids import JOB_ID_PATTERN
 from schemas._base import utcnow
 from schemas.jobs import JobDoc, JobError, JobEvent, JobRequested, JobStatus, JobType
 
@@ -84,7 +84,9 @@ class Runner:
         self._store = JobStore(clients.firestore, settings.runner_id, timedelta(seconds=settings.lease_seconds))
         self._events = EventPublisher(clients.publisher, settings.project_id)
         self._models = models or ModelHost(settings)
-        self._work = WorkContext(settings, self._store, MediaStore(clients.storage, settings.bucket), self._models)
+        self._failpoints = Failpoints.from_spec(settings.failpoints, settings.failpoint_seed)
+        self._work = WorkContext(settings, self._store, MediaStore(clients.storage, settings.bucket), self._models,
+                                 self._failpoints)
         self._reconciler = Reconciler(
             clients.firestore,
             self._events,
@@ -198,9 +200,10 @@ class Runner:
     def handle(self, received) -> Disposition:
         message = received.message
         attempt = received.delivery_attempt or 1
-        claimed_id = message.attributes.get("job_id", "")
-        job_id = claimed_id if re.fullmatch(JOB_ID_PATTERN, claimed_id) else None
-        bound = log.bind(message_id=message.message_id, delivery_attempt=attempt, job_id=job_id)
+        # The job_id attribute is only logged: a body that does not parse names no job (issue 13).
+        bound = log.bind(message_id=message.message_id, delivery_attempt=attempt,
+                         claimed_job_id=str(message.attributes.get("job_id", ""))[:100])
+        job_id = None
         try:
             request = _parse(message.data)
             job_id = request.job_id
@@ -214,24 +217,24 @@ class Runner:
         if decided is Disposition.RETRY:
             self._nack(received.ack_id)
         else:
+            self._failpoints.hit(failpoints.AFTER_EVENT, job_id=job_id)
             self._ack(received.ack_id)
             self.jobs_done += 1
         return decided
 
     def _run_job(self, request: JobRequested, ack_id: str) -> None:
-        decision, job = self._store.claim(request.job_id)
+        self._failpoints.hit(failpoints.BEFORE_CLAIM, job_id=request.job_id)
+        decision, job = self._store.claim(request.job_id, request.type)
         if decision is ClaimDecision.ALREADY_FINISHED:
             if not job.event_published_at:  # the earlier run died between its outcome and its event
                 self._publish_outcome(job)
             return
         if decision is ClaimDecision.HELD_ELSEWHERE:
             return
-        if job.type != request.type:
-            raise InvalidJob(f"message says {request.type} but job {job.job_id} is {job.type}")
         signals = JobSignals()
         self._active_signals.add(signals)
         progress = ProgressReporter(
-            lambda fraction, stage, eta: self._store.progress(job.job_id, fraction, stage, eta),
+            lambda fraction, stage, eta: self._write_progress(job.job_id, fraction, stage, eta),
             signals,
             self._settings.progress_interval_seconds,
         )
@@ -246,13 +249,29 @@ class Runner:
                 if job.cancel_requested:
                     raise JobCanceled("cancel requested before start")
                 outcome = self._dispatch(job, progress)
+            progress.close()  # no tick may follow the finish (the write is fenced anyway)
             finished = self._store.finish(job.job_id, JobStatus.SUCCEEDED, result=outcome)
         except JobCanceled:
+            progress.close()
             finished = self._store.finish(job.job_id, JobStatus.CANCELED)
+        except LeaseLost:
+            self._store.forget(job.job_id, job.lease_generation)
+            raise
         finally:
+            progress.close()
             self._active_signals.discard(signals)
         log.info("job_finished", job_id=job.job_id, status=finished.status, attempts=finished.attempts)
+        self._failpoints.hit(failpoints.AFTER_FINISH, job_id=job.job_id)
         self._publish_outcome(finished)
+
+    def _write_progress(self, job_id: str, fraction: float, stage: str, eta: float | None) -> None:
+        """Progress is advisory: a failed tick is logged and skipped; a lost lease stops the work (LeaseLost)."""
+        try:
+            self._store.progress(job_id, fraction, stage, eta)
+        except LeaseLost:
+            raise
+        except Exception:  # noqa: BLE001 - the next tick or the finish writes the state again
+            log.warning("progress_write_failed", job_id=job_id, exc_info=True)
 
     def _dispatch(self, job: JobDoc, progress: ProgressReporter):
         if job.type == JobType.IMAGE:
@@ -270,16 +289,17 @@ class Runner:
         try:
             if decided is Disposition.DEAD_LETTER:
                 self._events.dead_letter(received.message.data, dict(received.message.attributes), error.message)
-            if job_id is None or decided is Disposition.ACK or isinstance(exc, JobNotFound):
-                return  # nothing to record: no job, or nothing went wrong with it
+            if job_id is None or decided is Disposition.ACK or isinstance(exc, (JobNotFound, InvalidMessage)):
+                return  # nothing to record: no job, a message that does not fit its job, or nothing went wrong
             last_attempt = attempt >= names.MAX_DELIVERY_ATTEMPTS
             if decided is Disposition.RETRY and not last_attempt:
                 self._store.release(job_id, error)
                 return
             # Terminal, or the last retry before the dead-letter topic: the job must not stay "running".
-            self._store.fail_unowned(job_id, error)
+            if not self._store.fail_unowned(job_id, error):
+                return  # terminal already, or another runner holds a live lease: its message decides
             job = self._store.get(job_id)
-            if job is not None and job.status == JobStatus.FAILED:
+            if job is not None:
                 self._publish_outcome(job)
             elif job is None:  # the document no longer validates: announce the failure from what we know
                 kind = JobType.IMAGE if job_id.startswith("img-") else JobType.VIDEO

@@ -157,6 +157,9 @@ class JobDoc(Document):
     metrics: JobMetrics | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    # Bumped at each claim: a runner's writes are fenced on (owner, generation), so a runner that paused past its
+    # lease and re-claimed nothing can change nothing, even when the job went back to the same runner id.
+    lease_generation: int = Field(default=0, ge=0)
     cancel_requested: bool = False
     created_at: datetime
     published_at: datetime | None = None

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from google.cloud import firestore
 
-from gpu_runner.jobstore import JobStore
+from gpu_runner.jobstore import add_variant_writes
 from schemas import names
 from schemas._base import utcnow
 from schemas.documents import VariantDoc
@@ -28,15 +28,16 @@ def db(emulator_stack):
 
 
 def seed_variants(db, count: int, pk: str = PK) -> list[str]:
-    store = JobStore(db, "test", timedelta(seconds=30))
     ids = []
     for index in range(count):
         variant_id = new_ulid()
-        store.save_variant(VariantDoc(
+        batch = db.batch()
+        add_variant_writes(db, batch, VariantDoc(
             variant_id=variant_id, pk=pk, soul_id="nova", variant_index=index,
             object=names.image_object("nova", pk, variant_id), width=64, height=64, seed=index, bytes=10,
             job_id=f"img-{pk}-{index}", cue="penguin", created_at=utcnow(),
-        ))
+        ), utcnow())
+        batch.commit()
         ids.append(variant_id)
     return ids
 
