@@ -41,7 +41,7 @@ def next_backoff(previous_s: float | None, uptime_s: float, policy: RestartPolic
 class _Child:
     name: str
     argv: Sequence[str]
-    env: Mapping[str, str] | None
+    env: Mapping[str, str] | Callable[[int], Mapping[str, str]] | None
     log_path: Path
     marker: str
     popen: subprocess.Popen | None = None
@@ -62,8 +62,10 @@ class Supervisor:
         self.retired: list[tuple[str, int | None]] = []  # (name, exit code) of every retired process
 
     def add(self, name: str, argv: Sequence[str], log_path: Path, *, marker: str,
-            env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen, ProcessRecord]:
-        """Start `argv` now and keep it running until `retire()` or `stop_all()`."""
+            env: Mapping[str, str] | Callable[[int], Mapping[str, str]] | None = None,
+            ) -> tuple[subprocess.Popen, ProcessRecord]:
+        """Start `argv` now and keep it running until `retire()` or `stop_all()`. `env` may be a function of the
+        restart count (the chaos suite gives every start its own failpoint seed)."""
         if name in self._children:
             raise ValueError(f"{name} is already supervised")
         child = _Child(name, list(argv), env, log_path, marker)
@@ -73,8 +75,9 @@ class Supervisor:
         return child.popen, child.record
 
     def _start(self, child: _Child) -> None:
+        env = child.env(child.restarts) if callable(child.env) else child.env
         child.popen, child.record = _process.spawn(
-            child.name, child.argv, child.log_path, child.marker, child.env, append=child.restarts > 0
+            child.name, child.argv, child.log_path, child.marker, env, append=child.restarts > 0
         )
         child.started_at = self._clock()
         child.restart_at = None

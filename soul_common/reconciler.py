@@ -12,7 +12,9 @@ The rules (`decide`, pure) for a non-terminal job:
   the runner's ack-deadline extension, so by then the dead runner's message has been redelivered or dropped;
 - running with an expired lease after `max_attempts` claims (it kills every runner that takes it), or re-published
   `max_republishes` times without ending (its messages never lead to a claim): fail it with the reason;
-- a non-terminal document that no longer validates: fail it (it can never run, it must not stay queued).
+- a non-terminal document that no longer validates: fail it (it can never run, it must not stay queued);
+- a finished job whose completion event was never published (its runner died between the two, and its message
+  is gone too) after the same window: publish the event (consumers dedup on the CloudEvent id = job id).
 Every change is a write conditional on the document's update time, so concurrent reconcilers and runners never
 both act on one observation; a publish that fails is undone (published_at cleared) so the next pass retries it."""
 
@@ -31,7 +33,7 @@ from pydantic import ValidationError
 
 from schemas import names
 from schemas._base import firestore_dict, utcnow
-from schemas.jobs import JobDoc, JobError, JobRequested, JobStatus
+from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobRequested, JobStatus
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +97,13 @@ def needs_publish(job: JobDoc, now: datetime, policy: ReconcilePolicy) -> str | 
     return decision.reason if decision is not None and decision.action is not Action.FAIL else None
 
 
+def needs_announce(job: JobDoc, now: datetime, policy: ReconcilePolicy) -> bool:
+    """A finished job with no completion event, past the window in which its own message would still bring it."""
+    finished = job.finished_at or job.updated_at
+    return (JobStatus(job.status) in TERMINAL_STATUSES and job.event_published_at is None
+            and now - finished >= policy.requeue_queued_after)
+
+
 def _bounded(job: JobDoc, policy: ReconcilePolicy, decision: Decision) -> Decision:
     if job.republished >= policy.max_republishes:
         return Decision(Action.FAIL, f"republish_exhausted: published {job.republished} times without an end")
@@ -113,10 +122,12 @@ class JobPublisher(Protocol):
 class ReconcileReport:
     republished: list[str] = field(default_factory=list)  # published again, re-queued ones included
     failed: list[str] = field(default_factory=list)
+    announced: list[str] = field(default_factory=list)  # finished jobs whose missing event was published
     errors: list[str] = field(default_factory=list)  # jobs whose handling failed this pass (retried next pass)
 
     def to_json(self) -> dict:
-        return {"republished": self.republished, "failed": self.failed, "errors": self.errors}
+        return {"republished": self.republished, "failed": self.failed, "announced": self.announced,
+                "errors": self.errors}
 
 
 class Reconciler:
@@ -141,9 +152,28 @@ class Reconciler:
                 except Exception as exc:  # noqa: BLE001 - one job's trouble must not stall the others
                     report.errors.append(snap.id)
                     log.warning("reconcile_job_failed", job_id=snap.id, error=repr(exc))
-        if report.republished or report.failed or report.errors:
+        self._announce(report)
+        if report.republished or report.failed or report.errors or report.announced:
             log.info("reconcile_pass", **report.to_json())
         return report
+
+    def _announce(self, report: ReconcileReport) -> None:
+        """Publish the completion event of finished jobs whose runner died before publishing it."""
+        now = utcnow()
+        for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
+            query = (self._db.collection(names.JOBS).where(filter=FieldFilter("status", "==", status.value))
+                     .where(filter=FieldFilter("event_published_at", "==", None)))
+            for snap in query.limit(SCAN_LIMIT).stream():
+                try:
+                    job = JobDoc.model_validate(snap.to_dict())
+                    if not needs_announce(job, now, self._policy):
+                        continue
+                    self._events.job_finished(job)
+                    snap.reference.update({"event_published_at": utcnow()})
+                    report.announced.append(job.job_id)
+                except Exception as exc:  # noqa: BLE001 - retried next pass
+                    report.errors.append(snap.id)
+                    log.warning("reconcile_job_failed", job_id=snap.id, error=repr(exc))
 
     def _handle(self, snap, report: ReconcileReport) -> None:
         now = utcnow()

@@ -141,3 +141,15 @@ def test_the_reconcile_function_recovers_jobs_with_no_runner_up(db, events, subs
     assert doc(db, job_id)["status"] == "queued" and doc(db, job_id)["stage"] == "requeued"
     assert queued_messages(subscriber) == [job_id]
     assert app.post("/").json["republished"] == []  # published: nothing more to do
+
+
+def test_a_finished_job_whose_event_was_never_published_is_announced(db, events, subscriber):
+    finished = utcnow() - timedelta(seconds=500)
+    job_id = put_job(db, 10, status="succeeded", progress=1.0, stage="succeeded", finished_at=finished)
+    recent = put_job(db, 11, status="succeeded", progress=1.0, stage="succeeded", finished_at=utcnow())
+    report = Reconciler(db, events, POLICY).sweep()
+    assert report.announced == [job_id]
+    assert doc(db, job_id)["event_published_at"] is not None and doc(db, recent)["event_published_at"] is None
+    [event] = pull_all(subscriber, names.SUB_EVENTS)
+    assert event.message.attributes["ce-id"] == job_id
+    assert Reconciler(db, events, POLICY).sweep().announced == []
