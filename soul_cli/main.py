@@ -7,6 +7,7 @@ Pub/Sub, 3 `--timeout` passed while the task was still running."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from typer.core import TyperGroup
 
 from soul_cli import bus, dead_letters, render
 from soul_cli.client import SoulClient
+from soul_cli.local import apply as apply_local_stack
 from soul_cli.errors import BadResponse, BusError, CliError, TaskUnsuccessful
 from soul_cli.waiting import wait_for_task
 from schemas import names
@@ -79,6 +81,11 @@ def configure(
         typer.Option(envvar=["GCS_PROJECT_ID", "GOOGLE_CLOUD_PROJECT"], help="GCP project of the Pub/Sub topics."),
     ] = DEFAULT_PROJECT_ID,
 ) -> None:
+    local = apply_local_stack()  # a `make run` stack in this directory, when no emulator is named
+    if local and api_url == DEFAULT_API_URL and not os.environ.get("SOUL_API_URL"):
+        api_url = local.get("SOUL_API_URL", api_url)
+    if local and project == DEFAULT_PROJECT_ID:
+        project = local.get("GCS_PROJECT_ID", project)
     ctx.obj = Settings(api_url=api_url.rstrip("/"), api_key=api_key or None, project_id=project)
 
 

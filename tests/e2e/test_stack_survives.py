@@ -42,6 +42,19 @@ def test_emulators_env_finds_the_stack_started_by_make_run(stack):
     assert f"export SOUL_API_URL={stack['base']}" in answer.stdout
 
 
+def test_the_soul_cli_finds_the_stack_from_its_directory(stack):
+    """No SOUL_API_URL, no PUBSUB_EMULATOR_HOST: `soul` reads the running stack's record in .soul/emulators."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SOUL_API_URL", "PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")}
+    soul = [sys.executable, "-m", "soul_cli"]
+    tasks = subprocess.run([*soul, "tasks", "--json"], cwd=stack["workdir"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert tasks.returncode == 0, tasks.stderr
+    letters = subprocess.run([*soul, "dead-letters", "list", "--json"], cwd=stack["workdir"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert letters.returncode == 0, letters.stderr
+
+
 def test_a_killed_runner_is_restarted_and_the_api_stays_up(stack):
     base, devstack = stack["base"], stack["process"]
     [runner] = _children(devstack.pid, "gpu_runner")
