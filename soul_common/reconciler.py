@@ -4,10 +4,12 @@ Scheduler calls every minute, so jobs are reconciled even while the fleet is sca
 
 The rules (`decide`, pure) for a non-terminal job:
 - queued, never published, older than `unpublished_after`: publish (the creator died between create and publish);
-- queued, published, and no message can still be live: publish again. A message is live until the subscription
-  has given up on it: `redelivery_window` (ack deadline x max delivery attempts + the backoffs between them)
-  after its last publish AND after the last time a runner touched the job (claim, release). Until then a
-  re-publish would only duplicate a message in flight and inflate the backlog the autoscaler reads;
+- queued, published, and no message can still be live: publish again. A message that a runner has taken since
+  the last publish (the job was touched after it: `updated_at > published_at`, a claim then a release) is live
+  until the subscription gives up on it: `redelivery_window` (ack deadline x max delivery attempts + the
+  backoffs between them) after that touch. A message no runner has taken yet waits in the backlog, live until
+  retention: it is only presumed lost after `undelivered_after` (1 h), so a backlog that merely waits for
+  runners is never duplicated (which would inflate the very backlog the autoscaler reads);
 - running with an expired lease (its runner died or froze): re-queue it and publish at once. The lease outlives
   the runner's ack-deadline extension, so by then the dead runner's message has been redelivered or dropped;
 - running with an expired lease after `max_attempts` claims (it kills every runner that takes it), or re-published
@@ -69,6 +71,8 @@ class ReconcilePolicy:
     unpublished_after: timedelta
     # How long after its last publish (and last runner touch) a queued job's message may still be live.
     requeue_queued_after: timedelta = field(default_factory=redelivery_window)
+    # How long a message no runner has taken yet may wait in the backlog before it is presumed lost.
+    undelivered_after: timedelta = timedelta(hours=1)
     max_attempts: int = 5
     max_republishes: int = 10
 
@@ -80,10 +84,11 @@ def decide(job: JobDoc, now: datetime, policy: ReconcilePolicy) -> Decision | No
             if now - job.created_at < policy.unpublished_after:
                 return None
             return _bounded(job, policy, Decision(Action.PUBLISH, "never_published"))
-        since_touch = now - job.updated_at if job.attempts else policy.requeue_queued_after
-        if now - job.published_at >= policy.requeue_queued_after and since_touch >= policy.requeue_queued_after:
-            return _bounded(job, policy, Decision(Action.PUBLISH, "stuck_queued"))
-        return None
+        if job.updated_at > job.published_at:  # a runner took its message since: redelivery is bounded
+            lost = now - job.updated_at >= policy.requeue_queued_after
+        else:  # never taken since the last publish: it may just be waiting in the backlog
+            lost = now - job.published_at >= policy.undelivered_after
+        return _bounded(job, policy, Decision(Action.PUBLISH, "stuck_queued")) if lost else None
     if job.status == JobStatus.RUNNING and (job.lease_expires_at is None or job.lease_expires_at <= now):
         if job.attempts >= policy.max_attempts:
             return Decision(Action.FAIL, f"attempts_exhausted: {job.attempts} runners lost this job")

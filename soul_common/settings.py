@@ -21,6 +21,8 @@ class ReconcileSettings(BaseSettings):
     unpublished_after_seconds: float = Field(default=30.0, ge=0.0)
     # Default: the runner subscription's ack deadline x max delivery attempts + the backoffs between them.
     requeue_queued_after_seconds: float = Field(default=redelivery_window().total_seconds(), ge=1.0)
+    # A message no runner has taken yet is presumed lost after this long in the backlog.
+    reconcile_undelivered_after_seconds: float = Field(default=3600.0, ge=1.0)
     reconcile_max_attempts: int = Field(default=5, ge=1)
     reconcile_max_republishes: int = Field(default=10, ge=1)
 
@@ -28,6 +30,7 @@ class ReconcileSettings(BaseSettings):
         return ReconcilePolicy(
             unpublished_after=timedelta(seconds=self.unpublished_after_seconds),
             requeue_queued_after=timedelta(seconds=self.requeue_queued_after_seconds),
+            undelivered_after=timedelta(seconds=self.reconcile_undelivered_after_seconds),
             max_attempts=self.reconcile_max_attempts,
             max_republishes=self.reconcile_max_republishes,
         )

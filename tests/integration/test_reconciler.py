@@ -40,9 +40,10 @@ def events(emulator_stack, drain_jobs):
 
 
 def put_job(db, n: int, **fields) -> str:
-    now = utcnow()
+    now = utcnow() - timedelta(hours=2)
     job_id = f"img-{n:032x}-0"
-    doc = JobDoc(job_id=job_id, type="image", request=SPEC, created_at=now, updated_at=now, **fields)
+    doc = JobDoc(**{"job_id": job_id, "type": "image", "request": SPEC, "created_at": now, "updated_at": now,
+                    **fields})
     db.collection(names.JOBS).document(job_id).set(firestore_dict(doc))
     return job_id
 
@@ -72,11 +73,8 @@ class FailingOnce:
 
 
 def test_a_failed_publish_neither_hides_the_job_nor_stops_the_pass(db, events, subscriber):
-    long_ago = utcnow() - timedelta(minutes=5)
     first = put_job(db, 1)
     second = put_job(db, 2)
-    for job_id in (first, second):
-        db.collection(names.JOBS).document(job_id).update({"created_at": long_ago})
     reconciler = Reconciler(db, FailingOnce(events), POLICY)
     report = reconciler.sweep()
     assert len(report.errors) == 1 and len(report.republished) == 1  # the other job was still handled
@@ -119,13 +117,16 @@ def test_an_invalid_unfinished_document_is_failed_not_skipped_forever(db, events
 
 def test_no_republish_while_the_message_may_be_live(db, events, subscriber):
     now = utcnow()
-    fresh = put_job(db, 6, published_at=now - timedelta(seconds=400))  # inside the redelivery window
-    # Published long ago, but a runner released it a minute ago: its nacked message is being redelivered.
-    touched = put_job(db, 7, published_at=now - timedelta(hours=1), attempts=1)
-    lost = put_job(db, 8, published_at=now - timedelta(seconds=430))
-    assert Reconciler(db, events, POLICY).run_once() == [lost]
-    assert queued_messages(subscriber) == [lost]
-    assert doc(db, fresh)["republished"] == 0 and doc(db, touched)["republished"] == 0
+    waiting = put_job(db, 6, published_at=now - timedelta(minutes=30))  # no runner took it yet: in the backlog
+    # A runner released it a minute ago: its nacked message is being redelivered.
+    touched = put_job(db, 7, published_at=now - timedelta(hours=1), attempts=1, updated_at=now - timedelta(minutes=1))
+    # Taken after its publish, and the redelivery window has passed since: the message is gone.
+    lost = put_job(db, 8, published_at=now - timedelta(seconds=500), attempts=1, updated_at=now - timedelta(seconds=430))
+    # Never taken, but waiting far longer than any backlog should: presumed lost.
+    forgotten = put_job(db, 12, published_at=now - timedelta(minutes=61))
+    assert sorted(Reconciler(db, events, POLICY).run_once()) == sorted([lost, forgotten])
+    assert queued_messages(subscriber) == sorted([lost, forgotten])
+    assert doc(db, waiting)["republished"] == 0 and doc(db, touched)["republished"] == 0
     assert doc(db, lost)["republished"] == 1
 
 

@@ -61,7 +61,7 @@ POLICY = ReconcilePolicy(unpublished_after=timedelta(seconds=30), requeue_queued
         ({"created_at": NOW - timedelta(seconds=5)}, None),
         ({"created_at": NOW - timedelta(seconds=31)}, "never_published"),
         ({"published_at": NOW - timedelta(minutes=1)}, None),
-        ({"published_at": NOW - timedelta(minutes=11)}, "stuck_queued"),
+        ({"published_at": NOW - timedelta(minutes=11), "updated_at": NOW - timedelta(minutes=10)}, "stuck_queued"),
         ({"status": "running", "lease_expires_at": NOW + timedelta(seconds=1)}, None),
         ({"status": "running", "lease_expires_at": NOW - timedelta(seconds=1)}, "lease_expired"),
         ({"status": "succeeded", "created_at": NOW - timedelta(days=1)}, None),

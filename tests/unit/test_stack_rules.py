@@ -105,8 +105,13 @@ def test_redelivery_window_is_ack_deadline_times_attempts_plus_backoffs():
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        ({"published_at": NOW - timedelta(seconds=419)}, None),  # its message may be live
-        ({"published_at": NOW - timedelta(seconds=420)}, (Action.PUBLISH, "stuck_queued")),
+        # Never taken since its publish: waiting in the backlog, presumed lost only after an hour.
+        ({"published_at": NOW - timedelta(minutes=59)}, None),
+        ({"published_at": NOW - timedelta(minutes=60)}, (Action.PUBLISH, "stuck_queued")),
+        # Taken (claimed, released) after its publish: redelivery ends within the window after that touch.
+        ({"published_at": NOW - timedelta(seconds=500), "updated_at": NOW - timedelta(seconds=419)}, None),
+        ({"published_at": NOW - timedelta(seconds=500), "updated_at": NOW - timedelta(seconds=420)},
+         (Action.PUBLISH, "stuck_queued")),
         # released by a runner a minute ago: its nacked message is still being redelivered
         ({"published_at": NOW - timedelta(hours=1), "attempts": 1, "updated_at": NOW - timedelta(minutes=1)}, None),
         ({"status": "running", "attempts": 2, "lease_expires_at": NOW}, (Action.REQUEUE, "lease_expired")),
