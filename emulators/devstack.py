@@ -94,6 +94,8 @@ class DevStack:
         if self.config.autoscale is not None:
             from google.cloud import firestore
 
+            # The autoscaler reads job documents from this process: point its client at the emulator.
+            os.environ["FIRESTORE_EMULATOR_HOST"] = self.emulators.env()["FIRESTORE_EMULATOR_HOST"]
             db = firestore.Client(project=self.config.emulators.project_id)
             self.autoscaler = LocalAutoscaler(self.config.autoscale, self.supervisor, firestore_backlog(db),
                                               self.add_runner)

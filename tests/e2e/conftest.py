@@ -57,7 +57,8 @@ def stack(tmp_path_factory):
             raise RuntimeError(f"devstack not ready: {(workdir / 'devstack.log').read_text()[-3000:]}")
         time.sleep(0.3)
     emulator_env = json.loads((workdir / ".soul" / "emulators" / "env.json").read_text())
-    yield {"base": base, "env": emulator_env, "workdir": workdir, "process": process}
+    yield {"base": base, "env": emulator_env, "workdir": workdir, "process": process,
+           "reconcile": f"http://127.0.0.1:{reconcile_port}/"}
     os.killpg(process.pid, signal.SIGTERM)
     try:
         assert process.wait(timeout=60) == 0

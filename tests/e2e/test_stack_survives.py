@@ -42,6 +42,15 @@ def test_emulators_env_finds_the_stack_started_by_make_run(stack):
     assert f"export SOUL_API_URL={stack['base']}" in answer.stdout
 
 
+def test_the_reconcile_function_runs_and_is_called_like_cloud_scheduler(stack):
+    answer = requests.post(stack["reconcile"], timeout=30)
+    assert answer.status_code in (200, 409), answer.text  # 409: the scheduled call is in a pass right now
+    if answer.status_code == 200:
+        assert answer.json()["status"] == "ok" and set(answer.json()) >= {"republished", "failed", "errors"}
+    time.sleep(3)  # the e2e stack calls it every 2 s
+    assert '"reconcile_call_failed"' not in (stack["workdir"] / "devstack.log").read_text()
+
+
 def test_the_soul_cli_finds_the_stack_from_its_directory(stack):
     """No SOUL_API_URL, no PUBSUB_EMULATOR_HOST: `soul` reads the running stack's record in .soul/emulators."""
     env = {k: v for k, v in os.environ.items()
