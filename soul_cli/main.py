@@ -81,8 +81,9 @@ def configure(
         typer.Option(envvar=["GCS_PROJECT_ID", "GOOGLE_CLOUD_PROJECT"], help="GCP project of the Pub/Sub topics."),
     ] = DEFAULT_PROJECT_ID,
 ) -> None:
+    api_url_given = bool(os.environ.get("SOUL_API_URL")) or api_url != DEFAULT_API_URL
     local = apply_local_stack()  # a `make run` stack in this directory, when no emulator is named
-    if local and api_url == DEFAULT_API_URL and not os.environ.get("SOUL_API_URL"):
+    if local and not api_url_given:
         api_url = local.get("SOUL_API_URL", api_url)
     if local and project == DEFAULT_PROJECT_ID:
         project = local.get("GCS_PROJECT_ID", project)
