@@ -27,6 +27,7 @@ from gpu_runner.errors import (
     disposition,
 )
 from gpu_runner import failpoints
+from gpu_runner.deadlines import deadline
 from gpu_runner.events import EventPublisher
 from gpu_runner.failpoints import Failpoints
 from gpu_runner.heartbeat import Heartbeat
@@ -81,11 +82,13 @@ class Runner:
         self._settings = settings
         self._clients = clients
         self._subscription = clients.subscriber.subscription_path(settings.project_id, settings.subscription)
-        self._store = JobStore(clients.firestore, settings.runner_id, timedelta(seconds=settings.lease_seconds))
-        self._events = EventPublisher(clients.publisher, settings.project_id)
+        self._store = JobStore(clients.firestore, settings.runner_id, timedelta(seconds=settings.lease_seconds),
+                               settings.firestore_timeout_seconds)
+        self._events = EventPublisher(clients.publisher, settings.project_id, settings.pubsub_timeout_seconds)
+        self._pubsub_deadline = deadline(settings.pubsub_timeout_seconds)
         self._models = models or ModelHost(settings)
         self._failpoints = Failpoints.from_spec(settings.failpoints, settings.failpoint_seed)
-        self._work = WorkContext(settings, self._store, MediaStore(clients.storage, settings.bucket), self._models,
+        self._work = WorkContext(settings, self._store, MediaStore(clients.storage, settings.bucket, settings.gcs_timeout_seconds), self._models,
                                  self._failpoints)
         self._reconciler = Reconciler(
             clients.firestore,
@@ -313,21 +316,24 @@ class Runner:
     # Pub/Sub acks
     def _ack(self, ack_id: str) -> None:
         try:
-            self._clients.subscriber.acknowledge(request={"subscription": self._subscription, "ack_ids": [ack_id]})
+            self._clients.subscriber.acknowledge(request={"subscription": self._subscription, "ack_ids": [ack_id]},
+                                                   **self._pubsub_deadline)
         except Exception:  # noqa: BLE001 - an ack lost means a redelivery, which the job lease makes harmless
             log.warning("ack_failed", exc_info=True)
 
     def _nack(self, ack_id: str) -> None:
         try:
             self._clients.subscriber.modify_ack_deadline(
-                request={"subscription": self._subscription, "ack_ids": [ack_id], "ack_deadline_seconds": 0}
+                request={"subscription": self._subscription, "ack_ids": [ack_id], "ack_deadline_seconds": 0},
+                **self._pubsub_deadline,
             )
         except Exception:  # noqa: BLE001 - the deadline expires by itself
             log.warning("nack_failed", exc_info=True)
 
     def _extend_ack(self, ack_id: str) -> None:
         self._clients.subscriber.modify_ack_deadline(
-            request={"subscription": self._subscription, "ack_ids": [ack_id], "ack_deadline_seconds": ACK_DEADLINE_S}
+            request={"subscription": self._subscription, "ack_ids": [ack_id], "ack_deadline_seconds": ACK_DEADLINE_S},
+            **self._pubsub_deadline,
         )
 
 
