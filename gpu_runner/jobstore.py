@@ -22,7 +22,7 @@ from gpu_runner.leasing import ClaimDecision, decide_claim, lease_expired
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
-from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobStatus, JobType
+from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobMetrics, JobStatus, JobType
 
 _OPTIMISTIC_RETRIES = 5
 # Weight of a new sample in the moving averages of measured pace.
@@ -118,7 +118,8 @@ class JobStore:
 
         self._conditional(job_id, change)
 
-    def finish(self, job_id: str, status: JobStatus, *, result=None, error: JobError | None = None) -> JobDoc:
+    def finish(self, job_id: str, status: JobStatus, *, result=None, error: JobError | None = None,
+               metrics: JobMetrics | None = None) -> JobDoc:
         def change(job: JobDoc, now: datetime) -> dict | None:
             self._assert_owner(job)
             update = {
@@ -134,6 +135,8 @@ class JobStore:
                 update["result"] = None if result is None else firestore_dict(result)
             if error is not None:
                 update["error"] = firestore_dict(error)
+            if metrics is not None:
+                update["metrics"] = firestore_dict(metrics)
             return update
 
         job = self._conditional(job_id, change)
