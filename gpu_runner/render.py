@@ -47,8 +47,9 @@ def gather(first: Ticket, lookahead: LookAhead, max_batch: int, wait_s: float) -
         return batchable(ticket) and ticket.plan.batch_key == key
 
     batch = [first, *lookahead.take_matching(matches, max_batch - 1)]
-    if len(batch) < max_batch and wait_s > 0:
-        lookahead.wait_for_more(wait_s)
+    deadline = time.monotonic() + wait_s
+    while len(batch) < max_batch and (left := deadline - time.monotonic()) > 0:
+        lookahead.wait_for_more(left)
         batch += lookahead.take_matching(matches, max_batch - len(batch))
     return batch
 
@@ -58,9 +59,17 @@ class RenderStage:
         self._work = work
         self.model_tag = model_tag
 
+    def prepare(self, first: Ticket) -> None:
+        """Load the pipeline `first` needs before its batch is gathered (partners keep arriving meanwhile)."""
+        if batchable(first):
+            try:
+                self._work.models.sdxl()
+            except Exception as exc:  # noqa: BLE001 - settled by the coordinator, like a failed render
+                first.error = exc
+
     def render(self, batch: list[Ticket]) -> None:
         """Render `batch`; each ticket ends with its image/outcome, or its own `error`."""
-        live = [t for t in batch if self._start(t)]
+        live = [t for t in batch if t.error is None and self._start(t)]
         if not live:
             return
         if live[0].job.type == JobType.VIDEO:

@@ -202,7 +202,7 @@ class Runner:
 
     # the stages' loops
     def _intake_loop(self, burst: bool, max_jobs: int | None) -> None:
-        idle = self._settings.idle_sleep_seconds
+        idle, empty_since = self._settings.idle_sleep_seconds, None
         try:
             while not self._stopping.is_set():
                 self.last_tick = time.monotonic()
@@ -215,12 +215,16 @@ class Runner:
                     continue
                 pulled = self._puller.pull()
                 if pulled is None:
-                    if burst and not self._inflight:
+                    empty_since = empty_since or time.monotonic()
+                    # A burst ends once every lane stayed empty for a pull timeout with nothing in flight (a nacked
+                    # message comes back within that).
+                    if burst and not self._inflight and \
+                            time.monotonic() - empty_since >= self._settings.pull_timeout_seconds:
                         return
                     time.sleep(idle)
                     idle = min(max(idle * 2, 0.01), max(self._settings.idle_sleep_seconds, 0.5))
                     continue
-                idle = self._settings.idle_sleep_seconds
+                idle, empty_since = self._settings.idle_sleep_seconds, None
                 received, path, lane = pulled
                 ticket = self.admit(received, path, lane)
                 if isinstance(ticket, Ticket):
@@ -249,7 +253,10 @@ class Runner:
                 continue
             self._set_busy(+1)
             try:
-                batch = gather(first, self._lookahead, self.max_batch, self._settings.batch_wait_seconds)
+                self._render.prepare(first)
+                batch = [first] if first.error else gather(
+                    first, self._lookahead, self.max_batch, self._settings.batch_wait_seconds
+                )
                 self._render.render(batch)
             finally:
                 self._set_busy(-1)
