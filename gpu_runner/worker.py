@@ -323,6 +323,7 @@ class Runner:
             lambda fraction, stage, eta: self._write_progress(job.job_id, fraction, stage, eta),
             signals,
             self._settings.progress_interval_seconds,
+            background=True,
         )
         heartbeat = Heartbeat(
             renew_lease=lambda: self._store.renew(job.job_id),
