@@ -26,11 +26,22 @@ class FinishStage:
     def succeed(self, ticket: Ticket) -> JobDoc:
         job = ticket.job
         if job.type == JobType.IMAGE:
+            if ticket.image is not None:
+                self._record_pace(ticket)
             ticket.progress.stage("uploading", 0.92)
             result = store_image(job, ticket.plan, ticket.image, self._work, ticket.render_seconds)
         else:
             result = ticket.outcome
         return self._finish(ticket, JobStatus.SUCCEEDED, result)
+
+    def _record_pace(self, ticket: Ticket) -> None:
+        """Measured pace for the estimates; here, not in the render stage, so its round trips overlap renders."""
+        seconds = ticket.gpu_seconds
+        try:
+            self._store.record_pace(self._work.models.device.name, image_seconds=seconds,
+                                    image_seconds_per_step=seconds / ticket.plan.render.steps)
+        except Exception:  # noqa: BLE001 - pace figures are advisory
+            log.warning("record_pace_failed", exc_info=True)
 
     def cancel(self, ticket: Ticket) -> JobDoc:
         return self._finish(ticket, JobStatus.CANCELED, None)

@@ -130,11 +130,4 @@ class RenderStage:
         for ticket, image in zip(batch, images):
             ticket.image, ticket.batch_size = image, len(batch)
             ticket.gpu_seconds = ticket.render_seconds = share
-        steps = batch[0].plan.render.steps
-        try:
-            self._work.store.record_pace(
-                self._work.models.device.name, image_seconds=share, image_seconds_per_step=share / steps
-            )
-        except Exception:  # noqa: BLE001 - pace figures are advisory
-            log.warning("record_pace_failed", exc_info=True)
         log.info("batch_rendered", jobs=[t.job.job_id for t in batch], seconds=round(elapsed, 3))
