@@ -1,4 +1,5 @@
-"""One image job: render the variant the job names with SDXL, upload it create-only, record the variant.
+"""One image job, in the pipeline's pieces: plan it (intake: spec checked, earlier upload found), render it (render
+stage, possibly in a batch: gpu_runner/render.py), store it (finish stage: PNG, create-only upload, variant).
 
 Idempotent by construction: the variant id, seed and object name were fixed when the job was created, so a
 re-run after a crash finds the object of the earlier attempt and skips the render, or renders the same thing."""
@@ -6,16 +7,15 @@ re-run after a crash finds the object of the earlier attempt and skips the rende
 from __future__ import annotations
 
 import io
-import time
 from dataclasses import dataclass
 
 from gpu_runner import failpoints
 from gpu_runner.failpoints import Failpoints
 from gpu_runner.jobstore import JobStore
 from gpu_runner.models import ModelHost
-from gpu_runner.progress import ProgressReporter
+from gpu_runner.sdxl import RenderSpec, batch_key
 from gpu_runner.settings import RunnerSettings
-from gpu_runner.storage import MediaStore
+from gpu_runner.storage import MediaStore, StoredObject
 from schemas import names
 from schemas._base import utcnow
 from schemas.documents import VariantDoc
@@ -44,53 +44,57 @@ def render_size(spec: ImageJobSpec, models: ModelHost, settings: RunnerSettings)
     return capped(spec.width, spec.height, spec.steps, settings.tiny_max_side, settings.tiny_max_steps)
 
 
-def run_image_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> ImageResult:
+@dataclass(frozen=True)
+class ImagePlan:
+    """What an image job will do, fixed before it reaches the device: its object, its render spec (checked on
+    construction, so a bad spec fails here, alone), and the object of an earlier attempt when there is one."""
+
+    object_name: str
+    render: RenderSpec
+    stored: StoredObject | None  # the earlier attempt's upload: nothing left to render
+
+    @property
+    def needs_render(self) -> bool:
+        return self.stored is None
+
+    @property
+    def batch_key(self) -> tuple:
+        return batch_key(self.render)
+
+
+def plan_image(job: JobDoc, ctx: WorkContext) -> ImagePlan:
     spec = job.request
     assert isinstance(spec, ImageJobSpec)
-    object_name = names.image_object(spec.soul_id, spec.pk, spec.variant_id)
     width, height, steps = render_size(spec, ctx.models, ctx.settings)
-    started = time.perf_counter()
-    stored = ctx.media.existing(object_name)
-    if stored is None:
-        from gpu_runner.sdxl import RenderSpec, render_image
+    object_name = names.image_object(spec.soul_id, spec.pk, spec.variant_id)
+    render = RenderSpec(prompt=spec.prompt, negative_prompt=spec.negative_prompt, width=width, height=height,
+                        steps=steps, guidance=spec.guidance, seed=spec.seed)
+    return ImagePlan(object_name=object_name, render=render, stored=ctx.media.existing(object_name))
 
-        progress.stage("loading_model", 0.02)
-        pipe = ctx.models.sdxl()
-        render_started = time.perf_counter()
-        image = render_image(
-            pipe,
-            RenderSpec(
-                prompt=spec.prompt, negative_prompt=spec.negative_prompt, width=width, height=height,
-                steps=steps, guidance=spec.guidance, seed=spec.seed,
-            ),
-            on_step=lambda done, total: _on_step(ctx, progress, done, total),
-        )
-        rendered_in = time.perf_counter() - render_started
-        ctx.store.record_pace(
-            ctx.models.device.name, image_seconds=rendered_in, image_seconds_per_step=rendered_in / steps
-        )
-        progress.stage("uploading", 0.92)
+
+def store_image(job: JobDoc, plan: ImagePlan, image, ctx: WorkContext, render_seconds: float) -> ImageResult:
+    """Encode and upload (create-only) a rendered image, or take the earlier attempt's object; record the variant
+    (fenced on the job's lease)."""
+    spec = job.request
+    assert isinstance(spec, ImageJobSpec)
+    stored = plan.stored
+    if stored is None:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        stored = ctx.media.put_once(object_name, buffer.getvalue(), "image/png")
+        stored = ctx.media.put_once(plan.object_name, buffer.getvalue(), "image/png")
         ctx.failpoints.hit(failpoints.AFTER_UPLOAD, job_id=job.job_id)
-    render_seconds = round(time.perf_counter() - started, 4)
+    width, height = plan.render.width, plan.render.height
     created_at = utcnow()
     ctx.store.save_variant(
         job.job_id,
         VariantDoc(
             variant_id=spec.variant_id, pk=spec.pk, soul_id=spec.soul_id, variant_index=spec.variant_index,
-            object=object_name, width=width, height=height, seed=spec.seed, bytes=stored.size,
+            object=plan.object_name, width=width, height=height, seed=spec.seed, bytes=stored.size,
             job_id=job.job_id, cue=spec.cue, place=spec.place, created_at=created_at,
-        )
+        ),
     )
     ctx.failpoints.hit(failpoints.AFTER_VARIANT_WRITE, job_id=job.job_id)
     return ImageResult(
-        variant_id=spec.variant_id, pk=spec.pk, object=object_name, width=width, height=height, seed=spec.seed,
-        bytes=stored.size, render_seconds=render_seconds, created_at=created_at,
+        variant_id=spec.variant_id, pk=spec.pk, object=plan.object_name, width=width, height=height, seed=spec.seed,
+        bytes=stored.size, render_seconds=round(render_seconds, 4), created_at=created_at,
     )
-
-
-def _on_step(ctx: WorkContext, progress: ProgressReporter, done: int, total: int) -> None:
-    ctx.failpoints.hit(failpoints.MID_RENDER, step=done)
-    progress.step(done, total, stage="denoising", span=(0.05, 0.9))

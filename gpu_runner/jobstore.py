@@ -16,12 +16,13 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from pydantic import ValidationError
 
+from gpu_runner.deadlines import deadline
 from gpu_runner.errors import InvalidJob, InvalidMessage, JobNotFound, LeaseLost, TransientError
 from gpu_runner.leasing import ClaimDecision, decide_claim, lease_expired
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
-from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobStatus, JobType
+from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobMetrics, JobStatus, JobType
 
 _OPTIMISTIC_RETRIES = 5
 # Weight of a new sample in the moving averages of measured pace.
@@ -29,8 +30,9 @@ PACE_WEIGHT = 0.2
 
 
 class JobStore:
-    def __init__(self, db: firestore.Client, runner_id: str, lease: timedelta):
+    def __init__(self, db: firestore.Client, runner_id: str, lease: timedelta, timeout_s: float = 10.0):
         self._db = db
+        self._deadline = deadline(timeout_s)
         self._runner_id = runner_id
         self._lease = lease
         self._held: dict[str, int] = {}  # job id -> lease generation we claimed
@@ -39,7 +41,7 @@ class JobStore:
         return self._db.collection(names.JOBS).document(job_id)
 
     def _read(self, job_id: str):
-        snap = self._ref(job_id).get()
+        snap = self._ref(job_id).get(**self._deadline)
         if not snap.exists:
             raise JobNotFound(f"job {job_id} has no document")
         try:
@@ -58,7 +60,9 @@ class JobStore:
                 return job
             update["updated_at"] = now
             try:
-                self._ref(job_id).update(update, option=self._db.write_option(last_update_time=snap.update_time))
+                self._ref(job_id).update(
+                    update, option=self._db.write_option(last_update_time=snap.update_time), **self._deadline
+                )
             except gexc.FailedPrecondition:
                 continue
             return job.model_copy(update=update)
@@ -114,7 +118,8 @@ class JobStore:
 
         self._conditional(job_id, change)
 
-    def finish(self, job_id: str, status: JobStatus, *, result=None, error: JobError | None = None) -> JobDoc:
+    def finish(self, job_id: str, status: JobStatus, *, result=None, error: JobError | None = None,
+               metrics: JobMetrics | None = None) -> JobDoc:
         def change(job: JobDoc, now: datetime) -> dict | None:
             self._assert_owner(job)
             update = {
@@ -130,6 +135,8 @@ class JobStore:
                 update["result"] = None if result is None else firestore_dict(result)
             if error is not None:
                 update["error"] = firestore_dict(error)
+            if metrics is not None:
+                update["metrics"] = firestore_dict(metrics)
             return update
 
         job = self._conditional(job_id, change)
@@ -143,7 +150,7 @@ class JobStore:
         whose document no longer validates must still end as failed, not stay queued forever."""
         ref = self._ref(job_id)
         for _ in range(_OPTIMISTIC_RETRIES):
-            snap = ref.get()
+            snap = ref.get(**self._deadline)
             raw = (snap.to_dict() or {}) if snap.exists else {}
             if not snap.exists or raw.get("status") in {s.value for s in TERMINAL_STATUSES}:
                 return False
@@ -153,7 +160,8 @@ class JobStore:
             update = {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
                       "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}
             try:
-                ref.update(update, option=self._db.write_option(last_update_time=snap.update_time))
+                ref.update(update, option=self._db.write_option(last_update_time=snap.update_time),
+                           **self._deadline)
                 self._held.pop(job_id, None)
                 return True
             except gexc.FailedPrecondition:
@@ -184,7 +192,7 @@ class JobStore:
             return None
 
     def mark_event_published(self, job_id: str) -> None:
-        self._ref(job_id).update({"event_published_at": utcnow()})
+        self._ref(job_id).update({"event_published_at": utcnow()}, **self._deadline)
 
     def _owns(self, job: JobDoc) -> bool:
         return (
@@ -204,13 +212,13 @@ class JobStore:
         """Fold measured figures (e.g. image_seconds_per_step) into this device's moving averages, for estimates.
         A transaction-free read-modify-write: a lost race only loses one sample of an average."""
         ref = self._db.collection(names.RUNNER_STATS).document(_device_key(device))
-        snap = ref.get()
+        snap = ref.get(**self._deadline)
         current = snap.to_dict() if snap.exists else {}
         update = {"device": device, "samples": int(current.get("samples", 0)) + 1, "updated_at": utcnow()}
         for field, value in measured.items():
             previous = current.get(field)
             update[field] = value if previous is None else round(previous + PACE_WEIGHT * (value - previous), 6)
-        ref.set(update, merge=True)
+        ref.set(update, merge=True, **self._deadline)
 
     # results the runner owns
     def save_variant(self, job_id: str, variant: VariantDoc) -> None:
@@ -225,7 +233,7 @@ class JobStore:
                          option=self._db.write_option(last_update_time=snap.update_time))
             add_variant_writes(self._db, batch, variant, now)
             try:
-                batch.commit()
+                batch.commit(**self._deadline)
                 return
             except gexc.FailedPrecondition:
                 continue

@@ -1,5 +1,9 @@
 """Progress of the running job: throttled writes (about one per second per job), an ETA from the measured pace,
-and the place where cancellation and lost leases interrupt the work, between two denoising steps."""
+and the place where cancellation and lost leases interrupt the work, between two denoising steps.
+
+With `background=True` the writes go through a writer thread (latest value wins), so a Firestore round trip never
+stalls the device between two steps; `close()` stops and joins it before the job is finished, and a write refused
+for a lost lease signals the work (which stops at its next step)."""
 
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ class ProgressReporter:
         signals: JobSignals,
         min_interval_s: float,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        background: bool = False,
     ):
         self._write = write
         self._signals = signals
@@ -42,10 +48,20 @@ class ProgressReporter:
         self._started = clock()
         self._last_write = float("-inf")
         self._closed = False
+        self._background = background
+        self._pending: tuple[float, str, float | None] | None = None
+        self._cond = threading.Condition()
+        self._writer: threading.Thread | None = None
 
     def close(self) -> None:
-        """No more writes from this reporter: the job is about to be finished (or is out of our hands)."""
-        self._closed = True
+        """No more writes from this reporter (a pending one is dropped); returns once none is in flight."""
+        with self._cond:
+            self._closed = True
+            self._pending = None
+            self._cond.notify_all()
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(timeout=30)
 
     def stage(self, name: str, fraction: float) -> None:
         """A coarse stage change (loading, uploading...): always written."""
@@ -67,4 +83,28 @@ class ProgressReporter:
         elapsed = now - self._started
         eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
         self._last_write = now
-        self._write(fraction, stage, None if eta is None else round(eta, 2))
+        value = (fraction, stage, None if eta is None else round(eta, 2))
+        if not self._background:
+            self._write(*value)
+            return
+        with self._cond:
+            self._pending = value
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="progress", daemon=True)
+                self._writer.start()
+            self._cond.notify_all()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._pending is not None)
+                if self._closed:
+                    return
+                value, self._pending = self._pending, None
+            try:
+                self._write(*value)
+            except LeaseLost:
+                self._signals.lease_lost.set()
+                return
+            except Exception:  # noqa: BLE001 - advisory: the next tick writes again
+                continue

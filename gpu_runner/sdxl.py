@@ -71,7 +71,35 @@ def render_image(
 ) -> Image.Image:
     """Render `spec`. `on_step(done, total)` runs after each denoising step; whatever it raises (a cancel, a lost
     lease) stops the render and propagates. The same spec gives the same image on the same device and weights."""
-    generator = torch.Generator(device=pipe.device if pipe.device.type == "cuda" else "cpu").manual_seed(spec.seed)
+    return render_images(pipe, [spec], on_step)[0]
+
+
+def batch_key(spec: RenderSpec) -> tuple:
+    """Specs with equal keys can share one pipeline call: same size, steps and guidance, and the same kind of
+    negative conditioning (zeros for none, encoded text otherwise)."""
+    return (spec.width, spec.height, spec.steps, float(spec.guidance), bool(spec.negative_prompt))
+
+
+def prompt_arguments(pipe: StableDiffusionXLPipeline, specs: list[RenderSpec]) -> dict:
+    """THE place where text becomes the pipeline's prompt arguments (switch to prompts.encode_prompts here)."""
+    negatives = [spec.negative_prompt for spec in specs]
+    return {
+        "prompt": [spec.prompt for spec in specs],
+        # None, not "": SDXL base was trained to use zero embeddings for "no negative prompt"
+        # (force_zeros_for_empty_prompt); an encoded empty string is a different, worse conditioning.
+        "negative_prompt": negatives if any(negatives) else None,
+    }
+
+
+def render_images(
+    pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None = None
+) -> list[Image.Image]:
+    """Render several specs with one pipeline call (they must share `batch_key`). Each item has its own seeded
+    generator, so item i is the image its spec renders alone."""
+    assert specs and len({batch_key(spec) for spec in specs}) == 1, "a batch needs one size, steps and guidance"
+    first = specs[0]
+    device = pipe.device if pipe.device.type == "cuda" else "cpu"
+    generators = [torch.Generator(device=device).manual_seed(spec.seed) for spec in specs]
 
     def step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
         if on_step is not None:
@@ -83,19 +111,16 @@ def render_image(
     # decoding). One GPU gains nothing from interleaving two renders anyway.
     with _render_lock(pipe), torch.inference_mode():
         result = pipe(
-            prompt=spec.prompt,
-            # None, not "": SDXL base was trained to use zero embeddings for "no negative prompt"
-            # (force_zeros_for_empty_prompt); an encoded empty string is a different, worse conditioning.
-            negative_prompt=spec.negative_prompt or None,
-            width=spec.width,
-            height=spec.height,
-            num_inference_steps=spec.steps,
-            guidance_scale=spec.guidance,
-            generator=generator,
+            **prompt_arguments(pipe, specs),
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            generator=generators,
             callback_on_step_end=step_end,
             output_type="pil",
         )
-    return result.images[0]
+    return list(result.images)
 
 
 def _render_lock(pipe: StableDiffusionXLPipeline) -> threading.Lock:

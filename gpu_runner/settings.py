@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas import names
+
 
 def _default_runner_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -55,8 +57,15 @@ class RunnerSettings(BaseSettings):
     svd_noise_aug_strength: float = Field(default=0.02, ge=0.0, le=1.0,
                                           validation_alias=_alias("SVD_NOISE_AUG_STRENGTH"))
 
-    # Work distribution.
+    # Work distribution. Lanes: the subscriptions in priority order, comma-separated (SOUL_SUBSCRIPTIONS); unset =
+    # `subscription` (interactive) then the background lane. A missing subscription is skipped (logged once).
     subscription: str = "soul-jobs-runner"
+    subscriptions: str = ""
+    # Pipeline: claimed jobs waiting while one renders (0 = claim only when the device is idle), jobs per pipeline
+    # call (None = by free device memory, 1 on CPU), and how long a batch may wait for partners.
+    lookahead: int = Field(default=1, ge=0, le=8)
+    max_batch: int | None = Field(default=None, ge=1, le=16)
+    batch_wait_seconds: float = Field(default=0.03, ge=0.0, le=1.0)
     lease_seconds: float = Field(default=60.0, ge=5.0)
     # Also how soon a cancel request is noticed (the beat reads the job document).
     heartbeat_seconds: float = Field(default=2.0, ge=0.2)
@@ -69,6 +78,11 @@ class RunnerSettings(BaseSettings):
     unpublished_after_seconds: float = Field(default=30.0, ge=0.0)
     requeue_queued_after_seconds: float = Field(default=600.0, ge=1.0)
 
+    # Overall deadlines of the runner's own backend calls (gpu_runner/deadlines.py).
+    firestore_timeout_seconds: float = Field(default=10.0, gt=0.0)
+    pubsub_timeout_seconds: float = Field(default=10.0, gt=0.0)
+    gcs_timeout_seconds: float = Field(default=30.0, gt=0.0)
+
     # Chaos runs only (gpu_runner/failpoints.py): "name:probability[,name:probability]"; the seed replays a run.
     failpoints: str = ""
     failpoint_seed: int | None = None
@@ -80,3 +94,8 @@ class RunnerSettings(BaseSettings):
 
         parse(value)
         return value
+
+    @property
+    def subscription_list(self) -> list[str]:
+        given = [name.strip() for name in self.subscriptions.split(",") if name.strip()]
+        return given or [self.subscription, names.SUB_RUNNER_BACKGROUND]

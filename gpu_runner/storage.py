@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from google.api_core import exceptions as gexc
 from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 
 @dataclass(frozen=True)
@@ -20,21 +21,25 @@ class StoredObject:
 
 
 class MediaStore:
-    def __init__(self, client: storage.Client, bucket: str):
+    def __init__(self, client: storage.Client, bucket: str, timeout_s: float = 30.0):
         self._bucket = client.bucket(bucket)
+        # Per request, and the retries of transient errors (timeouts included) stop after the same budget.
+        self._timeout = timeout_s
+        self._retry = DEFAULT_RETRY.with_timeout(timeout_s)
 
     def existing(self, name: str) -> StoredObject | None:
-        blob = self._bucket.get_blob(name)
+        blob = self._bucket.get_blob(name, timeout=self._timeout, retry=self._retry)
         return None if blob is None else StoredObject(name=name, size=blob.size or 0, created=False)
 
     def read(self, name: str) -> bytes:
-        return self._bucket.blob(name).download_as_bytes()
+        return self._bucket.blob(name).download_as_bytes(timeout=self._timeout, retry=self._retry)
 
     def put_once(self, name: str, data: bytes, content_type: str) -> StoredObject:
         blob = self._bucket.blob(name)
         # chunk_size=None with bytes below the resumable threshold means a multipart (single request) upload.
         try:
-            blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
+            blob.upload_from_string(data, content_type=content_type, if_generation_match=0,
+                                  timeout=self._timeout, retry=self._retry)
         except gexc.PreconditionFailed:
             existing = self.existing(name)
             return existing or StoredObject(name=name, size=len(data), created=False)

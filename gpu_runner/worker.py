@@ -1,50 +1,60 @@
-"""The runner's coordinator: pulls soul-jobs one message at a time per slot, claims the job, runs it with a
-heartbeat, writes the outcome, publishes the completion event, then acks. It wires the other modules; the
-decisions live in them (claim rules in `leasing`, error policy in `errors`, the work in `image_job`).
+"""The runner's coordinator: wires the pipeline's stages and decides what happens to each message. Intake
+(`intake.py`: lanes, look-ahead) pulls and claims the next job(s) while one renders (`render.py`: the only device
+user, batching), and the finish stage (`finish.py`: upload, variant, finish, event) overlaps the next render;
+bounded queues between them. The decisions live in the other modules (claim rules in `leasing`, error policy in
+`errors`, the work in `image_job`/`video_job`); this module turns outcomes into acks, nacks and settlements.
 
 State machine (asserted): NEW -> STARTING -> READY <-> PROCESSING -> STOPPING -> STOPPED; a failure to start is
-DEFUNCT. SIGTERM stops taking work, lets the running job finish within the grace budget, then releases it."""
+DEFUNCT. SIGTERM stops intake, releases claimed-but-unstarted jobs at once (Firestore release + nack), lets the
+rendering job finish within the grace budget, then releases it."""
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
+from pathlib import Path
 
 import structlog
-from google.api_core import exceptions as gexc
 from google.cloud import firestore, pubsub_v1, storage
 from pydantic import ValidationError
 
+from gpu_runner import failpoints
+from gpu_runner.deadlines import deadline
 from gpu_runner.errors import (
     Disposition,
     InvalidMessage,
     JobCanceled,
     JobNotFound,
     LeaseLost,
+    TransientError,
     disposition,
 )
-from gpu_runner import failpoints
 from gpu_runner.events import EventPublisher
 from gpu_runner.failpoints import Failpoints
+from gpu_runner.finish import FinishStage, stop_keepalive
 from gpu_runner.heartbeat import Heartbeat
-from gpu_runner.image_job import WorkContext, run_image_job
+from gpu_runner.image_job import WorkContext, plan_image
+from gpu_runner.intake import LanePuller, LookAhead, Ticket
 from gpu_runner.jobstore import JobStore
 from gpu_runner.leasing import ClaimDecision
 from gpu_runner.models import ModelHost
 from gpu_runner.progress import JobSignals, ProgressReporter
 from gpu_runner.reconciler import ReconcilePolicy, Reconciler
+from gpu_runner.render import RenderStage, default_max_batch, gather
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.storage import MediaStore
 from schemas import names
 from schemas._base import utcnow
-from schemas.jobs import JobDoc, JobError, JobEvent, JobRequested, JobStatus, JobType
+from schemas.jobs import JobError, JobEvent, JobRequested, JobStatus, JobType
 
 log = structlog.get_logger(__name__)
 
 ACK_DEADLINE_S = 60
+STAGE_POLL_S = 0.05
 
 
 class WorkerState(Enum):
@@ -80,13 +90,23 @@ class Runner:
     def __init__(self, settings: RunnerSettings, clients: RunnerClients, models: ModelHost | None = None):
         self._settings = settings
         self._clients = clients
-        self._subscription = clients.subscriber.subscription_path(settings.project_id, settings.subscription)
-        self._store = JobStore(clients.firestore, settings.runner_id, timedelta(seconds=settings.lease_seconds))
-        self._events = EventPublisher(clients.publisher, settings.project_id)
+        self._paths = [clients.subscriber.subscription_path(settings.project_id, sub)
+                       for sub in settings.subscription_list]
+        self._store = JobStore(clients.firestore, settings.runner_id, timedelta(seconds=settings.lease_seconds),
+                               settings.firestore_timeout_seconds)
+        self._events = EventPublisher(clients.publisher, settings.project_id, settings.pubsub_timeout_seconds)
+        self._pubsub_deadline = deadline(settings.pubsub_timeout_seconds)
         self._models = models or ModelHost(settings)
         self._failpoints = Failpoints.from_spec(settings.failpoints, settings.failpoint_seed)
-        self._work = WorkContext(settings, self._store, MediaStore(clients.storage, settings.bucket), self._models,
-                                 self._failpoints)
+        self._work = WorkContext(settings, self._store,
+                                 MediaStore(clients.storage, settings.bucket, settings.gcs_timeout_seconds),
+                                 self._models, self._failpoints)
+        model_tag = Path(settings.sdxl_model).name if settings.sdxl_model else "tiny-sdxl"
+        self._render = RenderStage(self._work, model_tag)
+        self._finish = FinishStage(self._work, self._store, self._events, model_tag)
+        self._puller = LanePuller(clients.subscriber, self._paths, settings.pull_timeout_seconds)
+        self._lookahead: LookAhead | None = None
+        self._finishing: queue.Queue[Ticket] = queue.Queue(maxsize=4)
         self._reconciler = Reconciler(
             clients.firestore,
             self._events,
@@ -98,9 +118,13 @@ class Runner:
         self._state = WorkerState.NEW
         self._state_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._intake_done = threading.Event()
         self._busy = 0
+        self._inflight = 0  # claimed jobs not yet acked or nacked
         self._active_signals: set[JobSignals] = set()
         self.jobs_done = 0
+        self.last_tick = time.monotonic()  # health: updated every intake loop iteration, idle or not
+        self.max_batch = settings.max_batch or 1
 
     # state
     @property
@@ -118,9 +142,13 @@ class Runner:
             if self._state in (WorkerState.READY, WorkerState.PROCESSING):
                 self._state = WorkerState.PROCESSING if self._busy else WorkerState.READY
 
+    def _count_inflight(self, delta: int) -> None:
+        with self._state_lock:
+            self._inflight += delta
+
     # lifecycle
     def stop(self) -> None:
-        """Stop taking work; running jobs get the grace budget, then are released for another runner."""
+        """Stop taking work; waiting jobs are released now, the rendering one gets the grace budget."""
         if not self._stopping.is_set():
             log.info("runner_stopping", grace_s=self._settings.shutdown_grace_seconds)
             self._stopping.set()
@@ -136,26 +164,29 @@ class Runner:
         self._models.sdxl()
 
     def run(self, *, burst: bool = False, max_jobs: int | None = None) -> None:
-        """Serve until stop(); in burst mode, return once the subscription is drained (for tests and batch use)."""
+        """Serve until stop(); in burst mode, return once the subscriptions are drained (for tests and batch use)."""
         self._transition(WorkerState.STARTING)
         try:
             device = self._models.device  # fail fast on a broken device setup, before taking messages
         except Exception:
             self._transition(WorkerState.DEFUNCT)
             raise
+        self.max_batch = self._settings.max_batch or default_max_batch(_free_device_bytes(device))
+        capacity = max(self._settings.lookahead, self.max_batch - 1)
+        self._lookahead = LookAhead(max(capacity, 1))
         self._transition(WorkerState.READY)
-        log.info("runner_ready", runner_id=self._settings.runner_id, slots=self._settings.max_concurrent_tasks,
-                 device=device.name)
+        log.info("runner_ready", runner_id=self._settings.runner_id, device=device.name, lanes=self._paths,
+                 lookahead=self._settings.lookahead, max_batch=self.max_batch)
         reconciler = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
         reconciler.start()
-        slots = [
-            threading.Thread(target=self._slot_loop, args=(burst, max_jobs), name=f"slot-{i}", daemon=True)
-            for i in range(self._settings.max_concurrent_tasks)
-        ]
-        for slot in slots:
-            slot.start()
-        for slot in slots:
-            slot.join()
+        renderers = [threading.Thread(target=self._render_loop, name=f"render-{i}", daemon=True)
+                     for i in range(self._settings.max_concurrent_tasks)]
+        finisher = threading.Thread(target=self._finish_loop, args=(renderers,), name="finish", daemon=True)
+        for thread in (*renderers, finisher):
+            thread.start()
+        self._intake_loop(burst, max_jobs)
+        for thread in (*renderers, finisher):
+            thread.join()
         self._stopping.set()
         self._transition(WorkerState.STOPPING)
         reconciler.join(timeout=5)
@@ -169,103 +200,170 @@ class Runner:
             except Exception:  # noqa: BLE001 - a failed pass is retried next interval
                 log.warning("reconcile_failed", exc_info=True)
 
-    def _slot_loop(self, burst: bool, max_jobs: int | None) -> None:
-        while not self._stopping.is_set():
-            if max_jobs is not None and self.jobs_done >= max_jobs:
-                self.stop()
-                return
-            received = self._pull()
-            if not received:
-                if burst:
+    # the stages' loops
+    def _intake_loop(self, burst: bool, max_jobs: int | None) -> None:
+        idle, empty_since = self._settings.idle_sleep_seconds, None
+        try:
+            while not self._stopping.is_set():
+                self.last_tick = time.monotonic()
+                if max_jobs is not None and self.jobs_done + self._inflight >= max_jobs:
+                    if not self._inflight:
+                        return
+                    time.sleep(STAGE_POLL_S)
+                    continue
+                if not self._room_for_intake():
+                    continue
+                pulled = self._puller.pull()
+                if pulled is None:
+                    empty_since = empty_since or time.monotonic()
+                    # A burst ends once every lane stayed empty for a pull timeout with nothing in flight (a nacked
+                    # message comes back within that).
+                    if burst and not self._inflight and \
+                            time.monotonic() - empty_since >= self._settings.pull_timeout_seconds:
+                        return
+                    time.sleep(idle)
+                    idle = min(max(idle * 2, 0.01), max(self._settings.idle_sleep_seconds, 0.5))
+                    continue
+                idle, empty_since = self._settings.idle_sleep_seconds, None
+                received, path, lane = pulled
+                ticket = self.admit(received, path, lane)
+                if isinstance(ticket, Ticket):
+                    self._lookahead.put(ticket)
+        finally:
+            self._intake_done.set()
+            for ticket in self._lookahead.drain():  # claimed, never started: another runner takes them now
+                self.complete(ticket, TransientError("runner stopping; job released before it started"))
+
+    def _room_for_intake(self) -> bool:
+        """Look-ahead: claim the next job while one renders, at most `lookahead` (or a batch's worth) waiting;
+        with lookahead 0, only once the device is idle."""
+        if self._settings.lookahead == 0 and self.max_batch <= 1:
+            if self._busy or len(self._lookahead):
+                time.sleep(0.005)
+                return False
+            return True
+        return self._lookahead.wait_for_room(STAGE_POLL_S)
+
+    def _render_loop(self) -> None:
+        while True:
+            first = self._lookahead.take(STAGE_POLL_S)
+            if first is None:
+                if self._intake_done.is_set():
                     return
-                time.sleep(self._settings.idle_sleep_seconds)
                 continue
             self._set_busy(+1)
             try:
-                self.handle(received)
+                self._render.prepare(first)
+                batch = [first] if first.error else gather(
+                    first, self._lookahead, self.max_batch, self._settings.batch_wait_seconds
+                )
+                self._render.render(batch)
             finally:
                 self._set_busy(-1)
+            for ticket in batch:
+                self._finishing.put(ticket)
 
-    def _pull(self):
-        try:
-            response = self._clients.subscriber.pull(
-                request={"subscription": self._subscription, "max_messages": 1},
-                timeout=self._settings.pull_timeout_seconds,
-            )
-        except (gexc.DeadlineExceeded, gexc.ServiceUnavailable, gexc.RetryError):
-            return None
-        return response.received_messages[0] if response.received_messages else None
+    def _finish_loop(self, renderers: list[threading.Thread]) -> None:
+        while True:
+            try:
+                ticket = self._finishing.get(timeout=STAGE_POLL_S)
+            except queue.Empty:
+                if not any(thread.is_alive() for thread in renderers) and self._finishing.empty():
+                    return
+                continue
+            self.complete(ticket)
 
     # one message
     def handle(self, received) -> Disposition:
+        """One message through all the stages in the calling thread (tests and tools)."""
+        ticket = self.admit(received, self._paths[0], 0)
+        if not isinstance(ticket, Ticket):
+            return ticket
+        self._render.render([ticket])
+        return self.complete(ticket)
+
+    def admit(self, received, path: str, lane: int) -> Ticket | Disposition:
+        """Intake of one message: parse, claim, plan. Returns the claimed job's ticket, or how the message was
+        settled when there is nothing to run (a duplicate, a job held elsewhere, an unusable message)."""
         message = received.message
         attempt = received.delivery_attempt or 1
         # The job_id attribute is only logged: a body that does not parse names no job (issue 13).
-        bound = log.bind(message_id=message.message_id, delivery_attempt=attempt,
+        bound = log.bind(message_id=message.message_id, delivery_attempt=attempt, lane=lane,
                          claimed_job_id=str(message.attributes.get("job_id", ""))[:100])
         job_id = None
         try:
             request = _parse(message.data)
             job_id = request.job_id
-            bound = bound.bind(job_id=job_id)
-            self._run_job(request, received.ack_id)
-            decided = Disposition.ACK
+            self._failpoints.hit(failpoints.BEFORE_CLAIM, job_id=job_id)
+            decision, job = self._store.claim(request.job_id, request.type)
+            if decision is ClaimDecision.ALREADY_FINISHED and not job.event_published_at:
+                self._finish.publish_outcome(job)  # the earlier run died between its outcome and its event
+            if decision is not ClaimDecision.CLAIM:
+                self._settle_message(received, path, Disposition.ACK, job_id)
+                return Disposition.ACK
         except Exception as exc:  # noqa: BLE001 - every failure goes through the policy table
             decided = disposition(exc)
             bound.warning("job_error", error=repr(exc), disposition=decided.value)
             self._settle_failure(decided, exc, job_id, received, attempt)
-        if decided is Disposition.RETRY:
-            self._nack(received.ack_id)
-        else:
-            self._failpoints.hit(failpoints.AFTER_EVENT, job_id=job_id)
-            self._ack(received.ack_id)
-            self.jobs_done += 1
-        return decided
+            self._settle_message(received, path, decided, job_id)
+            return decided
+        ticket = self._ticket(received, path, lane, request, job)
+        try:
+            if job.type == JobType.IMAGE:
+                ticket.plan = plan_image(job, self._work)
+        except Exception as exc:  # noqa: BLE001 - settled like any failure of this job
+            ticket.error = exc
+        return ticket
 
-    def _run_job(self, request: JobRequested, ack_id: str) -> None:
-        self._failpoints.hit(failpoints.BEFORE_CLAIM, job_id=request.job_id)
-        decision, job = self._store.claim(request.job_id, request.type)
-        if decision is ClaimDecision.ALREADY_FINISHED:
-            if not job.event_published_at:  # the earlier run died between its outcome and its event
-                self._publish_outcome(job)
-            return
-        if decision is ClaimDecision.HELD_ELSEWHERE:
-            return
+    def _ticket(self, received, path: str, lane: int, request: JobRequested, job) -> Ticket:
         signals = JobSignals()
         self._active_signals.add(signals)
+        self._count_inflight(+1)
         progress = ProgressReporter(
             lambda fraction, stage, eta: self._write_progress(job.job_id, fraction, stage, eta),
             signals,
             self._settings.progress_interval_seconds,
+            background=True,
         )
         heartbeat = Heartbeat(
             renew_lease=lambda: self._store.renew(job.job_id),
-            extend_ack=lambda: self._extend_ack(ack_id),
+            extend_ack=lambda: self._extend_ack(path, received.ack_id),
             signals=signals,
             interval_s=self._settings.heartbeat_seconds,
-        )
+        ).start()
+        return Ticket(received=received, subscription=path, lane=lane, request=request, job=job, signals=signals,
+                      progress=progress, heartbeat=heartbeat)
+
+    def complete(self, ticket: Ticket, error: BaseException | None = None) -> Disposition:
+        """Finish stage of one claimed job: its outcome written and announced, then its message acked; or its
+        failure settled by the policy table (release + nack, fail, dead-letter)."""
+        job_id = ticket.job.job_id
+        error = error or ticket.error
         try:
-            with heartbeat:
-                if job.cancel_requested:
-                    raise JobCanceled("cancel requested before start")
-                outcome = self._dispatch(job, progress)
-            progress.close()  # no tick may follow the finish (the write is fenced anyway)
-            finished = self._store.finish(job.job_id, JobStatus.SUCCEEDED, result=outcome)
-        except JobCanceled:
-            progress.close()
-            finished = self._store.finish(job.job_id, JobStatus.CANCELED)
-        except LeaseLost:
-            self._store.forget(job.job_id, job.lease_generation)
-            raise
+            try:
+                if error is not None:
+                    raise error
+                self._finish.succeed(ticket)
+            except JobCanceled:
+                self._finish.cancel(ticket)
+            decided = Disposition.ACK
+        except Exception as exc:  # noqa: BLE001 - every failure goes through the policy table
+            stop_keepalive(ticket)
+            decided = disposition(exc)
+            log.warning("job_error", job_id=job_id, error=repr(exc), disposition=decided.value)
+            self._settle_failure(decided, exc, job_id, ticket.received, ticket.received.delivery_attempt or 1)
+            if isinstance(exc, LeaseLost):
+                self._store.forget(job_id, ticket.job.lease_generation)
         finally:
-            progress.close()
-            self._active_signals.discard(signals)
-        log.info("job_finished", job_id=job.job_id, status=finished.status, attempts=finished.attempts)
-        self._failpoints.hit(failpoints.AFTER_FINISH, job_id=job.job_id)
-        self._publish_outcome(finished)
+            stop_keepalive(ticket)
+            self._active_signals.discard(ticket.signals)
+        self._settle_message(ticket.received, ticket.subscription, decided, job_id)
+        self._count_inflight(-1)
+        return decided
 
     def _write_progress(self, job_id: str, fraction: float, stage: str, eta: float | None) -> None:
-        """Progress is advisory: a failed tick is logged and skipped; a lost lease stops the work (LeaseLost)."""
+        """Progress is advisory: a failed tick is logged and skipped; a lost lease stops the work (LeaseLost).
+        THE place where progress is reported (job_progress events hook in here)."""
         try:
             self._store.progress(job_id, fraction, stage, eta)
         except LeaseLost:
@@ -273,16 +371,13 @@ class Runner:
         except Exception:  # noqa: BLE001 - the next tick or the finish writes the state again
             log.warning("progress_write_failed", job_id=job_id, exc_info=True)
 
-    def _dispatch(self, job: JobDoc, progress: ProgressReporter):
-        if job.type == JobType.IMAGE:
-            return run_image_job(job, self._work, progress)
-        from gpu_runner.video_job import run_video_job
-
-        return run_video_job(job, self._work, progress)
-
-    def _publish_outcome(self, job: JobDoc) -> None:
-        self._events.job_finished(job)
-        self._store.mark_event_published(job.job_id)
+    def _settle_message(self, received, path: str, decided: Disposition, job_id) -> None:
+        if decided is Disposition.RETRY:
+            self._nack(path, received.ack_id)
+            return
+        self._failpoints.hit(failpoints.AFTER_EVENT, job_id=job_id)
+        self._ack(path, received.ack_id)
+        self.jobs_done += 1
 
     def _settle_failure(self, decided: Disposition, exc: BaseException, job_id, received, attempt: int) -> None:
         error = JobError(type=type(exc).__name__, message=str(exc)[:1000], retryable=decided is Disposition.RETRY)
@@ -300,7 +395,7 @@ class Runner:
                 return  # terminal already, or another runner holds a live lease: its message decides
             job = self._store.get(job_id)
             if job is not None:
-                self._publish_outcome(job)
+                self._finish.publish_outcome(job)
             elif job is None:  # the document no longer validates: announce the failure from what we know
                 kind = JobType.IMAGE if job_id.startswith("img-") else JobType.VIDEO
                 self._events.publish(
@@ -310,25 +405,37 @@ class Runner:
         except Exception:  # noqa: BLE001 - the message is nacked or parked anyway; the reconciler re-checks
             log.warning("settle_failure_failed", job_id=job_id, exc_info=True)
 
+
     # Pub/Sub acks
-    def _ack(self, ack_id: str) -> None:
+    def _ack(self, path: str, ack_id: str) -> None:
         try:
-            self._clients.subscriber.acknowledge(request={"subscription": self._subscription, "ack_ids": [ack_id]})
+            self._clients.subscriber.acknowledge(request={"subscription": path, "ack_ids": [ack_id]},
+                                                 **self._pubsub_deadline)
         except Exception:  # noqa: BLE001 - an ack lost means a redelivery, which the job lease makes harmless
             log.warning("ack_failed", exc_info=True)
 
-    def _nack(self, ack_id: str) -> None:
+    def _nack(self, path: str, ack_id: str) -> None:
         try:
             self._clients.subscriber.modify_ack_deadline(
-                request={"subscription": self._subscription, "ack_ids": [ack_id], "ack_deadline_seconds": 0}
+                request={"subscription": path, "ack_ids": [ack_id], "ack_deadline_seconds": 0},
+                **self._pubsub_deadline,
             )
         except Exception:  # noqa: BLE001 - the deadline expires by itself
             log.warning("nack_failed", exc_info=True)
 
-    def _extend_ack(self, ack_id: str) -> None:
+    def _extend_ack(self, path: str, ack_id: str) -> None:
         self._clients.subscriber.modify_ack_deadline(
-            request={"subscription": self._subscription, "ack_ids": [ack_id], "ack_deadline_seconds": ACK_DEADLINE_S}
+            request={"subscription": path, "ack_ids": [ack_id], "ack_deadline_seconds": ACK_DEADLINE_S},
+            **self._pubsub_deadline,
         )
+
+
+def _free_device_bytes(device) -> int | None:
+    if not device.device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.mem_get_info()[0]
 
 
 def _parse(data: bytes) -> JobRequested:

@@ -19,8 +19,9 @@ PUBLISH_TIMEOUT_S = 30.0
 
 
 class EventPublisher:
-    def __init__(self, client: pubsub_v1.PublisherClient, project_id: str):
+    def __init__(self, client: pubsub_v1.PublisherClient, project_id: str, timeout_s: float = PUBLISH_TIMEOUT_S):
         self._client = client
+        self._timeout = timeout_s
         self._events = client.topic_path(project_id, names.TOPIC_EVENTS)
         self._jobs = client.topic_path(project_id, names.TOPIC_JOBS)
         self._jobs_background = client.topic_path(project_id, names.TOPIC_JOBS_BACKGROUND)
@@ -44,16 +45,14 @@ class EventPublisher:
             "ce-time": event.occurred_at.isoformat(),
             "content-type": "application/json",
         }
-        self._client.publish(self._events, event.model_dump_json().encode(), **attributes).result(PUBLISH_TIMEOUT_S)
+        self._client.publish(self._events, event.model_dump_json().encode(), **attributes).result(self._timeout)
 
     def republish_job(self, data: bytes, job_id: str, job_type: str, lane: str = JobLane.INTERACTIVE) -> None:
         """Publish a job's message again, on its lane's topic."""
         topic = self._jobs_background if lane == JobLane.BACKGROUND else self._jobs
-        self._client.publish(topic, data, job_id=job_id, type=job_type, schema_version="1").result(
-            PUBLISH_TIMEOUT_S
-        )
+        self._client.publish(topic, data, job_id=job_id, type=job_type, schema_version="1").result(self._timeout)
 
     def dead_letter(self, data: bytes, attributes: dict[str, str], reason: str) -> None:
         """Park an unusable message on the dead-letter topic with the reason, instead of retrying it."""
         attrs = {**attributes, "soul-dead-letter-reason": reason[:1000]}
-        self._client.publish(self._dead_letter, data, **attrs).result(PUBLISH_TIMEOUT_S)
+        self._client.publish(self._dead_letter, data, **attrs).result(self._timeout)

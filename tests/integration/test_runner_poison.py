@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -71,7 +72,10 @@ def test_poison_naming_a_running_job_leaves_it_alone(api, run_runner, runner_set
     worker.start()
     try:
         assert loading.wait(60), "the owner never started the job"
-        before = job_doc(db, job_id)
+        deadline = time.monotonic() + 30
+        while (before := job_doc(db, job_id))["stage"] != "loading_model":  # its stage write is asynchronous
+            assert time.monotonic() < deadline, before
+            time.sleep(0.02)
         assert before["status"] == "running" and before["lease_owner"] == "runner-owner"
 
         body, attributes = poison(job_id)

@@ -133,3 +133,34 @@ def test_cancel_and_lost_lease_stop_at_the_next_step():
     stopping.shutdown.set()
     with pytest.raises(TransientError):
         ProgressReporter(lambda *a: None, stopping, 0.0).stage("uploading", 0.9)
+
+
+def test_background_progress_writes_off_the_render_thread_and_stops_at_close():
+    import threading
+
+    from gpu_runner.errors import LeaseLost as Lost
+
+    signals, writes, release, writing = JobSignals(), [], threading.Event(), threading.Event()
+
+    def slow_write(fraction, stage, eta):
+        writing.set()
+        release.wait(5)  # a slow Firestore round trip
+        writes.append((fraction, threading.current_thread().name))
+
+    reporter = ProgressReporter(slow_write, signals, 0.0, background=True)
+    reporter.step(1, 4, stage="denoising")  # returns at once: the write waits in its own thread
+    reporter.step(2, 4, stage="denoising")
+    assert writing.wait(5) and not writes
+    release.set()
+    reporter.close()
+    assert writes and all(name == "progress" for _, name in writes)
+    count = len(writes)
+    reporter.stage("uploading", 0.9)
+    assert len(writes) == count  # closed: nothing more is written
+
+    def refused(*_):
+        raise Lost("taken")
+
+    lost = JobSignals()
+    ProgressReporter(refused, lost, 0.0, background=True).step(1, 4, stage="denoising")
+    assert lost.lease_lost.wait(5)

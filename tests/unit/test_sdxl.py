@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 # The hub client reads this once, at import: set it before diffusers/transformers come in. Nothing here may
@@ -318,3 +319,18 @@ def test_cuda_renders_the_tiny_model_in_half_precision(model_cache: Path):
     assert pipe.unet.dtype == torch.float16
     first, second = render_image(pipe, SPEC), render_image(pipe, SPEC)
     assert np.array_equal(pixels(first), pixels(second))
+
+
+def test_a_batch_renders_each_item_as_its_solo_render(tiny_pipe: StableDiffusionXLPipeline):
+    from gpu_runner.sdxl import batch_key, render_images
+
+    specs = [replace(with_seed(seed), prompt=prompt) for seed, prompt in ((3, "a penguin"), (4, "an owl at dusk"))]
+    assert batch_key(specs[0]) == batch_key(specs[1])
+    together = render_images(tiny_pipe, specs)
+    for spec, image in zip(specs, together):
+        solo = pixels(render_image(tiny_pipe, spec))
+        # Same seed per item: equal up to float rounding of a batched matmul (at most 1 level on a few pixels).
+        assert np.abs(pixels(image).astype(int) - solo.astype(int)).max() <= 1
+    assert np.abs(pixels(together[0]).astype(int) - pixels(together[1]).astype(int)).mean() > 5
+    with pytest.raises(AssertionError):
+        render_images(tiny_pipe, [specs[0], replace(specs[1], steps=specs[1].steps + 1)])

@@ -1,0 +1,67 @@
+"""Finish stage of the pipelined runner: everything after the device, overlapping the next render: PNG encode,
+create-only upload and variant write (image jobs), then the fenced finish write with the job's metrics, and the
+completion event. Acks and failure handling are the coordinator's (`worker.Runner.complete`)."""
+
+from __future__ import annotations
+
+import structlog
+
+from gpu_runner import failpoints
+from gpu_runner.events import EventPublisher
+from gpu_runner.image_job import WorkContext, store_image
+from gpu_runner.intake import Ticket
+from gpu_runner.jobstore import JobStore
+from schemas.jobs import JobDoc, JobMetrics, JobStatus, JobType
+
+log = structlog.get_logger(__name__)
+
+
+class FinishStage:
+    def __init__(self, work: WorkContext, store: JobStore, events: EventPublisher, model_tag: str):
+        self._work = work
+        self._store = store
+        self._events = events
+        self._model_tag = model_tag
+
+    def succeed(self, ticket: Ticket) -> JobDoc:
+        job = ticket.job
+        if job.type == JobType.IMAGE:
+            if ticket.image is not None:
+                self._record_pace(ticket)
+            ticket.progress.stage("uploading", 0.92)
+            result = store_image(job, ticket.plan, ticket.image, self._work, ticket.render_seconds)
+        else:
+            result = ticket.outcome
+        return self._finish(ticket, JobStatus.SUCCEEDED, result)
+
+    def _record_pace(self, ticket: Ticket) -> None:
+        """Measured pace for the estimates; here, not in the render stage, so its round trips overlap renders."""
+        seconds = ticket.gpu_seconds
+        try:
+            self._store.record_pace(self._work.models.device.name, image_seconds=seconds,
+                                    image_seconds_per_step=seconds / ticket.plan.render.steps)
+        except Exception:  # noqa: BLE001 - pace figures are advisory
+            log.warning("record_pace_failed", exc_info=True)
+
+    def cancel(self, ticket: Ticket) -> JobDoc:
+        return self._finish(ticket, JobStatus.CANCELED, None)
+
+    def _finish(self, ticket: Ticket, status: JobStatus, result) -> JobDoc:
+        stop_keepalive(ticket)  # no progress tick or renewal may follow the finish (they are fenced anyway)
+        metrics = JobMetrics(gpu_seconds=round(ticket.gpu_seconds, 4), model=self._model_tag,
+                             device=self._work.models.device.name, batch_size=ticket.batch_size)
+        finished = self._store.finish(ticket.job.job_id, status, result=result, metrics=metrics)
+        log.info("job_finished", job_id=finished.job_id, status=finished.status, attempts=finished.attempts,
+                 gpu_seconds=metrics.gpu_seconds, batch_size=metrics.batch_size)
+        self._work.failpoints.hit(failpoints.AFTER_FINISH, job_id=finished.job_id)
+        self.publish_outcome(finished)
+        return finished
+
+    def publish_outcome(self, job: JobDoc) -> None:
+        self._events.job_finished(job)
+        self._store.mark_event_published(job.job_id)
+
+
+def stop_keepalive(ticket: Ticket) -> None:
+    ticket.progress.close()
+    ticket.heartbeat.stop()

@@ -1,0 +1,133 @@
+"""Render stage of the pipelined runner: the only user of the device. Takes claimed jobs from the look-ahead
+(interactive first), groups image jobs that can share one pipeline call (same size, steps, guidance: `batch_key`)
+into a batch of at most `max_batch`, renders, and hands each job on to the finish stage.
+
+Per job, not per batch: a job whose cancel, lost lease or shutdown is signalled mid-batch drops out alone (its
+partners go on), and each job gets its share of the batch's device time (GPU-seconds)."""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from gpu_runner.errors import JobCanceled, LeaseLost, TransientError
+from gpu_runner import failpoints
+from gpu_runner.image_job import WorkContext
+from gpu_runner.intake import LookAhead, Ticket
+from schemas.jobs import JobType
+
+log = structlog.get_logger(__name__)
+
+GIB = 1024**3
+# Device memory one more SDXL batch item needs at 1024x1024 in fp16 (latents, activations, VAE decode), rounded up.
+BYTES_PER_BATCH_ITEM = 3 * GIB
+MAX_AUTO_BATCH = 4
+
+
+def default_max_batch(free_device_bytes: int | None) -> int:
+    """SOUL_MAX_BATCH when unset: 1 on CPU (no gain), else what the free device memory holds, at most 4."""
+    if free_device_bytes is None:
+        return 1
+    return max(1, min(MAX_AUTO_BATCH, free_device_bytes // BYTES_PER_BATCH_ITEM))
+
+
+def batchable(ticket: Ticket) -> bool:
+    return ticket.job.type == JobType.IMAGE and ticket.plan is not None and ticket.plan.needs_render
+
+
+def gather(first: Ticket, lookahead: LookAhead, max_batch: int, wait_s: float) -> list[Ticket]:
+    """`first` and the waiting jobs that can share its pipeline call; waits at most `wait_s` for partners, so a
+    batch never delays its first job by more than that."""
+    if max_batch <= 1 or not batchable(first):
+        return [first]
+    key = first.plan.batch_key
+
+    def matches(ticket: Ticket) -> bool:
+        return batchable(ticket) and ticket.plan.batch_key == key
+
+    batch = [first, *lookahead.take_matching(matches, max_batch - 1)]
+    deadline = time.monotonic() + wait_s
+    while len(batch) < max_batch and (left := deadline - time.monotonic()) > 0:
+        lookahead.wait_for_more(left)
+        batch += lookahead.take_matching(matches, max_batch - len(batch))
+    return batch
+
+
+class RenderStage:
+    def __init__(self, work: WorkContext, model_tag: str):
+        self._work = work
+        self.model_tag = model_tag
+
+    def prepare(self, first: Ticket) -> None:
+        """Load the pipeline `first` needs before its batch is gathered (partners keep arriving meanwhile)."""
+        if batchable(first):
+            try:
+                self._work.models.sdxl()
+            except Exception as exc:  # noqa: BLE001 - settled by the coordinator, like a failed render
+                first.error = exc
+
+    def render(self, batch: list[Ticket]) -> None:
+        """Render `batch`; each ticket ends with its image/outcome, or its own `error`."""
+        live = [t for t in batch if t.error is None and self._start(t)]
+        if not live:
+            return
+        if live[0].job.type == JobType.VIDEO:
+            assert len(live) == 1, "video jobs render alone"
+            self._render_video(live[0])
+            return
+        todo = [t for t in live if t.plan.needs_render]
+        if todo:
+            self._render_images(todo)
+
+    def _start(self, ticket: Ticket) -> bool:
+        """THE place where a job starts on the device (job_started events hook in here)."""
+        try:
+            if ticket.job.cancel_requested:
+                raise JobCanceled("cancel requested before start")
+            ticket.progress.stage("loading_model", 0.02)
+        except Exception as exc:  # noqa: BLE001 - this job drops out; the coordinator settles it
+            ticket.error = exc
+            return False
+        log.info("job_started", job_id=ticket.job.job_id, lane=ticket.lane)
+        return True
+
+    def _render_video(self, ticket: Ticket) -> None:
+        from gpu_runner.video_job import run_video_job
+
+        started = time.perf_counter()
+        try:
+            ticket.outcome = run_video_job(ticket.job, self._work, ticket.progress)
+        except Exception as exc:  # noqa: BLE001 - settled by the coordinator
+            ticket.error = exc
+        ticket.gpu_seconds = ticket.render_seconds = time.perf_counter() - started
+
+    def _render_images(self, batch: list[Ticket]) -> None:
+        from gpu_runner.sdxl import render_images
+
+        def on_step(done: int, total: int) -> None:
+            self._work.failpoints.hit(failpoints.MID_RENDER, step=done)
+            for ticket in batch:
+                if ticket.error is None:
+                    try:
+                        ticket.progress.step(done, total, stage="denoising", span=(0.05, 0.9))
+                    except (JobCanceled, LeaseLost, TransientError) as exc:
+                        ticket.error = exc  # this one drops out; its partners go on
+                        log.info("job_dropped_from_batch", job_id=ticket.job.job_id, reason=type(exc).__name__)
+            if all(ticket.error is not None for ticket in batch):
+                raise batch[0].error  # nobody left: stop the render
+
+        try:
+            pipe = self._work.models.sdxl()
+            started = time.perf_counter()
+            images = render_images(pipe, [t.plan.render for t in batch], on_step)
+            elapsed = time.perf_counter() - started
+        except Exception as exc:  # noqa: BLE001 - the whole call failed: every job still in it gets the error
+            for ticket in batch:
+                ticket.error = ticket.error or exc
+            return
+        share = elapsed / len(batch)
+        for ticket, image in zip(batch, images):
+            ticket.image, ticket.batch_size = image, len(batch)
+            ticket.gpu_seconds = ticket.render_seconds = share
+        log.info("batch_rendered", jobs=[t.job.job_id for t in batch], seconds=round(elapsed, 3))
