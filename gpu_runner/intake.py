@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -39,7 +39,7 @@ class Ticket:
     gpu_seconds: float = 0.0  # this job's share of its batch's device time
     batch_size: int = 1
     error: BaseException | None = None  # set when this job dropped out (its partners go on)
-    sequence: int = field(default=0)
+    sequence: int = 0  # arrival order in the look-ahead
 
 
 class LookAhead:
@@ -54,10 +54,6 @@ class LookAhead:
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
-
-    def has_room(self) -> bool:
-        with self._cond:
-            return len(self._items) < self._capacity
 
     def wait_for_room(self, timeout: float) -> bool:
         with self._cond:
