@@ -44,7 +44,10 @@ class TaskService:
         job = self._store.job(task_id)
         if job is None:
             raise NotFound(f"no task '{task_id}'", field="task_id")
-        return self.view(job)
+        view = self.view(job)
+        if job.status == JobStatus.QUEUED:
+            view = view.model_copy(update={"queue_position": self._store.count_queued_before(job)})
+        return view
 
     def list(self, query: TaskListQuery) -> TaskPage:
         filters = {

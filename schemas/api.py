@@ -185,6 +185,11 @@ class Task(Reply):
     error: JobError | None = None
     actions: TaskActions
     metrics: TaskMetrics | None = None
+    queue_position: int | None = Field(
+        default=None,
+        description="Queued tasks on `GET /tasks/{task_id}`: how many queued tasks of the same lane were created "
+        "before this one (0: next). None when not queued, and in listings.",
+    )
 
 
 class TaskPage(Reply):

@@ -1,5 +1,6 @@
-"""GPU-seconds on the real api function against the Firestore emulator: `metrics` on
-`GET /tasks/{id}`, device time spent and saved by dedup in `/tasks/stats/summary` (the sharded hit counter)."""
+"""GPU-seconds and queue position on the real api function against the Firestore emulator: `metrics` on
+`GET /tasks/{id}`, device time spent and saved by dedup in `/tasks/stats/summary` (the sharded hit counter), and a
+queued task's place in its lane."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def test_a_task_shows_the_gpu_seconds_the_runner_measured(api, db):
     save(db, image_job(1, JobStatus.SUCCEEDED, gpu=1.25), image_job(2))
     done = api.get(f"/tasks/{image_job(1).job_id}").json
     assert done["metrics"] == {"gpu_seconds": 1.25, "model": "sdxl-tiny", "device": "cpu", "batch_size": 2}
+    assert done["queue_position"] is None
     assert api.get(f"/tasks/{image_job(2).job_id}").json["metrics"] is None
     listed = {item["task_id"]: item for item in api.get("/tasks").json["items"]}
     assert listed[image_job(1).job_id]["metrics"]["gpu_seconds"] == 1.25
@@ -110,3 +112,22 @@ def test_the_sharded_counter_loses_no_concurrent_increment(db, clean_firestore):
     assert ShardedCounter(db, "never_counted").total() == 0
     with pytest.raises(ValueError, match="shard"):
         ShardedCounter(db, "x", shards=0)
+
+
+# --- GET /tasks/{id}: queue position ------------------------------------------------------------------------------
+
+
+def test_a_queued_task_knows_its_place_in_its_lane(api, db):
+    save(
+        db,
+        image_job(1), image_job(2), image_job(3),  # queued, interactive, in creation order
+        image_job(4, lane=JobLane.BACKGROUND, minute=0),  # earlier, but another lane
+        image_job(5, JobStatus.RUNNING, minute=0), image_job(6, JobStatus.SUCCEEDED, gpu=1.0, minute=0),
+    )
+    positions = [api.get(f"/tasks/{image_job(n).job_id}").json["queue_position"] for n in (1, 2, 3, 4)]
+    assert positions == [0, 1, 2, 0]
+    assert api.get(f"/tasks/{image_job(5).job_id}").json["queue_position"] is None
+    assert api.get(f"/tasks/{image_job(6).job_id}").json["queue_position"] is None
+    # Cancel the first: everyone behind it moves up.
+    assert api.delete(f"/tasks/{image_job(1).job_id}").status_code == 200
+    assert api.get(f"/tasks/{image_job(3).job_id}").json["queue_position"] == 1
