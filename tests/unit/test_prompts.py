@@ -17,9 +17,11 @@ from functions.catalog import shipped_souls  # noqa: E402
 from functions.keys import compose_prompt  # noqa: E402
 from gpu_runner import prompts  # noqa: E402
 from gpu_runner.prompts import encode_prompts, tokenize_prompt  # noqa: E402
-from gpu_runner.sdxl import RenderSpec, render_image, sdxl_config_folder  # noqa: E402
+from gpu_runner.device import DeviceChoice  # noqa: E402
+from gpu_runner.sdxl import SHIPPED_CONFIGS, RenderSpec, load_sdxl, render_image, sdxl_config_folder  # noqa: E402
 from gpu_runner.tiny_models import tiny_sdxl_pipeline  # noqa: E402
 
+CPU = DeviceChoice(device="cpu", dtype=torch.float32, name="cpu")
 NOVA = shipped_souls()["nova"].style  # the shipped soul: a 14-token prefix and a 14-token style suffix
 SUFFIX = NOVA.prompt_suffix
 CUE_200 = (
@@ -39,23 +41,29 @@ def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> tuple[CLIPTokenizer,
 
 
 @pytest.fixture(scope="module")
-def byte_pipe():
-    """The tiny SDXL as the runner loads it: byte-level tokenizers (every byte a token)."""
-    return tiny_sdxl_pipeline()
+def byte_pipe(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny SDXL as the runner loads it on a CPU: byte-level tokenizers (every byte a token)."""
+    return load_sdxl(None, tmp_path_factory.mktemp("models"), CPU)
 
 
 @pytest.fixture(scope="module")
 def real_vocab_pipe(tokenizers):
-    """The tiny SDXL with CLIP's real tokenizers and text encoders sized for the real vocabulary (49408)."""
+    """The tiny SDXL with CLIP's real tokenizers and text encoders configured like SDXL base 1.0's shipped configs
+    (the real vocabulary, and eos_token_id 2: the pooled vector is taken at the highest token id, the EOS), at the
+    tiny model's widths."""
     pipe = tiny_sdxl_pipeline()
     torch.manual_seed(1)
-    first, second = tokenizers
-    specials = {"vocab_size": len(first), "bos_token_id": first.bos_token_id, "eos_token_id": first.eos_token_id}
-    pipe.text_encoder = CLIPTextModel(CLIPTextConfig(**{**pipe.text_encoder.config.to_dict(), **specials})).eval()
-    pipe.text_encoder_2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(**{**pipe.text_encoder_2.config.to_dict(), **specials})
-    ).eval()
-    pipe.tokenizer, pipe.tokenizer_2 = first, second
+
+    def shrunk(subfolder: str, like) -> CLIPTextConfig:
+        config = CLIPTextConfig.from_pretrained(SHIPPED_CONFIGS / subfolder)
+        for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "projection_dim"):
+            setattr(config, field, getattr(like.config, field))
+        return config
+
+    pipe.text_encoder = CLIPTextModel(shrunk("text_encoder", pipe.text_encoder)).float().eval()
+    pipe.text_encoder_2 = CLIPTextModelWithProjection(shrunk("text_encoder_2", pipe.text_encoder_2)).float().eval()
+    assert pipe.text_encoder_2.config.eos_token_id == 2 and pipe.text_encoder_2.config.vocab_size == 49408
+    pipe.tokenizer, pipe.tokenizer_2 = tokenizers
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
