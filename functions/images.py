@@ -15,6 +15,7 @@ from functions.settings import FunctionsSettings
 from functions.signing import UrlSigner, variant_link
 from functions.store import Store
 from functions.styles import StyleService
+from functions.usage import GpuUsage
 from functions.variants import choose_unseen, next_variant_index
 from schemas._base import utcnow
 from schemas.api import ImageQueued, ImageReady, Place, SelfieRequest, Variant
@@ -42,6 +43,7 @@ class ImageService:
         signer: UrlSigner,
         settings: FunctionsSettings,
         defaults: estimates.EstimateDefaults,
+        usage: GpuUsage | None = None,
     ):
         self._store = store
         self._styles = styles
@@ -49,6 +51,7 @@ class ImageService:
         self._signer = signer
         self._settings = settings
         self._defaults = defaults
+        self._usage = usage  # counts dedup hits for the GPU-seconds statistics
 
     def selfie(self, request: SelfieRequest) -> ImageReady | ImageQueued:
         """A selfie is an image whose cue names a place chosen for the city and mood, fresh for this user."""
@@ -84,6 +87,8 @@ class ImageService:
         seen = self._store.seen_among(ask.user_id, [v.variant_id for v in variants])
         unseen = choose_unseen(variants, seen)
         if unseen is not None:
+            if self._usage is not None:
+                self._usage.record_dedup_hit()
             return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
         index = next_variant_index(variants)
         if index == 0:

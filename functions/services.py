@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from functions._clients import Clients
+from functions.counters import ShardedCounter
 from functions.estimates import EstimateDefaults
 from functions.idempotency import IdempotencyStore
 from functions.images import ImageService
@@ -15,7 +16,9 @@ from functions.signing import UrlSigner
 from functions.store import Store
 from functions.styles import StyleService
 from functions.tasks import TaskService
+from functions.usage import GpuUsage
 from functions.videos import VideoService
+from schemas import names
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
         encode_seconds_per_frame=settings.estimate_encode_seconds_per_frame,
     )
     styles = StyleService(clients.firestore, settings.backend_timeout_s)
-    tasks = TaskService(store, signer, publisher, settings.public_base_url)
+    usage = GpuUsage(store, ShardedCounter(clients.firestore, names.COUNTER_DEDUP_HITS, deadline=store.deadline))
+    tasks = TaskService(store, signer, publisher, settings.public_base_url, usage=usage)
     return Services(
         settings=settings,
         clients=clients,
@@ -58,7 +62,7 @@ def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
         publisher=publisher,
         signer=signer,
         styles=styles,
-        images=ImageService(store, styles, publisher, signer, settings, defaults),
+        images=ImageService(store, styles, publisher, signer, settings, defaults, usage=usage),
         tasks=tasks,
         videos=VideoService(store, publisher, tasks, settings, defaults),
         idempotency=IdempotencyStore(

@@ -15,7 +15,7 @@ from functions.errors import InvalidInput
 from schemas import names
 from schemas._base import firestore_dict
 from schemas.documents import PromptDoc, RunnerStats, SeenDoc, VariantDoc
-from schemas.jobs import JobDoc
+from schemas.jobs import JobDoc, JobStatus
 
 _dump = firestore_dict
 
@@ -122,6 +122,16 @@ class Store:
     def count_jobs(self, field: str, value: str) -> int:
         result = self.jobs().where(filter=FieldFilter(field, "==", value)).count().get(**self.deadline)
         return int(result[0][0].value)
+
+    def count_queued_before(self, job: JobDoc) -> int:
+        """Queued jobs of `job`'s lane created before it: its place in line (0: next)."""
+        query = (
+            self.jobs()
+            .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
+            .where(filter=FieldFilter("lane", "==", str(job.lane)))
+            .where(filter=FieldFilter("created_at", "<", job.created_at))
+        )
+        return int(query.count().get(**self.deadline)[0][0].value)
 
     def recent_finished(self, status: str, limit: int) -> list[JobDoc]:
         query = (

@@ -12,9 +12,11 @@ from functions.errors import Conflict, NotFound, Unavailable
 from functions.publish import Publisher
 from functions.signing import UrlSigner, variant_link
 from functions.store import Store
+from functions.usage import GpuUsage
 from schemas import names
 from schemas._base import utcnow
 from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats
+from schemas.api import TaskMetrics
 from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
 
 STATS_SAMPLE = 500
@@ -29,17 +31,23 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 
 
 class TaskService:
-    def __init__(self, store: Store, signer: UrlSigner, publisher: Publisher, base_url: str):
+    def __init__(
+        self, store: Store, signer: UrlSigner, publisher: Publisher, base_url: str, *, usage: GpuUsage | None = None
+    ):
         self._store = store
         self._signer = signer
         self._publisher = publisher
         self._base_url = base_url
+        self._usage = usage
 
     def get(self, task_id: str) -> Task:
         job = self._store.job(task_id)
         if job is None:
             raise NotFound(f"no task '{task_id}'", field="task_id")
-        return self.view(job)
+        view = self.view(job)
+        if job.status == JobStatus.QUEUED:
+            view = view.model_copy(update={"queue_position": self._store.count_queued_before(job)})
+        return view
 
     def list(self, query: TaskListQuery) -> TaskPage:
         filters = {
@@ -109,6 +117,7 @@ class TaskService:
                 for kind, values in durations.items()
             },
             sample_size=len(finished),
+            gpu=self._usage.summary() if self._usage is not None else None,
         )
 
     def view(self, job: JobDoc, *, sign: bool = True) -> Task:
@@ -131,6 +140,7 @@ class TaskService:
             result=self._result(job) if sign else None,
             error=job.error,
             actions=TaskActions(self=url, cancel=url if active else None),
+            metrics=TaskMetrics(**job.metrics.model_dump()) if job.metrics is not None else None,
         )
 
     def _result(self, job: JobDoc) -> TaskResult | None:

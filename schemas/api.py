@@ -156,6 +156,15 @@ class TaskActions(Reply):
     cancel: str | None = None
 
 
+class TaskMetrics(Reply):
+    """What a finished job cost (like Replicate's `metrics.predict_time`), as the runner measured it."""
+
+    gpu_seconds: float = Field(description="Device seconds this job used: its share of a batched render.")
+    model: str
+    device: str
+    batch_size: int = 1
+
+
 class Task(Reply):
     """`GET /tasks/{task_id}`."""
 
@@ -175,6 +184,12 @@ class Task(Reply):
     result: TaskResult | None = None
     error: JobError | None = None
     actions: TaskActions
+    metrics: TaskMetrics | None = None
+    queue_position: int | None = Field(
+        default=None,
+        description="Queued tasks on `GET /tasks/{task_id}`: how many queued tasks of the same lane were created "
+        "before this one (0: next). None when not queued, and in listings.",
+    )
 
 
 class TaskPage(Reply):
@@ -188,6 +203,19 @@ class DurationStats(Reply):
     p95_seconds: float | None
 
 
+class GpuStats(Reply):
+    """Device time spent and saved. A delivered image is a rendered variant or a dedup hit (an existing variant
+    answered a request); a hit saves what a render costs on average."""
+
+    total_gpu_seconds: float = Field(description="All jobs, image and video.")
+    image_gpu_seconds: float
+    rendered_images: int = Field(description="Succeeded image jobs.")
+    dedup_hits: int = Field(description="Image requests answered with an existing variant.")
+    gpu_seconds_per_image_job: float | None = Field(description="Mean over succeeded image jobs that report it.")
+    gpu_seconds_per_delivered_image: float | None = Field(description="image_gpu_seconds / (rendered + hits).")
+    gpu_seconds_saved_by_dedup: float | None = Field(description="dedup_hits x gpu_seconds_per_image_job.")
+
+
 class TaskStats(Reply):
     """`GET /tasks/stats/summary`."""
 
@@ -196,6 +224,7 @@ class TaskStats(Reply):
     by_type: dict[str, int]
     durations: dict[str, DurationStats]
     sample_size: int
+    gpu: GpuStats | None = None
 
 
 class EstimateQuery(Contract):

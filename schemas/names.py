@@ -13,6 +13,9 @@ STYLES = "styles"
 IDEMPOTENCY = "idempotency"
 RUNNER_STATS = "runner_stats"
 TENANTS = "tenants"  # tenants/{tenant}/...: per-tenant counters (quotas)
+COUNTERS = "counters"  # counters/{name}/shards/{n}: sharded counters, summed on read
+COUNTER_SHARDS = "shards"
+COUNTER_DEDUP_HITS = "image_dedup_hits"  # image requests answered with an existing variant
 
 # Pub/Sub topics.
 TOPIC_JOBS = "soul-jobs"  # the interactive lane: a user is waiting

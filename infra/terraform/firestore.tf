@@ -47,6 +47,20 @@ locals {
       collection = "jobs"
       fields     = [["status", "ASCENDING"], ["finished_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
+    # GET /tasks/{id} of a queued task: count of queued jobs of its lane created before it (store.count_queued_before).
+    jobs_status_lane_created = {
+      collection = "jobs"
+      fields     = [["status", "ASCENDING"], ["lane", "ASCENDING"], ["created_at", "ASCENDING"]]
+    }
+    # GET /tasks/stats/summary: sum/avg of metrics.gpu_seconds over image jobs, and over succeeded ones (usage.py).
+    jobs_type_gpu_seconds = {
+      collection = "jobs"
+      fields     = [["type", "ASCENDING"], ["metrics.gpu_seconds", "ASCENDING"]]
+    }
+    jobs_type_status_gpu_seconds = {
+      collection = "jobs"
+      fields     = [["type", "ASCENDING"], ["status", "ASCENDING"], ["metrics.gpu_seconds", "ASCENDING"]]
+    }
   }
 }
 

@@ -1,0 +1,133 @@
+"""GPU-seconds and queue position on the real api function against the Firestore emulator: `metrics` on
+`GET /tasks/{id}`, device time spent and saved by dedup in `/tasks/stats/summary` (the sharded hit counter), and a
+queued task's place in its lane."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from google.cloud import firestore
+
+from functions.counters import ShardedCounter
+from functions.usage import gpu_stats
+from schemas import names
+from schemas._base import firestore_dict, utcnow
+from schemas.jobs import ImageJobSpec, ImageResult, JobDoc, JobLane, JobMetrics, JobStatus, JobType, VideoJobSpec
+from tests.integration.test_api_surface import seed_variants
+
+PENGUIN = {"soul_id": "nova", "cue": "penguin", "user_id": "user123"}
+START = utcnow() - timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def db(emulator_stack):
+    return firestore.Client(project=os.environ["GCS_PROJECT_ID"])
+
+
+def image_job(n: int, status: JobStatus = JobStatus.QUEUED, *, gpu: float | None = None,
+              lane: JobLane = JobLane.INTERACTIVE, minute: int | None = None) -> JobDoc:
+    pk = f"{n:032x}"
+    spec = ImageJobSpec(soul_id="nova", pk=pk, variant_index=0, variant_id=f"01J{n:023d}", cue="penguin",
+                        prompt="nova, penguin", width=64, height=64, steps=2, guidance=5.0, seed=n,
+                        style_fingerprint="f")
+    created = START + timedelta(minutes=n if minute is None else minute)
+    done = status == JobStatus.SUCCEEDED
+    return JobDoc(
+        job_id=f"img-{pk}-0", type=JobType.IMAGE, status=status, request=spec, lane=lane, created_at=created,
+        updated_at=created, started_at=created if done else None, finished_at=created if done else None,
+        result=ImageResult(variant_id=spec.variant_id, pk=pk, object=names.image_object("nova", pk, spec.variant_id),
+                           width=64, height=64, seed=n, bytes=10, render_seconds=gpu or 0.0,
+                           created_at=created) if done else None,
+        metrics=JobMetrics(gpu_seconds=gpu, model="sdxl-tiny", device="cpu", batch_size=2) if gpu is not None else None,
+    )
+
+
+def video_job(gpu: float) -> JobDoc:
+    spec = VideoJobSpec(variant_id="01J" + "9" * 23, source_object="images/x.png", num_frames=8, fps=8, seed=1)
+    return JobDoc(job_id="vid-1", type=JobType.VIDEO, status=JobStatus.SUCCEEDED, request=spec, created_at=START,
+                  updated_at=START, started_at=START, finished_at=START,
+                  metrics=JobMetrics(gpu_seconds=gpu, model="svd-tiny", device="cpu"))
+
+
+def save(db, *jobs: JobDoc) -> None:
+    for job in jobs:
+        db.collection(names.JOBS).document(job.job_id).set(firestore_dict(job))
+
+
+# --- GET /tasks/{id}: metrics -------------------------------------------------------------------------------------
+
+
+def test_a_task_shows_the_gpu_seconds_the_runner_measured(api, db):
+    save(db, image_job(1, JobStatus.SUCCEEDED, gpu=1.25), image_job(2))
+    done = api.get(f"/tasks/{image_job(1).job_id}").json
+    assert done["metrics"] == {"gpu_seconds": 1.25, "model": "sdxl-tiny", "device": "cpu", "batch_size": 2}
+    assert done["queue_position"] is None
+    assert api.get(f"/tasks/{image_job(2).job_id}").json["metrics"] is None
+    listed = {item["task_id"]: item for item in api.get("/tasks").json["items"]}
+    assert listed[image_job(1).job_id]["metrics"]["gpu_seconds"] == 1.25
+
+
+# --- /tasks/stats/summary: device time spent and saved ------------------------------------------------------------
+
+
+def test_stats_sum_gpu_seconds_and_value_dedup_hits_at_the_mean(api, db):
+    save(db, image_job(1, JobStatus.SUCCEEDED, gpu=2.0), image_job(2, JobStatus.SUCCEEDED, gpu=4.0),
+         image_job(3, JobStatus.FAILED, gpu=0.5), video_job(10.0))
+    empty = api.get("/tasks/stats/summary").json["gpu"]
+    assert empty["dedup_hits"] == 0 and empty["gpu_seconds_saved_by_dedup"] == 0.0
+    # A render is queued for the penguin; once its variant exists, two other users get it without a render.
+    queued = api.get("/image", query_string=PENGUIN)
+    assert queued.status_code == 202
+    seed_variants(db, 1, pk=queued.json["pk_id"])
+    for user in ("u-a", "u-b"):
+        hit = api.get("/image", query_string={**PENGUIN, "user_id": user})
+        assert hit.json["status"] == "ready", hit.json
+    gpu = api.get("/tasks/stats/summary").json["gpu"]
+    assert gpu == {
+        "total_gpu_seconds": 16.5, "image_gpu_seconds": 6.5, "rendered_images": 2, "dedup_hits": 2,
+        "gpu_seconds_per_image_job": 3.0, "gpu_seconds_per_delivered_image": 1.625,
+        "gpu_seconds_saved_by_dedup": 6.0,
+    }
+
+
+def test_gpu_stats_before_any_measurement():
+    stats = gpu_stats(total=0.0, image_total=0.0, rendered=0, mean_per_image=None, hits=3)
+    assert stats.gpu_seconds_per_image_job is None and stats.gpu_seconds_saved_by_dedup is None
+    assert stats.gpu_seconds_per_delivered_image == 0.0
+    assert gpu_stats(total=0, image_total=0, rendered=0, mean_per_image=None, hits=0).gpu_seconds_per_delivered_image \
+        is None
+
+
+def test_the_sharded_counter_loses_no_concurrent_increment(db, clean_firestore):
+    counter = ShardedCounter(db, "test_counter", shards=4)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: counter.increment(), range(40)))
+    counter.increment(by=2)
+    assert counter.total() == 42
+    shards = db.collection(names.COUNTERS).document("test_counter").collection(names.COUNTER_SHARDS).stream()
+    assert 1 < len(list(shards)) <= 4  # spread over the shards, never more than configured
+    assert ShardedCounter(db, "never_counted").total() == 0
+    with pytest.raises(ValueError, match="shard"):
+        ShardedCounter(db, "x", shards=0)
+
+
+# --- GET /tasks/{id}: queue position ------------------------------------------------------------------------------
+
+
+def test_a_queued_task_knows_its_place_in_its_lane(api, db):
+    save(
+        db,
+        image_job(1), image_job(2), image_job(3),  # queued, interactive, in creation order
+        image_job(4, lane=JobLane.BACKGROUND, minute=0),  # earlier, but another lane
+        image_job(5, JobStatus.RUNNING, minute=0), image_job(6, JobStatus.SUCCEEDED, gpu=1.0, minute=0),
+    )
+    positions = [api.get(f"/tasks/{image_job(n).job_id}").json["queue_position"] for n in (1, 2, 3, 4)]
+    assert positions == [0, 1, 2, 0]
+    assert api.get(f"/tasks/{image_job(5).job_id}").json["queue_position"] is None
+    assert api.get(f"/tasks/{image_job(6).job_id}").json["queue_position"] is None
+    # Cancel the first: everyone behind it moves up.
+    assert api.delete(f"/tasks/{image_job(1).job_id}").status_code == 200
+    assert api.get(f"/tasks/{image_job(3).job_id}").json["queue_position"] == 1
