@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from functions._clients import make_clients
 from functions.app import Api, structured_error
+from functions.auth import ConfigError
 from functions.ingest import handle_message
 from functions.logs import configure_logging
 from functions.settings import FunctionsSettings
@@ -42,6 +43,9 @@ def api(request: flask.Request) -> flask.Response:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
         logging.getLogger(__name__).error("invalid configuration: %s", problems)
         return structured_error(500, f"the service is misconfigured: {problems}")
+    except ConfigError as exc:  # the keys file or keys: same, the service does not start with them
+        logging.getLogger(__name__).error("invalid configuration: %s", exc)
+        return structured_error(500, f"the service is misconfigured: {exc}")
     return handler(request)
 
 

@@ -13,6 +13,7 @@ STYLES = "styles"
 IDEMPOTENCY = "idempotency"
 RUNNER_STATS = "runner_stats"
 TENANTS = "tenants"  # tenants/{tenant}/...: per-tenant counters (quotas)
+JOB_HEADS = "job_heads"  # job_heads/{first job id}: which retry of that work is current, which retries failed
 
 # Pub/Sub topics.
 TOPIC_JOBS = "soul-jobs"  # the interactive lane: a user is waiting
