@@ -68,9 +68,9 @@ def ensure_job(
     the failure budget is spent, the last failed one)."""
     base = build(0).job_id
     head_ref = store.db.collection(names.JOB_HEADS).document(base)
-    head = head_ref.get(**store.deadline)
-    retry = int(head.get("next")) if head.exists else 0
-    failed = set(head.get("failed") or []) if head.exists else set()
+    head = head_ref.get(**store.deadline).to_dict() or {}
+    retry = int(head.get("next", 0))
+    failed = set(head.get("failed", []))
     for _ in range(_SCAN_LIMIT):
         job = build(retry).model_copy(update=interest.fields())
         existing = store.job(job.job_id)

@@ -65,7 +65,7 @@ class QuotaService:
             ref = buckets.document(str((first + attempt) % self._shards))
             snap = ref.get(**self._deadline)
             now = time.time()
-            decision = gcra(snap.get("tat") if snap.exists else None, now, rate, burst)
+            decision = gcra((snap.to_dict() or {}).get("tat"), now, rate, burst)
             if not decision.allowed:
                 waits.append(decision.retry_after)
                 if len(waits) >= self._shards:
@@ -113,7 +113,7 @@ class QuotaService:
         mine = random.choice(refs)
         expires = now + timedelta(hours=2)
         mine.set({"n": firestore.Increment(1), "expires_at": expires}, merge=True, **self._deadline)
-        total = sum(int(s.get("n") or 0) for s in self._db.get_all(refs, **self._deadline) if s.exists)
+        total = sum(int((s.to_dict() or {}).get("n", 0)) for s in self._db.get_all(refs, **self._deadline))
 
         def refund() -> None:
             mine.set({"n": firestore.Increment(-1)}, merge=True, **self._deadline)
@@ -170,4 +170,4 @@ def _incremented(result, ref, call_deadline: dict) -> int:
     if values:
         value = values[0]
         return int(getattr(value, "integer_value", 0) or getattr(value, "double_value", 0))
-    return int(ref.get(**call_deadline).get("n") or 0)
+    return int((ref.get(**call_deadline).to_dict() or {}).get("n", 0))
