@@ -19,7 +19,7 @@ from werkzeug.routing import Map, Rule
 
 from functions import errors
 from functions._clients import Clients
-from functions.auth import LOCAL, Principal, authenticate_key, platform_principal
+from functions.auth import LOCAL, KeyRing, Principal, authenticate_key, platform_principal
 from functions.idempotency import StoredReply, request_fingerprint
 from functions.openapi import openapi_document, page
 from functions.headers import add_security_headers
@@ -46,9 +46,9 @@ _PAGE_TYPES = {"docs": "text/html", "web": "text/html", "docs_js": "text/javascr
 class Api:
     """One instance per process: routing table compiled once, services built once."""
 
-    def __init__(self, settings: FunctionsSettings, clients: Clients):
+    def __init__(self, settings: FunctionsSettings, clients: Clients, keys: KeyRing | None = None):
         self._settings = settings
-        self._services = build_services(settings, clients)
+        self._services = build_services(settings, clients, keys)
         self._platform_admins = frozenset(a.strip() for a in settings.platform_admins.split(",") if a.strip())
         self._endpoints = {ep.name: ep for ep in ENDPOINTS}
         self._routes = Map(

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from functions._clients import make_clients
 from functions.app import Api, structured_error
-from functions.auth import ConfigError
+from functions.auth import ConfigError, build_key_ring
 from functions.ingest import handle_message
 from functions.logs import configure_logging
 from functions.settings import FunctionsSettings
@@ -31,7 +31,8 @@ def _get_api() -> Api:
             if _api is None:
                 settings = FunctionsSettings()
                 configure_logging(settings.log_level, component="functions")
-                _api = Api(settings, make_clients(settings.project_id))
+                keys = build_key_ring(settings.api_keys.get_secret_value(), settings.api_keys_file)  # before clients
+                _api = Api(settings, make_clients(settings.project_id), keys)
     return _api
 
 
