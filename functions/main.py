@@ -13,6 +13,7 @@ import functions_framework
 from cloudevents.http.event import CloudEvent
 from pydantic import ValidationError
 
+from functions import front
 from functions._clients import make_clients
 from functions.app import Api, structured_error
 from functions.auth import ConfigError, build_key_ring
@@ -67,6 +68,7 @@ def _adapt_flask_app() -> None:
 
 
 _adapt_flask_app()
+front.install()  # errors gunicorn answers before the app (bad header byte, 431) get the error shape too
 
 
 @functions_framework.cloud_event
