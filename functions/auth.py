@@ -79,9 +79,10 @@ class KeyEntry(BaseModel):
 
 
 def scoped_user(tenant: str, user_id: str) -> str:
-    """An end user's id in storage: tenant A's `user123` is not tenant B's. '~' is in neither pattern, so the
-    mapping is one-to-one."""
-    return f"{tenant}~{user_id}"
+    """An end user's id in storage: tenant A's `user123` is not tenant B's. The default tenant keeps the bare id
+    (so a single-tenant deployment's seen lists survive the upgrade); others get `tenant~user`. '~' is in
+    neither id pattern, so the mapping stays one-to-one."""
+    return user_id if tenant == DEFAULT_TENANT else f"{tenant}~{user_id}"
 
 
 def key_digest(key: str) -> str:

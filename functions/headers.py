@@ -42,5 +42,5 @@ def media_origin(signed_url_endpoint: str | None) -> str:
 def add_security_headers(response: flask.Response, path: str, signed_url_endpoint: str | None) -> None:
     for name, value in COMMON.items():
         response.headers.setdefault(name, value)
-    is_page = path.rstrip("/") in {p.rstrip("/") for p in PAGES} or path == "/"
+    is_page = (path.rstrip("/") or "/") in PAGES
     response.headers["Content-Security-Policy"] = page_csp(signed_url_endpoint) if is_page else API_CSP

@@ -75,8 +75,8 @@ class IdempotencyStore:
             ref.delete(**self._deadline)
             return reply
         now = utcnow()
-        ref.update({"status": reply.status, "body": reply.body, "pending": False, "created_at": now,
-                    "expires_at": now + self._ttl}, **self._deadline)
+        ref.set({"fingerprint": fingerprint, "status": reply.status, "body": reply.body, "pending": False,
+                 "created_at": now, "expires_at": now + self._ttl}, **self._deadline)
         return reply
 
     def _reserve(self, ref, fingerprint: str) -> bool:

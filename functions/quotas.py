@@ -104,7 +104,12 @@ class QuotaService:
             except TooManyRequests:
                 refunds[0]()
                 raise
-        return lambda: [refund() for refund in refunds] and None
+
+        def refund_all() -> None:
+            for refund in refunds:
+                refund()
+
+        return refund_all
 
     def _reserve_job(self, tenant: str, quota: Quota, now: datetime) -> Refund:
         hour, left = hour_window(now)

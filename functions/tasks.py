@@ -79,9 +79,10 @@ class TaskService:
                 )
             now = utcnow()
             others = [t for t in job.tenants if t != tenant]
+            mine = {scoped_user(tenant, user) for user in job.requesters.get(tenant, [])}
             if others:
                 update = {"tenants": others, "updated_at": now,
-                          "requester_keys": [k for k in job.requester_keys if not k.startswith(f"{tenant}~")],
+                          "requester_keys": [k for k in job.requester_keys if k not in mine],
                           FieldPath("requesters", tenant).to_api_repr(): firestore.DELETE_FIELD}
             elif job.status == JobStatus.QUEUED:
                 update = {"status": JobStatus.CANCELED.value, "stage": "canceled", "finished_at": now,

@@ -29,13 +29,18 @@ TENANT_CASES: dict[str, int] = {}
 ADMIN_KEY, CLIENT_KEY = "contract-admin-key-0001", "contract-client-key-001"
 
 
-@pytest.fixture(scope="module")
-def live_api(api_app, emulator_stack):
-    server = make_server("127.0.0.1", 0, api_app, threaded=True)
+def serve(app):
+    """Serve a WSGI app over HTTP on a free port; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def live_api(api_app, emulator_stack):
+    yield from serve(api_app)
 
 
 @schema.parametrize()
@@ -70,11 +75,7 @@ def tenant_api(emulator_stack, tmp_path_factory):
     methods = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"]
     app.add_url_rule("/<path:path>", "all", lambda path: api(flask.request), methods=methods)
     app.add_url_rule("/", "root", lambda: api(flask.request), methods=methods)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    yield from serve(app)
 
 
 @schema.parametrize()

@@ -117,3 +117,15 @@ def test_hour_window_names_the_hour_and_the_time_left():
 
     key, left = hour_window(datetime(2026, 1, 2, 3, 45, tzinfo=timezone.utc))
     assert key == "2026010203" and left == 15 * 60
+
+
+def test_user_ids_are_namespaced_one_to_one():
+    import re
+
+    from functions.auth import scoped_user
+    from schemas.ids import USER_ID_PATTERN
+
+    assert scoped_user("default", "user123") == "user123"  # single-tenant data survives the upgrade
+    assert scoped_user("acme", "user123") == "acme~user123" != scoped_user("globex", "user123")
+    # A bare id can never look like another tenant's scoped one: '~' is not allowed in user ids.
+    assert not re.fullmatch(USER_ID_PATTERN, "acme~user123")
