@@ -1,6 +1,7 @@
 """Idempotency keys for POSTs that create work: the key is reserved before the work, the same key with the same
 request replays the first answer; the same key with a different request is a 422. Keys are scoped to the caller
-(tenant and API key, or verified identity) and kept for a bounded time (`idempotency/{id}` documents carry `expires_at` for a Firestore TTL policy)."""
+(tenant and API key, or verified identity) and kept for a bounded time (`idempotency/{id}` documents carry
+`expires_at` for a Firestore TTL policy)."""
 
 from __future__ import annotations
 

@@ -184,9 +184,8 @@ def mark_seen(svc: Services, call: Call) -> Reply:
     variant = svc.store.variant(query.variant_id)
     if variant is None:
         raise NotFound(f"no variant '{query.variant_id}'", field="variant_id")
-    doc = svc.store.mark_seen(
-        scoped_user(call.principal.tenant, query.user_id), SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
-    )
+    seen = SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
+    doc = svc.store.mark_seen(scoped_user(call.principal.tenant, query.user_id), seen)
     return 200, Seen(variant_id=doc.variant_id, user_id=query.user_id, pk_id=doc.pk, soul_id=doc.soul_id,
                      seen_at=doc.seen_at)
 
@@ -344,7 +343,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("task_get", "GET", "/tasks/<task_id>", task_get, "A task's status, progress and result.", "tasks",
              {200: Task}, path_params=TASK),
     Endpoint("task_cancel", "DELETE", "/tasks/<task_id>", task_cancel,
-             "Cancel: queued tasks at once (200), running ones at their next step (202).", "tasks",
+             "Cancel your interest: queued tasks stop at once (200), running ones at their next step (202); a task "
+             "another tenant still waits on goes on for it (200, canceled for you).", "tasks",
              {200: Task, 202: Task}, path_params=TASK),
     Endpoint("task_list", "GET", "/tasks", task_list, "Tasks, newest first, with filters.", "tasks",
              {200: TaskPage}, query=TaskListQuery),
