@@ -4,10 +4,8 @@ query and body into schemas/ models, applies Idempotency-Key, and turns every fa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import secrets
 import time
 from typing import TypeVar
 
@@ -21,8 +19,10 @@ from werkzeug.routing import Map, Rule
 
 from functions import errors
 from functions._clients import Clients
+from functions.auth import LOCAL, KeyRing, Principal, authenticate_key, platform_principal
 from functions.idempotency import StoredReply, request_fingerprint
 from functions.openapi import openapi_document, page
+from functions.headers import add_security_headers
 from functions.routes import ENDPOINTS, Call, Endpoint
 from functions.services import build_services
 from functions.settings import FunctionsSettings
@@ -37,16 +37,19 @@ _UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError,
                 gexc.TooManyRequests)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Pages of the service itself: public even when API keys are configured.
-_PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs", "/": "web"}
+_PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs", "/": "web", "/docs/docs.js": "docs_js",
+                 "/docs/docs.css": "docs_css"}
+# Pages keep script and style in files of their own, so the pages' CSP needs no 'unsafe-inline'.
+_PAGE_TYPES = {"docs": "text/html", "web": "text/html", "docs_js": "text/javascript", "docs_css": "text/css"}
 
 
 class Api:
     """One instance per process: routing table compiled once, services built once."""
 
-    def __init__(self, settings: FunctionsSettings, clients: Clients):
+    def __init__(self, settings: FunctionsSettings, clients: Clients, keys: KeyRing | None = None):
         self._settings = settings
-        self._services = build_services(settings, clients)
-        self._api_keys = tuple(k.strip() for k in settings.api_keys.get_secret_value().split(",") if k.strip())
+        self._services = build_services(settings, clients, keys)
+        self._platform_admins = frozenset(a.strip() for a in settings.platform_admins.split(",") if a.strip())
         self._endpoints = {ep.name: ep for ep in ENDPOINTS}
         self._routes = Map(
             [Rule(ep.rule, endpoint=ep.name, methods=[ep.method]) for ep in ENDPOINTS]
@@ -77,6 +80,7 @@ class Api:
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
         response.headers["X-Request-Id"] = request_id
+        add_security_headers(response, request.path, self._settings.signed_url_endpoint)
         log.info("request", method=request.method, path=request.path, status=response.status_code,
                  latency_ms=round((time.perf_counter() - started) * 1000, 2))
         return response
@@ -91,12 +95,22 @@ class Api:
             ) from None
         except WzNotFound:
             raise errors.NotFound(f"no endpoint {request.path}") from None
+        if request.method == "HEAD" and name not in _PUBLIC_PAGES.values() \
+                and not self._endpoints[name].public:
+            # HEAD must never do a GET's work (GET /image creates jobs): only pages and probes answer it.
+            raise errors.MethodNotAllowed(f"HEAD is not allowed on {request.path}; use GET",
+                                          headers={"Allow": "GET"})
         if name == "openapi":
             return flask.Response(json.dumps(openapi_document()), mimetype="application/json")
-        if name in ("docs", "web"):
-            return flask.Response(page(name), mimetype="text/html")
+        if name in _PAGE_TYPES:
+            return flask.Response(page(name), mimetype=_PAGE_TYPES[name])
         endpoint = self._endpoints[name]
-        caller = "public" if endpoint.public else self._authenticate(request)
+        principal = LOCAL if endpoint.public else self._authenticate(request)
+        if endpoint.role == "admin" and not principal.is_admin:
+            raise errors.PermissionDenied(f"{request.method} {endpoint.rule} needs an admin key; this key's role "
+                                          f"is '{principal.role}'")
+        if not endpoint.public:
+            self._services.quotas.check_rate(principal.tenant)
         for param, pattern in endpoint.path_params.items():
             if not re.fullmatch(pattern, params[param]):
                 raise errors.InvalidInput(f"{param} is not well-formed (expected {pattern})", field=param)
@@ -105,12 +119,14 @@ class Api:
             path=params,
             query=parse(endpoint.query, _query_dict(request)) if endpoint.query else None,
             body=parse_json(endpoint.body, self._json_body(request)) if endpoint.body else None,
+            principal=principal,
         )
         key = request.headers.get("Idempotency-Key")
         if endpoint.creates_work and key is not None:
             body = call.body.model_dump(mode="json") if call.body else None
             fingerprint = request_fingerprint(request.method, request.path, _query_dict(request), body)
-            stored = self._services.idempotency.run_once(key, caller, fingerprint, lambda: self._run(endpoint, call))
+            stored = self._services.idempotency.run_once(key, principal.scope, fingerprint,
+                                                         lambda: self._run(endpoint, call))
             response = flask.Response(stored.body, status=stored.status, mimetype="application/json")
             response.headers["Idempotency-Key"] = key
             return response
@@ -124,20 +140,14 @@ class Api:
         status, body = endpoint.handler(self._services, call)
         return StoredReply(status=status, body=body.model_dump_json())
 
-    def _authenticate(self, request: flask.Request) -> str:
-        """The caller's scope for idempotency keys: a hash of their API key, or "anonymous"."""
-        if self._settings.auth_mode != "api_key":
-            return "anonymous"
-        # X-API-Key first: behind Cloud Run invoker IAM, `Authorization` may carry the caller's ID token instead.
-        key = request.headers.get("X-API-Key", "").strip()
-        header = request.headers.get("Authorization", "")
-        if not key and header[:7].lower() == "bearer ":
-            key = header[7:].strip()
-        if not key:
-            raise errors.Unauthenticated("send an API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-        if not any(secrets.compare_digest(key.encode(), known.encode()) for known in self._api_keys):
-            raise errors.PermissionDenied("the API key is not valid for this service")
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+    def _authenticate(self, request: flask.Request) -> Principal:
+        """The caller: tenant and role of their API key; in platform mode the verified identity; with auth off
+        (local development only) the default tenant as admin."""
+        if self._settings.auth_mode == "api_key":
+            return authenticate_key(self._services.keys, request.headers)
+        if self._settings.auth_mode == "platform":
+            return platform_principal(request.headers, self._platform_admins)
+        return LOCAL
 
     def _json_body(self, request: flask.Request) -> bytes:
         limit = self._settings.max_body_bytes
@@ -211,4 +221,6 @@ def structured_error(status: int, message: str) -> flask.Response:
     """The error shape for failures raised outside the router (by Flask itself)."""
     codes = {400: errors.InvalidInput, 404: errors.NotFound, 405: errors.MethodNotAllowed}
     error_type = codes.get(status, errors.Internal)
-    return _json(status, _error_body(error_type(message)))
+    response = _json(status, _error_body(error_type(message)))
+    add_security_headers(response, "", None)
+    return response

@@ -80,6 +80,18 @@ class IdempotencyMismatch(SoulError):
     code = "idempotency_key_reused"
 
 
+class TooManyRequests(SoulError):
+    """A tenant's rate limit or quota is used up; `Retry-After` says when to come back."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, field: str | None = None, code: str | None = None):
+        super().__init__(message, field=field, headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
+        if code:
+            self.code = code
+
+
 class Unavailable(SoulError):
     """A backing service (Firestore, Pub/Sub, GCS) could not be reached; retry later."""
 

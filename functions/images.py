@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from functions import estimates, keys
+from functions.auth import DEFAULT_TENANT, scoped_user
 from functions.errors import InvalidInput
-from functions.jobs import ensure_job
+from functions.jobs import Interest, ensure_job
 from functions.normalize import EmptyCueError, normalize_cue
 from functions.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.publish import Publisher
+from functions.quotas import QuotaService
 from functions.settings import FunctionsSettings
 from functions.signing import UrlSigner, variant_link
 from functions.store import Store
@@ -25,13 +27,15 @@ from schemas.jobs import ImageJobSpec, JobDoc, JobType
 
 @dataclass(frozen=True)
 class ImageAsk:
-    """A validated image request in the product's terms. `place` is set for selfies."""
+    """A validated image request in the product's terms. `place` is set for selfies. `user_id` is the tenant's
+    own end-user id; storage namespaces it by `tenant`."""
 
     soul_id: str
     cue: str
     user_id: str
     kind: str = "image"
     place: str | None = None
+    tenant: str = DEFAULT_TENANT
 
 
 class ImageService:
@@ -43,6 +47,7 @@ class ImageService:
         signer: UrlSigner,
         settings: FunctionsSettings,
         defaults: estimates.EstimateDefaults,
+        quotas: QuotaService,
         usage: GpuUsage | None = None,
     ):
         self._store = store
@@ -51,12 +56,14 @@ class ImageService:
         self._signer = signer
         self._settings = settings
         self._defaults = defaults
+        self._quotas = quotas
         self._usage = usage  # counts dedup hits for the GPU-seconds statistics
 
-    def selfie(self, request: SelfieRequest) -> ImageReady | ImageQueued:
+    def selfie(self, request: SelfieRequest, tenant: str = DEFAULT_TENANT) -> ImageReady | ImageQueued:
         """A selfie is an image whose cue names a place chosen for the city and mood, fresh for this user."""
         catalog = shipped_places()
-        recent = self._store.recent_places(request.user_id)
+        user = scoped_user(tenant, request.user_id)
+        recent = self._store.recent_places(user)
         try:
             place = choose_place(
                 catalog, request.city_key, request.mood, recent, seed=f"{request.user_id}|{request.soul_id}"
@@ -67,10 +74,10 @@ class ImageService:
         answer = self.request(
             ImageAsk(
                 soul_id=request.soul_id, cue=selfie_cue(place, city, request.mood), user_id=request.user_id,
-                kind="selfie", place=place.key,
+                kind="selfie", place=place.key, tenant=tenant,
             )
         )
-        self._store.set_recent_places(request.user_id, remember(recent, place.key))
+        self._store.set_recent_places(user, remember(recent, place.key))
         named = Place(key=place.key, name=place.name, city_key=request.city_key, city_name=city.name)
         return answer.model_copy(update={"place": named})
 
@@ -84,7 +91,8 @@ class ImageService:
             kind=ask.kind, soul_id=ask.soul_id, cue=cue, style=style, model_tag=self._settings.model_tag
         )
         variants = self._store.variants_of(pk)
-        seen = self._store.seen_among(ask.user_id, [v.variant_id for v in variants])
+        user = scoped_user(ask.tenant, ask.user_id)
+        seen = self._store.seen_among(user, [v.variant_id for v in variants])
         unseen = choose_unseen(variants, seen)
         if unseen is not None:
             if self._usage is not None:
@@ -122,6 +130,8 @@ class ImageService:
                 job_id=keys.image_job_id(pk, index, retry), type=JobType.IMAGE, request=spec,
                 requested_by=ask.user_id, soul_id=ask.soul_id, created_at=utcnow(), updated_at=utcnow(),
             ),
+            Interest(ask.tenant, ask.user_id),
+            admit=lambda: self._quotas.admit_job(ask.tenant, user_key=user, pk=pk),
         )
         return ImageQueued(
             status=job.status,

@@ -11,7 +11,7 @@ import json
 
 from schemas.documents import Style
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: normalization keeps meaningful punctuation and drops every invisible character
 
 
 def _digest(payload: object) -> str:

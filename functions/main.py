@@ -13,8 +13,10 @@ import functions_framework
 from cloudevents.http.event import CloudEvent
 from pydantic import ValidationError
 
+from functions import front
 from functions._clients import make_clients
 from functions.app import Api, structured_error
+from functions.auth import ConfigError, build_key_ring
 from functions.ingest import handle_message
 from functions.logs import configure_logging
 from functions.settings import FunctionsSettings
@@ -30,7 +32,8 @@ def _get_api() -> Api:
             if _api is None:
                 settings = FunctionsSettings()
                 configure_logging(settings.log_level, component="functions")
-                _api = Api(settings, make_clients(settings.project_id))
+                keys = build_key_ring(settings.api_keys.get_secret_value(), settings.api_keys_file)  # before clients
+                _api = Api(settings, make_clients(settings.project_id), keys)
     return _api
 
 
@@ -42,6 +45,9 @@ def api(request: flask.Request) -> flask.Response:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
         logging.getLogger(__name__).error("invalid configuration: %s", problems)
         return structured_error(500, f"the service is misconfigured: {problems}")
+    except ConfigError as exc:  # the keys file or keys: same, the service does not start with them
+        logging.getLogger(__name__).error("invalid configuration: %s", exc)
+        return structured_error(500, f"the service is misconfigured: {exc}")
     return handler(request)
 
 
@@ -62,6 +68,7 @@ def _adapt_flask_app() -> None:
 
 
 _adapt_flask_app()
+front.install()  # errors gunicorn answers before the app (bad header byte, 431) get the error shape too
 
 
 @functions_framework.cloud_event

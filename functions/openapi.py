@@ -18,13 +18,14 @@ REF = "#/components/schemas/{model}"
 _ERRORS = {
     400: "The request is malformed or out of bounds.",
     401: "No API key was sent (when keys are configured).",
-    403: "The API key is not valid.",
+    403: "The API key is not valid, or its role may not do this.",
     404: "The soul, variant, task or style does not exist.",
     405: "The path does not take this method.",
     409: "The request contradicts the current state.",
     413: "The body is too large.",
     415: "The body is not JSON.",
     422: "An Idempotency-Key was reused with a different request.",
+    429: "The tenant's rate limit or a quota is used up; `Retry-After` says when to retry.",
     500: "An unexpected failure (details in the logs under the request id).",
     503: "A backing service is unavailable; retry later.",
 }
@@ -100,7 +101,7 @@ def _operation(ep: Endpoint, refs: dict) -> dict:
             }
     error_ref = refs[(ErrorBody, "serialization")]
     for status, text in _ERRORS.items():
-        if str(status) in responses or (status in (401, 403) and ep.public):
+        if str(status) in responses or (status in (401, 403, 429) and ep.public):
             continue
         responses[str(status)] = {"description": text, "content": {"application/json": {"schema": error_ref}}}
     op["responses"] = responses
@@ -137,5 +138,5 @@ def openapi_document() -> dict:
 @cache
 def page(name: str) -> str:
     """A shipped HTML page: `docs` renders this document, `web` is the original app's web page on the API."""
-    filename = {"docs": "docs.html", "web": "index.html"}[name]
+    filename = {"docs": "docs.html", "web": "index.html", "docs_js": "docs.js", "docs_css": "docs.css"}[name]
     return resources.files("functions").joinpath(f"data/{filename}").read_text("utf-8")

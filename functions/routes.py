@@ -16,6 +16,7 @@ from google.api_core.retry import Retry
 from pydantic import BaseModel
 
 from functions import estimates
+from functions.auth import LOCAL, Principal, scoped_user
 from functions.errors import InvalidInput, NotFound
 from functions.images import ImageAsk
 from functions.services import Services
@@ -28,12 +29,14 @@ from schemas.api import (
     ImageRequest,
     Info,
     MarkSeenQuery,
+    Me,
     PageQuery,
     Seen,
     SeenPage,
     SelfieRequest,
     StaticListing,
     StyleDeleted,
+    StyleDeleteQuery,
     StyleOut,
     StylePage,
     StyleUpsert,
@@ -60,6 +63,7 @@ class Call:
     path: Mapping[str, str]
     query: BaseModel | None
     body: BaseModel | None
+    principal: Principal = LOCAL  # the authenticated caller: tenant, role, key id, idempotency scope
 
 
 Reply = tuple[int, BaseModel] | flask.Response
@@ -80,12 +84,13 @@ class Endpoint:
     path_params: Mapping[str, str] = field(default_factory=dict)  # name -> regex
     public: bool = False
     creates_work: bool = False  # honours Idempotency-Key
+    role: str = "client"  # "admin": only admin keys (styles); every non-public endpoint needs at least a client key
     media_type: str = "application/json"
 
 
 # Path parameter formats.
 FILENAME_IMAGE = r"^[0-9A-HJKMNP-TV-Z]{26}\.png$"
-FILENAME_VIDEO = r"^(img|vid)-[0-9a-f]{32}-[0-9]{1,6}(-r[0-9]{1,2})?\.(gif|mp4|webp)$"
+FILENAME_VIDEO = r"^(img|vid)-[0-9a-f]{32}-[0-9]{1,6}(-r[0-9]{1,6})?\.(gif|mp4|webp)$"
 
 
 def redirect(url: str) -> flask.Response:
@@ -116,6 +121,10 @@ def ready(svc: Services, call: Call) -> Reply:
             results[name] = f"unavailable: {type(exc).__name__}"
     ok = all(v == "ok" for v in results.values())
     return (200 if ok else 503), Health(status="ok" if ok else "unavailable", checks=results)
+
+
+def me(svc: Services, call: Call) -> Reply:
+    return 200, Me(tenant=call.principal.tenant, role=call.principal.role)
 
 
 def info(svc: Services, call: Call) -> Reply:
@@ -160,12 +169,13 @@ def _image_reply(answer: ImageReady | ImageQueued) -> Reply:
 def image(svc: Services, call: Call) -> Reply:
     ask = call.query if call.query is not None else call.body
     assert isinstance(ask, ImageRequest)
-    return _image_reply(svc.images.request(ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id)))
+    return _image_reply(svc.images.request(
+        ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id, tenant=call.principal.tenant)))
 
 
 def selfie(svc: Services, call: Call) -> Reply:
     assert isinstance(call.body, SelfieRequest)
-    return _image_reply(svc.images.selfie(call.body))
+    return _image_reply(svc.images.selfie(call.body, call.principal.tenant))
 
 
 def mark_seen(svc: Services, call: Call) -> Reply:
@@ -174,9 +184,8 @@ def mark_seen(svc: Services, call: Call) -> Reply:
     variant = svc.store.variant(query.variant_id)
     if variant is None:
         raise NotFound(f"no variant '{query.variant_id}'", field="variant_id")
-    doc = svc.store.mark_seen(
-        query.user_id, SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
-    )
+    seen = SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
+    doc = svc.store.mark_seen(scoped_user(call.principal.tenant, query.user_id), seen)
     return 200, Seen(variant_id=doc.variant_id, user_id=query.user_id, pk_id=doc.pk, soul_id=doc.soul_id,
                      seen_at=doc.seen_at)
 
@@ -192,7 +201,7 @@ def seen_of_user(svc: Services, call: Call) -> Reply:
     page = call.query
     assert isinstance(page, PageQuery)
     user_id = call.path["user_id"]
-    docs, cursor = svc.store.seen_page(user_id, page.page_size, page.cursor)
+    docs, cursor = svc.store.seen_page(scoped_user(call.principal.tenant, user_id), page.page_size, page.cursor)
     items = [Seen(variant_id=d.variant_id, user_id=user_id, pk_id=d.pk, soul_id=d.soul_id, seen_at=d.seen_at)
              for d in docs]
     return 200, SeenPage(items=items, next_cursor=cursor)
@@ -211,7 +220,8 @@ def style_get(svc: Services, call: Call) -> Reply:
 
 
 def style_delete(svc: Services, call: Call) -> Reply:
-    return 200, svc.styles.delete(call.path["soul_id"])
+    assert isinstance(call.query, StyleDeleteQuery)
+    return 200, svc.styles.delete(call.path["soul_id"], call.query.updated_at)
 
 
 def style_list(svc: Services, call: Call) -> Reply:
@@ -226,16 +236,16 @@ def style_list(svc: Services, call: Call) -> Reply:
 
 
 def task_get(svc: Services, call: Call) -> Reply:
-    return 200, svc.tasks.get(call.path["task_id"])
+    return 200, svc.tasks.get(call.path["task_id"], call.principal.tenant)
 
 
 def task_cancel(svc: Services, call: Call) -> Reply:
-    return svc.tasks.cancel(call.path["task_id"])
+    return svc.tasks.cancel(call.path["task_id"], call.principal.tenant)
 
 
 def task_list(svc: Services, call: Call) -> Reply:
     assert isinstance(call.query, TaskListQuery)
-    return 200, svc.tasks.list(call.query)
+    return 200, svc.tasks.list(call.query, call.principal.tenant)
 
 
 def task_stats(svc: Services, call: Call) -> Reply:
@@ -254,13 +264,15 @@ def video_estimate(svc: Services, call: Call) -> Reply:
 def video_from_variant(svc: Services, call: Call) -> Reply:
     query = call.query
     assert isinstance(query, VideoFromVariantQuery)
-    return svc.videos.from_variant(query.variant_id, query.num_frames, query.generate_gif, query.user_id)
+    return svc.videos.from_variant(query.variant_id, query.num_frames, query.generate_gif, query.user_id,
+                                   call.principal.tenant)
 
 
 def video_generate(svc: Services, call: Call) -> Reply:
     body = call.body
     assert isinstance(body, VideoGenerateRequest)
-    return svc.videos.from_image_path(body.image_path, body.num_frames, body.generate_gif, body.user_id)
+    return svc.videos.from_image_path(body.image_path, body.num_frames, body.generate_gif, body.user_id,
+                                      call.principal.tenant)
 
 
 # ---- compatibility with the original app's static paths: redirects to signed URLs, never local files -----------
@@ -300,6 +312,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              {200: Health, 503: Health}, public=True),
     Endpoint("info", "GET", "/info", info, "Version, backends and configuration (no secrets).", "health",
              {200: Info}),
+    Endpoint("me", "GET", "/me", me, "The caller's tenant and role (what its API key may do).", "health",
+             {200: Me}),
     Endpoint("image_get", "GET", "/image", image, "An unseen variant of the cue for this user, or the job making one.",
              "image", {200: ImageReady, 202: ImageQueued}, query=ImageRequest),
     Endpoint("image_post", "POST", "/image", image, "Same as GET /image, with a JSON body.", "image",
@@ -314,21 +328,23 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("seen", "GET", "/image/user/<user_id>/seen", seen_of_user, "The variants a user has marked seen.",
              "image", {200: SeenPage}, query=PageQuery, path_params={"user_id": USER_ID_PATTERN}),
     Endpoint("style_put", "POST", "/style", style_put,
-             "Create or update a style profile; last write wins on updated_at.", "style", {200: StyleOut},
-             body=StyleUpsert),
+             "Create or update a style profile (admin); last write wins on updated_at.", "style",
+             {200: StyleOut}, body=StyleUpsert, role="admin"),
     Endpoint("style_list", "GET", "/style", style_list, "All souls' styles (catalog and stored).", "style",
              {200: StylePage}, query=PageQuery),
     Endpoint("style_get", "GET", "/style/<soul_id>", style_get, "A soul's style.", "style", {200: StyleOut},
              path_params={"soul_id": SOUL_ID_PATTERN}),
     Endpoint("style_delete", "DELETE", "/style/<soul_id>", style_delete,
-             "Delete a stored style (the catalog default applies again).", "style", {200: StyleDeleted},
-             path_params={"soul_id": SOUL_ID_PATTERN}),
+             "Delete a stored style (admin; the catalog default applies again); last write wins on updated_at.",
+             "style", {200: StyleDeleted}, query=StyleDeleteQuery, path_params={"soul_id": SOUL_ID_PATTERN},
+             role="admin"),
     Endpoint("task_stats", "GET", "/tasks/stats/summary", task_stats, "Counts by status and type; p50/p95 durations.",
              "tasks", {200: TaskStats}),
     Endpoint("task_get", "GET", "/tasks/<task_id>", task_get, "A task's status, progress and result.", "tasks",
              {200: Task}, path_params=TASK),
     Endpoint("task_cancel", "DELETE", "/tasks/<task_id>", task_cancel,
-             "Cancel: queued tasks at once (200), running ones at their next step (202).", "tasks",
+             "Cancel your interest: queued tasks stop at once (200), running ones at their next step (202); a task "
+             "another tenant still waits on goes on for it (200, canceled for you).", "tasks",
              {200: Task, 202: Task}, path_params=TASK),
     Endpoint("task_list", "GET", "/tasks", task_list, "Tasks, newest first, with filters.", "tasks",
              {200: TaskPage}, query=TaskListQuery),

@@ -34,8 +34,22 @@ class FunctionsSettings(BaseSettings):
     svd_fps: int = Field(default=7, ge=1, le=60, validation_alias=AliasChoices("SVD_FPS"))
     # Auth: comma-separated keys; empty = auth off (local only; the deployed config refuses to start without it).
     api_keys: SecretStr = SecretStr("")
+    # Tenants and roles: a JSON list of {tenant, role, key|key_sha256, quota, webhook_secret} (functions/auth.py).
+    api_keys_file: str | None = None
     # "platform": the platform verified the caller's ID token before the request arrived (Cloud Run invoker IAM).
     auth_mode: Literal["none", "api_key", "platform"] = "none"
+    # Platform mode: verified identities (ID token email or sub), comma-separated, that get the admin role.
+    platform_admins: str = ""
+    # Default quotas of every tenant (overridable per tenant in the keys file), counted in Firestore.
+    quotas_enabled: bool = True
+    quota_requests_per_second: float = Field(default=50.0, gt=0)
+    quota_burst: int = Field(default=100, ge=1)
+    quota_jobs_per_hour: int = Field(default=200, ge=0)
+    quota_gpu_seconds_per_day: float = Field(default=4 * 3600.0, ge=0)
+    quota_variants_per_prompt_per_user_per_day: int = Field(default=10, ge=0)
+    quota_shards: int = Field(default=4, ge=1, le=64)
+    # A style's `updated_at` may be at most this far in the future (clock skew between callers).
+    style_clock_skew_s: float = Field(default=300.0, ge=0)
     # Set in every deployed configuration: refuse to start when auth is off.
     require_auth: bool = False
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
@@ -46,9 +60,14 @@ class FunctionsSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _auth_is_consistent(self) -> FunctionsSettings:
-        has_keys = bool(self.api_keys.get_secret_value().strip())
+        has_keys = bool(self.api_keys.get_secret_value().strip()) or bool(self.api_keys_file)
+        if self.auth_mode == "platform" and has_keys:
+            raise ValueError(
+                "SOUL_AUTH_MODE=platform ignores API keys, but SOUL_API_KEYS or SOUL_API_KEYS_FILE is set: choose "
+                "one (keys: SOUL_AUTH_MODE=api_key; invoker IAM only: unset the keys)"
+            )
         if self.auth_mode == "api_key" and not has_keys:
-            raise ValueError("SOUL_AUTH_MODE=api_key needs SOUL_API_KEYS")
+            raise ValueError("SOUL_AUTH_MODE=api_key needs SOUL_API_KEYS or SOUL_API_KEYS_FILE")
         if has_keys and self.auth_mode == "none":
             object.__setattr__(self, "auth_mode", "api_key")
         if self.require_auth and self.auth_mode == "none":

@@ -3,6 +3,7 @@ decisions live here; the services decide, this module translates documents to an
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -18,6 +19,7 @@ from schemas.documents import PromptDoc, RunnerStats, SeenDoc, VariantDoc
 from schemas.jobs import JobDoc, JobStatus
 
 _dump = firestore_dict
+_RESERVED_ID = re.compile(r"^__.*__$|^\.\.?$")  # ids Firestore reserves: never a cursor we gave out
 
 
 def deadline(seconds: float) -> dict:
@@ -108,11 +110,16 @@ class Store:
     def mark_published(self, job_id: str, when: datetime) -> None:
         self.jobs().document(job_id).update({"published_at": when}, **self.deadline)
 
-    def jobs_page(self, filters: dict[str, str], page_size: int, cursor: str | None) -> tuple[list[JobDoc], str | None]:
-        """Newest first, with equality filters (composite indexes for these are in infra/)."""
+    def jobs_page(
+        self, filters: dict[str, str], page_size: int, cursor: str | None, contains: tuple[str, str] | None = None
+    ) -> tuple[list[JobDoc], str | None]:
+        """Newest first, with equality filters and at most one array-contains filter (composite indexes for
+        these are in infra/)."""
         query = self.jobs()
         for field, value in filters.items():
             query = query.where(filter=FieldFilter(field, "==", value))
+        if contains is not None:
+            query = query.where(filter=FieldFilter(contains[0], "array_contains", contains[1]))
         query = query.order_by("created_at", direction=firestore.Query.DESCENDING).order_by(
             "__name__", direction=firestore.Query.DESCENDING
         )
@@ -153,6 +160,8 @@ class Store:
     def _page(self, query, coll, page_size: int, cursor: str | None) -> list:
         """One page plus one document to tell whether there is more. The cursor is the last document id."""
         if cursor:
+            if _RESERVED_ID.match(cursor):
+                raise InvalidInput("cursor does not name a position in this list", field="cursor")
             anchor = coll.document(cursor).get(**self.deadline)
             if not anchor.exists:
                 raise InvalidInput("cursor does not name a position in this list", field="cursor")

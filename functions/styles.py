@@ -3,16 +3,20 @@
 The write is lock-free: read the document, decide with `lww.incoming_wins`, then write only if the document is
 unchanged since the read (create() when absent, an update-time precondition when present); a lost race re-reads
 and decides again. Read-then-write transactions would livelock under contention on the Firestore emulator.
-A delete is a tombstone with its own `updated_at`, so an older write arriving late cannot resurrect a style."""
+A delete is a tombstone with its own `updated_at`, so an older write arriving late cannot resurrect a style, and a
+delete older than the stored write loses (409). An `updated_at` further in the future than the allowed clock
+skew is refused: it would otherwise win against every later write."""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from functions import keys
 from functions.catalog import shipped_souls
-from functions.errors import Conflict, NotFound, Unavailable
+from functions.errors import Conflict, InvalidInput, NotFound, Unavailable
 from functions.lww import incoming_wins
 from functions.store import deadline
 from schemas import names
@@ -24,15 +28,29 @@ _RACE_RETRIES = 8
 
 
 class StyleService:
-    def __init__(self, db: firestore.Client, timeout: float = 10.0):
+    def __init__(self, db: firestore.Client, timeout: float = 10.0, skew_s: float = 300.0):
         self._db = db
         self._deadline = deadline(timeout)
+        self._skew = timedelta(seconds=skew_s)
+
+    def _stamp(self, updated_at: datetime | None) -> datetime:
+        now = utcnow()
+        if updated_at is None:
+            return now
+        if updated_at.tzinfo is None:
+            raise InvalidInput("updated_at needs a time zone (e.g. 2026-01-01T12:00:00Z)", field="updated_at")
+        if updated_at - now > self._skew:
+            raise InvalidInput(
+                f"updated_at is more than {self._skew.total_seconds():g} s in the future; send the current time",
+                field="updated_at",
+            )
+        return updated_at
 
     def _ref(self, soul_id: str):
         return self._db.collection(names.STYLES).document(soul_id)
 
     def put(self, upsert: StyleUpsert) -> StyleOut:
-        updated_at = upsert.updated_at or utcnow()
+        updated_at = self._stamp(upsert.updated_at)
         incoming = {
             "soul_id": upsert.soul_id,
             "display_name": upsert.display_name,
@@ -49,14 +67,19 @@ class StyleService:
             )
         return self._view(upsert.soul_id, stored)
 
-    def delete(self, soul_id: str) -> StyleDeleted:
+    def delete(self, soul_id: str, updated_at: datetime | None = None) -> StyleDeleted:
+        stamp = self._stamp(updated_at)
         snap = self._ref(soul_id).get(**self._deadline)
         if not snap.exists or snap.to_dict().get("deleted"):
             raise NotFound(f"no stored style for soul '{soul_id}'", field="soul_id")
-        tombstone = {"soul_id": soul_id, "display_name": "", "style": None, "deleted": True, "updated_at": utcnow()}
+        tombstone = {"soul_id": soul_id, "display_name": "", "style": None, "deleted": True, "updated_at": stamp}
         stored = self._write_lww(soul_id, tombstone)
         if not stored.get("deleted"):
-            raise NotFound(f"a newer write replaced the style of '{soul_id}'", field="soul_id")
+            raise Conflict(
+                f"the style of '{soul_id}' was written at {stored['updated_at'].isoformat()}, after this delete's "
+                "updated_at; the newer write stays",
+                field="updated_at",
+            )
         return StyleDeleted(soul_id=soul_id, updated_at=stored["updated_at"])
 
     def _write_lww(self, soul_id: str, incoming: dict) -> dict:

@@ -7,6 +7,10 @@ import math
 from collections.abc import Sequence
 
 from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.field_path import FieldPath
+
+from functions.auth import DEFAULT_TENANT, scoped_user
 
 from functions.errors import Conflict, NotFound, Unavailable
 from functions.publish import Publisher
@@ -20,6 +24,13 @@ from schemas.api import TaskMetrics
 from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
 
 STATS_SAMPLE = 500
+
+
+def visible_to(job: JobDoc, tenant: str) -> bool:
+    """A job shows only to the tenants waiting on it; jobs from before tenancy belong to the default tenant."""
+    if job.tenants or job.tenant is not None:
+        return tenant in job.tenants
+    return tenant == DEFAULT_TENANT
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -40,41 +51,48 @@ class TaskService:
         self._base_url = base_url
         self._usage = usage
 
-    def get(self, task_id: str) -> Task:
+    def get(self, task_id: str, tenant: str) -> Task:
         job = self._store.job(task_id)
-        if job is None:
+        if job is None or not visible_to(job, tenant):
             raise NotFound(f"no task '{task_id}'", field="task_id")
-        view = self.view(job)
+        view = self.view(job, tenant)
         if job.status == JobStatus.QUEUED:
             view = view.model_copy(update={"queue_position": self._store.count_queued_before(job)})
         return view
 
-    def list(self, query: TaskListQuery) -> TaskPage:
+    def list(self, query: TaskListQuery, tenant: str) -> TaskPage:
         filters = {
             field: str(value)
-            for field, value in (
-                ("status", query.status), ("type", query.type), ("soul_id", query.soul_id),
-                ("requested_by", query.user_id),
-            )
+            for field, value in (("status", query.status), ("type", query.type), ("soul_id", query.soul_id))
             if value is not None
         }
-        jobs, cursor = self._store.jobs_page(filters, query.page_size, query.cursor)
-        return TaskPage(items=[self.view(job, sign=False) for job in jobs], next_cursor=cursor)
+        contains = (("requester_keys", scoped_user(tenant, query.user_id)) if query.user_id is not None
+                    else ("tenants", tenant))
+        jobs, cursor = self._store.jobs_page(filters, query.page_size, query.cursor, contains=contains)
+        return TaskPage(items=[self.view(job, tenant, sign=False) for job in jobs], next_cursor=cursor)
 
-    def cancel(self, task_id: str) -> tuple[int, Task]:
-        """Queued: canceled at once (200). Running: the runner stops at its next step (202). Finished: 409."""
+    def cancel(self, task_id: str, tenant: str) -> tuple[int, Task]:
+        """Withdraw `tenant`'s interest. When other tenants still wait, the job goes on for them and this tenant
+        sees it canceled (200; the task no longer shows to it). When nobody else waits: queued jobs are canceled
+        at once (200), running ones stop at their next step (202). Finished: 409."""
         ref = self._store.jobs().document(task_id)
         for _ in range(5):
             snap = ref.get(**self._store.deadline)
-            if not snap.exists:
+            job = JobDoc.model_validate(snap.to_dict()) if snap.exists else None
+            if job is None or not visible_to(job, tenant):
                 raise NotFound(f"no task '{task_id}'", field="task_id")
-            job = JobDoc.model_validate(snap.to_dict())
             if JobStatus(job.status) in TERMINAL_STATUSES:
                 raise Conflict(
                     f"task '{task_id}' is already {job.status}; only queued or running tasks can be canceled"
                 )
             now = utcnow()
-            if job.status == JobStatus.QUEUED:
+            others = [t for t in job.tenants if t != tenant]
+            mine = {scoped_user(tenant, user) for user in job.requesters.get(tenant, [])}
+            if others:
+                update = {"tenants": others, "updated_at": now,
+                          "requester_keys": [k for k in job.requester_keys if k not in mine],
+                          FieldPath("requesters", tenant).to_api_repr(): firestore.DELETE_FIELD}
+            elif job.status == JobStatus.QUEUED:
                 update = {"status": JobStatus.CANCELED.value, "stage": "canceled", "finished_at": now,
                           "cancel_requested": True, "updated_at": now, "event_published_at": now}
             else:
@@ -85,11 +103,17 @@ class TaskService:
                 ref.update(update, option=unchanged, **self._store.deadline)
             except gexc.FailedPrecondition:
                 continue
+            if others:
+                withdrawn = self.view(job, tenant).model_copy(update={
+                    "status": JobStatus.CANCELED.value, "stage": "canceled", "cancel_requested": True,
+                    "finished_at": now, "result": None,
+                    "actions": TaskActions(self=f"{self._base_url}/tasks/{job.job_id}", cancel=None)})
+                return 200, withdrawn
             canceled = job.model_copy(update=update)
             if canceled.status == JobStatus.CANCELED:
                 self._announce(canceled)
-                return 200, self.view(canceled)
-            return 202, self.view(canceled)
+                return 200, self.view(canceled, tenant)
+            return 202, self.view(canceled, tenant)
         raise Unavailable(f"task '{task_id}' kept changing; retry")
 
     def _announce(self, job: JobDoc) -> None:
@@ -120,7 +144,8 @@ class TaskService:
             gpu=self._usage.summary() if self._usage is not None else None,
         )
 
-    def view(self, job: JobDoc, *, sign: bool = True) -> Task:
+    def view(self, job: JobDoc, tenant: str, *, sign: bool = True) -> Task:
+        """The job as `tenant` sees it: only its own end users, never another tenant's."""
         url = f"{self._base_url}/tasks/{job.job_id}"
         active = JobStatus(job.status) not in TERMINAL_STATUSES
         return Task(
@@ -131,7 +156,7 @@ class TaskService:
             stage=job.stage,
             eta_seconds=job.eta_seconds,
             soul_id=job.soul_id,
-            user_id=job.requested_by,
+            user_id=_user_seen_by(job, tenant),
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -154,3 +179,10 @@ class TaskService:
                                        content_type=output.content_type, bytes=output.bytes))
             return TaskResult(outputs=links)
         return None
+
+
+def _user_seen_by(job: JobDoc, tenant: str) -> str | None:
+    if not job.tenants and job.tenant is None:
+        return job.requested_by  # a job from before tenancy
+    users = job.requesters.get(tenant, [])
+    return users[0] if users else None

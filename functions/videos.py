@@ -11,9 +11,11 @@ import hashlib
 import re
 
 from functions import estimates
+from functions.auth import DEFAULT_TENANT
 from functions.errors import InvalidInput, NotFound
-from functions.jobs import ensure_job
+from functions.jobs import Interest, ensure_job
 from functions.publish import Publisher
+from functions.quotas import QuotaService
 from functions.settings import FunctionsSettings
 from functions.store import Store
 from functions.tasks import TaskService
@@ -47,29 +49,32 @@ def video_job_id(variant_id: str, num_frames: int, fps: int, formats: tuple[str,
 class VideoService:
     def __init__(
         self, store: Store, publisher: Publisher, tasks: TaskService, settings: FunctionsSettings,
-        defaults: estimates.EstimateDefaults,
+        defaults: estimates.EstimateDefaults, quotas: QuotaService,
     ):
         self._store = store
         self._publisher = publisher
         self._tasks = tasks
         self._settings = settings
         self._defaults = defaults
+        self._quotas = quotas
 
-    def from_image_path(self, image_path: str, num_frames: int | None, generate_gif: bool, user_id: str | None):
+    def from_image_path(self, image_path: str, num_frames: int | None, generate_gif: bool, user_id: str | None,
+                        tenant: str = DEFAULT_TENANT):
         variant_id = variant_id_from_image_path(image_path, self._settings.bucket)
         variant = self._store.variant(variant_id)
         if variant is None or image_path.removeprefix(f"gs://{self._settings.bucket}/") != variant.object:
             raise InvalidInput("image_path does not name a known variant's image", field="image_path")
-        return self._animate(variant, num_frames, generate_gif, user_id)
+        return self._animate(variant, num_frames, generate_gif, user_id, tenant)
 
-    def from_variant(self, variant_id: str, num_frames: int | None, generate_gif: bool, user_id: str | None):
+    def from_variant(self, variant_id: str, num_frames: int | None, generate_gif: bool, user_id: str | None,
+                     tenant: str = DEFAULT_TENANT):
         variant = self._store.variant(variant_id)
         if variant is None:
             raise NotFound(f"no variant '{variant_id}'", field="variant_id")
-        return self._animate(variant, num_frames, generate_gif, user_id)
+        return self._animate(variant, num_frames, generate_gif, user_id, tenant)
 
     def _animate(
-        self, variant: VariantDoc, num_frames: int | None, generate_gif: bool, user_id: str | None
+        self, variant: VariantDoc, num_frames: int | None, generate_gif: bool, user_id: str | None, tenant: str
     ) -> tuple[int, VideoAccepted]:
         frames = num_frames or self._settings.svd_num_frames
         fps = self._settings.svd_fps
@@ -86,9 +91,11 @@ class VideoService:
                 type=JobType.VIDEO, request=spec, requested_by=user_id, soul_id=variant.soul_id,
                 created_at=utcnow(), updated_at=utcnow(),
             ),
+            Interest(tenant, user_id),
+            admit=lambda: self._quotas.admit_job(tenant),
         )
         estimate = estimates.video_estimate(self._store.runner_stats(), frames, self._defaults)
-        task = self._tasks.view(job) if job.status == JobStatus.SUCCEEDED else None
+        task = self._tasks.view(job, tenant) if job.status == JobStatus.SUCCEEDED else None
         answer = VideoAccepted(
             status=job.status, task_id=job.job_id, variant_id=variant.variant_id, num_frames=frames,
             formats=list(formats), status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",

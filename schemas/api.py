@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from schemas._base import Contract, Reply
 from schemas.documents import Style
@@ -108,7 +108,22 @@ class StyleUpsert(Contract):
     soul_id: str = Field(pattern=SOUL_ID_PATTERN)
     display_name: str = Field(default="", max_length=100)
     style: Style
-    updated_at: datetime | None = None
+    updated_at: AwareDatetime | None = Field(
+        default=None, description="With a time zone; at most the configured clock skew in the future."
+    )
+
+
+class StyleDeleteQuery(Contract):
+    """`DELETE /style/{soul_id}?updated_at=...`: the delete takes part in last-write-wins like a write."""
+
+    updated_at: AwareDatetime | None = Field(default=None, description="With a time zone; default: now.")
+
+
+class Me(Reply):
+    """`GET /me`: what the caller's key is."""
+
+    tenant: str
+    role: Literal["client", "admin"]
 
 
 class StyleOut(Reply):

@@ -11,8 +11,9 @@ USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$"
 PK_PATTERN = r"^[0-9a-f]{32}$"
 VARIANT_ID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"  # ULID, Crockford base32
 # Jobs are named from what they make (prompt key + variant index, or the video request hash), so a second
-# creator of the same work collides with the first; "-rN" names the Nth retry after a failed or canceled run.
-JOB_ID_PATTERN = r"^(img|vid)-[0-9a-f]{32}-[0-9]{1,6}(-r[0-9]{1,2})?$"
+# creator of the same work collides with the first; "-rN" names the Nth retry after a failed or canceled run
+# (cancels do not use up a retry budget, so N may grow past the failure limit).
+JOB_ID_PATTERN = r"^(img|vid)-[0-9a-f]{32}-[0-9]{1,6}(-r[0-9]{1,6})?$"
 
 
 def new_ulid() -> str:

@@ -16,6 +16,7 @@ TENANTS = "tenants"  # tenants/{tenant}/...: per-tenant counters (quotas)
 COUNTERS = "counters"  # counters/{name}/shards/{n}: sharded counters, summed on read
 COUNTER_SHARDS = "shards"
 COUNTER_DEDUP_HITS = "image_dedup_hits"  # image requests answered with an existing variant
+JOB_HEADS = "job_heads"  # job_heads/{first job id}: which retry of that work is current, which retries failed
 
 # Pub/Sub topics.
 TOPIC_JOBS = "soul-jobs"  # the interactive lane: a user is waiting

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from functions.normalize import EmptyCueError, normalize_cue
+from functions.normalize import EmptyCueError, is_invisible, normalize_cue
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,9 @@ def test_output_is_clean(cue):
     assert unicodedata.is_normalized("NFKC", out)
     assert out == out.casefold() or unicodedata.normalize("NFKC", out.casefold()) == out
     assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs") for ch in out)
-    assert not any(unicodedata.category(ch).startswith("P") for ch in out)
+    # Punctuation is gone but for the marks that change meaning (#, %, &, @ and a minus sign before a number).
+    assert not any(unicodedata.category(ch).startswith("P") and ch not in "#%&@-" for ch in out)
+    assert not any(is_invisible(ch) for ch in out)
 
 
 @settings(max_examples=500, deadline=None)
@@ -72,3 +74,25 @@ def test_decoration_does_not_change_meaning(word, decoration):
         return
     assert normalize_cue(decoration + word.upper() + decoration) == normalize_cue(word.upper())
     assert normalize_cue(decoration + word + decoration) == plain
+
+
+# ---- issue 8: invisible characters made new prompt keys, meaningful punctuation merged different cues -------------
+
+
+@pytest.mark.parametrize("invisible", ["\ufe0f", "\u034f", "\u3164", "\u2800", "\u115f", "\ufe00", "\u00ad",
+                                       "\U000e0041", "\u180b", "\uffa0"])
+def test_invisible_characters_never_make_a_new_prompt_key(invisible):
+    assert normalize_cue(f"pen{invisible}guin") == normalize_cue(f"penguin{invisible}") == "penguin"
+    assert normalize_cue(f"{invisible}penguin") == "penguin"
+
+
+@pytest.mark.parametrize(("one", "other"), [("C#", "C"), ("-5 degrees", "5 degrees"), ("100%", "100"),
+                                            ("r&b", "r b"), ("c++", "c"), ("\u22125 degrees", "5 degrees")])
+def test_cues_that_differ_in_meaning_stay_apart(one, other):
+    assert normalize_cue(one) != normalize_cue(other)
+
+
+def test_a_hyphen_inside_words_still_separates_and_a_sign_survives_decoration():
+    assert normalize_cue("ice-cream") == normalize_cue("ice cream")
+    assert normalize_cue(" -5\u200b degrees!") == "-5 degrees"
+    assert normalize_cue("-\u200b5") == "-5"
