@@ -97,6 +97,7 @@ class Api:
             return flask.Response(page(name), mimetype="text/html")
         endpoint = self._endpoints[name]
         caller = "public" if endpoint.public else self._authenticate(request)
+        flask.g.soul_tenant = caller  # read by functions/tenancy.py (webhook records, delivery listings)
         for param, pattern in endpoint.path_params.items():
             if not re.fullmatch(pattern, params[param]):
                 raise errors.InvalidInput(f"{param} is not well-formed (expected {pattern})", field=param)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from functions import estimates, keys
+from functions import estimates, keys, lanes
 from functions.errors import InvalidInput
 from functions.jobs import ensure_job
 from functions.normalize import EmptyCueError, normalize_cue
@@ -20,7 +20,7 @@ from schemas._base import utcnow
 from schemas.api import ImageQueued, ImageReady, Place, SelfieRequest, Variant
 from schemas.documents import PromptDoc, VariantDoc
 from schemas.ids import new_ulid
-from schemas.jobs import ImageJobSpec, JobDoc, JobType
+from schemas.jobs import ImageJobSpec, JobDoc, JobLane, JobType
 
 @dataclass(frozen=True)
 class ImageAsk:
@@ -31,6 +31,7 @@ class ImageAsk:
     user_id: str
     kind: str = "image"
     place: str | None = None
+    lane: JobLane = JobLane.INTERACTIVE
 
 
 class ImageService:
@@ -64,7 +65,7 @@ class ImageService:
         answer = self.request(
             ImageAsk(
                 soul_id=request.soul_id, cue=selfie_cue(place, city, request.mood), user_id=request.user_id,
-                kind="selfie", place=place.key,
+                kind="selfie", place=place.key, lane=request.lane,
             )
         )
         self._store.set_recent_places(request.user_id, remember(recent, place.key))
@@ -116,8 +117,10 @@ class ImageService:
             lambda retry: JobDoc(
                 job_id=keys.image_job_id(pk, index, retry), type=JobType.IMAGE, request=spec,
                 requested_by=ask.user_id, soul_id=ask.soul_id, created_at=utcnow(), updated_at=utcnow(),
+                lane=ask.lane,
             ),
         )
+        lanes.promote_if_waited_on(self._store, self._publisher, job, ask.lane)
         return ImageQueued(
             status=job.status,
             task_id=job.job_id,

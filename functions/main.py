@@ -1,4 +1,5 @@
-"""Entry points for functions-framework: `api` (HTTP) and `ingest` (CloudEvent, Pub/Sub soul-requests).
+"""Entry points for functions-framework: `api` (HTTP), `ingest` (CloudEvent, Pub/Sub soul-requests) and
+`webhooks` (CloudEvent, Pub/Sub soul-events: webhook deliveries).
 
 The process builds its settings, clients and services once, on the first call, never at import time, so tests
 and the emulators can point them anywhere first."""
@@ -18,6 +19,7 @@ from functions.app import Api, structured_error
 from functions.ingest import handle_message
 from functions.logs import configure_logging
 from functions.settings import FunctionsSettings
+from functions.webhook_delivery import handle_event
 
 _lock = threading.Lock()
 _api: Api | None = None
@@ -69,3 +71,9 @@ def ingest(event: CloudEvent) -> None:
     data = event.data if isinstance(event.data, dict) else {}
     message = data.get("message") or {}
     handle_message(_get_api().services, message, str(message.get("messageId") or event["id"]))
+
+
+@functions_framework.cloud_event
+def webhooks(event: CloudEvent) -> None:
+    data = event.data if isinstance(event.data, dict) else {}
+    handle_event(_get_api().services, data.get("message") or {})

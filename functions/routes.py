@@ -19,12 +19,15 @@ from functions import estimates
 from functions.errors import InvalidInput, NotFound
 from functions.images import ImageAsk
 from functions.services import Services
+from functions.tenancy import tenant_of_request
+from functions.webhooks import registers_webhook
 from schemas._base import utcnow
 from schemas.api import (
     EstimateQuery,
     Health,
     ImageQueued,
     ImageReady,
+    ImageOrder,
     ImageRequest,
     Info,
     MarkSeenQuery,
@@ -49,7 +52,7 @@ from schemas.api import (
 )
 from schemas.documents import SeenDoc
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN
-from schemas.jobs import VideoResult
+from schemas.jobs import JobLane, VideoResult
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,8 @@ def _image_reply(answer: ImageReady | ImageQueued) -> Reply:
 def image(svc: Services, call: Call) -> Reply:
     ask = call.query if call.query is not None else call.body
     assert isinstance(ask, ImageRequest)
-    return _image_reply(svc.images.request(ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id)))
+    lane = ask.lane if isinstance(ask, ImageOrder) else JobLane.INTERACTIVE
+    return _image_reply(svc.images.request(ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id, lane=lane)))
 
 
 def selfie(svc: Services, call: Call) -> Reply:
@@ -226,7 +230,8 @@ def style_list(svc: Services, call: Call) -> Reply:
 
 
 def task_get(svc: Services, call: Call) -> Reply:
-    return 200, svc.tasks.get(call.path["task_id"])
+    task = svc.tasks.get(call.path["task_id"])
+    return 200, task.model_copy(update={"deliveries": svc.webhooks.deliveries(task.task_id, tenant_of_request())})
 
 
 def task_cancel(svc: Services, call: Call) -> Reply:
@@ -302,9 +307,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              {200: Info}),
     Endpoint("image_get", "GET", "/image", image, "An unseen variant of the cue for this user, or the job making one.",
              "image", {200: ImageReady, 202: ImageQueued}, query=ImageRequest),
-    Endpoint("image_post", "POST", "/image", image, "Same as GET /image, with a JSON body.", "image",
-             {200: ImageReady, 202: ImageQueued}, body=ImageRequest, creates_work=True),
-    Endpoint("selfie", "POST", "/image/selfie", selfie,
+    Endpoint("image_post", "POST", "/image", registers_webhook(image),
+             "Same as GET /image, with a JSON body; may add a webhook and ask for the background lane.", "image",
+             {200: ImageReady, 202: ImageQueued}, body=ImageOrder, creates_work=True),
+    Endpoint("selfie", "POST", "/image/selfie", registers_webhook(selfie),
              "A selfie of the soul at a place in the city that fits the mood, fresh for this user.", "image",
              {200: ImageReady, 202: ImageQueued}, body=SelfieRequest, creates_work=True),
     Endpoint("mark_seen", "POST", "/image/mark-seen", mark_seen, "Mark a variant seen by a user (idempotent).",
@@ -335,10 +341,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("video_estimate", "GET", "/video/estimate", video_estimate,
              "Estimated animation time, from measured runner pace when there is any.", "video",
              {200: VideoEstimate}, query=EstimateQuery),
-    Endpoint("video_from_variant", "POST", "/video/generate-from-variant", video_from_variant,
+    Endpoint("video_from_variant", "POST", "/video/generate-from-variant", registers_webhook(video_from_variant),
              "Animate a variant (GIF, MP4, WebP); the same request joins the same job.", "video",
              {200: VideoAccepted, 202: VideoAccepted}, query=VideoFromVariantQuery, creates_work=True),
-    Endpoint("video_generate", "POST", "/video/generate", video_generate,
+    Endpoint("video_generate", "POST", "/video/generate", registers_webhook(video_generate),
              "Animate the variant whose image object `image_path` names (no file paths, no URLs).", "video",
              {200: VideoAccepted, 202: VideoAccepted}, body=VideoGenerateRequest, creates_work=True),
     Endpoint("static_image", "GET", "/static/image/<filename>", static_image,

@@ -16,6 +16,7 @@ from functions.store import Store
 from functions.styles import StyleService
 from functions.tasks import TaskService
 from functions.videos import VideoService
+from functions.webhooks import WebhookRegistry
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Services:
     videos: VideoService
     idempotency: IdempotencyStore
     estimate_defaults: EstimateDefaults
+    webhooks: WebhookRegistry
 
 
 def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
@@ -65,4 +67,5 @@ def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
             clients.firestore, timedelta(seconds=settings.idempotency_ttl_s), settings.backend_timeout_s
         ),
         estimate_defaults=defaults,
+        webhooks=WebhookRegistry(store, publisher, settings),
     )

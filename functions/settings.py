@@ -43,6 +43,18 @@ class FunctionsSettings(BaseSettings):
     # Deadline of each Firestore call: past it the request answers 503 instead of waiting on retries.
     backend_timeout_s: float = Field(default=10.0, gt=0, le=120)
     public_base_url: str = ""  # prefix of status_url; empty = relative URLs
+    # Webhooks (functions/webhooks.py): the signing secret when no tenants are configured (`whsec_<base64>`),
+    # local mode (http to loopback allowed), and the bounded retry schedule of each delivery.
+    webhook_secret: SecretStr = SecretStr("")
+    webhook_allow_loopback: bool = False
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    webhook_retry_budget_s: float = Field(default=120.0, ge=0, le=540)  # below the push subscription's deadline
+    webhook_backoff_initial_s: float = Field(default=1.0, gt=0, le=60)
+    webhook_backoff_max_s: float = Field(default=30.0, gt=0, le=300)
+    # Server-sent events of GET /tasks/{id}/events (functions/sse.py).
+    sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
+    sse_heartbeat_s: float = Field(default=15.0, gt=0, le=60)
+    sse_max_duration_s: float = Field(default=300.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _auth_is_consistent(self) -> FunctionsSettings:

@@ -13,6 +13,8 @@ STYLES = "styles"
 IDEMPOTENCY = "idempotency"
 RUNNER_STATS = "runner_stats"
 TENANTS = "tenants"  # tenants/{tenant}/...: per-tenant counters (quotas)
+WEBHOOKS = "webhooks"  # jobs/{job_id}/webhooks/{webhook_id}: one requester's webhook
+DELIVERIES = "deliveries"  # jobs/{job_id}/webhooks/{webhook_id}/deliveries/{key}: attempts of one event
 
 # Pub/Sub topics.
 TOPIC_JOBS = "soul-jobs"  # the interactive lane: a user is waiting
@@ -38,6 +40,8 @@ EVENT_SOURCE_FUNCTIONS = "//soul/functions"
 EVENT_JOB_SUCCEEDED = "soul.job.succeeded"
 EVENT_JOB_FAILED = "soul.job.failed"
 EVENT_JOB_CANCELED = "soul.job.canceled"
+EVENT_JOB_STARTED = "soul.job.started"  # data: schemas.push.JobStarted
+EVENT_JOB_PROGRESS = "soul.job.progress"  # data: schemas.push.JobProgress (throttled)
 EVENT_REQUEST_ACCEPTED = "soul.request.accepted"
 EVENT_REQUEST_REJECTED = "soul.request.rejected"
 
