@@ -159,7 +159,7 @@ class Deliverer:
                 for hook, doc in pending:
                     self._finish(out, hook, "failed")
                     final[hook.webhook_id] = "failed"
-                log.warning("webhook_gave_up", job_id=out.job_id, event=out.event_type, targets=len(pending))
+                log.warning("webhook_gave_up", job_id=out.job_id, event_type=out.event_type, targets=len(pending))
                 break
             self._sleep(delay)
             delay = min(delay * 2, self._policy.max_s)
@@ -192,7 +192,7 @@ class Deliverer:
         if status != "pending":
             update.update(status=status, finished_at=utcnow())
         self._ref(out.job_id, hook.webhook_id, out.key).update(update, **self._store.deadline)
-        log.info("webhook_attempt", job_id=out.job_id, webhook_id=hook.webhook_id, event=out.event_type,
+        log.info("webhook_attempt", job_id=out.job_id, webhook_id=hook.webhook_id, event_type=out.event_type,
                  status_code=code, error=error, outcome=status)
         return status
 
