@@ -204,3 +204,30 @@ def test_a_webhook_registered_after_the_job_finished_is_still_told(local, receiv
             "data": base64.b64encode(message.message.data).decode()}
     handle_event(svc, push)
     assert len(late.calls) == 1
+
+
+def test_runner_progress_events_are_throttled_and_reach_a_progress_webhook(local, receivers, subscriber):
+    from google.cloud import pubsub_v1
+
+    from gpu_runner.events import EventPublisher
+    from tests.support import pull_all
+
+    svc, client = local
+    hook = receivers([200])
+    task_id = client.post("/image", json={**PENGUIN, "webhook": hook.url,
+                                          "webhook_events_filter": ["start", "progress"]}, headers=ALPHA).json["task_id"]
+    pull_all(subscriber, names.SUB_EVENTS, rounds=2)
+    job = svc.store.job(task_id)
+    events = EventPublisher(pubsub_v1.PublisherClient(), os.environ["GCS_PROJECT_ID"], progress_interval_s=60)
+    events.job_started(job)
+    sent = [events.job_progress(job, p, "denoise", 1.0) for p in (0.1, 0.2, 0.3)]
+    assert sent == [True, False, False]  # throttled
+    assert events.job_progress(job, 1.0, "upload", 0.0)  # the last step always goes
+    messages = pull_all(subscriber, names.SUB_EVENTS, rounds=3)
+    assert sorted(m.message.attributes["ce-id"] for m in messages) == sorted(
+        [f"{task_id}:started", f"{task_id}:progress:0", f"{task_id}:progress:1"])
+    for m in messages:
+        handle_event(svc, {"attributes": dict(m.message.attributes),
+                           "data": base64.b64encode(m.message.data).decode()})
+    kinds = sorted(json.loads(body)["type"] for _, body in hook.calls)
+    assert kinds == ["soul.job.progress", "soul.job.progress", "soul.job.started"]
