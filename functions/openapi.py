@@ -88,7 +88,12 @@ def _operation(ep: Endpoint, refs: dict) -> dict:
         }
     responses: dict = {}
     for status, model in ep.responses.items():
-        if model is None:
+        if model is None and ep.media_type == "text/event-stream":
+            responses[str(status)] = {
+                "description": "A stream of server-sent events (`update`, `end`, `timeout`, `error`).",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+        elif model is None:
             responses[str(status)] = {
                 "description": "Redirect to a signed URL.",
                 "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},

@@ -15,7 +15,7 @@ import flask
 from google.api_core.retry import Retry
 from pydantic import BaseModel
 
-from functions import estimates
+from functions import estimates, sse
 from functions.errors import InvalidInput, NotFound
 from functions.images import ImageAsk
 from functions.services import Services
@@ -234,6 +234,14 @@ def task_get(svc: Services, call: Call) -> Reply:
     return 200, task.model_copy(update={"deliveries": svc.webhooks.deliveries(task.task_id, tenant_of_request())})
 
 
+def task_events(svc: Services, call: Call) -> Reply:
+    task_id = call.path["task_id"]
+    svc.tasks.get(task_id)  # 404 (and whatever visibility rule GET /tasks/{id} applies) before the stream opens
+    stream = sse.task_events(lambda: svc.tasks.get(task_id), svc.settings)
+    return flask.Response(stream, mimetype="text/event-stream",
+                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
 def task_cancel(svc: Services, call: Call) -> Reply:
     return svc.tasks.cancel(call.path["task_id"])
 
@@ -333,6 +341,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "tasks", {200: TaskStats}),
     Endpoint("task_get", "GET", "/tasks/<task_id>", task_get, "A task's status, progress and result.", "tasks",
              {200: Task}, path_params=TASK),
+    Endpoint("task_events", "GET", "/tasks/<task_id>/events", task_events,
+             "Live progress as server-sent events (`update` on each change, `end` at a terminal state).", "tasks",
+             {200: None}, path_params=TASK, media_type="text/event-stream"),
     Endpoint("task_cancel", "DELETE", "/tasks/<task_id>", task_cancel,
              "Cancel: queued tasks at once (200), running ones at their next step (202).", "tasks",
              {200: Task, 202: Task}, path_params=TASK),
