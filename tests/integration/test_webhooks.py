@@ -231,3 +231,21 @@ def test_runner_progress_events_are_throttled_and_reach_a_progress_webhook(local
                            "data": base64.b64encode(m.message.data).decode()})
     kinds = sorted(json.loads(body)["type"] for _, body in hook.calls)
     assert kinds == ["soul.job.progress", "soul.job.progress", "soul.job.started"]
+
+
+def test_ingest_bodies_carry_webhooks_too(local, receivers):
+    from functions.ingest import handle_message
+    from schemas.push import WebhookEvent
+
+    svc, _ = local
+    hook = receivers([200])
+    body = {**PENGUIN, "webhook": hook.url, "webhook_events_filter": ["completed"]}
+    outcome = handle_message(svc, {"attributes": {"type": "image"},
+                                   "data": base64.b64encode(json.dumps(body).encode()).decode()}, "m-1")
+    assert outcome.accepted, outcome
+    [target] = svc.webhooks.targets(outcome.answer.task_id, WebhookEvent.COMPLETED)
+    assert target.url == hook.url and target.tenant == "ingest"
+    unsafe = {**PENGUIN, "webhook": "https://169.254.169.254/"}
+    refused = handle_message(svc, {"attributes": {"type": "image"},
+                                   "data": base64.b64encode(json.dumps(unsafe).encode()).decode()}, "m-2")
+    assert not refused.accepted and refused.error.field == "webhook"
