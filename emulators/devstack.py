@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 class DevStackConfig:
     port: int = 8080
     ingest_port: int = 8081  # the `ingest` CloudEvent function, pushed to by the soul-requests subscription
+    webhooks_port: int = 8082  # the `webhooks` CloudEvent function, pushed to by the soul-events-webhooks subscription
     host: str = "127.0.0.1"
     emulators: StackConfig = StackConfig(state_dir=Path(".soul/emulators"))
     runner_env: tuple[tuple[str, str], ...] = ()  # extra settings for the runner, e.g. short heartbeats in tests
@@ -45,13 +46,18 @@ class DevStack:
     def ingest_url(self) -> str:
         return f"http://{self.config.host}:{self.config.ingest_port}/"
 
+    @property
+    def webhooks_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.webhooks_port}/"
+
     def start(self) -> None:
         self.emulators.start()
-        self.emulators.provision(push_endpoint=self.ingest_url)
+        self.emulators.provision(push_endpoint=self.ingest_url, webhooks_endpoint=self.webhooks_url)
         # Clients outside the stack (the CLI, tests, a shell) find the stand-ins here.
         (self.emulators.state_dir / "env.json").write_text(json.dumps(self.emulators.env(), indent=2))
         env = {**os.environ, **self.emulators.env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.setdefault("SOUL_PUBLIC_BASE_URL", self.base_url)
+        env.setdefault("SOUL_WEBHOOK_ALLOW_LOOPBACK", "true")  # local mode: webhooks may go to this machine
         logs = self.emulators.state_dir / "logs"
         api, api_record = _process.spawn(
             "api",
@@ -68,6 +74,14 @@ class DevStack:
             logs / "ingest.log", marker="functions_framework", env=env,
         )
         self._children.append(("ingest", ingest, ingest_record.log_path))
+        webhooks, webhooks_record = _process.spawn(
+            "webhooks",
+            [sys.executable, "-m", "functions_framework", "--target", "webhooks", "--signature-type", "cloudevent",
+             "--source", str(REPO / "functions" / "main.py"), "--host", self.config.host,
+             "--port", str(self.config.webhooks_port)],
+            logs / "webhooks.log", marker="functions_framework", env=env,
+        )
+        self._children.append(("webhooks", webhooks, webhooks_record.log_path))
         runner, runner_record = _process.spawn(
             "gpu_runner", [sys.executable, "-m", "gpu_runner", "--warm"], logs / "gpu_runner.log",
             marker="gpu_runner", env={**env, **dict(self.config.runner_env)},
@@ -78,6 +92,7 @@ class DevStack:
                 ReadinessCheck(api, api_record, f"{self.base_url}/healthz"),
                 # A CloudEvent target answers a plain GET with an error status: any HTTP answer means it is up.
                 ReadinessCheck(ingest, ingest_record, self.ingest_url, expect_status=None),
+                ReadinessCheck(webhooks, webhooks_record, self.webhooks_url, expect_status=None),
             ],
             timeout_s=60,
         )
@@ -109,7 +124,8 @@ class DevStack:
 
 def main(port: int | None = None) -> int:
     api_port = port or int(os.environ.get("PORT", "8080"))
-    config = DevStackConfig(port=api_port, ingest_port=int(os.environ.get("INGEST_PORT", api_port + 1)))
+    config = DevStackConfig(port=api_port, ingest_port=int(os.environ.get("INGEST_PORT", api_port + 1)),
+                            webhooks_port=int(os.environ.get("WEBHOOKS_PORT", api_port + 2)))
     stack = DevStack(config)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -137,6 +153,7 @@ def _banner(stack: DevStack) -> str:
 Soul is running (tiny offline models; logs in {stack.emulators.state_dir / 'logs'}).
   api          {url}   (functions-framework, target api)
   ingest       {stack.ingest_url}   (CloudEvent target, pushed by the soul-requests subscription)
+  webhooks     {stack.webhooks_url}   (CloudEvent target, pushed by the soul-events-webhooks subscription)
   gpu_runner   python -m gpu_runner   (subscribed to soul-jobs)
   emulators    Pub/Sub {stack.emulators.env()['PUBSUB_EMULATOR_HOST']}, Firestore {stack.emulators.env()['FIRESTORE_EMULATOR_HOST']}, GCS {stack.emulators.env()['STORAGE_EMULATOR_HOST']}
 

@@ -16,16 +16,19 @@ import requests
 from emulators._process import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a test secret (the Standard Webhooks spec's example)
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("stack")
-    api_port, ingest_port = free_ports("127.0.0.1", 2)
+    api_port, ingest_port, webhooks_port = free_ports("127.0.0.1", 3)
     env = {
         **os.environ,
         "PORT": str(api_port),
         "INGEST_PORT": str(ingest_port),
+        "WEBHOOKS_PORT": str(webhooks_port),
+        "SOUL_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SOUL_MODEL_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "models"),
         # Slow the tiny model down to the catalog's step count so a job is visibly running for a while.
         "SOUL_TINY_MAX_STEPS": "30",
