@@ -16,9 +16,11 @@ from functions.signing import UrlSigner, variant_link
 from functions.store import Store
 from functions.styles import StyleService
 from functions.variants import choose_unseen, next_variant_index
+from functions.warm_pool import WARM_POOL_USER, WarmPool
 from schemas._base import utcnow
 from schemas.api import ImageQueued, ImageReady, Place, SelfieRequest, Variant
-from schemas.documents import PromptDoc, VariantDoc
+from schemas.documents import PromptDoc, Style, VariantDoc
+from schemas.push import WarmAnswer, WarmRequest
 from schemas.ids import new_ulid
 from schemas.jobs import ImageJobSpec, JobDoc, JobLane, JobType
 
@@ -43,6 +45,7 @@ class ImageService:
         signer: UrlSigner,
         settings: FunctionsSettings,
         defaults: estimates.EstimateDefaults,
+        warm_pool: WarmPool,
     ):
         self._store = store
         self._styles = styles
@@ -50,6 +53,7 @@ class ImageService:
         self._signer = signer
         self._settings = settings
         self._defaults = defaults
+        self._warm = warm_pool
 
     def selfie(self, request: SelfieRequest) -> ImageReady | ImageQueued:
         """A selfie is an image whose cue names a place chosen for the city and mood, fresh for this user."""
@@ -84,7 +88,10 @@ class ImageService:
         variants = self._store.variants_of(pk)
         seen = self._store.seen_among(ask.user_id, [v.variant_id for v in variants])
         unseen = choose_unseen(variants, seen)
+        self._warm.observe(pk, ask.kind, ask.user_id)
         if unseen is not None:
+            left = sum(1 for v in variants if v.variant_id not in seen) - 1  # once this one is taken
+            self._warm.after_take(pk, unseen.variant_index, left, variants, self.prerender)
             return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
         index = next_variant_index(variants)
         if index == 0:
@@ -95,6 +102,18 @@ class ImageService:
                     style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now,
                 )
             )
+        job = self._ensure_variant_job(ask, pk, cue, style, index)
+        self._warm.after_join(pk, job, self.prerender)
+        return ImageQueued(
+            status=job.status,
+            task_id=job.job_id,
+            pk_id=pk,
+            status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",
+            estimated_seconds=estimates.image_seconds(self._store.runner_stats(), self._defaults),
+        )
+
+    def _ensure_variant_job(self, ask: ImageAsk, pk: str, cue: str, style: Style, index: int) -> JobDoc:
+        """The job making variant `index` of `pk` (created once, whoever asks first; promoted when waited on)."""
         spec = ImageJobSpec(
             soul_id=ask.soul_id,
             pk=pk,
@@ -120,14 +139,31 @@ class ImageService:
                 lane=ask.lane,
             ),
         )
-        lanes.promote_if_waited_on(self._store, self._publisher, job, ask.lane)
-        return ImageQueued(
-            status=job.status,
-            task_id=job.job_id,
-            pk_id=pk,
-            status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",
-            estimated_seconds=estimates.image_seconds(self._store.runner_stats(), self._defaults),
-        )
+        return lanes.promote_if_waited_on(self._store, self._publisher, job, ask.lane)
+
+    def prerender(self, prompt: PromptDoc, index: int) -> JobDoc | None:
+        """A background job for variant `index` of an image prompt key (the warm pool's renders); None when the
+        soul's style changed since (the key is then no longer the one users ask for)."""
+        style = self._styles.get(prompt.soul_id).style
+        if keys.style_fingerprint(style) != prompt.style_fingerprint or prompt.kind != "image":
+            return None
+        ask = ImageAsk(soul_id=prompt.soul_id, cue=prompt.cue, user_id=WARM_POOL_USER, lane=JobLane.BACKGROUND)
+        return self._ensure_variant_job(ask, prompt.pk, prompt.cue, style, index)
+
+    def warm(self, request: WarmRequest) -> WarmAnswer:
+        """`POST /image/warm`: keep `variants` fresh variants of this cue ahead, from now on."""
+        try:
+            cue = normalize_cue(request.cue)
+        except EmptyCueError as exc:
+            raise InvalidInput(str(exc), field="cue") from exc
+        style = self._styles.get(request.soul_id).style
+        pk = keys.prompt_key(kind="image", soul_id=request.soul_id, cue=cue, style=style,
+                             model_tag=self._settings.model_tag)
+        now = utcnow()
+        self._store.ensure_prompt(PromptDoc(pk=pk, kind="image", soul_id=request.soul_id, cue=cue,
+                                            style_fingerprint=keys.style_fingerprint(style), created_at=now,
+                                            updated_at=now))
+        return self._warm.warm(pk, request.variants, self._store.variants_of(pk), self.prerender)
 
     def variant_view(self, variant: VariantDoc) -> Variant:
         return variant_link(self._signer, variant)

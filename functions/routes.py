@@ -16,10 +16,10 @@ from google.api_core.retry import Retry
 from pydantic import BaseModel
 
 from functions import estimates, sse
-from functions.errors import InvalidInput, NotFound
+from functions.errors import InvalidInput, NotFound, PermissionDenied
 from functions.images import ImageAsk
 from functions.services import Services
-from functions.tenancy import tenant_of_request
+from functions.tenancy import may_warm, tenant_of_request
 from functions.webhooks import registers_webhook
 from schemas._base import utcnow
 from schemas.api import (
@@ -53,6 +53,7 @@ from schemas.api import (
 from schemas.documents import SeenDoc
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN
 from schemas.jobs import JobLane, VideoResult
+from schemas.push import WarmAnswer, WarmRequest
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ def mark_seen(svc: Services, call: Call) -> Reply:
     doc = svc.store.mark_seen(
         query.user_id, SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
     )
+    svc.warm_pool.after_seen(query.user_id, variant, svc.images.prerender)
     return 200, Seen(variant_id=doc.variant_id, user_id=query.user_id, pk_id=doc.pk, soul_id=doc.soul_id,
                      seen_at=doc.seen_at)
 
@@ -252,7 +254,14 @@ def task_list(svc: Services, call: Call) -> Reply:
 
 
 def task_stats(svc: Services, call: Call) -> Reply:
-    return 200, svc.tasks.stats()
+    return 200, svc.tasks.stats().model_copy(update={"prerenders": svc.warm_pool.stats()})
+
+
+def image_warm(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.body, WarmRequest)
+    if not may_warm(tenant_of_request()):
+        raise PermissionDenied("POST /image/warm needs an admin or batch key")
+    return 200, svc.images.warm(call.body)
 
 
 # ---- video -----------------------------------------------------------------------------------------------------
@@ -321,6 +330,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("selfie", "POST", "/image/selfie", registers_webhook(selfie),
              "A selfie of the soul at a place in the city that fits the mood, fresh for this user.", "image",
              {200: ImageReady, 202: ImageQueued}, body=SelfieRequest, creates_work=True),
+    Endpoint("image_warm", "POST", "/image/warm", image_warm,
+             "Keep `variants` unseen variants of a cue pre-rendered ahead, in the background lane (admin/batch).",
+             "image", {200: WarmAnswer}, body=WarmRequest, creates_work=True),
     Endpoint("mark_seen", "POST", "/image/mark-seen", mark_seen, "Mark a variant seen by a user (idempotent).",
              "image", {200: Seen}, query=MarkSeenQuery),
     Endpoint("variants", "GET", "/image/variants/<pk_id>", variants_of_pk, "All variants of a prompt key.",

@@ -16,6 +16,7 @@ from functions.store import Store
 from functions.styles import StyleService
 from functions.tasks import TaskService
 from functions.videos import VideoService
+from functions.warm_pool import WarmPool
 from functions.webhooks import WebhookRegistry
 
 
@@ -33,6 +34,7 @@ class Services:
     idempotency: IdempotencyStore
     estimate_defaults: EstimateDefaults
     webhooks: WebhookRegistry
+    warm_pool: WarmPool
 
 
 def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
@@ -53,6 +55,7 @@ def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
     )
     styles = StyleService(clients.firestore, settings.backend_timeout_s)
     tasks = TaskService(store, signer, publisher, settings.public_base_url)
+    warm_pool = WarmPool(store, settings)
     return Services(
         settings=settings,
         clients=clients,
@@ -60,7 +63,7 @@ def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
         publisher=publisher,
         signer=signer,
         styles=styles,
-        images=ImageService(store, styles, publisher, signer, settings, defaults),
+        images=ImageService(store, styles, publisher, signer, settings, defaults, warm_pool),
         tasks=tasks,
         videos=VideoService(store, publisher, tasks, settings, defaults),
         idempotency=IdempotencyStore(
@@ -68,4 +71,5 @@ def build_services(settings: FunctionsSettings, clients: Clients) -> Services:
         ),
         estimate_defaults=defaults,
         webhooks=WebhookRegistry(store, publisher, settings),
+        warm_pool=warm_pool,
     )

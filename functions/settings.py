@@ -51,6 +51,13 @@ class FunctionsSettings(BaseSettings):
     webhook_retry_budget_s: float = Field(default=120.0, ge=0, le=540)  # below the push subscription's deadline
     webhook_backoff_initial_s: float = Field(default=1.0, gt=0, le=60)
     webhook_backoff_max_s: float = Field(default=30.0, gt=0, le=300)
+    # Warm pool (functions/warm_pool.py): pre-render `ahead` unseen variants of prompt keys with demand.
+    warm_pool_enabled: bool = False
+    warm_pool_min_users: int = Field(default=2, ge=1, le=1000)  # distinct users within the window = demand
+    warm_pool_window_s: float = Field(default=3600.0, gt=0)
+    warm_pool_ahead: int = Field(default=1, ge=1, le=16)
+    warm_pool_max_ahead: int = Field(default=4, ge=1, le=16)  # bound of POST /image/warm `variants`
+    warm_pool_key_cap_per_day: int = Field(default=50, ge=0)  # pre-renders per prompt key per UTC day
     # Server-sent events of GET /tasks/{id}/events (functions/sse.py).
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=60)

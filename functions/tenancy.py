@@ -23,3 +23,15 @@ def tenant_of_request() -> str:
 def webhook_secret(settings: FunctionsSettings, tenant: str) -> str:
     """The `whsec_...` secret deliveries to this tenant's webhooks are signed with; "" when none is set."""
     return settings.webhook_secret.get_secret_value().strip()
+
+
+def may_prerender(tenant: str, pk: str) -> bool:
+    """The quota hook of the warm pool: may this tenant's demand cost a pre-render of `pk` now? Issue 8's
+    GPU-work quota plugs in here; until then the per-key daily cap (SOUL_WARM_POOL_KEY_CAP_PER_DAY) bounds it."""
+    return True
+
+
+def may_warm(tenant: str) -> bool:
+    """Who may call POST /image/warm: issue 8's `admin` role (and batch keys) once roles exist; until then every
+    authenticated caller of this single-tenant deployment."""
+    return True

@@ -11,7 +11,7 @@ from schemas._base import Contract, Reply
 from schemas.documents import Style
 from schemas.ids import SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
 from schemas.jobs import JobError, JobStatus, JobType
-from schemas.push import Delivery, LaneOption, WebhookOptions
+from schemas.push import Delivery, LaneOption, PrerenderStats, WebhookOptions
 
 CUE_MAX_CHARS = 200
 
@@ -202,6 +202,7 @@ class TaskStats(Reply):
     by_type: dict[str, int]
     durations: dict[str, DurationStats]
     sample_size: int
+    prerenders: PrerenderStats | None = None  # the warm pool's pre-renders: made vs. delivered
 
 
 class EstimateQuery(Contract):

@@ -14,6 +14,7 @@ IDEMPOTENCY = "idempotency"
 RUNNER_STATS = "runner_stats"
 TENANTS = "tenants"  # tenants/{tenant}/...: per-tenant counters (quotas)
 WEBHOOKS = "webhooks"  # jobs/{job_id}/webhooks/{webhook_id}: one requester's webhook
+WARM_POOL = "warm_pool"  # warm_pool/{pk} (+ /askers/{user}, /prerenders/{variant_index}): functions/warm_pool.py
 DELIVERIES = "deliveries"  # jobs/{job_id}/webhooks/{webhook_id}/deliveries/{key}: attempts of one event
 
 # Pub/Sub topics.

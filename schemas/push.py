@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from schemas._base import Contract, Document, Reply
+from schemas.ids import SOUL_ID_PATTERN
 from schemas.jobs import JobLane, JobStatus, JobType
 
 SCHEMA_VERSION = 1
@@ -130,3 +131,37 @@ class TaskUpdate(Reply):
     eta_seconds: float | None = None
     result: dict | None = None
     error: dict | None = None
+
+
+class WarmRequest(Contract):
+    """`POST /image/warm`: keep `variants` fresh variants of this cue rendered ahead (admin or batch keys)."""
+
+    soul_id: str = Field(pattern=SOUL_ID_PATTERN)
+    cue: str = Field(min_length=1, max_length=200)
+    variants: int = Field(default=1, ge=1, le=16, description="How many unseen variants to keep ahead.")
+
+
+class WarmAnswer(Reply):
+    pk_id: str
+    ahead: int
+    queued: list[str] = Field(description="Task ids of the pre-renders this call queued (none when enough exist).")
+
+
+class PrerenderDoc(Document):
+    """`warm_pool/{pk}/prerenders/{variant_index}`: one pre-render, why it was made, and whether anyone took it."""
+
+    pk: str
+    variant_index: int
+    job_id: str
+    reason: str
+    made_at: datetime
+    delivered: bool = False
+    delivered_at: datetime | None = None
+
+
+class PrerenderStats(Reply):
+    """Pre-renders made by the warm pool vs. later delivered to someone; waste = 1 - delivered / made."""
+
+    made: int
+    delivered: int
+    waste_ratio: float | None = None
