@@ -10,12 +10,19 @@ reason it was made under `warm_pool/{pk}/prerenders/{variant_index}`, and marked
 takes it; `/tasks/stats/summary` reports made vs. delivered (the waste).
 
 Concurrent triggers agree without locks: the variant index to make next is the first one without a live job,
-and the job id is named from (pk, index), so twenty users finishing a variant at once create one pre-render."""
+and the job id is named from (pk, index), so twenty users finishing a variant at once create one pre-render.
+
+The hooks run on the request path of every image answer, so what changes slowly is remembered per process
+for a few seconds (a key's demand, who was recorded as an asker, pre-renders already marked delivered): the
+common case (a user takes a variant while the next one is already rendering) costs one extra read."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+
+import threading
+import time
 
 import structlog
 from google.api_core import exceptions as gexc
@@ -49,10 +56,33 @@ def waste_ratio(made: int, delivered: int) -> float | None:
     return round(1 - delivered / made, 4) if made else None
 
 
+class TtlMemo:
+    """A per-process memo whose entries expire after `ttl_s`; bounded by dropping everything when full."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000, clock=time.monotonic):
+        self._ttl_s, self._max, self._clock = ttl_s, max_entries, clock
+        self._entries: dict[object, tuple[float, object]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: object, default: object = None) -> object:
+        with self._lock:
+            hit = self._entries.get(key)
+        return hit[1] if hit is not None and hit[0] > self._clock() else default
+
+    def put(self, key: object, value: object) -> None:
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[key] = (self._clock() + self._ttl_s, value)
+
+
 class WarmPool:
     def __init__(self, store: Store, settings: FunctionsSettings):
         self._store = store
         self._settings = settings
+        self._demand = TtlMemo(ttl_s=10.0)  # pk -> ahead, for keys that show demand
+        self._askers = TtlMemo(ttl_s=min(60.0, settings.warm_pool_window_s / 10))  # (pk, user) recorded lately
+        self._delivered = TtlMemo(ttl_s=3600.0)  # (pk, index) whose pre-render record needs no more writes
 
     # ---- documents -----------------------------------------------------------------------------------------------
 
@@ -61,6 +91,15 @@ class WarmPool:
 
     def _ahead(self, pk: str) -> int | None:
         """The key's `ahead` when it shows demand, else None (no pre-renders for it)."""
+        remembered = self._demand.get(pk)
+        if remembered is not None:
+            return int(remembered)
+        ahead = self._read_ahead(pk)
+        if ahead:  # only demand is remembered: a key without it may gain it with the next asker
+            self._demand.put(pk, ahead)
+        return ahead
+
+    def _read_ahead(self, pk: str) -> int | None:
         snap = self._doc(pk).get(**self._store.deadline)
         explicit = int((snap.to_dict() or {}).get("explicit_ahead") or 0) if snap.exists else 0
         if explicit:
@@ -76,8 +115,11 @@ class WarmPool:
         """A user asked for this key: remember them, for the demand rule."""
         if not self._settings.warm_pool_enabled or kind != "image" or user_id == WARM_POOL_USER:
             return
+        if self._askers.get((pk, user_id)):
+            return
         self._doc(pk).collection("askers").document(user_id).set({"user_id": user_id, "at": utcnow()},
                                                                  **self._store.deadline)
+        self._askers.put((pk, user_id), True)
 
     def after_take(self, pk: str, taken_index: int, unseen_left: int, variants: Sequence[VariantDoc],
                    prerender: Prerender) -> list[str]:
@@ -121,6 +163,7 @@ class WarmPool:
             raise InvalidInput("the warm pool is off in this deployment (SOUL_WARM_POOL_ENABLED)", field="variants")
         self._doc(pk).set({"pk": pk, "explicit_ahead": variants, "updated_at": utcnow()}, merge=True,
                           **self._store.deadline)
+        self._demand.put(pk, variants)
         # Nobody has seen anything yet from the pool's point of view: existing variants count as fresh.
         queued = self._replenish(pk, next_variant_index(existing), len(existing), prerender,
                                  f"POST /image/warm asked for {variants} ahead", ahead=variants)
@@ -134,7 +177,7 @@ class WarmPool:
         if ahead is None or unseen_left >= ahead:
             return []
         index, in_flight = start, 0
-        while in_flight < ahead:  # live jobs already making the next variants count as waiting
+        while in_flight + unseen_left < ahead:  # live jobs already making the next variants count as waiting
             job = self._store.job(keys.image_job_id(pk, index))
             if job is None or JobStatus(job.status) in _DEAD:
                 break
@@ -182,10 +225,14 @@ class WarmPool:
         log.info("prerender_queued", pk=pk, variant_index=index, job_id=job.job_id, reason=why)
 
     def _mark_delivered(self, pk: str, index: int) -> None:
+        if self._delivered.get((pk, index)):
+            return
         ref = self._doc(pk).collection("prerenders").document(str(index))
         snap = ref.get(**self._store.deadline)
         if snap.exists and not (snap.to_dict() or {}).get("delivered"):
             ref.update({"delivered": True, "delivered_at": utcnow()}, **self._store.deadline)
+        if snap.exists:  # a variant that was no pre-render may still become one's index later: not remembered
+            self._delivered.put((pk, index), True)
 
     def stats(self) -> PrerenderStats:
         group = self._store.db.collection_group("prerenders")
