@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 class DevStackConfig:
     port: int = 8080
     ingest_port: int = 8081  # the `ingest` CloudEvent function, pushed to by the soul-requests subscription
-    webhooks_port: int = 8082  # the `webhooks` CloudEvent function, pushed to by the soul-events-webhooks subscription
+    webhooks_port: int = 8082  # the `webhooks` CloudEvent function, pushed to by soul-events-webhooks
     host: str = "127.0.0.1"
     emulators: StackConfig = StackConfig(state_dir=Path(".soul/emulators"))
     runner_env: tuple[tuple[str, str], ...] = ()  # extra settings for the runner, e.g. short heartbeats in tests
@@ -66,22 +66,19 @@ class DevStack:
             logs / "api.log", marker="functions_framework", env=env,
         )
         self._children.append(("api", api, api_record.log_path))
-        ingest, ingest_record = _process.spawn(
-            "ingest",
-            [sys.executable, "-m", "functions_framework", "--target", "ingest", "--signature-type", "cloudevent",
-             "--source", str(REPO / "functions" / "main.py"), "--host", self.config.host,
-             "--port", str(self.config.ingest_port)],
-            logs / "ingest.log", marker="functions_framework", env=env,
-        )
-        self._children.append(("ingest", ingest, ingest_record.log_path))
-        webhooks, webhooks_record = _process.spawn(
-            "webhooks",
-            [sys.executable, "-m", "functions_framework", "--target", "webhooks", "--signature-type", "cloudevent",
-             "--source", str(REPO / "functions" / "main.py"), "--host", self.config.host,
-             "--port", str(self.config.webhooks_port)],
-            logs / "webhooks.log", marker="functions_framework", env=env,
-        )
-        self._children.append(("webhooks", webhooks, webhooks_record.log_path))
+        # The CloudEvent functions, each behind a push subscription: ingest (soul-requests), webhooks (soul-events).
+        cloud_event_checks = []
+        for target, port, url in (("ingest", self.config.ingest_port, self.ingest_url),
+                                  ("webhooks", self.config.webhooks_port, self.webhooks_url)):
+            process, record = _process.spawn(
+                target,
+                [sys.executable, "-m", "functions_framework", "--target", target, "--signature-type", "cloudevent",
+                 "--source", str(REPO / "functions" / "main.py"), "--host", self.config.host, "--port", str(port)],
+                logs / f"{target}.log", marker="functions_framework", env=env,
+            )
+            self._children.append((target, process, record.log_path))
+            # A CloudEvent target answers a plain GET with an error status: any HTTP answer means it is up.
+            cloud_event_checks.append(ReadinessCheck(process, record, url, expect_status=None))
         runner, runner_record = _process.spawn(
             "gpu_runner", [sys.executable, "-m", "gpu_runner", "--warm"], logs / "gpu_runner.log",
             marker="gpu_runner", env={**env, **dict(self.config.runner_env)},
@@ -90,9 +87,7 @@ class DevStack:
         _process.wait_until_ready(
             [
                 ReadinessCheck(api, api_record, f"{self.base_url}/healthz"),
-                # A CloudEvent target answers a plain GET with an error status: any HTTP answer means it is up.
-                ReadinessCheck(ingest, ingest_record, self.ingest_url, expect_status=None),
-                ReadinessCheck(webhooks, webhooks_record, self.webhooks_url, expect_status=None),
+                *cloud_event_checks,
             ],
             timeout_s=60,
         )

@@ -50,6 +50,8 @@ def _query_parameters(model: type[BaseModel]) -> list[dict]:
             del prop["default"]
         description = prop.pop("description", None)
         param = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if prop.get("type") == "array":  # one comma-separated value (`a,b`): a repeated parameter is a 400
+            param.update(style="form", explode=False)
         if description:
             param["description"] = description
         params.append(param)

@@ -18,11 +18,10 @@ common case (a user takes a variant while the next one is already rendering) cos
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import timedelta
-
 import threading
 import time
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 import structlog
 from google.api_core import exceptions as gexc
@@ -43,7 +42,7 @@ from schemas.push import PrerenderDoc, PrerenderStats, WarmAnswer
 log = structlog.get_logger(__name__)
 
 WARM_POOL_USER = "warm-pool"  # requested_by of pre-render jobs
-Prerender = Callable[[PromptDoc, int], "JobDoc | None"]
+Prerender = Callable[[PromptDoc, int], JobDoc | None]
 _DEAD = (JobStatus.FAILED, JobStatus.CANCELED)
 
 
@@ -157,8 +156,8 @@ class WarmPool:
     def warm(self, pk: str, variants: int, existing: Sequence[VariantDoc], prerender: Prerender) -> WarmAnswer:
         """`POST /image/warm`: from now on keep `variants` ahead for this key; queue what is missing now."""
         if variants > self._settings.warm_pool_max_ahead:
-            raise InvalidInput(f"variants may be at most {self._settings.warm_pool_max_ahead} (SOUL_WARM_POOL_MAX_AHEAD)",
-                               field="variants")
+            limit = self._settings.warm_pool_max_ahead
+            raise InvalidInput(f"variants may be at most {limit} (SOUL_WARM_POOL_MAX_AHEAD)", field="variants")
         if not self._settings.warm_pool_enabled:
             raise InvalidInput("the warm pool is off in this deployment (SOUL_WARM_POOL_ENABLED)", field="variants")
         self._doc(pk).set({"pk": pk, "explicit_ahead": variants, "updated_at": utcnow()}, merge=True,

@@ -20,7 +20,14 @@ from functions.store import Store
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.jobs import TERMINAL_STATUSES, JobEvent, JobStatus
-from schemas.push import DEFAULT_WEBHOOK_EVENTS, Delivery, DeliveryDoc, WebhookDoc, WebhookEvent, WebhookOptions
+from schemas.push import (
+    DEFAULT_WEBHOOK_EVENTS,
+    Delivery,
+    DeliveryDoc,
+    WebhookDoc,
+    WebhookEvent,
+    WebhookOptions,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import os
 
-import flask
 import pytest
 from google.cloud import firestore
 
-from functions._clients import make_clients
-from functions.app import Api
-from functions.settings import FunctionsSettings
 from schemas import names
 from schemas._base import utcnow
-from tests.support import pull_all
+from tests.support import api_client_with, pull_all
 
 PENGUIN = {"soul_id": "nova", "cue": "penguin"}
 
@@ -25,14 +21,7 @@ def pool(emulator_stack, clean_firestore, drain_jobs, subscriber, monkeypatch):
     pull_all(subscriber, names.SUB_RUNNER_BACKGROUND, rounds=2)
 
     def make(**env: str):
-        monkeypatch.setenv("SOUL_WARM_POOL_ENABLED", "true")
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        settings = FunctionsSettings()
-        api = Api(settings, make_clients(settings.project_id))
-        app = flask.Flask("warm")
-        app.add_url_rule("/<path:path>", "all", lambda path: api(flask.request), methods=["GET", "POST", "DELETE"])
-        return app.test_client()
+        return api_client_with(monkeypatch, "warm", SOUL_WARM_POOL_ENABLED="true", **env)[1]
 
     return make
 

@@ -12,19 +12,16 @@ import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import flask
 import pytest
 from google.cloud import firestore
 from standardwebhooks import Webhook
 
-from functions._clients import make_clients
-from functions.app import Api
-from functions.settings import FunctionsSettings
 from functions.webhook_delivery import handle_event
 from schemas import names
 from schemas._base import utcnow
 from schemas.jobs import JobEvent, JobStatus, JobType
 from schemas.push import JobStarted
+from tests.support import api_client_with
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 ALPHA, BETA = {"X-API-Key": "alpha-key"}, {"X-API-Key": "beta-key"}
@@ -75,16 +72,9 @@ def receivers():
 
 
 def _app(monkeypatch, **env: str):
-    monkeypatch.setenv("SOUL_API_KEYS", "alpha-key,beta-key")
-    monkeypatch.setenv("SOUL_WEBHOOK_SECRET", SECRET)
-    monkeypatch.setenv("SOUL_WEBHOOK_BACKOFF_INITIAL_S", "0.05")
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    settings = FunctionsSettings()
-    api = Api(settings, make_clients(settings.project_id))
-    app = flask.Flask("webhooks")
-    app.add_url_rule("/<path:path>", "all", lambda path: api(flask.request), methods=["GET", "POST", "DELETE"])
-    return api.services, app.test_client()
+    api, client = api_client_with(monkeypatch, "webhooks", SOUL_API_KEYS="alpha-key,beta-key",
+                                  SOUL_WEBHOOK_SECRET=SECRET, SOUL_WEBHOOK_BACKOFF_INITIAL_S="0.05", **env)
+    return api.services, client
 
 
 @pytest.fixture
@@ -214,8 +204,8 @@ def test_runner_progress_events_are_throttled_and_reach_a_progress_webhook(local
 
     svc, client = local
     hook = receivers([200])
-    task_id = client.post("/image", json={**PENGUIN, "webhook": hook.url,
-                                          "webhook_events_filter": ["start", "progress"]}, headers=ALPHA).json["task_id"]
+    body = {**PENGUIN, "webhook": hook.url, "webhook_events_filter": ["start", "progress"]}
+    task_id = client.post("/image", json=body, headers=ALPHA).json["task_id"]
     pull_all(subscriber, names.SUB_EVENTS, rounds=2)
     job = svc.store.job(task_id)
     events = EventPublisher(pubsub_v1.PublisherClient(), os.environ["GCS_PROJECT_ID"], progress_interval_s=60)
