@@ -140,6 +140,10 @@ class Deliverer:
         final: dict[str, str] = {}
         for hook in self._registry.targets(out.job_id, out.event):
             doc = self._open(out, hook)
+            if doc.status == "pending" and self._out_of_time(doc):
+                # A redelivery (the function crashed or timed out mid-retries): the bound is from the first try.
+                self._finish(out, hook, "failed")
+                doc = doc.model_copy(update={"status": "failed"})
             if doc.status == "pending":
                 pending.append((hook, doc))
             final[hook.webhook_id] = doc.status
@@ -164,6 +168,10 @@ class Deliverer:
             self._sleep(delay)
             delay = min(delay * 2, self._policy.max_s)
         return final
+
+    def _out_of_time(self, doc: DeliveryDoc) -> bool:
+        started = doc.first_attempt_at
+        return started is not None and (utcnow() - started).total_seconds() > self._policy.budget_s
 
     def _attempt(self, out: Outgoing, hook: WebhookDoc, doc: DeliveryDoc) -> str:
         """One POST; the delivery's status after it: delivered, failed (for good) or pending (retry)."""

@@ -239,3 +239,32 @@ def test_ingest_bodies_carry_webhooks_too(local, receivers):
     refused = handle_message(svc, {"attributes": {"type": "image"},
                                    "data": base64.b64encode(json.dumps(unsafe).encode()).decode()}, "m-2")
     assert not refused.accepted and refused.error.field == "webhook"
+
+
+def test_a_redelivered_event_past_the_bound_is_given_up_without_sending(local, receivers):
+    from datetime import timedelta
+
+    svc, client = local
+    hook = receivers([500])
+    task_id = client.post("/image", json={**PENGUIN, "webhook": hook.url}, headers=ALPHA).json["task_id"]
+    message = finish(task_id)
+    svc_short = _app_services_with_budget(svc, 0.2)
+    assert list(handle_event(svc_short, message).values()) == ["failed"]
+    sent = len(hook.calls)
+    # The same delivery, left pending by a crash an hour ago: a redelivery must not start the bound again.
+    [hook_doc] = db_hooks(task_id)
+    delivery = hook_doc.reference.collection(names.DELIVERIES).document("completed")
+    delivery.update({"status": "pending", "first_attempt_at": utcnow() - timedelta(hours=1)})
+    assert list(handle_event(svc, message).values()) == ["failed"]
+    assert len(hook.calls) == sent
+
+
+def _app_services_with_budget(svc, budget_s: float):
+    from dataclasses import replace
+
+    return replace(svc, settings=svc.settings.model_copy(update={"webhook_retry_budget_s": budget_s}))
+
+
+def db_hooks(job_id: str) -> list:
+    db = firestore.Client(project=os.environ["GCS_PROJECT_ID"])
+    return list(db.collection(names.JOBS).document(job_id).collection(names.WEBHOOKS).stream())
