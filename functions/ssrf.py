@@ -25,6 +25,10 @@ class UnsafeTarget(ValueError):
     """The URL may not be called: the message says why, for the caller and the delivery record."""
 
 
+class LookupFailed(OSError):
+    """The name did not resolve now; unlike an unsafe target, worth another try."""
+
+
 @dataclass(frozen=True)
 class Target:
     """A vetted URL: connect to `ip`, send `host` in Host and SNI."""
@@ -39,8 +43,10 @@ class Target:
 def system_resolver(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UnsafeTarget(f"the host '{host}' does not resolve") from exc
+    except UnicodeError as exc:
+        raise UnsafeTarget(f"the host '{host}' is not a valid name") from exc
+    except socket.gaierror as exc:
+        raise LookupFailed(f"the host '{host}' does not resolve: {exc}") from exc
     return [str(info[4][0]) for info in infos]
 
 

@@ -152,7 +152,7 @@ class Deliverer:
         while pending:
             retry: list[tuple[WebhookDoc, DeliveryDoc]] = []
             for hook, doc in pending:
-                status = self._attempt(out, hook, doc)
+                status, doc = self._attempt(out, hook, doc)
                 final[hook.webhook_id] = status
                 if status == "pending":
                     retry.append((hook, doc))
@@ -173,8 +173,9 @@ class Deliverer:
         started = doc.first_attempt_at
         return started is not None and (utcnow() - started).total_seconds() > self._policy.budget_s
 
-    def _attempt(self, out: Outgoing, hook: WebhookDoc, doc: DeliveryDoc) -> str:
-        """One POST; the delivery's status after it: delivered, failed (for good) or pending (retry)."""
+    def _attempt(self, out: Outgoing, hook: WebhookDoc, doc: DeliveryDoc) -> tuple[str, DeliveryDoc]:
+        """One POST; the delivery's status after it (delivered, failed for good, or pending: retry) and the
+        delivery as it now stands."""
         began = time.perf_counter()
         now = utcnow()
         code: int | None = None
@@ -190,19 +191,20 @@ class Deliverer:
             status = "delivered" if 200 <= code < 300 else "pending" if code in RETRY_STATUSES else "failed"
         except ssrf.UnsafeTarget as exc:
             error, status = f"refused: {exc}", "failed"
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (ssrf.LookupFailed, urllib3.exceptions.HTTPError, OSError) as exc:
             error, status = f"{type(exc).__name__}: {str(exc)[:200]}", "pending"
         attempt = DeliveryAttempt(at=now, status_code=code, error=error,
                                   duration_ms=round((time.perf_counter() - began) * 1000, 1))
         update: dict = {"attempts": firestore.ArrayUnion([firestore_dict(attempt)])}
         if doc.first_attempt_at is None:
             update["first_attempt_at"] = now
+            doc = doc.model_copy(update={"first_attempt_at": now})
         if status != "pending":
             update.update(status=status, finished_at=utcnow())
         self._ref(out.job_id, hook.webhook_id, out.key).update(update, **self._store.deadline)
         log.info("webhook_attempt", job_id=out.job_id, webhook_id=hook.webhook_id, event_type=out.event_type,
                  status_code=code, error=error, outcome=status)
-        return status
+        return status, doc
 
     def _finish(self, out: Outgoing, hook: WebhookDoc, status: str) -> None:
         self._ref(out.job_id, hook.webhook_id, out.key).update(
@@ -236,7 +238,9 @@ def outgoing(message: Mapping, job_data: Callable[[str], dict | None]) -> Outgoi
             return None
         key = "start" if isinstance(parsed, JobStarted) else f"progress-{parsed.seq}"
         view = {"task_id": job_id, **parsed.model_dump(mode="json", exclude={"job_id", "schema_version"})}
-    body = json.dumps({"type": event_type, "timestamp": utcnow().isoformat(), "data": view},
+    # The event's own time, so a redelivered event is the same message (the same body under the same webhook-id).
+    occurred = str(attributes.get("ce-time") or data.get("occurred_at") or utcnow().isoformat())
+    body = json.dumps({"type": event_type, "timestamp": occurred, "data": view},
                       separators=(",", ":")).encode()
     return Outgoing(job_id=job_id, event=kind, event_type=event_type, key=key, body=body)
 

@@ -100,3 +100,14 @@ def test_an_event_stream_sends_heartbeats_and_ends_at_its_maximum_duration():
     assert sum(f.startswith("event: update") or "\nevent: update" in f for f in frames) == 1  # nothing changed
     assert frames.count(": keepalive\n\n") == 3
     assert "event: timeout" in frames[-1] and now[0] == 10.0
+
+
+def test_a_name_that_does_not_resolve_now_is_a_lookup_failure_not_a_refusal(monkeypatch):
+    import socket
+
+    def fail(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    with pytest.raises(ssrf.LookupFailed):
+        ssrf.vet("https://hooks.example.com/", allow_loopback=False)
