@@ -5,8 +5,10 @@ very module as a process."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -58,6 +60,7 @@ class DevStack:
         env = {**os.environ, **self.emulators.env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.setdefault("SOUL_PUBLIC_BASE_URL", self.base_url)
         env.setdefault("SOUL_WEBHOOK_ALLOW_LOOPBACK", "true")  # local mode: webhooks may go to this machine
+        env.setdefault("SOUL_WEBHOOK_SECRET", _local_webhook_secret(self.emulators.state_dir))
         logs = self.emulators.state_dir / "logs"
         api, api_record = _process.spawn(
             "api",
@@ -117,6 +120,15 @@ class DevStack:
         return None
 
 
+def _local_webhook_secret(state_dir: Path) -> str:
+    """The local stack's webhook signing secret: made once per state folder, kept beside the emulators' state."""
+    path = state_dir / "webhook_secret"
+    if not path.exists():
+        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def main(port: int | None = None) -> int:
     api_port = port or int(os.environ.get("PORT", "8080"))
     config = DevStackConfig(port=api_port, ingest_port=int(os.environ.get("INGEST_PORT", api_port + 1)),
@@ -148,7 +160,8 @@ def _banner(stack: DevStack) -> str:
 Soul is running (tiny offline models; logs in {stack.emulators.state_dir / 'logs'}).
   api          {url}   (functions-framework, target api)
   ingest       {stack.ingest_url}   (CloudEvent target, pushed by the soul-requests subscription)
-  webhooks     {stack.webhooks_url}   (CloudEvent target, pushed by the soul-events-webhooks subscription)
+  webhooks     {stack.webhooks_url}   (CloudEvent target, pushed by the soul-events-webhooks subscription;
+               signing secret in {stack.emulators.state_dir / 'webhook_secret'} unless SOUL_WEBHOOK_SECRET is set)
   gpu_runner   python -m gpu_runner   (subscribed to soul-jobs)
   emulators    Pub/Sub {stack.emulators.env()['PUBSUB_EMULATOR_HOST']}, Firestore {stack.emulators.env()['FIRESTORE_EMULATOR_HOST']}, GCS {stack.emulators.env()['STORAGE_EMULATOR_HOST']}
 
