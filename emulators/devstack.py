@@ -9,8 +9,10 @@ End-to-end tests start this very module as a process."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,9 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 class DevStackConfig:
     port: int = 8080
     ingest_port: int = 8081  # the `ingest` CloudEvent function, pushed to by the soul-requests subscription
+    webhooks_port: int = 8082  # the `webhooks` CloudEvent function, pushed to by soul-events-webhooks
     host: str = "127.0.0.1"
     emulators: StackConfig = StackConfig(state_dir=Path(".soul/emulators"))
-    reconcile_port: int = 8082  # the `reconcile` function, called every reconcile_interval_s like Cloud Scheduler
+    reconcile_port: int = 8083  # the `reconcile` function, called every reconcile_interval_s like Cloud Scheduler
     runner_env: tuple[tuple[str, str], ...] = ()  # extra settings for the runner, e.g. short heartbeats in tests
     runners: int = 1  # fixed runners on the same subscription (ignored when autoscale is set)
     autoscale: AutoscalePolicy | None = None
@@ -68,17 +71,24 @@ class DevStack:
     def reconcile_url(self) -> str:
         return f"http://{self.config.host}:{self.config.reconcile_port}/"
 
+    @property
+    def webhooks_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.webhooks_port}/"
+
     def start(self) -> None:
         self.emulators.start()
-        self.emulators.provision(push_endpoint=self.ingest_url)
+        self.emulators.provision(push_endpoint=self.ingest_url, webhooks_endpoint=self.webhooks_url)
         # Clients outside the stack (the CLI, tests, a shell) find the stand-ins here and in stack.json.
         (self.emulators.state_dir / "env.json").write_text(json.dumps(self.emulators.env(), indent=2))
         detached.record(self.emulators, extra_env={"SOUL_API_URL": self.base_url})
         env = {**os.environ, **self.emulators.env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env.setdefault("SOUL_PUBLIC_BASE_URL", self.base_url)
+        env.setdefault("SOUL_WEBHOOK_ALLOW_LOOPBACK", "true")  # local mode: webhooks may go to this machine
+        env.setdefault("SOUL_WEBHOOK_SECRET", _local_webhook_secret(self.emulators.state_dir))
         checks = []
         for target, port, extra in (("api", self.config.port, []),
                                     ("ingest", self.config.ingest_port, ["--signature-type", "cloudevent"]),
+                                    ("webhooks", self.config.webhooks_port, ["--signature-type", "cloudevent"]),
                                     ("reconcile", self.config.reconcile_port, [])):
             popen, record = self.supervisor.add(
                 target,
@@ -156,7 +166,7 @@ class DevStack:
 
 
 def config_from_env(port: int | None = None) -> DevStackConfig:
-    """The `make run` knobs: PORT, INGEST_PORT, RECONCILE_PORT, RUNNERS, AUTOSCALE=MIN:MAX, AUTOSCALE_IDLE_S,
+    """The `make run` knobs: PORT, INGEST_PORT, WEBHOOKS_PORT, RECONCILE_PORT, RUNNERS, AUTOSCALE=MIN:MAX, AUTOSCALE_IDLE_S,
     RECONCILE_INTERVAL_S."""
     api_port = port or int(os.environ.get("PORT", "8080"))
     autoscale = None
@@ -170,11 +180,21 @@ def config_from_env(port: int | None = None) -> DevStackConfig:
     return DevStackConfig(
         port=api_port,
         ingest_port=int(os.environ.get("INGEST_PORT", api_port + 1)),
-        reconcile_port=int(os.environ.get("RECONCILE_PORT", api_port + 2)),
+        webhooks_port=int(os.environ.get("WEBHOOKS_PORT", api_port + 2)),
+        reconcile_port=int(os.environ.get("RECONCILE_PORT", api_port + 3)),
         runners=runners,
         autoscale=autoscale,
         reconcile_interval_s=float(os.environ.get("RECONCILE_INTERVAL_S", 15.0)),
     )
+
+
+def _local_webhook_secret(state_dir: Path) -> str:
+    """The local stack's webhook signing secret: made once per state folder, kept beside the emulators' state."""
+    path = state_dir / "webhook_secret"
+    if not path.exists():
+        path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(24)).decode() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
 
 
 def main(port: int | None = None) -> int:
@@ -212,6 +232,8 @@ Soul is running (tiny offline models; logs in {stack.emulators.state_dir / 'logs
   ingest       {stack.ingest_url}   (CloudEvent target, pushed by the soul-requests subscription)
   reconcile    {stack.reconcile_url}   (called every {stack.config.reconcile_interval_s:g} s, like Cloud Scheduler)
   gpu_runner   {_runners(stack)}   (python -m gpu_runner on soul-jobs, restarted if they die)
+  webhooks     {stack.webhooks_url}   (CloudEvent target, pushed by the soul-events-webhooks subscription;
+               signing secret in {stack.emulators.state_dir / 'webhook_secret'} unless SOUL_WEBHOOK_SECRET is set)
   emulators    Pub/Sub {stack.emulators.env()['PUBSUB_EMULATOR_HOST']}, Firestore {stack.emulators.env()['FIRESTORE_EMULATOR_HOST']}, GCS {stack.emulators.env()['STORAGE_EMULATOR_HOST']}
 
 Try:

@@ -18,8 +18,10 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransp
 from emulators.errors import EmulatorError
 from schemas import names
 
-TOPICS = (names.TOPIC_JOBS, names.TOPIC_JOBS_DEAD_LETTER, names.TOPIC_EVENTS, names.TOPIC_REQUESTS)
+TOPICS = (names.TOPIC_JOBS, names.TOPIC_JOBS_BACKGROUND, names.TOPIC_JOBS_DEAD_LETTER, names.TOPIC_EVENTS,
+          names.TOPIC_REQUESTS)
 RUNNER_ACK_DEADLINE_S = 60
+WEBHOOKS_ACK_DEADLINE_S = 600
 
 
 def publisher_client(target: str) -> pubsub_v1.PublisherClient:
@@ -39,13 +41,15 @@ def storage_client(endpoint: str, project_id: str) -> storage.Client:
     )
 
 
-def _runner_subscription(project_id: str, min_backoff_s: float, max_backoff_s: float) -> dict:
+def _runner_subscription(project_id: str, min_backoff_s: float, max_backoff_s: float,
+                         subscription: str = names.SUB_RUNNER, topic: str = names.TOPIC_JOBS) -> dict:
     """The runner's delivery policy: bounded attempts, then the dead-letter topic, with backoff between them.
     Zero backoffs mean no retry policy at all, i.e. immediate redelivery: the emulator rounds any retry
-    policy up to steps of about 2 s, which would make every dead-letter test wait 8 s or more."""
+    policy up to steps of about 2 s, which would make every dead-letter test wait 8 s or more. Both lanes
+    (interactive soul-jobs, background soul-jobs-background) get the same policy."""
     request = {
-        "name": f"projects/{project_id}/subscriptions/{names.SUB_RUNNER}",
-        "topic": f"projects/{project_id}/topics/{names.TOPIC_JOBS}",
+        "name": f"projects/{project_id}/subscriptions/{subscription}",
+        "topic": f"projects/{project_id}/topics/{topic}",
         "ack_deadline_seconds": RUNNER_ACK_DEADLINE_S,
         "dead_letter_policy": {
             "dead_letter_topic": f"projects/{project_id}/topics/{names.TOPIC_JOBS_DEAD_LETTER}",
@@ -68,14 +72,17 @@ def _pull_subscription(project_id: str, subscription: str, topic: str) -> dict:
     }
 
 
-def _ensure_push_subscription(subscriber: pubsub_v1.SubscriberClient, project_id: str, endpoint: str) -> None:
-    """Create the push subscription, or point an existing one at `endpoint` (the ingest function may have moved
+def _ensure_push_subscription(subscriber: pubsub_v1.SubscriberClient, project_id: str, endpoint: str,
+                              subscription: str = names.SUB_REQUESTS_PUSH, topic: str = names.TOPIC_REQUESTS,
+                              ack_deadline_s: int = 10) -> None:
+    """Create the push subscription, or point an existing one at `endpoint` (the function may have moved
     to another port since the last provisioning)."""
-    name = f"projects/{project_id}/subscriptions/{names.SUB_REQUESTS_PUSH}"
+    name = f"projects/{project_id}/subscriptions/{subscription}"
     push_config = {"push_endpoint": endpoint}
     try:
         subscriber.create_subscription(request={
-            "name": name, "topic": f"projects/{project_id}/topics/{names.TOPIC_REQUESTS}", "push_config": push_config,
+            "name": name, "topic": f"projects/{project_id}/topics/{topic}", "push_config": push_config,
+            "ack_deadline_seconds": ack_deadline_s,
         })
     except gexc.AlreadyExists:
         subscriber.modify_push_config(request={"subscription": name, "push_config": push_config})
@@ -88,8 +95,10 @@ def provision_pubsub(
     retry_min_backoff_s: float,
     retry_max_backoff_s: float,
     push_endpoint: str | None = None,
+    webhooks_endpoint: str | None = None,
 ) -> None:
-    """Topics and subscriptions of the pipeline on the emulator at `target` (host:port)."""
+    """Topics and subscriptions of the pipeline on the emulator at `target` (host:port). `push_endpoint` is the
+    ingest function (soul-requests), `webhooks_endpoint` the webhooks function (soul-events)."""
     if not 0 <= retry_min_backoff_s <= retry_max_backoff_s <= 600:
         raise EmulatorError(
             f"retry backoffs must satisfy 0 <= min <= max <= 600 s, got min={retry_min_backoff_s}, "
@@ -105,6 +114,8 @@ def provision_pubsub(
                 pass
         subscriptions = (
             _runner_subscription(project_id, retry_min_backoff_s, retry_max_backoff_s),
+            _runner_subscription(project_id, retry_min_backoff_s, retry_max_backoff_s,
+                                 names.SUB_RUNNER_BACKGROUND, names.TOPIC_JOBS_BACKGROUND),
             _pull_subscription(project_id, names.SUB_JOBS_DEAD_LETTER, names.TOPIC_JOBS_DEAD_LETTER),
             _pull_subscription(project_id, names.SUB_EVENTS, names.TOPIC_EVENTS),
         )
@@ -115,6 +126,10 @@ def provision_pubsub(
                 pass
         if push_endpoint is not None:
             _ensure_push_subscription(subscriber, project_id, push_endpoint)
+        if webhooks_endpoint is not None:
+            # The webhooks function retries each target itself within its budget: a long ack deadline.
+            _ensure_push_subscription(subscriber, project_id, webhooks_endpoint, names.SUB_EVENTS_WEBHOOKS,
+                                      names.TOPIC_EVENTS, ack_deadline_s=WEBHOOKS_ACK_DEADLINE_S)
     except gexc.GoogleAPICallError as exc:
         raise EmulatorError(f"provisioning Pub/Sub on {target} failed: {exc}") from exc
     finally:

@@ -81,9 +81,10 @@ class EmulatorStack:
             self.stop()
             raise
 
-    def provision(self, push_endpoint: str | None = None) -> None:
+    def provision(self, push_endpoint: str | None = None, webhooks_endpoint: str | None = None) -> None:
         """Topics, subscriptions, the bucket and the local signing key; safe to call again. With
-        `push_endpoint`, also the push subscription that feeds soul-requests to the ingest function."""
+        `push_endpoint`, also the push subscription that feeds soul-requests to the ingest function; with
+        `webhooks_endpoint`, the one that feeds soul-events to the webhooks function."""
         # Imported here: the google-cloud clients take a second to import, which `down`, `env` and unit
         # tests that merely import this package should not pay.
         from emulators import provision as _provision
@@ -95,6 +96,7 @@ class EmulatorStack:
             retry_min_backoff_s=self.config.retry_min_backoff_s,
             retry_max_backoff_s=self.config.retry_max_backoff_s,
             push_endpoint=push_endpoint,
+            webhooks_endpoint=webhooks_endpoint,
         )
         _provision.provision_bucket(self.gcs_endpoint, self.config.project_id, self.config.bucket)
         ensure_signing_key(self.state_dir, self.config.project_id)

@@ -111,6 +111,7 @@ class Api:
                                           f"is '{principal.role}'")
         if not endpoint.public:
             self._services.quotas.check_rate(principal.tenant)
+        flask.g.soul_principal = principal  # read by functions/tenancy.py (webhooks, warm pool)
         for param, pattern in endpoint.path_params.items():
             if not re.fullmatch(pattern, params[param]):
                 raise errors.InvalidInput(f"{param} is not well-formed (expected {pattern})", field=param)

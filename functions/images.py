@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from functions import estimates, keys
+from functions import estimates, keys, lanes
 from functions.auth import DEFAULT_TENANT, scoped_user
 from functions.errors import InvalidInput
 from functions.jobs import Interest, ensure_job
@@ -19,11 +19,13 @@ from functions.store import Store
 from functions.styles import StyleService
 from functions.usage import GpuUsage
 from functions.variants import choose_unseen, next_variant_index
+from functions.warm_pool import WARM_POOL_USER, WarmPool
 from schemas._base import utcnow
 from schemas.api import ImageQueued, ImageReady, Place, SelfieRequest, Variant
-from schemas.documents import PromptDoc, VariantDoc
+from schemas.documents import PromptDoc, Style, VariantDoc
+from schemas.push import WarmAnswer, WarmRequest
 from schemas.ids import new_ulid
-from schemas.jobs import ImageJobSpec, JobDoc, JobType
+from schemas.jobs import ImageJobSpec, JobDoc, JobLane, JobType
 
 @dataclass(frozen=True)
 class ImageAsk:
@@ -36,6 +38,7 @@ class ImageAsk:
     kind: str = "image"
     place: str | None = None
     tenant: str = DEFAULT_TENANT
+    lane: JobLane = JobLane.INTERACTIVE
 
 
 class ImageService:
@@ -48,6 +51,7 @@ class ImageService:
         settings: FunctionsSettings,
         defaults: estimates.EstimateDefaults,
         quotas: QuotaService,
+        warm_pool: WarmPool,
         usage: GpuUsage | None = None,
     ):
         self._store = store
@@ -58,6 +62,7 @@ class ImageService:
         self._defaults = defaults
         self._quotas = quotas
         self._usage = usage  # counts dedup hits for the GPU-seconds statistics
+        self._warm = warm_pool
 
     def selfie(self, request: SelfieRequest, tenant: str = DEFAULT_TENANT) -> ImageReady | ImageQueued:
         """A selfie is an image whose cue names a place chosen for the city and mood, fresh for this user."""
@@ -74,7 +79,7 @@ class ImageService:
         answer = self.request(
             ImageAsk(
                 soul_id=request.soul_id, cue=selfie_cue(place, city, request.mood), user_id=request.user_id,
-                kind="selfie", place=place.key, tenant=tenant,
+                kind="selfie", place=place.key, tenant=tenant, lane=request.lane,
             )
         )
         self._store.set_recent_places(user, remember(recent, place.key))
@@ -94,9 +99,12 @@ class ImageService:
         user = scoped_user(ask.tenant, ask.user_id)
         seen = self._store.seen_among(user, [v.variant_id for v in variants])
         unseen = choose_unseen(variants, seen)
+        self._warm.observe(pk, ask.kind, user)
         if unseen is not None:
             if self._usage is not None:
                 self._usage.record_dedup_hit()
+            left = sum(1 for v in variants if v.variant_id not in seen) - 1  # once this one is taken
+            self._warm.after_take(pk, unseen.variant_index, left, variants, self.prerender)
             return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
         index = next_variant_index(variants)
         if index == 0:
@@ -107,6 +115,18 @@ class ImageService:
                     style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now,
                 )
             )
+        job = self._ensure_variant_job(ask, pk, cue, style, index)
+        self._warm.after_join(pk, job, self.prerender)
+        return ImageQueued(
+            status=job.status,
+            task_id=job.job_id,
+            pk_id=pk,
+            status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",
+            estimated_seconds=estimates.image_seconds(self._store.runner_stats(), self._defaults),
+        )
+
+    def _ensure_variant_job(self, ask: ImageAsk, pk: str, cue: str, style: Style, index: int) -> JobDoc:
+        """The job making variant `index` of `pk` (created once, whoever asks first; promoted when waited on)."""
         spec = ImageJobSpec(
             soul_id=ask.soul_id,
             pk=pk,
@@ -129,17 +149,36 @@ class ImageService:
             lambda retry: JobDoc(
                 job_id=keys.image_job_id(pk, index, retry), type=JobType.IMAGE, request=spec,
                 requested_by=ask.user_id, soul_id=ask.soul_id, created_at=utcnow(), updated_at=utcnow(),
+                lane=ask.lane,
             ),
             Interest(ask.tenant, ask.user_id),
             admit=lambda: self._quotas.admit_job(ask.tenant, user_key=user, pk=pk),
         )
-        return ImageQueued(
-            status=job.status,
-            task_id=job.job_id,
-            pk_id=pk,
-            status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",
-            estimated_seconds=estimates.image_seconds(self._store.runner_stats(), self._defaults),
-        )
+        return lanes.promote_if_waited_on(self._store, self._publisher, job, ask.lane)
+
+    def prerender(self, prompt: PromptDoc, index: int) -> JobDoc | None:
+        """A background job for variant `index` of an image prompt key (the warm pool's renders); None when the
+        soul's style changed since (the key is then no longer the one users ask for)."""
+        style = self._styles.get(prompt.soul_id).style
+        if keys.style_fingerprint(style) != prompt.style_fingerprint or prompt.kind != "image":
+            return None
+        ask = ImageAsk(soul_id=prompt.soul_id, cue=prompt.cue, user_id=WARM_POOL_USER, lane=JobLane.BACKGROUND)
+        return self._ensure_variant_job(ask, prompt.pk, prompt.cue, style, index)
+
+    def warm(self, request: WarmRequest) -> WarmAnswer:
+        """`POST /image/warm`: keep `variants` fresh variants of this cue ahead, from now on."""
+        try:
+            cue = normalize_cue(request.cue)
+        except EmptyCueError as exc:
+            raise InvalidInput(str(exc), field="cue") from exc
+        style = self._styles.get(request.soul_id).style
+        pk = keys.prompt_key(kind="image", soul_id=request.soul_id, cue=cue, style=style,
+                             model_tag=self._settings.model_tag)
+        now = utcnow()
+        self._store.ensure_prompt(PromptDoc(pk=pk, kind="image", soul_id=request.soul_id, cue=cue,
+                                            style_fingerprint=keys.style_fingerprint(style), created_at=now,
+                                            updated_at=now))
+        return self._warm.warm(pk, request.variants, self._store.variants_of(pk), self.prerender)
 
     def variant_view(self, variant: VariantDoc) -> Variant:
         return variant_link(self._signer, variant)

@@ -2,7 +2,8 @@
 the same services as the HTTP API, with every outcome (accepted or rejected, with the reason) published on
 soul-events.
 
-A message carries the same JSON body as the HTTP endpoint; its `type` attribute says which (`image`, `selfie`, or
+A message carries the same JSON body as the HTTP endpoint (with `webhook`, `webhook_events_filter` and, for images,
+`lane`, as there); its `type` attribute says which (`image`, `selfie`, or
 `video` with the fields of /video/generate-from-variant; default `image`) and an optional `request_id`
 attribute correlates the outcome (else the message id). Bad input
 is answered with a rejection event and acknowledged: retrying cannot fix it. Backend outages raise, so Pub/Sub
@@ -22,12 +23,14 @@ from functions import errors
 from functions.app import parse_json
 from functions.images import ImageAsk
 from functions.services import Services
+from functions.tenancy import INGEST_TENANT
 from schemas import names
+from schemas.push import WebhookOptions
 from schemas.api import (
     ErrorDetail,
     ImageQueued,
     ImageReady,
-    ImageRequest,
+    ImageOrder,
     RequestOutcome,
     SelfieRequest,
     VideoAccepted,
@@ -41,8 +44,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def _image(svc: Services, body: BaseModel) -> ImageReady | ImageQueued:
-    assert isinstance(body, ImageRequest)
-    return svc.images.request(ImageAsk(soul_id=body.soul_id, cue=body.cue, user_id=body.user_id))
+    assert isinstance(body, ImageOrder)
+    return svc.images.request(ImageAsk(soul_id=body.soul_id, cue=body.cue, user_id=body.user_id, lane=body.lane))
 
 
 def _selfie(svc: Services, body: BaseModel) -> ImageReady | ImageQueued:
@@ -56,7 +59,7 @@ def _video(svc: Services, body: BaseModel) -> VideoAccepted:
 
 
 REQUEST_TYPES: Mapping[str, tuple[type[BaseModel], Callable[[Services, BaseModel], BaseModel]]] = {
-    "image": (ImageRequest, _image),
+    "image": (ImageOrder, _image),
     "selfie": (SelfieRequest, _selfie),
     "video": (VideoFromVariantQuery, _video),
 }
@@ -73,7 +76,12 @@ def handle_message(svc: Services, message: Mapping, message_id: str) -> RequestO
             raise errors.InvalidInput(f"unknown request type '{kind}'; valid: {', '.join(REQUEST_TYPES)}",
                                       field="type")
         model, serve = REQUEST_TYPES[kind]
-        answer = serve(svc, parse_json(model, _decode(message.get("data"))))
+        body = parse_json(model, _decode(message.get("data")))
+        if isinstance(body, WebhookOptions) and body.webhook:
+            svc.webhooks.check(body.webhook, INGEST_TENANT)
+        answer = serve(svc, body)
+        if isinstance(body, WebhookOptions):
+            svc.webhooks.attach(body, answer, INGEST_TENANT)
         outcome = RequestOutcome(request_id=request_id, type=kind, accepted=True, answer=answer)
     except errors.SoulError as exc:
         if exc.status >= 500:

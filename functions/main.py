@@ -1,4 +1,5 @@
-"""Entry points for functions-framework: `api` (HTTP) and `ingest` (CloudEvent, Pub/Sub soul-requests).
+"""Entry points for functions-framework: `api` (HTTP), `ingest` (CloudEvent, Pub/Sub soul-requests) and
+`webhooks` (CloudEvent, Pub/Sub soul-events: webhook deliveries).
 
 The process builds its settings, clients and services once, on the first call, never at import time, so tests
 and the emulators can point them anywhere first."""
@@ -20,6 +21,7 @@ from functions.auth import ConfigError, build_key_ring
 from functions.ingest import handle_message
 from functions.logs import configure_logging
 from functions.settings import FunctionsSettings
+from functions.webhook_delivery import handle_event
 
 _lock = threading.Lock()
 _api: Api | None = None
@@ -92,3 +94,9 @@ def reconcile(request: flask.Request) -> flask.Response:
     if report is None:
         return flask.jsonify({"status": "busy", "detail": "a pass is already running"}), 409
     return flask.jsonify({"status": "ok", **report.to_json()})
+
+
+@functions_framework.cloud_event
+def webhooks(event: CloudEvent) -> None:
+    data = event.data if isinstance(event.data, dict) else {}
+    handle_event(_get_api().services, data.get("message") or {})

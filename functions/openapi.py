@@ -51,6 +51,8 @@ def _query_parameters(model: type[BaseModel]) -> list[dict]:
             del prop["default"]
         description = prop.pop("description", None)
         param = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if prop.get("type") == "array":  # one comma-separated value (`a,b`): a repeated parameter is a 400
+            param.update(style="form", explode=False)
         if description:
             param["description"] = description
         params.append(param)
@@ -89,7 +91,12 @@ def _operation(ep: Endpoint, refs: dict) -> dict:
         }
     responses: dict = {}
     for status, model in ep.responses.items():
-        if model is None:
+        if model is None and ep.media_type == "text/event-stream":
+            responses[str(status)] = {
+                "description": "A stream of server-sent events (`update`, `end`, `timeout`, `error`).",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+        elif model is None:
             responses[str(status)] = {
                 "description": "Redirect to a signed URL.",
                 "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},

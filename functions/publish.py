@@ -1,4 +1,5 @@
-"""Pub/Sub adapter of the functions: hands jobs to the runner (soul-jobs) and outcomes to consumers (soul-events)."""
+"""Pub/Sub adapter of the functions: hands jobs to the runner (soul-jobs, or soul-jobs-background for the
+background lane: functions/lanes.py) and outcomes to consumers (soul-events)."""
 
 from __future__ import annotations
 
@@ -6,21 +7,24 @@ from google.api_core.retry import Retry
 from google.cloud import pubsub_v1
 
 from schemas import names
-from schemas.jobs import JobDoc, JobRequested
+from schemas.jobs import JobDoc, JobLane, JobRequested
 
 PUBLISH_TIMEOUT_S = 10.0
+# Which topic each lane's jobs go to (functions/lanes.py says why there are two).
+LANE_TOPICS = {JobLane.INTERACTIVE: names.TOPIC_JOBS, JobLane.BACKGROUND: names.TOPIC_JOBS_BACKGROUND}
 
 
 class Publisher:
     def __init__(self, client: pubsub_v1.PublisherClient, project_id: str):
         self._client = client
         self._jobs_topic = client.topic_path(project_id, names.TOPIC_JOBS)
+        self._lane_topics = {lane: client.topic_path(project_id, topic) for lane, topic in LANE_TOPICS.items()}
         self._events_topic = client.topic_path(project_id, names.TOPIC_EVENTS)
 
     def publish_job(self, job: JobDoc) -> str:
         message = JobRequested(job_id=job.job_id, type=job.type)
         future = self._client.publish(
-            self._jobs_topic,
+            self._lane_topics[JobLane(job.lane)],
             message.model_dump_json().encode(),
             job_id=job.job_id,
             type=str(message.type),

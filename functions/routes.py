@@ -15,17 +15,20 @@ import flask
 from google.api_core.retry import Retry
 from pydantic import BaseModel
 
-from functions import estimates
+from functions import estimates, sse
 from functions.auth import LOCAL, Principal, scoped_user
-from functions.errors import InvalidInput, NotFound
+from functions.errors import InvalidInput, NotFound, PermissionDenied
 from functions.images import ImageAsk
 from functions.services import Services
+from functions.tenancy import may_warm
+from functions.webhooks import registers_webhook
 from schemas._base import utcnow
 from schemas.api import (
     EstimateQuery,
     Health,
     ImageQueued,
     ImageReady,
+    ImageOrder,
     ImageRequest,
     Info,
     MarkSeenQuery,
@@ -52,7 +55,8 @@ from schemas.api import (
 )
 from schemas.documents import SeenDoc
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN
-from schemas.jobs import VideoResult
+from schemas.jobs import JobLane, VideoResult
+from schemas.push import WarmAnswer, WarmRequest
 
 
 @dataclass(frozen=True)
@@ -169,8 +173,9 @@ def _image_reply(answer: ImageReady | ImageQueued) -> Reply:
 def image(svc: Services, call: Call) -> Reply:
     ask = call.query if call.query is not None else call.body
     assert isinstance(ask, ImageRequest)
-    return _image_reply(svc.images.request(
-        ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id, tenant=call.principal.tenant)))
+    lane = ask.lane if isinstance(ask, ImageOrder) else JobLane.INTERACTIVE
+    return _image_reply(svc.images.request(ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id,
+                                                    tenant=call.principal.tenant, lane=lane)))
 
 
 def selfie(svc: Services, call: Call) -> Reply:
@@ -184,8 +189,10 @@ def mark_seen(svc: Services, call: Call) -> Reply:
     variant = svc.store.variant(query.variant_id)
     if variant is None:
         raise NotFound(f"no variant '{query.variant_id}'", field="variant_id")
+    user = scoped_user(call.principal.tenant, query.user_id)
     seen = SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
-    doc = svc.store.mark_seen(scoped_user(call.principal.tenant, query.user_id), seen)
+    doc = svc.store.mark_seen(user, seen)
+    svc.warm_pool.after_seen(user, variant, svc.images.prerender)
     return 200, Seen(variant_id=doc.variant_id, user_id=query.user_id, pk_id=doc.pk, soul_id=doc.soul_id,
                      seen_at=doc.seen_at)
 
@@ -236,7 +243,17 @@ def style_list(svc: Services, call: Call) -> Reply:
 
 
 def task_get(svc: Services, call: Call) -> Reply:
-    return 200, svc.tasks.get(call.path["task_id"], call.principal.tenant)
+    tenant = call.principal.tenant
+    task = svc.tasks.get(call.path["task_id"], tenant)
+    return 200, task.model_copy(update={"deliveries": svc.webhooks.deliveries(task.task_id, tenant)})
+
+
+def task_events(svc: Services, call: Call) -> Reply:
+    task_id, tenant = call.path["task_id"], call.principal.tenant
+    svc.tasks.get(task_id, tenant)  # 404 (the visibility rule of GET /tasks/{id}) before the stream opens
+    stream = sse.task_events(lambda: svc.tasks.get(task_id, tenant), svc.settings)
+    return flask.Response(stream, mimetype="text/event-stream",
+                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def task_cancel(svc: Services, call: Call) -> Reply:
@@ -249,7 +266,14 @@ def task_list(svc: Services, call: Call) -> Reply:
 
 
 def task_stats(svc: Services, call: Call) -> Reply:
-    return 200, svc.tasks.stats()
+    return 200, svc.tasks.stats().model_copy(update={"prerenders": svc.warm_pool.stats()})
+
+
+def image_warm(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.body, WarmRequest)
+    if not may_warm():
+        raise PermissionDenied("POST /image/warm needs an admin or batch key")
+    return 200, svc.images.warm(call.body)
 
 
 # ---- video -----------------------------------------------------------------------------------------------------
@@ -316,11 +340,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              {200: Me}),
     Endpoint("image_get", "GET", "/image", image, "An unseen variant of the cue for this user, or the job making one.",
              "image", {200: ImageReady, 202: ImageQueued}, query=ImageRequest),
-    Endpoint("image_post", "POST", "/image", image, "Same as GET /image, with a JSON body.", "image",
-             {200: ImageReady, 202: ImageQueued}, body=ImageRequest, creates_work=True),
-    Endpoint("selfie", "POST", "/image/selfie", selfie,
+    Endpoint("image_post", "POST", "/image", registers_webhook(image),
+             "Same as GET /image, with a JSON body; may add a webhook and ask for the background lane.", "image",
+             {200: ImageReady, 202: ImageQueued}, body=ImageOrder, creates_work=True),
+    Endpoint("selfie", "POST", "/image/selfie", registers_webhook(selfie),
              "A selfie of the soul at a place in the city that fits the mood, fresh for this user.", "image",
              {200: ImageReady, 202: ImageQueued}, body=SelfieRequest, creates_work=True),
+    Endpoint("image_warm", "POST", "/image/warm", image_warm,
+             "Keep `variants` unseen variants of a cue pre-rendered ahead, in the background lane (admin/batch).",
+             "image", {200: WarmAnswer}, body=WarmRequest, creates_work=True),
     Endpoint("mark_seen", "POST", "/image/mark-seen", mark_seen, "Mark a variant seen by a user (idempotent).",
              "image", {200: Seen}, query=MarkSeenQuery),
     Endpoint("variants", "GET", "/image/variants/<pk_id>", variants_of_pk, "All variants of a prompt key.",
@@ -342,6 +370,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "tasks", {200: TaskStats}),
     Endpoint("task_get", "GET", "/tasks/<task_id>", task_get, "A task's status, progress and result.", "tasks",
              {200: Task}, path_params=TASK),
+    Endpoint("task_events", "GET", "/tasks/<task_id>/events", task_events,
+             "Live progress as server-sent events (`update` on each change, `end` at a terminal state).", "tasks",
+             {200: None}, path_params=TASK, media_type="text/event-stream"),
     Endpoint("task_cancel", "DELETE", "/tasks/<task_id>", task_cancel,
              "Cancel your interest: queued tasks stop at once (200), running ones at their next step (202); a task "
              "another tenant still waits on goes on for it (200, canceled for you).", "tasks",
@@ -351,10 +382,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("video_estimate", "GET", "/video/estimate", video_estimate,
              "Estimated animation time, from measured runner pace when there is any.", "video",
              {200: VideoEstimate}, query=EstimateQuery),
-    Endpoint("video_from_variant", "POST", "/video/generate-from-variant", video_from_variant,
+    Endpoint("video_from_variant", "POST", "/video/generate-from-variant", registers_webhook(video_from_variant),
              "Animate a variant (GIF, MP4, WebP); the same request joins the same job.", "video",
              {200: VideoAccepted, 202: VideoAccepted}, query=VideoFromVariantQuery, creates_work=True),
-    Endpoint("video_generate", "POST", "/video/generate", video_generate,
+    Endpoint("video_generate", "POST", "/video/generate", registers_webhook(video_generate),
              "Animate the variant whose image object `image_path` names (no file paths, no URLs).", "video",
              {200: VideoAccepted, 202: VideoAccepted}, body=VideoGenerateRequest, creates_work=True),
     Endpoint("static_image", "GET", "/static/image/<filename>", static_image,

@@ -21,6 +21,8 @@ from functions.styles import StyleService
 from functions.tasks import TaskService
 from functions.usage import GpuUsage
 from functions.videos import VideoService
+from functions.warm_pool import WarmPool
+from functions.webhooks import WebhookRegistry
 from schemas import names
 
 
@@ -39,6 +41,8 @@ class Services:
     estimate_defaults: EstimateDefaults
     keys: KeyRing
     quotas: QuotaService
+    webhooks: WebhookRegistry
+    warm_pool: WarmPool
 
     def tenant_webhook_secret(self, tenant: str) -> str | None:
         """The webhook signing secret the keys file gives `tenant` (None: no webhooks for it)."""
@@ -80,6 +84,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
     styles = StyleService(clients.firestore, settings.backend_timeout_s, settings.style_clock_skew_s)
     usage = GpuUsage(store, ShardedCounter(clients.firestore, names.COUNTER_DEDUP_HITS, deadline=store.deadline))
     tasks = TaskService(store, signer, publisher, settings.public_base_url, usage=usage)
+    warm_pool = WarmPool(store, settings)
     return Services(
         settings=settings,
         clients=clients,
@@ -87,7 +92,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         publisher=publisher,
         signer=signer,
         styles=styles,
-        images=ImageService(store, styles, publisher, signer, settings, defaults, quotas, usage=usage),
+        images=ImageService(store, styles, publisher, signer, settings, defaults, quotas, warm_pool, usage=usage),
         tasks=tasks,
         videos=VideoService(store, publisher, tasks, settings, defaults, quotas),
         idempotency=IdempotencyStore(
@@ -96,4 +101,6 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         estimate_defaults=defaults,
         keys=keys,
         quotas=quotas,
+        webhooks=WebhookRegistry(store, publisher, settings, keys),
+        warm_pool=warm_pool,
     )

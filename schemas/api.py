@@ -11,6 +11,7 @@ from schemas._base import Contract, Reply
 from schemas.documents import Style
 from schemas.ids import SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
 from schemas.jobs import JobError, JobStatus, JobType
+from schemas.push import Delivery, LaneOption, PrerenderStats, WebhookOptions
 
 CUE_MAX_CHARS = 200
 
@@ -21,6 +22,10 @@ class ImageRequest(Contract):
     soul_id: str = Field(pattern=SOUL_ID_PATTERN, description="The soul to draw, e.g. `nova`.")
     cue: str = Field(min_length=1, max_length=CUE_MAX_CHARS, description="A short cue, e.g. `penguin`.")
     user_id: str = Field(pattern=USER_ID_PATTERN, description="The end user, as asserted by the calling backend.")
+
+
+class ImageOrder(ImageRequest, WebhookOptions, LaneOption):
+    """`POST /image` (and ingest `image` messages): the fields of GET /image, plus a webhook and a lane."""
 
 
 class Variant(Reply):
@@ -63,7 +68,7 @@ class ImageQueued(Reply):
     place: Place | None = None
 
 
-class SelfieRequest(Contract):
+class SelfieRequest(WebhookOptions, LaneOption):
     """`POST /image/selfie`."""
 
     soul_id: str = Field(pattern=SOUL_ID_PATTERN)
@@ -205,6 +210,7 @@ class Task(Reply):
         description="Queued tasks on `GET /tasks/{task_id}`: how many queued tasks of the same lane were created "
         "before this one (0: next). None when not queued, and in listings.",
     )
+    deliveries: list[Delivery] = Field(default_factory=list, description="This tenant's webhook deliveries.")
 
 
 class TaskPage(Reply):
@@ -240,6 +246,7 @@ class TaskStats(Reply):
     durations: dict[str, DurationStats]
     sample_size: int
     gpu: GpuStats | None = None
+    prerenders: PrerenderStats | None = None  # the warm pool's pre-renders: made vs. delivered
 
 
 class EstimateQuery(Contract):
@@ -289,7 +296,7 @@ class Health(Reply):
     checks: dict[str, str] = {}
 
 
-class VideoFromVariantQuery(Contract):
+class VideoFromVariantQuery(WebhookOptions):
     """`POST /video/generate-from-variant?variant_id&num_frames&generate_gif` (the original app's query form)."""
 
     variant_id: str = Field(pattern=VARIANT_ID_PATTERN)
@@ -298,7 +305,7 @@ class VideoFromVariantQuery(Contract):
     user_id: str | None = Field(default=None, pattern=USER_ID_PATTERN, description="For /tasks filters.")
 
 
-class VideoGenerateRequest(Contract):
+class VideoGenerateRequest(WebhookOptions):
     """`POST /video/generate`: `image_path` names an image object of this project's bucket that belongs to a
     variant, as `images/{soul_id}/{pk_id}/{variant_id}.png` or `gs://{bucket}/images/...`. Nothing else is read."""
 

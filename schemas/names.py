@@ -17,6 +17,9 @@ COUNTERS = "counters"  # counters/{name}/shards/{n}: sharded counters, summed on
 COUNTER_SHARDS = "shards"
 COUNTER_DEDUP_HITS = "image_dedup_hits"  # image requests answered with an existing variant
 JOB_HEADS = "job_heads"  # job_heads/{first job id}: which retry of that work is current, which retries failed
+WEBHOOKS = "webhooks"  # jobs/{job_id}/webhooks/{webhook_id}: one requester's webhook
+WARM_POOL = "warm_pool"  # warm_pool/{pk} (+ /askers/{user}, /prerenders/{variant_index}): functions/warm_pool.py
+DELIVERIES = "deliveries"  # jobs/{job_id}/webhooks/{webhook_id}/deliveries/{key}: attempts of one event
 
 # Pub/Sub topics.
 TOPIC_JOBS = "soul-jobs"  # the interactive lane: a user is waiting
@@ -42,6 +45,8 @@ EVENT_SOURCE_FUNCTIONS = "//soul/functions"
 EVENT_JOB_SUCCEEDED = "soul.job.succeeded"
 EVENT_JOB_FAILED = "soul.job.failed"
 EVENT_JOB_CANCELED = "soul.job.canceled"
+EVENT_JOB_STARTED = "soul.job.started"  # data: schemas.push.JobStarted
+EVENT_JOB_PROGRESS = "soul.job.progress"  # data: schemas.push.JobProgress (throttled)
 EVENT_REQUEST_ACCEPTED = "soul.request.accepted"
 EVENT_REQUEST_REJECTED = "soul.request.rejected"
 

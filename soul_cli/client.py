@@ -105,6 +105,19 @@ class SoulClient:
                 return
             cursor = page.next_cursor
 
+    def open_events(self, task_id: str, read_timeout_s: float) -> requests.Response:
+        """`GET /tasks/{id}/events`, streamed (soul_cli/events.py reads it); ApiError when it is not a stream."""
+        url = f"{self.api_url}/tasks/{_segment(task_id)}/events"
+        try:
+            response = self._session.get(url, stream=True, timeout=(min(5.0, self._timeout_s), read_timeout_s),
+                                         headers={"Accept": "text/event-stream"})
+        except requests.RequestException as exc:
+            raise ApiUnreachable(f"cannot reach the Soul API at {self.api_url}: {_reason(exc)}") from None
+        if response.status_code != 200 or not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            response.close()
+            raise ApiError(response.status_code, "no_event_stream", "the API offers no event stream here")
+        return response
+
     # ---- transport ---------------------------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, *, params: dict | None = None, json: dict | None = None) -> tuple[int, Any]:

@@ -1,4 +1,5 @@
-"""Following a task to its end: polls `GET /tasks/{id}` and shows progress, stage and the API's ETA, as a rich
+"""Following a task to its end: its server-sent events when the API offers them (soul_cli/events.py), else
+(or after the stream ends early) polls `GET /tasks/{id}`; shows progress, stage and the API's ETA, as a rich
 progress bar on a terminal and as one line per change elsewhere (CI logs, pipes). Answers that mean "busy or
 briefly down" are polled through; everything else ends the wait."""
 
@@ -12,8 +13,10 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn
 from soul_cli import render
 from soul_cli.client import SoulClient
 from soul_cli.errors import CliError, StillRunning
+from soul_cli.events import task_updates
 from schemas.api import Task
 from schemas.jobs import TERMINAL_STATUSES
+from schemas.push import TaskUpdate
 
 
 def wait_for_task(
@@ -25,6 +28,13 @@ def wait_for_task(
     shown: tuple[str, str] | None = None
     with _progress_bar(console) as progress:
         bar = progress.add_task(task_id, total=1.0, stage="queued", eta="?")
+        for update in task_updates(client, task_id, read_timeout_s=max(0.1, min(30.0, timeout_s))):
+            progress.update(bar, completed=update.progress, stage=update.stage, eta=render.eta(update.eta_seconds))
+            if not console.is_terminal and (update.status, update.stage) != shown:
+                shown = (update.status, update.stage)
+                console.print(_status_line(update), markup=False, highlight=False)
+            if update.status in TERMINAL_STATUSES or time.monotonic() >= deadline:
+                break  # the final view (signed result) comes from GET /tasks/{id} below
         while True:
             try:
                 task = client.task(task_id)
@@ -63,5 +73,5 @@ def _progress_bar(console: Console) -> Progress:
     )
 
 
-def _status_line(task: Task) -> str:
+def _status_line(task: Task | TaskUpdate) -> str:
     return f"{task.task_id}: {task.status}, {task.stage}, {task.progress:.0%}, ETA {render.eta(task.eta_seconds)}"

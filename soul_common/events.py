@@ -4,11 +4,15 @@ Also re-publishes job messages for the reconciler. Shared by the runner and the 
 
 from __future__ import annotations
 
+import threading
+import time
+
 from google.cloud import pubsub_v1
 
 from schemas import names
 from schemas._base import utcnow
 from schemas.jobs import JobDoc, JobEvent, JobLane, JobStatus
+from schemas.push import JobProgress, JobStarted
 
 EVENT_TYPES = {
     JobStatus.SUCCEEDED: names.EVENT_JOB_SUCCEEDED,
@@ -16,12 +20,17 @@ EVENT_TYPES = {
     JobStatus.CANCELED: names.EVENT_JOB_CANCELED,
 }
 PUBLISH_TIMEOUT_S = 30.0
+PROGRESS_INTERVAL_S = 2.0
 
 
 class EventPublisher:
-    def __init__(self, client: pubsub_v1.PublisherClient, project_id: str, timeout_s: float = PUBLISH_TIMEOUT_S):
+    def __init__(self, client: pubsub_v1.PublisherClient, project_id: str, timeout_s: float = PUBLISH_TIMEOUT_S,
+                 progress_interval_s: float = PROGRESS_INTERVAL_S):
         self._client = client
         self._timeout = timeout_s
+        self._progress_interval_s = progress_interval_s
+        self._progress_lock = threading.Lock()
+        self._progress_sent: dict[str, tuple[float, int]] = {}  # job id -> (monotonic time, seq) of the last one
         self._events = client.topic_path(project_id, names.TOPIC_EVENTS)
         self._jobs = client.topic_path(project_id, names.TOPIC_JOBS)
         self._jobs_background = client.topic_path(project_id, names.TOPIC_JOBS_BACKGROUND)
@@ -35,17 +44,44 @@ class EventPublisher:
             )
         )
 
+    def job_started(self, job: JobDoc) -> None:
+        """`soul.job.started` (id `{job_id}:started`), for webhooks that asked for `start`."""
+        event = JobStarted(job_id=job.job_id, type=job.type, lane=job.lane, occurred_at=utcnow())
+        self._publish_cloud_event(names.EVENT_JOB_STARTED, f"{job.job_id}:started", event.model_dump_json().encode(),
+                                  event.occurred_at.isoformat())
+
+    def job_progress(self, job: JobDoc, progress: float, stage: str, eta: float | None) -> bool:
+        """Publish progress unless one went out for this job less than `progress_interval_s` ago (the last
+        step, progress 1.0, always goes). True when published."""
+        now = time.monotonic()
+        with self._progress_lock:
+            last_at, last_seq = self._progress_sent.get(job.job_id, (float("-inf"), -1))
+            if progress < 1.0 and now - last_at < self._progress_interval_s:
+                return False
+            seq = last_seq + 1
+            self._progress_sent[job.job_id] = (now, seq)
+            if progress >= 1.0:
+                self._progress_sent.pop(job.job_id, None)
+        event = JobProgress(job_id=job.job_id, type=job.type, seq=seq, progress=min(max(progress, 0.0), 1.0),
+                            stage=stage, eta_seconds=eta, occurred_at=utcnow())
+        self._publish_cloud_event(names.EVENT_JOB_PROGRESS, f"{job.job_id}:progress:{seq}",
+                                  event.model_dump_json().encode(), event.occurred_at.isoformat())
+        return True
+
     def publish(self, event: JobEvent) -> None:
-        status = JobStatus(event.status)
+        self._publish_cloud_event(EVENT_TYPES[JobStatus(event.status)], event.job_id,
+                                  event.model_dump_json().encode(), event.occurred_at.isoformat())
+
+    def _publish_cloud_event(self, event_type: str, event_id: str, data: bytes, time_iso: str) -> None:
         attributes = {
             "ce-specversion": "1.0",
-            "ce-type": EVENT_TYPES[status],
+            "ce-type": event_type,
             "ce-source": names.EVENT_SOURCE_RUNNER,
-            "ce-id": event.job_id,
-            "ce-time": event.occurred_at.isoformat(),
+            "ce-id": event_id,
+            "ce-time": time_iso,
             "content-type": "application/json",
         }
-        self._client.publish(self._events, event.model_dump_json().encode(), **attributes).result(self._timeout)
+        self._client.publish(self._events, data, **attributes).result(self._timeout)
 
     def republish_job(self, data: bytes, job_id: str, job_type: str, lane: str = JobLane.INTERACTIVE) -> None:
         """Publish a job's message again, on its lane's topic."""

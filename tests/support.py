@@ -29,3 +29,21 @@ def pull_all(subscriber, subscription: str, *, rounds: int = 2, ack: bool = True
                 request={"subscription": path, "ack_ids": [m.ack_id for m in response.received_messages]}
             )
     return messages
+
+
+def api_client_with(monkeypatch, name: str, **env: str):
+    """A test client of a fresh `api` (its own settings from `env`, set with monkeypatch), for tests that need
+    settings other than the session's app."""
+    import flask
+
+    from functions._clients import make_clients
+    from functions.app import Api
+    from functions.settings import FunctionsSettings
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = FunctionsSettings()
+    api = Api(settings, make_clients(settings.project_id))
+    app = flask.Flask(name)
+    app.add_url_rule("/<path:path>", "all", lambda path: api(flask.request), methods=["GET", "POST", "DELETE"])
+    return api, app.test_client()

@@ -16,18 +16,21 @@ import requests
 from emulators._process import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a test secret (the Standard Webhooks spec's example)
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("stack")
-    api_port, ingest_port, reconcile_port = free_ports("127.0.0.1", 3)
+    api_port, ingest_port, reconcile_port, webhooks_port = free_ports("127.0.0.1", 4)
     env = {
         **os.environ,
         "PORT": str(api_port),
         "INGEST_PORT": str(ingest_port),
         "RECONCILE_PORT": str(reconcile_port),
         "RECONCILE_INTERVAL_S": "2",
+        "WEBHOOKS_PORT": str(webhooks_port),
+        "SOUL_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "SOUL_MODEL_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "models"),
         # Slow the tiny model down to the catalog's step count so a job is visibly running for a while.
         "SOUL_TINY_MAX_STEPS": "30",
@@ -65,7 +68,7 @@ def stack(tmp_path_factory):
     finally:
         log.close()
     # Everything it started is gone: nothing listens on the stack's ports any more.
-    ports = [api_port, ingest_port, reconcile_port] + [
+    ports = [api_port, ingest_port, reconcile_port, webhooks_port] + [
         int(emulator_env[k].rsplit(":", 1)[1]) for k in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST",
                                                           "STORAGE_EMULATOR_HOST")
     ]

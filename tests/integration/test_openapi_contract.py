@@ -21,10 +21,11 @@ CASES: dict[str, int] = {}
 EXAMPLES_PER_OPERATION = 70
 # Rules a JSON Schema cannot state: a cue must keep a letter, digit or symbol after normalization, a cursor must
 # name a position the list gave out, a city and mood must be in the shipped catalog, an image_path must name a
-# known variant's image. Schema-valid requests may
+# known variant's image, a webhook must be callable (a public https address, and a signing secret configured), a
+# warm pool's `variants` within the deployment's bound (and the pool on). Schema-valid requests may
 # get a 400 for these fields only; schemathesis' own positive-data check is replaced by this narrower one.
 # An `updated_at` of a style may not lie further in the future than the allowed clock skew (issue 8).
-SEMANTIC_400_FIELDS = {"cue", "cursor", "city_key", "mood", "image_path", "updated_at"}
+SEMANTIC_400_FIELDS = {"cue", "cursor", "city_key", "mood", "image_path", "updated_at", "webhook", "variants"}
 TENANT_CASES: dict[str, int] = {}
 ADMIN_KEY, CLIENT_KEY = "contract-admin-key-0001", "contract-client-key-001"
 

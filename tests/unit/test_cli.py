@@ -340,7 +340,7 @@ def test_the_api_key_is_sent_as_a_bearer_token_on_every_request(api):
     result = soul(api, "image", "nova", "penguin", "--user", "user123", *FAST, env={"SOUL_API_KEY": "s3cret"})
 
     assert result.exit_code == ExitCode.OK, result.output
-    assert len(api.requests) == 3
+    assert len(api.requests) == 4  # /image, the event stream it tried first (404 here), two polls
     assert {r.headers.get("X-API-Key") for r in api.requests} == {"s3cret"}
 
 

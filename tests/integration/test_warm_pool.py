@@ -1,0 +1,111 @@
+"""The warm pool against the emulators: demand (two users) makes the next variant pre-render in the background
+lane with its reason recorded; a user taking their last unseen variant queues the next before they ask; a
+pre-render a user later gets counts as delivered in /tasks/stats/summary; POST /image/warm and the per-key cap."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from google.cloud import firestore
+
+from schemas import names
+from schemas._base import utcnow
+from tests.support import api_client_with, pull_all
+
+PENGUIN = {"soul_id": "nova", "cue": "penguin"}
+
+
+@pytest.fixture
+def pool(emulator_stack, clean_firestore, drain_jobs, subscriber, monkeypatch):
+    pull_all(subscriber, names.SUB_RUNNER_BACKGROUND, rounds=2)
+
+    def make(**env: str):
+        return api_client_with(monkeypatch, "warm", SOUL_WARM_POOL_ENABLED="true", **env)[1]
+
+    return make
+
+
+def db() -> firestore.Client:
+    return firestore.Client(project=os.environ["GCS_PROJECT_ID"])
+
+
+def render(job_id: str) -> str:
+    """Finish an image job as the runner does: the variant document, the prompt's index, the job's result."""
+    job_ref = db().collection(names.JOBS).document(job_id)
+    spec = job_ref.get().to_dict()["request"]
+    now = utcnow()
+    variant = {"variant_id": spec["variant_id"], "pk": spec["pk"], "soul_id": spec["soul_id"],
+               "variant_index": spec["variant_index"], "object": names.image_object(spec["soul_id"], spec["pk"],
+                                                                                    spec["variant_id"]),
+               "width": 64, "height": 64, "seed": spec["seed"], "bytes": 10, "job_id": job_id, "cue": spec["cue"],
+               "created_at": now}
+    db().collection(names.VARIANTS).document(spec["variant_id"]).set(variant)
+    db().collection(names.PROMPTS).document(spec["pk"]).update(
+        {"variant_ids": firestore.ArrayUnion([spec["variant_id"]])})
+    job_ref.update({"status": "succeeded", "stage": "done", "progress": 1.0, "started_at": now, "finished_at": now})
+    return spec["variant_id"]
+
+
+def prerender_jobs() -> list[dict]:
+    jobs = [s.to_dict() for s in db().collection(names.JOBS).stream()]
+    return sorted((j for j in jobs if j["requested_by"] == "warm-pool"), key=lambda j: j["job_id"])
+
+
+def test_demand_pre_renders_the_next_variant_and_a_taken_pre_render_counts_as_delivered(pool, subscriber):
+    client = pool()
+    first = client.get("/image", query_string={**PENGUIN, "user_id": "ann"}).json
+    assert prerender_jobs() == []  # one user is no demand yet
+    second = client.get("/image", query_string={**PENGUIN, "user_id": "bob"}).json
+    assert second["task_id"] == first["task_id"]
+    [pre] = prerender_jobs()  # bob joined the job making variant 0: variant 1 is made ahead
+    pk = first["pk_id"]
+    assert pre["job_id"].endswith(f"{pk}-1") and pre["lane"] == "background"
+    [message] = pull_all(subscriber, names.SUB_RUNNER_BACKGROUND)
+    assert message.message.attributes["job_id"] == pre["job_id"]
+    record = db().collection(names.WARM_POOL).document(pk).collection("prerenders").document("1").get().to_dict()
+    assert "waits on variant 0" in record["reason"] and record["delivered"] is False
+
+    v0, v1 = render(first["task_id"]), render(pre["job_id"])
+    assert client.get("/image", query_string={**PENGUIN, "user_id": "ann"}).json["variant"]["variant_id"] == v0
+    assert len(prerender_jobs()) == 1  # ann still has variant 1 unseen
+    assert client.post(f"/image/mark-seen?variant_id={v0}&user_id=ann").status_code == 200
+    took = client.get("/image", query_string={**PENGUIN, "user_id": "ann"}).json
+    assert took["status"] == "ready" and took["variant"]["variant_id"] == v1  # no wait: it was pre-rendered
+    assert [j["job_id"][-2:] for j in prerender_jobs()] == ["-1", "-2"]  # her last unseen: the next is queued
+
+    stats = client.get("/tasks/stats/summary").json["prerenders"]
+    assert stats == {"made": 2, "delivered": 1, "waste_ratio": 0.5}
+
+
+def test_marking_the_last_unseen_variant_seen_queues_the_next(pool):
+    client = pool(SOUL_WARM_POOL_MIN_USERS="1")
+    task_id = client.get("/image", query_string={**PENGUIN, "user_id": "ann"}).json["task_id"]
+    [pre] = prerender_jobs()  # waiting on variant 0 (her last): variant 1 is made ahead
+    v0, v1 = render(task_id), render(pre["job_id"])
+    assert client.post(f"/image/mark-seen?variant_id={v0}&user_id=ann").status_code == 200
+    assert len(prerender_jobs()) == 1  # variant 1 still waits for her
+    assert client.post(f"/image/mark-seen?variant_id={v1}&user_id=ann").status_code == 200
+    assert [j["job_id"][-2:] for j in prerender_jobs()] == ["-1", "-2"]
+
+
+def test_explicit_warm_queues_ahead_within_the_bounds(pool, subscriber):
+    client = pool(SOUL_WARM_POOL_KEY_CAP_PER_DAY="2")
+    answer = client.post("/image/warm", json={"soul_id": "nova", "cue": "zebra", "variants": 3})
+    assert answer.status_code == 200, answer.json
+    assert len(answer.json["queued"]) == 2 and answer.json["ahead"] == 3  # the per-key cap stopped the third
+    assert len(pull_all(subscriber, names.SUB_RUNNER_BACKGROUND)) == 2
+    again = client.post("/image/warm", json={"soul_id": "nova", "cue": "zebra", "variants": 3}).json
+    assert again["queued"] == []  # in flight already, and capped
+    too_many = client.post("/image/warm", json={"soul_id": "nova", "cue": "zebra", "variants": 9})
+    assert too_many.status_code == 400 and too_many.json["error"]["field"] == "variants"
+    reasons = [s.to_dict()["reason"] for s in
+               db().collection(names.WARM_POOL).document(answer.json["pk_id"]).collection("prerenders").stream()]
+    assert reasons == ["POST /image/warm asked for 3 ahead"] * 2
+
+
+def test_the_pool_is_off_unless_enabled(api):
+    for user in ("ann", "bob", "cid"):
+        api.get("/image", query_string={**PENGUIN, "user_id": user})
+    assert prerender_jobs() == []
+    assert api.get("/tasks/stats/summary").json["prerenders"] == {"made": 0, "delivered": 0, "waste_ratio": None}

@@ -1,0 +1,270 @@
+"""Webhooks against the emulators with a local receiver: a requester's webhook becomes a record under the job,
+deliveries are signed per Standard Webhooks (verified with the `standardwebhooks` library), retried per target
+on 500 until success or the bound, every attempt listed by GET /tasks/{id} for its own tenant only, and unsafe
+targets are refused (at the request, or after DNS resolution at delivery) without sending a byte to them."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from google.cloud import firestore
+from standardwebhooks import Webhook
+
+from functions.webhook_delivery import handle_event
+from schemas import names
+from schemas._base import utcnow
+from schemas.jobs import JobEvent, JobStatus, JobType
+from schemas.push import JobStarted
+from tests.support import api_client_with
+
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+ALPHA, BETA = {"X-API-Key": "alpha-key"}, {"X-API-Key": "beta-key"}
+PENGUIN = {"soul_id": "nova", "cue": "penguin", "user_id": "user123"}
+
+
+class Receiver:
+    """A local webhook endpoint answering a scripted list of statuses (the last one repeats)."""
+
+    def __init__(self, statuses: list[int]):
+        self.statuses, self.calls = list(statuses), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.calls.append((dict(self.headers), body))
+                status = outer.statuses.pop(0) if len(outer.statuses) > 1 else outer.statuses[0]
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receivers():
+    made: list[Receiver] = []
+
+    def make(statuses: list[int]) -> Receiver:
+        made.append(Receiver(statuses))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.close()
+
+
+def _app(monkeypatch, **env: str):
+    api, client = api_client_with(monkeypatch, "webhooks", SOUL_API_KEYS="alpha-key,beta-key",
+                                  SOUL_WEBHOOK_SECRET=SECRET, SOUL_WEBHOOK_BACKOFF_INITIAL_S="0.05", **env)
+    return api.services, client
+
+
+@pytest.fixture
+def local(emulator_stack, clean_firestore, drain_jobs, monkeypatch):
+    return _app(monkeypatch, SOUL_WEBHOOK_ALLOW_LOOPBACK="true", SOUL_WEBHOOK_RETRY_BUDGET_S="5")
+
+
+def finish(job_id: str) -> dict:
+    """Finish the job as the runner would, and the soul-events message its completion publishes (push form)."""
+    db = firestore.Client(project=os.environ["GCS_PROJECT_ID"])
+    now = utcnow()
+    db.collection(names.JOBS).document(job_id).update(
+        {"status": "succeeded", "stage": "done", "progress": 1.0, "started_at": now, "finished_at": now})
+    event = JobEvent(job_id=job_id, type=JobType.IMAGE, status=JobStatus.SUCCEEDED, occurred_at=now)
+    return {"attributes": {"ce-type": names.EVENT_JOB_SUCCEEDED, "ce-id": job_id},
+            "data": base64.b64encode(event.model_dump_json().encode()).decode(), "messageId": "1"}
+
+
+def test_signed_delivery_retries_on_500_then_succeeds_and_is_listed_for_its_tenant_only(local, receivers):
+    svc, client = local
+    receiver = receivers([500, 200])
+    asked = client.post("/image", json={**PENGUIN, "webhook": receiver.url,
+                                        "webhook_events_filter": ["start", "completed"]}, headers=ALPHA)
+    assert asked.status_code == 202, asked.json
+    task_id = asked.json["task_id"]
+    # A second requester (another tenant) joins the same job with its own webhook: its own record.
+    other = receivers([200])
+    joined = client.post("/image", json={**PENGUIN, "user_id": "u2", "webhook": other.url}, headers=BETA)
+    assert joined.json["task_id"] == task_id
+
+    message = finish(task_id)
+    outcome = handle_event(svc, message)
+    assert sorted(outcome.values()) == ["delivered", "delivered"]
+    assert [len(receiver.calls), len(other.calls)] == [2, 1]
+    (first_headers, first_body), (headers, body) = receiver.calls
+    payload = Webhook(SECRET).verify(body, headers)  # the Standard Webhooks algorithm, from its own library
+    assert payload["type"] == "soul.job.succeeded" and payload["data"]["task_id"] == task_id
+    assert payload["data"]["status"] == "succeeded" and "user_id" not in payload["data"]
+    assert first_headers["webhook-id"] == headers["webhook-id"]  # a retry is the same message
+    assert headers["webhook-signature"].startswith("v1,")
+
+    handle_event(svc, message)  # Pub/Sub redelivers: a target already served is not sent it again
+    assert [len(receiver.calls), len(other.calls)] == [2, 1]
+
+    [delivery] = client.get(f"/tasks/{task_id}", headers=ALPHA).json["deliveries"]
+    assert delivery["url"] == receiver.url and delivery["status"] == "delivered" and delivery["event"] == "completed"
+    assert [a["status_code"] for a in delivery["attempts"]] == [500, 200]
+    [theirs] = client.get(f"/tasks/{task_id}", headers=BETA).json["deliveries"]
+    assert theirs["url"] == other.url
+
+
+def test_start_events_go_only_to_targets_that_asked_for_them(local, receivers):
+    svc, client = local
+    wants_start, completed_only = receivers([200]), receivers([200])
+    task_id = client.post("/image", json={**PENGUIN, "webhook": wants_start.url, "webhook_events_filter": ["start"]},
+                          headers=ALPHA).json["task_id"]
+    client.post("/image", json={**PENGUIN, "user_id": "u2", "webhook": completed_only.url}, headers=ALPHA)
+    started = JobStarted(job_id=task_id, type=JobType.IMAGE, occurred_at=utcnow())
+    handle_event(svc, {"attributes": {"ce-type": names.EVENT_JOB_STARTED, "ce-id": f"{task_id}:started"},
+                       "data": base64.b64encode(started.model_dump_json().encode()).decode()})
+    assert len(wants_start.calls) == 1 and completed_only.calls == []
+    assert Webhook(SECRET).verify(*reversed(wants_start.calls[0]))["data"]["status"] == "running"
+
+
+def test_gives_up_after_the_bound_without_resending_to_a_target_that_succeeded(
+        emulator_stack, clean_firestore, drain_jobs, monkeypatch, receivers):
+    svc, client = _app(monkeypatch, SOUL_WEBHOOK_ALLOW_LOOPBACK="true", SOUL_WEBHOOK_RETRY_BUDGET_S="0.4")
+    failing, fine = receivers([500]), receivers([200])
+    task_id = client.post("/image", json={**PENGUIN, "webhook": failing.url}, headers=ALPHA).json["task_id"]
+    client.post("/image", json={**PENGUIN, "webhook": fine.url, "user_id": "u2"}, headers=ALPHA)
+    outcome = handle_event(svc, finish(task_id))
+    assert sorted(outcome.values()) == ["delivered", "failed"]
+    assert 2 <= len(failing.calls) <= 6 and len(fine.calls) == 1
+    by_url = {d["url"]: d for d in client.get(f"/tasks/{task_id}", headers=ALPHA).json["deliveries"]}
+    assert by_url[failing.url]["status"] == "failed"
+    assert {a["status_code"] for a in by_url[failing.url]["attempts"]} == {500}
+    assert len(by_url[failing.url]["attempts"]) == len(failing.calls)
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/", "http://10.0.0.1/", "http://localhost:8080/hook",
+                                 "https://127.0.0.1/hook"])
+def test_unsafe_webhooks_are_refused_before_any_work(emulator_stack, clean_firestore, drain_jobs, monkeypatch, url):
+    svc, client = _app(monkeypatch, SOUL_WEBHOOK_ALLOW_LOOPBACK="false")
+    refused = client.post("/image", json={**PENGUIN, "webhook": url}, headers=ALPHA)
+    assert refused.status_code == 400 and refused.json["error"]["field"] == "webhook", refused.json
+    assert client.get("/tasks", headers=ALPHA).json["items"] == []
+
+
+def test_a_hostname_resolving_to_a_private_address_is_refused_at_delivery(emulator_stack, clean_firestore,
+                                                                        drain_jobs, monkeypatch):
+    svc, client = _app(monkeypatch, SOUL_WEBHOOK_ALLOW_LOOPBACK="false")
+    task_id = client.post("/image", json={**PENGUIN, "webhook": "https://hooks.example.com/in"},
+                          headers=ALPHA).json["task_id"]
+
+    def never(*args):
+        raise AssertionError("no traffic may go to a refused target")
+
+    outcome = handle_event(svc, finish(task_id), resolver=lambda host, port: ["10.20.30.40"], sender=never)
+    assert list(outcome.values()) == ["failed"]
+    [delivery] = client.get(f"/tasks/{task_id}", headers=ALPHA).json["deliveries"]
+    [attempt] = delivery["attempts"]  # refused for good: no retry
+    assert "private" in attempt["error"] and attempt["status_code"] is None
+
+
+def test_a_webhook_registered_after_the_job_finished_is_still_told(local, receivers, subscriber):
+    from tests.support import pull_all
+
+    svc, client = local
+    task_id = client.post("/image", json=PENGUIN, headers=ALPHA).json["task_id"]
+    finish(task_id)
+    pull_all(subscriber, names.SUB_EVENTS, rounds=2)
+    late = receivers([200])
+    client.post("/image", json={**PENGUIN, "user_id": "late", "webhook": late.url}, headers=ALPHA)
+    [message] = pull_all(subscriber, names.SUB_EVENTS, rounds=3)  # announced again, same CloudEvent id
+    assert message.message.attributes["ce-id"] == task_id
+    push = {"attributes": dict(message.message.attributes),
+            "data": base64.b64encode(message.message.data).decode()}
+    handle_event(svc, push)
+    assert len(late.calls) == 1
+
+
+def test_runner_progress_events_are_throttled_and_reach_a_progress_webhook(local, receivers, subscriber):
+    from google.cloud import pubsub_v1
+
+    from gpu_runner.events import EventPublisher
+    from tests.support import pull_all
+
+    svc, client = local
+    hook = receivers([200])
+    body = {**PENGUIN, "webhook": hook.url, "webhook_events_filter": ["start", "progress"]}
+    task_id = client.post("/image", json=body, headers=ALPHA).json["task_id"]
+    pull_all(subscriber, names.SUB_EVENTS, rounds=2)
+    job = svc.store.job(task_id)
+    events = EventPublisher(pubsub_v1.PublisherClient(), os.environ["GCS_PROJECT_ID"], progress_interval_s=60)
+    events.job_started(job)
+    sent = [events.job_progress(job, p, "denoise", 1.0) for p in (0.1, 0.2, 0.3)]
+    assert sent == [True, False, False]  # throttled
+    assert events.job_progress(job, 1.0, "upload", 0.0)  # the last step always goes
+    messages = pull_all(subscriber, names.SUB_EVENTS, rounds=3)
+    assert sorted(m.message.attributes["ce-id"] for m in messages) == sorted(
+        [f"{task_id}:started", f"{task_id}:progress:0", f"{task_id}:progress:1"])
+    for m in messages:
+        handle_event(svc, {"attributes": dict(m.message.attributes),
+                           "data": base64.b64encode(m.message.data).decode()})
+    kinds = sorted(json.loads(body)["type"] for _, body in hook.calls)
+    assert kinds == ["soul.job.progress", "soul.job.progress", "soul.job.started"]
+
+
+def test_ingest_bodies_carry_webhooks_too(local, receivers):
+    from functions.ingest import handle_message
+    from schemas.push import WebhookEvent
+
+    svc, _ = local
+    hook = receivers([200])
+    body = {**PENGUIN, "webhook": hook.url, "webhook_events_filter": ["completed"]}
+    outcome = handle_message(svc, {"attributes": {"type": "image"},
+                                   "data": base64.b64encode(json.dumps(body).encode()).decode()}, "m-1")
+    assert outcome.accepted, outcome
+    [target] = svc.webhooks.targets(outcome.answer.task_id, WebhookEvent.COMPLETED)
+    assert target.url == hook.url and target.tenant == "ingest"
+    unsafe = {**PENGUIN, "webhook": "https://169.254.169.254/"}
+    refused = handle_message(svc, {"attributes": {"type": "image"},
+                                   "data": base64.b64encode(json.dumps(unsafe).encode()).decode()}, "m-2")
+    assert not refused.accepted and refused.error.field == "webhook"
+
+
+def test_a_redelivered_event_past_the_bound_is_given_up_without_sending(local, receivers):
+    from datetime import timedelta
+
+    svc, client = local
+    hook = receivers([500])
+    task_id = client.post("/image", json={**PENGUIN, "webhook": hook.url}, headers=ALPHA).json["task_id"]
+    message = finish(task_id)
+    svc_short = _app_services_with_budget(svc, 0.2)
+    assert list(handle_event(svc_short, message).values()) == ["failed"]
+    sent = len(hook.calls)
+    # The same delivery, left pending by a crash an hour ago: a redelivery must not start the bound again.
+    [hook_doc] = db_hooks(task_id)
+    delivery = hook_doc.reference.collection(names.DELIVERIES).document("completed")
+    delivery.update({"status": "pending", "first_attempt_at": utcnow() - timedelta(hours=1)})
+    assert list(handle_event(svc, message).values()) == ["failed"]
+    assert len(hook.calls) == sent
+
+
+def _app_services_with_budget(svc, budget_s: float):
+    from dataclasses import replace
+
+    return replace(svc, settings=svc.settings.model_copy(update={"webhook_retry_budget_s": budget_s}))
+
+
+def db_hooks(job_id: str) -> list:
+    db = firestore.Client(project=os.environ["GCS_PROJECT_ID"])
+    return list(db.collection(names.JOBS).document(job_id).collection(names.WEBHOOKS).stream())
