@@ -68,3 +68,9 @@ class RunnerSettings(BaseSettings):
     reconcile_interval_seconds: float = Field(default=30.0, ge=0.5)
     unpublished_after_seconds: float = Field(default=30.0, ge=0.0)
     requeue_queued_after_seconds: float = Field(default=600.0, ge=1.0)
+
+    # Health responder (gpu_runner/health.py): off unless a port is set (the image sets 8080; 0 = any free port).
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    health_host: str = "127.0.0.1"
+    health_stale_after_seconds: float = Field(default=120.0, gt=0.0)
+    health_startup_grace_seconds: float = Field(default=900.0, gt=0.0)
