@@ -3,6 +3,9 @@ locals {
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",     # builds the functions' containers
     "cloudfunctions.googleapis.com", # Cloud Functions gen2 (Cloud Run functions)
+    "cloudkms.googleapis.com",       # the CMEK key (kms.tf)
+    "cloudresourcemanager.googleapis.com", # project IAM (enable it first by hand: README)
+    "cloudscheduler.googleapis.com", # the reconcile schedule
     "compute.googleapis.com",        # runner VMs
     "firestore.googleapis.com",
     "iam.googleapis.com",
@@ -12,6 +15,7 @@ locals {
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "secretmanager.googleapis.com",
+    "serviceusage.googleapis.com", # enabling the others (enable it first by hand: README)
     "storage.googleapis.com",
   ])
 }
