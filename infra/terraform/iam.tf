@@ -26,6 +26,16 @@ resource "google_pubsub_topic_iam_member" "api_publishes" {
   member = google_service_account.api.member
 }
 
+# /ready reads the metadata of the topics it publishes to (functions/publish.py ping: pubsub.topics.get), granted
+# on exactly those topics: publishing rights alone cannot tell a missing topic from a working one.
+resource "google_pubsub_topic_iam_member" "api_sees_topics" {
+  for_each = google_pubsub_topic_iam_member.api_publishes
+
+  topic  = each.value.topic
+  role   = "roles/pubsub.viewer"
+  member = google_service_account.api.member
+}
+
 resource "google_storage_bucket_iam_member" "api_reads_media" {
   bucket = google_storage_bucket.media.name
   role   = "roles/storage.objectViewer"
