@@ -11,7 +11,9 @@ locals {
     google_pubsub_subscription.events_webhooks_dead_letter.name,
   ]
   runner_subscription_names = [for lane, name in local.runner_subscriptions : name]
-  runner_subscriptions_filter = join(", ", [for name in local.runner_subscription_names : "\"${name}\""])
+  # Monitoring filters match several label values with a regular expression (names are [a-z-] only).
+  runner_subscriptions_filter = "monitoring.regex.full_match(\"${join("|", local.runner_subscription_names)}\")"
+  dead_letter_filter          = "monitoring.regex.full_match(\"${join("|", local.dead_letter_subscriptions)}\")"
   pubsub_metric = "pubsub.googleapis.com/subscription"
 }
 
@@ -74,7 +76,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
   conditions {
     display_name = "dead-letter backlog > 0"
     condition_threshold {
-      filter          = "resource.type = \"pubsub_subscription\" AND metric.type = \"${local.pubsub_metric}/num_undelivered_messages\" AND resource.label.subscription_id = one_of(${join(", ", [for s in local.dead_letter_subscriptions : "\"${s}\""])})"
+      filter          = "resource.type = \"pubsub_subscription\" AND metric.type = \"${local.pubsub_metric}/num_undelivered_messages\" AND resource.label.subscription_id = ${local.dead_letter_filter}"
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "60s"
@@ -98,7 +100,7 @@ resource "google_monitoring_alert_policy" "oldest_unacked" {
   conditions {
     display_name = "oldest unacked message age"
     condition_threshold {
-      filter          = "resource.type = \"pubsub_subscription\" AND metric.type = \"${local.pubsub_metric}/oldest_unacked_message_age\" AND resource.label.subscription_id = one_of(${local.runner_subscriptions_filter})"
+      filter          = "resource.type = \"pubsub_subscription\" AND metric.type = \"${local.pubsub_metric}/oldest_unacked_message_age\" AND resource.label.subscription_id = ${local.runner_subscriptions_filter}"
       comparison      = "COMPARISON_GT"
       threshold_value = var.alert_oldest_unacked_seconds
       duration        = "300s"
@@ -153,7 +155,7 @@ resource "google_monitoring_alert_policy" "no_runner_with_backlog" {
   conditions {
     display_name = "backlog > 0"
     condition_threshold {
-      filter          = "resource.type = \"pubsub_subscription\" AND metric.type = \"${local.pubsub_metric}/num_undelivered_messages\" AND resource.label.subscription_id = one_of(${local.runner_subscriptions_filter})"
+      filter          = "resource.type = \"pubsub_subscription\" AND metric.type = \"${local.pubsub_metric}/num_undelivered_messages\" AND resource.label.subscription_id = ${local.runner_subscriptions_filter}"
       comparison      = "COMPARISON_GT"
       threshold_value = 0
       duration        = "900s"
@@ -190,7 +192,7 @@ resource "google_monitoring_dashboard" "soul" {
         for i, w in [
           {
             title  = "Backlog per lane (undelivered jobs)"
-            filter = "resource.type = \"pubsub_subscription\" AND metric.type = \"${local.pubsub_metric}/num_undelivered_messages\" AND resource.label.subscription_id = one_of(${local.runner_subscriptions_filter})"
+            filter = "resource.type = \"pubsub_subscription\" AND metric.type = \"${local.pubsub_metric}/num_undelivered_messages\" AND resource.label.subscription_id = ${local.runner_subscriptions_filter}"
             align  = "ALIGN_MAX", reduce = "REDUCE_SUM", group = ["resource.label.subscription_id"]
           },
           {

@@ -111,7 +111,6 @@ resource "google_compute_instance_template" "runner" {
   }
 
   shielded_instance_config {
-    enable_secure_boot          = true # COS images are signed; the cos-extensions driver is signed too
     enable_vtpm                 = true
     enable_integrity_monitoring = true
   }
