@@ -19,6 +19,7 @@ import ast
 import fnmatch
 import re
 import sys
+import tomllib
 from pathlib import Path
 
 import hcl2
@@ -258,6 +259,13 @@ def check_image(root: Path) -> list[str]:
     for package in sorted((imported & first_party) | {"soul_common"}):
         if package not in copied:
             problems.append(f"the runner imports {package} (or must carry it), but runner.Dockerfile does not COPY it")
+    # `pip install /tmp/soul` installs only what [tool.setuptools.packages.find] includes: a package that is
+    # COPYed but not included would vanish with /tmp/soul. (A package not yet in the tree is left to the build.)
+    project = tomllib.loads((root / "pyproject.toml").read_text()) if (root / "pyproject.toml").is_file() else {}
+    include = project.get("tool", {}).get("setuptools", {}).get("packages", {}).get("find", {}).get("include", [])
+    for package in sorted(copied & first_party):
+        if (root / package).is_dir() and not any(fnmatch.fnmatch(package, pattern) for pattern in include):
+            problems.append(f"runner.Dockerfile COPYs {package}, but pyproject.toml's packages.find does not include it")
     if not re.search(r"FROM\s+--platform=linux/amd64\s", dockerfile):
         problems.append("runner.Dockerfile's base stage is not --platform=linux/amd64")
     if not re.search(r"ARG CUDA_BASE=nvidia/cuda:[\w.]+-base-", dockerfile):

@@ -35,8 +35,9 @@ def test_checkov_and_wiring_pass():
 @pytest.fixture
 def broken_copy(tmp_path):
     """A copy of what the wiring check reads, to break one thing in."""
-    for part in ("infra", "schemas", "gpu_runner"):
+    for part in ("infra", "schemas", "gpu_runner", "soul_cli"):
         shutil.copytree(REPO / part, tmp_path / part, ignore=shutil.ignore_patterns("build", "__pycache__", "configs"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
     return tmp_path
 
 
@@ -57,6 +58,8 @@ BREAKS = {
         'target = "soul-runner"', "the autoscaler does not target"),
     "a package the image COPYs left out by the ignore-file": (
         "infra/runner.Dockerfile.dockerignore", "!soul_cli/\n", "", "COPYs soul_cli, which"),
+    "a COPYed package the install leaves out": (
+        "pyproject.toml", '"soul_cli*"', '"soul_clix*"', "does not include it"),
     "project SSH keys allowed": (
         "infra/terraform/runner.tf", 'block-project-ssh-keys    = "TRUE"', 'block-project-ssh-keys    = "FALSE"',
         "block-project-ssh-keys"),
