@@ -1,12 +1,12 @@
 locals {
   services = toset([
     "artifactregistry.googleapis.com",
-    "cloudbuild.googleapis.com",     # builds the functions' containers
-    "cloudfunctions.googleapis.com", # Cloud Functions gen2 (Cloud Run functions)
-    "cloudkms.googleapis.com",       # the CMEK key (kms.tf)
+    "cloudbuild.googleapis.com",           # builds the functions' containers
+    "cloudfunctions.googleapis.com",       # Cloud Functions gen2 (Cloud Run functions)
+    "cloudkms.googleapis.com",             # the CMEK key (kms.tf)
     "cloudresourcemanager.googleapis.com", # project IAM (enable it first by hand: README)
-    "cloudscheduler.googleapis.com", # the reconcile schedule
-    "compute.googleapis.com",        # runner VMs
+    "cloudscheduler.googleapis.com",       # the reconcile schedule
+    "compute.googleapis.com",              # runner VMs
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com", # signBlob: V4 signed URLs without a key file

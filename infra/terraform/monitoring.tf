@@ -5,16 +5,18 @@
 
 locals {
   runner_log_filter = "resource.type=\"gce_instance\" AND jsonPayload.message=\"job_finished\""
+  pubsub_metric     = "pubsub.googleapis.com/subscription"
+
   dead_letter_subscriptions = [
     google_pubsub_subscription.jobs_dead_letter.name,
     google_pubsub_subscription.requests_dead_letter.name,
     google_pubsub_subscription.events_webhooks_dead_letter.name,
   ]
   runner_subscription_names = [for lane, name in local.runner_subscriptions : name]
+
   # Monitoring filters match several label values with a regular expression (names are [a-z-] only).
   runner_subscriptions_filter = "monitoring.regex.full_match(\"${join("|", local.runner_subscription_names)}\")"
   dead_letter_filter          = "monitoring.regex.full_match(\"${join("|", local.dead_letter_subscriptions)}\")"
-  pubsub_metric = "pubsub.googleapis.com/subscription"
 }
 
 resource "google_logging_metric" "jobs_finished" {
