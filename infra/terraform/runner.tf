@@ -219,7 +219,7 @@ resource "google_compute_region_autoscaler" "runner" {
       for_each = local.runner_subscriptions
       content {
         name                       = "pubsub.googleapis.com/subscription/num_undelivered_messages"
-        filter                     = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = \"${metric.value}\""
+        filter                     = "resource.type = \"pubsub_subscription\" AND resource.label.subscription_id = \"${metric.value}\""
         single_instance_assignment = var.runner_gpus_per_vm
       }
     }
