@@ -26,6 +26,14 @@ import hcl2
 
 REF = re.compile(r"(?<![\w.])(data\.[a-z0-9_]+\.[a-z0-9_-]+|var\.[a-z0-9_]+|local\.[a-z0-9_]+|google_[a-z0-9_]+\.[a-z0-9_]+)")
 PROBER_RANGES = {"35.191.0.0/16", "130.211.0.0/22"}
+SKIP = re.compile(r"#\s*checkov:skip=([A-Z0-9_]+)(?::(.*))?")
+# checkov checks that must pass, never be skipped: public access, encryption, IAM breadth, SSH keys, public IPs.
+MUST_PASS = {
+    "CKV_GCP_32", "CKV_GCP_40", "CKV_GCP_38",  # project SSH keys, public IPs, disk encryption
+    "CKV_GCP_28", "CKV_GCP_29", "CKV_GCP_114",  # bucket public access, uniform access, public access prevention
+    "CKV_GCP_83", "CKV_GCP_84",  # CMEK on topics and the image repository
+    "CKV_GCP_41", "CKV_GCP_42", "CKV_GCP_44", "CKV_GCP_45", "CKV_GCP_46", "CKV_GCP_49",  # IAM breadth
+}
 BACKLOG_METRIC = "pubsub.googleapis.com/subscription/num_undelivered_messages"
 
 
@@ -273,6 +281,21 @@ def check_image(root: Path) -> list[str]:
     return problems
 
 
+def check_skips(root: Path) -> list[str]:
+    problems = []
+    for path in sorted([*(root / "infra").rglob("*.tf"), root / "infra" / "runner.Dockerfile"]):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = SKIP.search(line)
+            if not match:
+                continue
+            where = f"{path.relative_to(root).as_posix()}:{number}"
+            if match.group(1) in MUST_PASS:
+                problems.append(f"{where} skips {match.group(1)}, a check that must pass")
+            if not (match.group(2) or "").strip():
+                problems.append(f"{where} skips {match.group(1)} without a reason")
+    return problems
+
+
 def archive_targets_and_packages(root: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     script = (root / "infra" / "build_functions_source.sh").read_text()
     found = {}
@@ -300,6 +323,7 @@ def main(root: Path) -> int:
         + check_autoscaler(tf, contract_names(root))
         + check_functions(tf, targets)
         + check_image(root)
+        + check_skips(root)
         + ([] if "soul_common" in packages else ["build_functions_source.sh does not ship soul_common"])
     )
     for problem in problems:
