@@ -12,11 +12,14 @@ from schemas.jobs import JobDoc, JobLane, JobRequested
 PUBLISH_TIMEOUT_S = 10.0
 # Which topic each lane's jobs go to (functions/lanes.py says why there are two).
 LANE_TOPICS = {JobLane.INTERACTIVE: names.TOPIC_JOBS, JobLane.BACKGROUND: names.TOPIC_JOBS_BACKGROUND}
+# The topics /ready checks: those the functions publish to.
+READY_TOPICS = (names.TOPIC_JOBS, names.TOPIC_JOBS_BACKGROUND, names.TOPIC_EVENTS)
 
 
 class Publisher:
     def __init__(self, client: pubsub_v1.PublisherClient, project_id: str):
         self._client = client
+        self._project_id = project_id
         self._jobs_topic = client.topic_path(project_id, names.TOPIC_JOBS)
         self._lane_topics = {lane: client.topic_path(project_id, topic) for lane, topic in LANE_TOPICS.items()}
         self._events_topic = client.topic_path(project_id, names.TOPIC_EVENTS)
@@ -48,4 +51,11 @@ class Publisher:
         return future.result(timeout=PUBLISH_TIMEOUT_S)
 
     def ping(self) -> None:
-        self._client.get_topic(request={"topic": self._jobs_topic}, timeout=5, retry=Retry(timeout=5))
+        """Readiness: every topic the functions publish to exists and can be seen. Publishes nothing.
+
+        Reads topic metadata (pubsub.topics.get): on GCP the functions' account holds roles/pubsub.viewer on
+        exactly these topics next to roles/pubsub.publisher (infra/terraform/iam.tf), so this works with least
+        privilege; a missing grant shows as `unavailable: PermissionDenied`."""
+        for topic in READY_TOPICS:
+            path = self._client.topic_path(self._project_id, topic)
+            self._client.get_topic(request={"topic": path}, timeout=5, retry=Retry(timeout=5))

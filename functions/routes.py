@@ -110,11 +110,19 @@ def healthz(svc: Services, call: Call) -> Reply:
     return 200, Health(status="ok")
 
 
+def _probe_bucket(svc: Services) -> None:
+    """Lists at most one object under a prefix nothing uses: needs only storage.objects.list, which the functions'
+    roles/storage.objectViewer grants (bucket metadata, storage.buckets.get, is not theirs to read). A missing
+    bucket raises NotFound, a missing grant Forbidden."""
+    bucket = svc.clients.storage.bucket(svc.settings.bucket)
+    list(bucket.list_blobs(prefix="_ready_probe/", max_results=1, timeout=5, retry=Retry(timeout=5)))
+
+
 def ready(svc: Services, call: Call) -> Reply:
     checks = {
         "firestore": svc.store.ping,
         "pubsub": svc.publisher.ping,
-        "gcs": lambda: svc.clients.storage.bucket(svc.settings.bucket).reload(timeout=5, retry=Retry(timeout=5)),
+        "gcs": lambda: _probe_bucket(svc),
     }
     results: dict[str, str] = {}
     for name, check in checks.items():

@@ -8,12 +8,14 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, pubsub_v1, storage
 from pydantic import ValidationError
 
 from functions.logs import configure_logging
+from gpu_runner import health
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.worker import Runner, RunnerClients
 
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(settings, make_clients(settings))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())
+    if settings.health_port is not None:  # before warm(): a long model load reads as "starting", not dead
+        health.serve_runner(runner, host=settings.health_host, port=settings.health_port, clock=time.monotonic,
+                            policy=health.HealthPolicy(settings.health_stale_after_seconds,
+                                                       settings.health_startup_grace_seconds))
     if args.warm:
         runner.warm()
     runner.run(burst=args.burst, max_jobs=args.max_jobs)

@@ -87,6 +87,12 @@ class RunnerSettings(BaseSettings):
     failpoints: str = ""
     failpoint_seed: int | None = None
 
+    # Health responder (gpu_runner/health.py): off unless a port is set (the image sets 8080; 0 = any free port).
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+    health_host: str = "127.0.0.1"
+    health_stale_after_seconds: float = Field(default=120.0, gt=0.0)
+    health_startup_grace_seconds: float = Field(default=900.0, gt=0.0)
+
     @field_validator("failpoints")
     @classmethod
     def _known_failpoints(cls, value: str) -> str:

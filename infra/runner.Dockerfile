@@ -1,8 +1,10 @@
 # The Soul GPU runner: `python -m gpu_runner` on CUDA. Build from the repository root:
 #
-#   docker build -f infra/runner.Dockerfile -t REGION-docker.pkg.dev/PROJECT/soul/soul-runner:TAG .
+#   infra/build_runner_image.sh REGION-docker.pkg.dev/PROJECT/soul/soul-runner:TAG [--push]
 #
-# (infra/runner.Dockerfile.dockerignore keeps the context to what the image needs.)
+# which runs `docker buildx build --platform linux/amd64` (the VMs are x86-64; an arm64 laptop must not build for
+# itself) with CUDA_BASE pinned by digest. infra/runner.Dockerfile.dockerignore keeps the context to what the
+# image needs.
 #
 # No model weights inside: they are mounted read-only at /models by the VM (see infra/terraform), and
 # HF_HUB_OFFLINE=1 makes any attempt to download one fail fast instead of pulling gigabytes at run time.
@@ -13,16 +15,14 @@
 # (the VM's systemd unit does, with N = grace + 15). A job cut off anyway is not lost: its lease expires and the
 # reconciler re-publishes it.
 
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04
-FROM ${CUDA_IMAGE}
+# The base: CUDA's `-base-` flavour (the CUDA runtime and nothing more). torch's CUDA wheels bring their own
+# CUDA/cuDNN libraries as pip packages; from the host the container needs only the driver (libcuda), which the VM
+# mounts under /usr/local/nvidia. Pin it by digest: CUDA_BASE=nvidia/cuda:TAG@sha256:DIGEST (the build script
+# resolves the tag's digest when none is given; see infra/README.md "Runner image").
+ARG CUDA_BASE=nvidia/cuda:12.8.1-base-ubuntu22.04
 
-# torch comes from PyTorch's CUDA wheel index, not from the default index: TORCH_CUDA names the CUDA build
-# (cu126, cu128, cu130...; pick one published for this torch release, within what the VM's driver supports).
-# The wheel brings its own CUDA runtime/cuDNN libraries as pip dependencies; from the host it only needs the
-# driver (libcuda), which the VM mounts under /usr/local/nvidia (on LD_LIBRARY_PATH in nvidia/cuda images).
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_CUDA=cu128
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_CUDA}
+#checkov:skip=CKV_DOCKER_7:the base is the CUDA_BASE build-arg, a versioned tag pinned by sha256 digest by infra/build_runner_image.sh
+FROM --platform=linux/amd64 ${CUDA_BASE} AS python
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -38,24 +38,39 @@ RUN apt-get update \
     && python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:${PATH}
 
+# The runner's third-party requirements, read from pyproject.toml: [project].dependencies + the `runner` extra.
+# A stage of its own, so that the install layers below are keyed on the requirement list alone (a version bump,
+# a README or code change in the repository does not re-download torch).
+FROM python AS requirements
+COPY pyproject.toml /tmp/soul/pyproject.toml
+RUN python -c "import tomllib; p = tomllib.load(open('/tmp/soul/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['runner']))" > /tmp/runner-requirements.txt
+
+FROM python AS runtime
+
+# torch comes from PyTorch's CUDA wheel index, not from the default index: TORCH_CUDA names the CUDA build
+# (cu126, cu128, cu130...; pick one published for this torch release, within what the VM's driver supports).
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_CUDA=cu128
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_CUDA}
 RUN pip install --upgrade pip \
     && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
-# The rest of the `runner` extra, read from pyproject.toml (a layer that changes only with the dependencies).
 # torch==2.13.0 in that list is already satisfied by the CUDA build above (2.13.0+cu12x), so it stays.
-COPY pyproject.toml README.md /tmp/soul/
-RUN python -c "import tomllib; p = tomllib.load(open('/tmp/soul/pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['runner']))" > /tmp/soul/runner-requirements.txt \
-    && pip install -r /tmp/soul/runner-requirements.txt
+COPY --from=requirements /tmp/runner-requirements.txt /tmp/runner-requirements.txt
+RUN pip install -r /tmp/runner-requirements.txt && rm /tmp/runner-requirements.txt
 
-# The project itself with the `runner` extra (gpu_runner imports schemas and functions.logs; functions' own
-# dependencies, functions-framework included, are not installed here).
+# The project itself, without touching the dependencies installed above. gpu_runner imports schemas, soul_common
+# and (for logging) functions; functions' own dependencies, functions-framework included, are not installed.
+# soul_cli ships because the package declares the `soul` console script.
+COPY pyproject.toml README.md /tmp/soul/
 COPY schemas /tmp/soul/schemas
+COPY soul_common /tmp/soul/soul_common
 COPY functions /tmp/soul/functions
 COPY gpu_runner /tmp/soul/gpu_runner
-# The package declares the `soul` console script; its module ships too so the entry point is not dangling.
 COPY soul_cli /tmp/soul/soul_cli
-RUN pip install "/tmp/soul[runner]" \
+RUN pip install --no-deps /tmp/soul \
     && python -c "import torch; assert '${TORCH_VERSION}' in torch.__version__, torch.__version__" \
+    && python -c "import gpu_runner.worker, gpu_runner.health" \
     && rm -rf /tmp/soul
 
 # Non-root, with a writable home for the caches the libraries insist on.
@@ -69,7 +84,15 @@ ENV HF_HUB_OFFLINE=1 \
     SOUL_MODEL_CACHE_DIR=/home/soul/.cache/soul/models \
     MAX_CONCURRENT_TASKS=1 \
     SDXL_MODEL=/models/sdxl \
-    SVD_MODEL=/models/svd
+    SVD_MODEL=/models/svd \
+    SOUL_HEALTH_HOST=0.0.0.0 \
+    SOUL_HEALTH_PORT=8080
+
+# gpu_runner/health.py: alive = the intake loop ticks (or a job runs, or the model is still loading). The VM's
+# managed instance group probes the same endpoint for autohealing.
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=10s --start-period=900s --retries=4 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['SOUL_HEALTH_PORT'], timeout=8)"]
 
 LABEL org.opencontainers.image.title="soul-runner" \
       org.opencontainers.image.description="Soul GPU runner: soul-jobs -> SDXL/SVD -> GCS, Firestore, soul-events"

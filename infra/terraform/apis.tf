@@ -1,9 +1,12 @@
 locals {
   services = toset([
     "artifactregistry.googleapis.com",
-    "cloudbuild.googleapis.com",     # builds the functions' containers
-    "cloudfunctions.googleapis.com", # Cloud Functions gen2 (Cloud Run functions)
-    "compute.googleapis.com",        # runner VMs
+    "cloudbuild.googleapis.com",           # builds the functions' containers
+    "cloudfunctions.googleapis.com",       # Cloud Functions gen2 (Cloud Run functions)
+    "cloudkms.googleapis.com",             # the CMEK key (kms.tf)
+    "cloudresourcemanager.googleapis.com", # project IAM (enable it first by hand: README)
+    "cloudscheduler.googleapis.com",       # the reconcile schedule
+    "compute.googleapis.com",              # runner VMs
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com", # signBlob: V4 signed URLs without a key file
@@ -12,6 +15,7 @@ locals {
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "secretmanager.googleapis.com",
+    "serviceusage.googleapis.com", # enabling the others (enable it first by hand: README)
     "storage.googleapis.com",
   ])
 }

@@ -7,6 +7,9 @@ resource "google_firestore_database" "default" {
   type                    = "FIRESTORE_NATIVE"
   delete_protection_state = "DELETE_PROTECTION_ENABLED"
   deletion_policy         = "ABANDON" # `terraform destroy` leaves the data alone
+  # Point-in-time recovery: any minute of the last 7 days can be read back or exported (a bad deploy, a wrong
+  # bulk delete). Billed as storage of the retained versions.
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
 
   depends_on = [google_project_service.enabled]
 }

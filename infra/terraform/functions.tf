@@ -1,5 +1,10 @@
-# The HTTP function `api` and the Pub/Sub-pushed function `ingest`: Cloud Functions gen2 (Cloud Run functions),
-# Python 3.11, one source archive (infra/build_functions_source.sh), targets `api` and `ingest` of main.py.
+# The functions: Cloud Functions gen2 (Cloud Run functions), Python 3.11, one source archive
+# (infra/build_functions_source.sh), targets of main.py:
+#   api        HTTP API                                   (identity soul-api)
+#   ingest     soul-requests push subscription             (identity soul-api)
+#   webhooks   soul-events-webhooks push subscription      (identity soul-webhooks): signed webhook deliveries
+#   reconcile  Cloud Scheduler, every minute, OIDC         (identity soul-reconciler): re-publishes lost jobs, so
+#              that reconciliation runs even when the runner fleet is scaled to zero
 # Neither is ever reachable anonymously: invoker IAM at the platform, and SOUL_REQUIRE_AUTH=true in the code
 # (the settings refuse to start without API keys or SOUL_AUTH_MODE=platform).
 
@@ -46,6 +51,7 @@ resource "google_cloudfunctions2_function" "api" {
   }
 
   service_config {
+    #checkov:skip=CKV_GCP_124:the api is the product's public HTTP surface (callers are outside the project); invoker IAM (no allUsers by default) and API keys decide who gets in
     service_account_email            = google_service_account.api.email
     ingress_settings                 = "ALLOW_ALL" # reachable from the internet, but only by authorized callers
     all_traffic_on_latest_revision   = true
@@ -114,6 +120,95 @@ resource "google_cloudfunctions2_function" "ingest" {
   ]
 }
 
+resource "google_cloudfunctions2_function" "webhooks" {
+  name        = "soul-webhooks"
+  location    = var.region
+  description = "Soul webhook deliveries (soul-events push, target `webhooks`)"
+  labels      = var.labels
+
+  build_config {
+    runtime         = "python311"
+    entry_point     = "webhooks"
+    service_account = google_service_account.build.id
+
+    source {
+      storage_source {
+        bucket = local.functions_source.bucket
+        object = local.functions_source.object
+      }
+    }
+  }
+
+  service_config {
+    service_account_email            = google_service_account.webhooks.email
+    ingress_settings                 = "ALLOW_INTERNAL_ONLY" # only the push subscription calls it
+    all_traffic_on_latest_revision   = true
+    available_memory                 = var.api_memory
+    available_cpu                    = "1"
+    max_instance_request_concurrency = var.api_concurrency
+    min_instance_count               = 0
+    max_instance_count               = var.webhooks_max_instances
+    timeout_seconds                  = 300 # bounded retries with backoff inside one push
+    environment_variables            = merge(local.functions_env, { SOUL_AUTH_MODE = "platform" })
+
+    dynamic "secret_environment_variables" {
+      for_each = var.webhook_secret_id != "" ? [var.webhook_secret_id] : []
+      content {
+        key        = "SOUL_WEBHOOK_SECRET"
+        project_id = var.project_id
+        secret     = secret_environment_variables.value
+        version    = "latest"
+      }
+    }
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_storage_bucket_iam_member.build_reads_source,
+    google_secret_manager_secret_iam_member.webhooks_reads_secret,
+  ]
+}
+
+resource "google_cloudfunctions2_function" "reconcile" {
+  name        = "soul-reconcile"
+  location    = var.region
+  description = "Soul reconciler (Cloud Scheduler every minute, target `reconcile`)"
+  labels      = var.labels
+
+  build_config {
+    runtime         = "python311"
+    entry_point     = "reconcile"
+    service_account = google_service_account.build.id
+
+    source {
+      storage_source {
+        bucket = local.functions_source.bucket
+        object = local.functions_source.object
+      }
+    }
+  }
+
+  service_config {
+    service_account_email            = google_service_account.reconciler.email
+    ingress_settings                 = "ALLOW_INTERNAL_ONLY" # Cloud Scheduler of this project counts as internal
+    all_traffic_on_latest_revision   = true
+    available_memory                 = var.api_memory
+    available_cpu                    = "1"
+    max_instance_request_concurrency = 1 # one pass at a time
+    min_instance_count               = 0
+    max_instance_count               = 1
+    timeout_seconds                  = 120
+    environment_variables            = merge(local.functions_env, { SOUL_AUTH_MODE = "platform" })
+  }
+
+  depends_on = [
+    google_project_iam_member.build,
+    google_storage_bucket_iam_member.build_reads_source,
+    google_project_iam_member.reconciler_firestore,
+    google_pubsub_topic_iam_member.reconciler_publishes,
+  ]
+}
+
 # --- Invoker IAM on the functions' Cloud Run services (gen2 functions are invoked through Cloud Run). ---------
 
 resource "google_cloud_run_v2_service_iam_member" "api_invokers" {
@@ -134,9 +229,27 @@ resource "google_cloud_run_v2_service_iam_member" "api_public" {
   member   = "allUsers"
 }
 
-resource "google_cloud_run_v2_service_iam_member" "ingest_invoker_push" {
+# The push subscriptions' identity invokes the two push-fed functions (and nothing else).
+resource "google_cloud_run_v2_service_iam_member" "push_invokes" {
+  for_each = {
+    ingest   = google_cloudfunctions2_function.ingest.name
+    webhooks = google_cloudfunctions2_function.webhooks.name
+  }
+
   location = var.region
-  name     = google_cloudfunctions2_function.ingest.name
+  name     = each.value
   role     = "roles/run.invoker"
   member   = google_service_account.push.member
+}
+
+moved {
+  from = google_cloud_run_v2_service_iam_member.ingest_invoker_push
+  to   = google_cloud_run_v2_service_iam_member.push_invokes["ingest"]
+}
+
+resource "google_cloud_run_v2_service_iam_member" "scheduler_invokes_reconcile" {
+  location = var.region
+  name     = google_cloudfunctions2_function.reconcile.name
+  role     = "roles/run.invoker"
+  member   = google_service_account.scheduler.member
 }

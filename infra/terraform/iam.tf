@@ -16,12 +16,23 @@ resource "google_project_iam_member" "api_firestore" {
 
 resource "google_pubsub_topic_iam_member" "api_publishes" {
   for_each = {
-    jobs   = google_pubsub_topic.jobs.name
-    events = google_pubsub_topic.events.name
+    jobs            = google_pubsub_topic.jobs.name
+    jobs_background = google_pubsub_topic.jobs_background.name
+    events          = google_pubsub_topic.events.name
   }
 
   topic  = each.value
   role   = "roles/pubsub.publisher"
+  member = google_service_account.api.member
+}
+
+# /ready reads the metadata of the topics it publishes to (functions/publish.py ping: pubsub.topics.get), granted
+# on exactly those topics: publishing rights alone cannot tell a missing topic from a working one.
+resource "google_pubsub_topic_iam_member" "api_sees_topics" {
+  for_each = google_pubsub_topic_iam_member.api_publishes
+
+  topic  = each.value.topic
+  role   = "roles/pubsub.viewer"
   member = google_service_account.api.member
 }
 
@@ -66,7 +77,9 @@ resource "google_project_iam_member" "runner_project" {
 }
 
 resource "google_pubsub_subscription_iam_member" "runner_subscribes" {
-  subscription = google_pubsub_subscription.runner.name
+  for_each = google_pubsub_subscription.runner # both lanes
+
+  subscription = each.value.name
   role         = "roles/pubsub.subscriber"
   member       = google_service_account.runner.member
 }
@@ -75,6 +88,7 @@ resource "google_pubsub_topic_iam_member" "runner_publishes" {
   for_each = {
     events      = google_pubsub_topic.events.name           # completion events
     jobs        = google_pubsub_topic.jobs.name             # the reconciler re-publishes lost jobs
+    background  = google_pubsub_topic.jobs_background.name  # ... in their own lane
     dead_letter = google_pubsub_topic.jobs_dead_letter.name # unusable messages, with the reason
   }
 
@@ -137,9 +151,11 @@ resource "google_service_account" "build" {
   depends_on   = [google_project_service.enabled]
 }
 
+# The minimum a custom build account of Cloud Functions gen2 needs: write build logs, push the function images
+# (gcf-artifacts repository), read the source archive (bucket grant below). No cloudbuild.builds.builder: it
+# carries far more (including acting as other service accounts).
 resource "google_project_iam_member" "build" {
   for_each = toset([
-    "roles/cloudbuild.builds.builder",
     "roles/logging.logWriter",
     "roles/artifactregistry.writer",
   ])
@@ -153,4 +169,60 @@ resource "google_storage_bucket_iam_member" "build_reads_source" {
   bucket = google_storage_bucket.functions_source.name
   role   = "roles/storage.objectViewer"
   member = google_service_account.build.member
+}
+
+# --- soul-webhooks: identity of the `webhooks` function --------------------------------------------------------
+resource "google_service_account" "webhooks" {
+  account_id   = "soul-webhooks"
+  display_name = "Soul webhooks function"
+  depends_on   = [google_project_service.enabled]
+}
+
+# Reads the job and tenant documents, records each delivery attempt on the job document.
+resource "google_project_iam_member" "webhooks_firestore" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = google_service_account.webhooks.member
+}
+
+resource "google_secret_manager_secret_iam_member" "webhooks_reads_secret" {
+  count = var.webhook_secret_id != "" ? 1 : 0
+
+  project   = var.project_id
+  secret_id = var.webhook_secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.webhooks.member
+}
+
+# --- soul-reconciler: identity of the `reconcile` function ------------------------------------------------------
+resource "google_service_account" "reconciler" {
+  account_id   = "soul-reconciler"
+  display_name = "Soul reconciler function"
+  depends_on   = [google_project_service.enabled]
+}
+
+resource "google_project_iam_member" "reconciler_firestore" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = google_service_account.reconciler.member
+}
+
+# Re-publishes lost jobs in their lane; publishes the failure event of a job it gives up on.
+resource "google_pubsub_topic_iam_member" "reconciler_publishes" {
+  for_each = {
+    jobs       = google_pubsub_topic.jobs.name
+    background = google_pubsub_topic.jobs_background.name
+    events     = google_pubsub_topic.events.name
+  }
+
+  topic  = each.value
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.reconciler.member
+}
+
+# --- soul-scheduler: the identity Cloud Scheduler calls `reconcile` with (run.invoker on it only) --------------
+resource "google_service_account" "scheduler" {
+  account_id   = "soul-scheduler"
+  display_name = "Soul Cloud Scheduler (reconcile)"
+  depends_on   = [google_project_service.enabled]
 }

@@ -1,10 +1,13 @@
 # Names are contracts shared with the code: they mirror schemas/names.py (change both together).
 locals {
   topic_jobs             = "soul-jobs"
+  topic_jobs_background  = "soul-jobs-background"
   topic_jobs_dead_letter = "soul-jobs-dead-letter"
   topic_events           = "soul-events"
   topic_requests         = "soul-requests"
   sub_runner             = "soul-jobs-runner"
+  sub_runner_background  = "soul-jobs-background-runner"
+  sub_events_webhooks    = "soul-events-webhooks"
   sub_jobs_dead_letter   = "soul-jobs-dead-letter-sub"
   sub_events             = "soul-events-sub"
   sub_requests_push      = "soul-requests-ingest"
@@ -13,6 +16,12 @@ locals {
   # Infra-only names (no code reads them): where soul-requests messages that ingest keeps failing on end up.
   topic_requests_dead_letter = "soul-requests-dead-letter"
   sub_requests_dead_letter   = "soul-requests-dead-letter-sub"
+  # Events the webhooks function kept failing on (its own retries exhausted and Pub/Sub's too).
+  topic_events_webhooks_dead_letter = "soul-events-webhooks-dead-letter"
+  sub_events_webhooks_dead_letter   = "soul-events-webhooks-dead-letter-sub"
+
+  # The runners' subscriptions, both lanes: what the runner pulls and what the autoscaler counts.
+  runner_subscriptions = { for lane, sub in google_pubsub_subscription.runner : lane => sub.name }
 
   bucket_name     = var.bucket_name != "" ? var.bucket_name : "${var.project_id}-soul-media"
   bucket_location = var.bucket_location != "" ? var.bucket_location : upper(var.region)

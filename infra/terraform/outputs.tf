@@ -27,6 +27,7 @@ output "topics" {
   description = "Pub/Sub topics."
   value = {
     jobs                 = google_pubsub_topic.jobs.id
+    jobs_background      = google_pubsub_topic.jobs_background.id
     jobs_dead_letter     = google_pubsub_topic.jobs_dead_letter.id
     events               = google_pubsub_topic.events.id
     requests             = google_pubsub_topic.requests.id
@@ -37,7 +38,9 @@ output "topics" {
 output "subscriptions" {
   description = "Pub/Sub subscriptions."
   value = {
-    runner               = google_pubsub_subscription.runner.id
+    runner               = google_pubsub_subscription.runner["interactive"].id
+    runner_background    = google_pubsub_subscription.runner["background"].id
+    events_webhooks      = google_pubsub_subscription.events_webhooks.id
     jobs_dead_letter     = google_pubsub_subscription.jobs_dead_letter.id
     events               = google_pubsub_subscription.events.id
     requests_push        = google_pubsub_subscription.requests_push.id
@@ -48,14 +51,32 @@ output "subscriptions" {
 output "service_accounts" {
   description = "Service accounts created here."
   value = {
-    api    = google_service_account.api.email
-    runner = google_service_account.runner.email
-    push   = google_service_account.push.email
-    build  = google_service_account.build.email
+    api        = google_service_account.api.email
+    runner     = google_service_account.runner.email
+    push       = google_service_account.push.email
+    build      = google_service_account.build.email
+    webhooks   = google_service_account.webhooks.email
+    reconciler = google_service_account.reconciler.email
+    scheduler  = google_service_account.scheduler.email
   }
 }
 
 output "runner_instance_group" {
-  description = "Managed instance group of the GPU runners (resize with runner_count)."
-  value       = google_compute_instance_group_manager.runner.instance_group
+  description = "Regional managed instance group of the GPU runners (sized by the autoscaler on the backlog)."
+  value       = google_compute_region_instance_group_manager.runner.instance_group
+}
+
+output "webhooks_url" {
+  description = "URL of the webhooks function (internal only; fed by the soul-events-webhooks push subscription)."
+  value       = google_cloudfunctions2_function.webhooks.service_config[0].uri
+}
+
+output "reconcile_url" {
+  description = "URL of the reconcile function (invoked by Cloud Scheduler every minute)."
+  value       = google_cloudfunctions2_function.reconcile.service_config[0].uri
+}
+
+output "runner_network" {
+  description = "Network of the runner VMs."
+  value       = local.runner_network
 }

@@ -2,36 +2,50 @@
 # emulators/provision.py, except the retry backoff (short there, so that tests do not wait).
 
 resource "google_pubsub_topic" "jobs" {
-  name       = local.topic_jobs
-  labels     = var.labels
-  depends_on = [google_project_service.enabled]
+  name         = local.topic_jobs
+  labels       = var.labels
+  kms_key_name = local.kms_key_id
+  depends_on   = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
 }
 
 resource "google_pubsub_topic" "jobs_dead_letter" {
-  name       = local.topic_jobs_dead_letter
-  labels     = var.labels
-  depends_on = [google_project_service.enabled]
+  name         = local.topic_jobs_dead_letter
+  labels       = var.labels
+  kms_key_name = local.kms_key_id
+  depends_on   = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
 }
 
 resource "google_pubsub_topic" "events" {
-  name       = local.topic_events
-  labels     = var.labels
-  depends_on = [google_project_service.enabled]
+  name         = local.topic_events
+  labels       = var.labels
+  kms_key_name = local.kms_key_id
+  depends_on   = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
 }
 
 resource "google_pubsub_topic" "requests" {
-  name       = local.topic_requests
-  labels     = var.labels
-  depends_on = [google_project_service.enabled]
+  name         = local.topic_requests
+  labels       = var.labels
+  kms_key_name = local.kms_key_id
+  depends_on   = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
 }
 
 resource "google_pubsub_topic" "requests_dead_letter" {
-  name       = local.topic_requests_dead_letter
-  labels     = var.labels
-  depends_on = [google_project_service.enabled]
+  name         = local.topic_requests_dead_letter
+  labels       = var.labels
+  kms_key_name = local.kms_key_id
+  depends_on   = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
 }
 
-# The runner's work queue.
+resource "google_pubsub_topic" "jobs_background" {
+  name         = local.topic_jobs_background
+  labels       = var.labels
+  kms_key_name = local.kms_key_id
+  depends_on   = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
+}
+
+# The runners' work queues, one per lane (schemas/jobs.py JobLane): interactive (soul-jobs, a user is waiting)
+# and background (soul-jobs-background, pre-renders and bulk work). Same delivery policy on both; the runner takes
+# interactive work first, and the autoscaler (runner.tf) counts both backlogs.
 #
 # retry_policy 10s..600s (the emulator setup uses ~1s..30s so that tests are quick). Backoff only applies to a
 # message that was nacked or whose ack deadline expired, i.e. a failed or crashed attempt: a message the runner
@@ -41,10 +55,19 @@ resource "google_pubsub_topic" "requests_dead_letter" {
 # seconds. Exponential backoff from 10 s up to Pub/Sub's maximum of 600 s spreads the 5 attempts over several
 # minutes, long enough for a restart or a transient outage to pass, before the message goes to the dead-letter
 # topic. Lost work does not depend on it: the reconciler re-publishes jobs whose lease expired.
+locals {
+  runner_lanes = {
+    interactive = { subscription = local.sub_runner, topic = google_pubsub_topic.jobs.id }
+    background  = { subscription = local.sub_runner_background, topic = google_pubsub_topic.jobs_background.id }
+  }
+}
+
 resource "google_pubsub_subscription" "runner" {
-  name   = local.sub_runner
-  topic  = google_pubsub_topic.jobs.id
-  labels = var.labels
+  for_each = local.runner_lanes
+
+  name   = each.value.subscription
+  topic  = each.value.topic
+  labels = merge(var.labels, { lane = each.key })
 
   ack_deadline_seconds         = 60
   message_retention_duration   = "604800s" # 7 days
@@ -65,6 +88,13 @@ resource "google_pubsub_subscription" "runner" {
     minimum_backoff = "10s"
     maximum_backoff = "600s"
   }
+}
+
+# The interactive subscription was a single resource before the lanes: keep its state (no recreate, no lost
+# messages) on upgrade.
+moved {
+  from = google_pubsub_subscription.runner
+  to   = google_pubsub_subscription.runner["interactive"]
 }
 
 # Read by operators (soul_cli dead-letters) to inspect and replay what the runner could never process.
@@ -131,12 +161,67 @@ resource "google_pubsub_subscription" "requests_push" {
     maximum_backoff = "600s"
   }
 
-  depends_on = [google_cloud_run_v2_service_iam_member.ingest_invoker_push]
+  depends_on = [google_cloud_run_v2_service_iam_member.push_invokes]
 }
 
 resource "google_pubsub_subscription" "requests_dead_letter" {
   name   = local.sub_requests_dead_letter
   topic  = google_pubsub_topic.requests_dead_letter.id
+  labels = var.labels
+
+  message_retention_duration = "604800s"
+
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+# soul-events -> the `webhooks` function (functions/, written for issue 12): it delivers signed webhooks to the
+# URLs the callers gave, retrying with backoff itself; Pub/Sub retries only when the function fails outright.
+resource "google_pubsub_subscription" "events_webhooks" {
+  name   = local.sub_events_webhooks
+  topic  = google_pubsub_topic.events.id
+  labels = var.labels
+
+  ack_deadline_seconds       = 300 # the function's own bounded delivery attempts fit in one push
+  message_retention_duration = "604800s"
+
+  push_config {
+    push_endpoint = google_cloudfunctions2_function.webhooks.service_config[0].uri
+
+    oidc_token {
+      service_account_email = google_service_account.push.email
+      audience              = google_cloudfunctions2_function.webhooks.service_config[0].uri
+    }
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.events_webhooks_dead_letter.id
+    max_delivery_attempts = local.max_delivery_attempts
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.push_invokes]
+}
+
+resource "google_pubsub_topic" "events_webhooks_dead_letter" {
+  name         = local.topic_events_webhooks_dead_letter
+  labels       = var.labels
+  kms_key_name = local.kms_key_id
+  depends_on   = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
+}
+
+resource "google_pubsub_subscription" "events_webhooks_dead_letter" {
+  name   = local.sub_events_webhooks_dead_letter
+  topic  = google_pubsub_topic.events_webhooks_dead_letter.id
   labels = var.labels
 
   message_retention_duration = "604800s"
@@ -156,7 +241,9 @@ resource "google_pubsub_topic_iam_member" "agent_publishes_jobs_dead_letter" {
 }
 
 resource "google_pubsub_subscription_iam_member" "agent_subscribes_runner" {
-  subscription = google_pubsub_subscription.runner.name
+  for_each = google_pubsub_subscription.runner
+
+  subscription = each.value.name
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
 }
@@ -169,6 +256,18 @@ resource "google_pubsub_topic_iam_member" "agent_publishes_requests_dead_letter"
 
 resource "google_pubsub_subscription_iam_member" "agent_subscribes_requests_push" {
   subscription = google_pubsub_subscription.requests_push.name
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_service_agent
+}
+
+resource "google_pubsub_topic_iam_member" "agent_publishes_events_webhooks_dead_letter" {
+  topic  = google_pubsub_topic.events_webhooks_dead_letter.name
+  role   = "roles/pubsub.publisher"
+  member = local.pubsub_service_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "agent_subscribes_events_webhooks" {
+  subscription = google_pubsub_subscription.events_webhooks.name
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
 }

@@ -1,5 +1,6 @@
-# The media bucket: private, uniform access, public access prevention enforced, no versioning (objects are
-# written create-only, `if_generation_match=0`). Consumers read through V4 signed URLs only.
+# The media bucket: private, uniform access, public access prevention enforced, encrypted with the Soul key
+# (kms.tf), access-logged. Objects are written create-only (`if_generation_match=0`), so versioning only keeps
+# deleted objects for a while. Consumers read through V4 signed URLs only.
 resource "google_storage_bucket" "media" {
   name                        = local.bucket_name
   location                    = local.bucket_location
@@ -9,8 +10,27 @@ resource "google_storage_bucket" "media" {
   force_destroy               = var.bucket_force_destroy
   labels                      = var.labels
 
+  # Objects are written create-only, so versions only ever come from a delete: kept for 30 days, then gone.
   versioning {
-    enabled = false
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = 30
+      with_state                 = "ARCHIVED"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  encryption {
+    default_kms_key_name = local.kms_key_id
+  }
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
   }
 
   dynamic "lifecycle_rule" {
@@ -25,7 +45,7 @@ resource "google_storage_bucket" "media" {
     }
   }
 
-  depends_on = [google_project_service.enabled]
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
 }
 
 # Source archives of the functions (built by infra/build_functions_source.sh). Old archives expire.
@@ -37,6 +57,10 @@ resource "google_storage_bucket" "functions_source" {
   force_destroy               = true
   labels                      = var.labels
 
+  versioning {
+    enabled = true # archives are named by content and never overwritten; noncurrent ones expire below
+  }
+
   lifecycle_rule {
     condition {
       age = 30
@@ -46,7 +70,72 @@ resource "google_storage_bucket" "functions_source" {
     }
   }
 
-  depends_on = [google_project_service.enabled]
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = 7
+      with_state                 = "ARCHIVED"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  encryption {
+    default_kms_key_name = local.kms_key_id
+  }
+
+  logging {
+    log_bucket = google_storage_bucket.access_logs.name
+  }
+
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
+}
+
+# Usage and storage logs of the two buckets above (who fetched which object), kept for var.access_log_days.
+resource "google_storage_bucket" "access_logs" {
+  #checkov:skip=CKV_GCP_62:this is the access-log bucket; logging its own log writes would loop
+  name                        = "${var.project_id}-soul-access-logs"
+  location                    = local.bucket_location
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = var.bucket_force_destroy
+  labels                      = var.labels
+
+  versioning {
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      age = var.access_log_days
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = 1
+      with_state                 = "ARCHIVED"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  encryption {
+    default_kms_key_name = local.kms_key_id
+  }
+
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
+}
+
+# GCS writes usage logs as this group.
+resource "google_storage_bucket_iam_member" "access_logs_writer" {
+  bucket = google_storage_bucket.access_logs.name
+  role   = "roles/storage.objectCreator"
+  member = "group:cloud-storage-analytics@google.com"
 }
 
 locals {
@@ -68,6 +157,7 @@ resource "google_artifact_registry_repository" "soul" {
   format        = "DOCKER"
   description   = "Soul runner images (infra/runner.Dockerfile)"
   labels        = var.labels
+  kms_key_name  = local.kms_key_id
 
-  depends_on = [google_project_service.enabled]
+  depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
 }

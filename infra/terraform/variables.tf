@@ -13,10 +13,15 @@ variable "region" {
   default     = "us-central1"
 }
 
-variable "zone" {
-  description = "Zone of the runner VMs (must offer the GPU of runner_machine_type / runner_accelerator_type)."
-  type        = string
-  default     = "us-central1-a"
+variable "runner_zones" {
+  description = "Zones of var.region the runner group may place VMs in: every one must offer the GPU of runner_machine_type / runner_accelerator_type (gcloud compute accelerator-types list --filter=\"name=nvidia-l4\"). Several zones ride out one zone's stockout."
+  type        = list(string)
+  default     = ["us-central1-a", "us-central1-b", "us-central1-c"]
+
+  validation {
+    condition     = length(var.runner_zones) >= 1
+    error_message = "runner_zones must name at least one zone."
+  }
 }
 
 variable "firestore_location" {
@@ -56,6 +61,18 @@ variable "media_delete_after_days" {
     condition     = var.media_delete_after_days >= 0
     error_message = "media_delete_after_days must be >= 0."
   }
+}
+
+variable "kms_key_id" {
+  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that encrypts topics, buckets, the image repository and the runners' disks. Its location must match the buckets' (var.region by default). Empty: this module creates keyRings/soul-keys/cryptoKeys/soul-data in var.region."
+  type        = string
+  default     = ""
+}
+
+variable "access_log_days" {
+  description = "Days the buckets' access logs are kept."
+  type        = number
+  default     = 90
 }
 
 variable "bucket_force_destroy" {
@@ -180,10 +197,49 @@ variable "runner_image" {
   type        = string
 }
 
-variable "runner_count" {
-  description = "Number of runner VMs in the managed instance group. 0 stops all rendering (jobs stay queued)."
+variable "runner_min_replicas" {
+  description = "Fewest runner VMs the autoscaler keeps. 0 = scale to zero when both lanes are empty (the first job after idle waits for a VM to boot: driver, weights, model load, several minutes)."
   type        = number
-  default     = 1
+  default     = 0
+
+  validation {
+    condition     = var.runner_min_replicas >= 0
+    error_message = "runner_min_replicas must be >= 0."
+  }
+}
+
+variable "runner_max_replicas" {
+  description = "Most runner VMs the autoscaler may start (bounded by your GPU quota: GPUS_ALL_REGIONS and the region's per-GPU quota)."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = var.runner_max_replicas >= 1
+    error_message = "runner_max_replicas must be >= 1."
+  }
+}
+
+variable "runner_scale_in_window_seconds" {
+  description = "Scale-in control: at most one VM is removed per this many seconds, so a drained VM finishes its last job first."
+  type        = number
+  default     = 600
+}
+
+variable "runner_autohealing_initial_delay_seconds" {
+  description = "Seconds after a VM starts before its health check can recreate it: NVIDIA driver install + weights copy + model load. Also the autoscaler's cooldown (metrics of a booting VM are ignored)."
+  type        = number
+  default     = 1200
+
+  validation {
+    condition     = var.runner_autohealing_initial_delay_seconds >= 300 && var.runner_autohealing_initial_delay_seconds <= 3600
+    error_message = "runner_autohealing_initial_delay_seconds must be within 300..3600 (a fresh GPU VM needs minutes)."
+  }
+}
+
+variable "runner_health_port" {
+  description = "SOUL_HEALTH_PORT: the runner's health responder (/healthz, /readyz), probed by the health check on GPU 0's container; GPU i publishes it on host port runner_health_port + i."
+  type        = number
+  default     = 8080
 }
 
 variable "runner_machine_type" {
@@ -234,19 +290,25 @@ variable "runner_gpu_driver_version" {
 }
 
 variable "runner_network" {
-  description = "VPC network of the runner VMs."
+  description = "Existing VPC network of the runner VMs. Empty: this module creates network `soul-runner` with a subnet that has Private Google Access (network.tf). A network you name must give the runners a way to Google APIs (Private Google Access on the subnet, or Cloud NAT): they have no external IP."
   type        = string
-  default     = "default"
+  default     = ""
 }
 
 variable "runner_subnetwork" {
-  description = "Subnetwork of the runner VMs (null: the network's subnet in var.region, for auto-mode networks)."
+  description = "Subnetwork of the runner VMs in var.region, with runner_network (null: the network's subnet in the region, auto-mode networks only)."
   type        = string
   default     = null
 }
 
-variable "runner_public_ip" {
-  description = "Give runner VMs an external IP. Without one, the subnet needs Private Google Access (Firestore, Pub/Sub, GCS, Artifact Registry) or Cloud NAT."
+variable "runner_subnet_cidr" {
+  description = "IP range of the subnet this module creates (runner_network empty)."
+  type        = string
+  default     = "10.40.0.0/20"
+}
+
+variable "runner_cloud_nat" {
+  description = "Add Cloud Router + Cloud NAT for the runners' network: internet egress for anything that is not a Google API. Not needed by the default deploy (Private Google Access covers Firestore, Pub/Sub, GCS, Artifact Registry, Logging)."
   type        = bool
   default     = false
 }
@@ -279,7 +341,7 @@ variable "models_gcs_uri" {
 }
 
 variable "models_disk_name" {
-  description = "Existing ext4 persistent disk (in var.zone) holding the weights; attached READ_ONLY to every runner VM and mounted at /models."
+  description = "Existing ext4 persistent disk (in the single zone of runner_zones) holding the weights; attached READ_ONLY to every runner VM and mounted at /models."
   type        = string
   default     = ""
 }
@@ -294,4 +356,48 @@ variable "svd_model_path" {
   description = "SVD_MODEL inside the container: an img2vid-xt diffusers folder under /models."
   type        = string
   default     = "/models/svd"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Webhooks, reconciler
+# ---------------------------------------------------------------------------------------------------------------
+
+variable "webhooks_max_instances" {
+  description = "Maximum instances of the webhooks function (bounds the delivery rate)."
+  type        = number
+  default     = 10
+}
+
+variable "webhook_secret_id" {
+  description = "Secret Manager secret (id in this project) whose value is SOUL_WEBHOOK_SECRET (whsec_...), used when no tenants are configured. Empty: no secret is mounted."
+  type        = string
+  default     = ""
+}
+
+variable "reconcile_schedule" {
+  description = "Cron schedule (UTC) of the reconcile function's Cloud Scheduler job."
+  type        = string
+  default     = "* * * * *"
+}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Operations
+# ---------------------------------------------------------------------------------------------------------------
+
+variable "alert_notification_channels" {
+  description = "Monitoring notification channel ids (projects/P/notificationChannels/N) the alert policies notify. Empty: the policies exist and show incidents in the console, but notify nobody."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_oldest_unacked_seconds" {
+  description = "Alert when the oldest waiting job of a lane is older than this."
+  type        = number
+  default     = 1800
+}
+
+variable "alert_job_failure_ratio" {
+  description = "Alert when more than this share of the jobs finished in 15 minutes failed."
+  type        = number
+  default     = 0.2
 }

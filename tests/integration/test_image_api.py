@@ -210,3 +210,28 @@ def test_readiness_names_the_backend_that_is_down(emulator_stack, monkeypatch):
     # Work that needs the broken backend answers 503 in the error shape, not a stack trace.
     down = client.get("/image", query_string=PENGUIN)
     assert down.status_code == 503 and down.json["error"]["code"] == "unavailable"
+
+
+def test_readiness_names_a_missing_topic_and_bucket(emulator_stack, monkeypatch):
+    """A project whose topics and bucket do not exist: /ready is 503 naming pubsub and gcs (Firestore, which has
+    no per-project provisioning, stays ok). The probes only read (topic metadata, a one-object listing), the
+    least the functions' service account is granted on GCP."""
+    import flask
+
+    from functions._clients import make_clients
+    from functions.app import Api
+    from functions.settings import FunctionsSettings
+
+    monkeypatch.setenv("GCS_PROJECT_ID", "soul-unprovisioned")
+    monkeypatch.setenv("GCS_BUCKET_NAME", "soul-unprovisioned-media")
+    settings = FunctionsSettings()
+    api = Api(settings, make_clients(settings.project_id))
+    app = flask.Flask("unprovisioned")
+    app.add_url_rule("/<path:path>", "all", lambda path: api(flask.request))
+    ready = app.test_client().get("/ready")
+    assert ready.status_code == 503
+    assert ready.json["checks"] == {
+        "firestore": "ok",
+        "pubsub": "unavailable: NotFound",
+        "gcs": "unavailable: NotFound",
+    }

@@ -1,0 +1,127 @@
+"""The runner's health responder: a tiny HTTP server on its own thread, for the managed instance group's
+autohealing and for `docker ps`/HEALTHCHECK.
+
+- `GET /healthz`: 200 while the runner is alive, 503 when not. Alive = its intake loop ticked recently, or a job
+  is running (a long render blocks the loop), or it is still starting within its start-up grace.
+- `GET /readyz`: 200 when it is ready = model loaded and pulling work (state READY or PROCESSING), 503 otherwise.
+
+The decisions are pure functions over a `Vitals` snapshot, so they are tested without a server or a GPU; the
+server only asks two callables (`is_alive`, `is_ready`) and answers. It never touches the runner's work: a
+probe cannot slow a render down or change what the runner does."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+# Runner states (gpu_runner.worker.WorkerState values) as plain strings: this module stays free of the worker.
+READY_STATES = frozenset({"ready", "processing"})
+DEAD_STATES = frozenset({"defunct", "stopped"})
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """How long a silent intake loop may stay silent, and how long start-up (model load) may take."""
+
+    stale_after_s: float
+    startup_grace_s: float
+
+
+@dataclass(frozen=True)
+class Vitals:
+    """One snapshot of the runner, read from it at probe time (monotonic clock throughout)."""
+
+    now: float
+    started_at: float
+    state: str
+    last_tick: float | None  # None: the loop has not ticked yet
+    ticks_known: bool = True  # False: this runner does not report ticks; judge by state alone
+
+
+def is_alive(v: Vitals, policy: HealthPolicy) -> bool:
+    if v.state in DEAD_STATES:
+        return False
+    if v.state == "processing":
+        return True
+    if not v.ticks_known:
+        return v.state in READY_STATES or v.now - v.started_at <= policy.startup_grace_s
+    if v.last_tick is not None and v.now - v.last_tick <= policy.stale_after_s:
+        return True
+    # Never ticked (still loading the model): alive for as long as start-up may take.
+    return v.last_tick is None and v.now - v.started_at <= policy.startup_grace_s
+
+
+def is_ready(v: Vitals, policy: HealthPolicy) -> bool:
+    return v.state in READY_STATES and is_alive(v, policy)
+
+
+class HealthServer:
+    """`/healthz` and `/readyz` on `host:port` (port 0 picks a free one, see `.port`), served on a daemon thread."""
+
+    def __init__(self, is_alive: Callable[[], bool], is_ready: Callable[[], bool], *, host: str, port: int):
+        checks = {"/healthz": ("alive", is_alive), "/readyz": ("ready", is_ready)}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                check = checks.get(self.path.split("?", 1)[0])
+                if check is None:
+                    self._answer(404, {"status": "not_found", "paths": sorted(checks)})
+                    return
+                name, probe = check
+                try:
+                    ok = bool(probe())
+                except Exception:  # noqa: BLE001 - a failing probe means "not healthy", said as a 503
+                    log.warning("health_probe_failed", check=name, exc_info=True)
+                    ok = False
+                self._answer(200 if ok else 503, {"status": "ok" if ok else f"not {name}"})
+
+            def _answer(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *_args) -> None:  # probes every few seconds: no access log noise
+                return
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        log.info("health_server_started", port=self.port)
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_runner(runner, *, host: str, port: int, policy: HealthPolicy, clock: Callable[[], float]) -> HealthServer:
+    """Start the responder for a `gpu_runner.worker.Runner`: reads `runner.state` and, where the runner has it,
+    `runner.last_tick` (time.monotonic() of its last intake loop iteration) at each probe."""
+    started_at = clock()
+    ticks_known = hasattr(runner, "last_tick")
+
+    def vitals() -> Vitals:
+        return Vitals(now=clock(), started_at=started_at, state=runner.state.value,
+                      last_tick=getattr(runner, "last_tick", None), ticks_known=ticks_known)
+
+    return HealthServer(lambda: is_alive(vitals(), policy), lambda: is_ready(vitals(), policy),
+                        host=host, port=port).start()
