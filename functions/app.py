@@ -19,10 +19,10 @@ from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.routing import Map, Rule
 
-from functions import errors
+from functions import errors, webpage
 from functions._clients import Clients
 from functions.idempotency import StoredReply, request_fingerprint
-from functions.openapi import openapi_document, page
+from functions.openapi import openapi_document
 from functions.routes import ENDPOINTS, Call, Endpoint
 from functions.services import build_services
 from functions.settings import FunctionsSettings
@@ -37,7 +37,8 @@ _UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError,
                 gexc.TooManyRequests)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Pages of the service itself: public even when API keys are configured.
-_PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs", "/": "web"}
+_PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs", "/": "web", "/favicon.ico": "favicon",
+                 "/ui/<name>": "ui_asset"}
 
 
 class Api:
@@ -94,7 +95,12 @@ class Api:
         if name == "openapi":
             return flask.Response(json.dumps(openapi_document()), mimetype="application/json")
         if name in ("docs", "web"):
-            return flask.Response(page(name), mimetype="text/html")
+            return webpage.respond(request, webpage.page(name))
+        if name in ("favicon", "ui_asset"):
+            file = webpage.asset(params.get("name", "favicon.ico"))
+            if file is None:
+                raise errors.NotFound(f"no file {request.path}")
+            return webpage.respond(request, file)
         endpoint = self._endpoints[name]
         caller = "public" if endpoint.public else self._authenticate(request)
         for param, pattern in endpoint.path_params.items():

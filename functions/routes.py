@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from functions import estimates
 from functions.errors import InvalidInput, NotFound
 from functions.images import ImageAsk
+from functions.places import shipped_places
 from functions.services import Services
 from schemas._base import utcnow
 from schemas.api import (
@@ -31,6 +32,8 @@ from schemas.api import (
     PageQuery,
     Seen,
     SeenPage,
+    SelfieCity,
+    SelfieOptions,
     SelfieRequest,
     StaticListing,
     StyleDeleted,
@@ -166,6 +169,12 @@ def image(svc: Services, call: Call) -> Reply:
 def selfie(svc: Services, call: Call) -> Reply:
     assert isinstance(call.body, SelfieRequest)
     return _image_reply(svc.images.selfie(call.body))
+
+
+def selfie_options(svc: Services, call: Call) -> Reply:
+    catalog = shipped_places()
+    cities = [SelfieCity(key=key, name=city.name) for key, city in catalog.cities.items()]
+    return 200, SelfieOptions(cities=cities, moods=list(catalog.moods))
 
 
 def mark_seen(svc: Services, call: Call) -> Reply:
@@ -307,6 +316,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("selfie", "POST", "/image/selfie", selfie,
              "A selfie of the soul at a place in the city that fits the mood, fresh for this user.", "image",
              {200: ImageReady, 202: ImageQueued}, body=SelfieRequest, creates_work=True),
+    Endpoint("selfie_options", "GET", "/image/selfie/options", selfie_options,
+             "The cities and moods a selfie can ask for.", "image", {200: SelfieOptions}),
     Endpoint("mark_seen", "POST", "/image/mark-seen", mark_seen, "Mark a variant seen by a user (idempotent).",
              "image", {200: Seen}, query=MarkSeenQuery),
     Endpoint("variants", "GET", "/image/variants/<pk_id>", variants_of_pk, "All variants of a prompt key.",
