@@ -126,33 +126,37 @@ def test_reload_mid_task_restores_the_form_and_the_task(ui, ui_stack):
 def test_network_drop_and_a_502_page_are_retried_and_said_in_words(ui, ui_stack):
     ui.allowed.append(FAILED_LOAD)
     open_page(ui, ui_stack, "?user=flaky-user")
-    bad = {"gateway": 1}
+    broken = {"gateway": True, "network": True}
+    hits = {"gateway": 0, "network": 0}
 
     def gateway(route):
-        if bad["gateway"] > 0:
-            bad["gateway"] -= 1
+        if broken["gateway"]:
+            hits["gateway"] += 1
             route.fulfill(status=502, content_type="text/html", body="<html><body>502 Bad Gateway</body></html>")
         else:
             route.continue_()
 
-    ui.page.route(re.compile(r".*/image$"), gateway)
-    drops = {"left": 3}
-
-    def drop(route):
-        if route.request.method == "GET" and drops["left"] > 0:
-            drops["left"] -= 1
+    def network(route):
+        if broken["network"] and route.request.method == "GET":
+            hits["network"] += 1
             route.abort()
         else:
             route.continue_()
 
-    ui.page.route(re.compile(r".*/tasks/[0-9A-Z]+$"), drop)
+    ui.page.route(re.compile(r".*/image$"), gateway)
+    ui.page.route(re.compile(r".*/tasks/[a-z]+-[0-9a-f-]+(-r[0-9]+)?$"), network)
     generate(ui, "storm")
     trouble = card(ui).locator(".trouble")
-    expect(trouble).to_contain_text("cannot be reached")
-    ui.shot("retrying")
+    expect(trouble).to_contain_text("The service answered with an error page (HTTP 502). Retrying")
+    ui.shot("gateway-502")
+    broken["gateway"] = False
+    expect(trouble).to_contain_text("The service cannot be reached (network error). Retrying in")
+    expect(card(ui).get_by_role("button", name="Cancel")).to_be_visible()
+    ui.shot("network-down")
+    broken["network"] = False
     done_image(card(ui))
     expect(trouble).to_be_hidden()
-    assert bad["gateway"] == 0 and drops["left"] == 0
+    assert hits["gateway"] >= 1 and hits["network"] >= 1
     ui.shot("recovered")
 
 
@@ -267,3 +271,33 @@ def test_docs_header_renders_code_not_backticks(ui, ui_stack):
     assert "`" not in ui.page.locator("#desc").inner_text()
     expect(ui.page.locator("main details").first).to_be_visible()
     ui.shot("docs")
+
+
+def test_styles_are_read_only_for_clients_and_editable_for_admins(ui, ui_stack):
+    open_page(ui, ui_stack, "?user=style-user")
+    ui.page.locator("#styles summary", has_text="Mira").click()
+    expect(ui.page.locator("#styles details[open] dd").first).to_be_visible()
+    expect(ui.page.locator("#styles textarea")).to_have_count(0)  # no GET /me today: a client
+
+    def with_me(route):
+        doc = route.fetch().json()
+        doc["paths"]["/me"] = {"get": {"summary": "the caller"}}
+        route.fulfill(json=doc)
+
+    ui.page.route(re.compile(r".*/openapi\.json$"), with_me)
+    ui.page.route(re.compile(r".*/me$"), lambda route: route.fulfill(json={"tenant": "t1", "role": "admin"}))
+    open_page(ui, ui_stack, "?user=style-user")
+    ui.page.locator("#styles summary", has_text="Mira").click()
+    editor = ui.page.get_by_label("Style of mira (JSON)")
+    style = json.loads(editor.input_value())
+    editor.fill(json.dumps({**style, "steps": 7}))
+    ui.page.get_by_role("button", name="Save style").click()
+    expect(ui.page.locator("#styles details[open] [role=status]")).to_have_text("Saved.")
+    editor.fill(json.dumps({**style, "steps": 0}))
+    ui.page.get_by_role("button", name="Save style").click()
+    expect(ui.page.locator("#styles details[open] [role=status]")).to_contain_text("Not saved: style.steps")
+    ui.shot("admin-styles")
+    ui.allowed.append(FAILED_LOAD)  # the refused save answers 400
+    import requests
+
+    assert requests.get(f"{ui_stack.base}/style/mira", timeout=10).json()["style"]["steps"] == 7
