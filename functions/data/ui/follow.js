@@ -7,6 +7,8 @@ import {ApiError, RETRY_DELAYS_MS, apiFeatures, call, hasKey, sleep} from "./api
 export const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const POLL_MIN_MS = 500;
 const POLL_MAX_MS = 2000;
+// A stream that says nothing we understand for this long is dropped for polling.
+const EVENTS_SILENCE_MS = 15000;
 
 // Watches `taskId`; calls onUpdate(task) on every change and onTrouble(message | null) while the link is bad.
 // Resolves with the final task. `watch.stop()` ends it early.
@@ -33,7 +35,14 @@ function viaEvents(taskId, watch, onUpdate) {
     const source = new EventSource(`${path(taskId)}/events`);
     watch.source = source;
     let state = {task_id: taskId};
+    let silence = null;
+    const quiet = () => {
+      clearTimeout(silence);
+      silence = setTimeout(() => { source.close(); resolve(null); }, EVENTS_SILENCE_MS);
+    };
+    quiet();
     const finish = async () => {
+      clearTimeout(silence);
       source.close();
       try { resolve(await call("GET", path(taskId))); } catch { resolve(null); }
     };
@@ -41,13 +50,14 @@ function viaEvents(taskId, watch, onUpdate) {
       let data;
       try { data = JSON.parse(ev.data); } catch { return; }
       if (!data || typeof data !== "object") return;
+      quiet();
       state = {...state, ...data};
       onUpdate(state);
       if (TERMINAL.has(state.status) || data.result) finish();
     };
     source.onmessage = onMessage;
     for (const name of ["status", "stage", "progress", "eta", "result"]) source.addEventListener(name, onMessage);
-    source.onerror = () => { source.close(); resolve(null); };
+    source.onerror = () => { clearTimeout(silence); source.close(); resolve(null); };
   });
 }
 
