@@ -291,22 +291,31 @@ async function onAsk(ev) {
   const soulId = $("soul").value;
   notice("");
   writeUrl();
+  await askFor(form, button, `${soulName(soulId)} · “${cue}”`, "image", {soul_id: soulId, cue, user_id: user},
+    {soulId, cue, user});
+}
+
+// Shared by the cue and selfie forms: one card, one POST with an Idempotency-Key (so its retries are safe), the
+// button disabled until the API answered. A refusal removes only the new card and is said next to the form.
+async function askFor(form, button, title, path, body, context, onAnswer = () => {}) {
   button.disabled = true;
-  const card = new Card({title: `${soulName(soulId)} · “${cue}”`, kind: "image"});
+  const card = new Card({title, kind: "image"});
   card.status.textContent = "Asking…";
+  let answer;
   try {
-    const answer = await call("POST", "image", {body: {soul_id: soulId, cue, user_id: user},
-      idempotencyKey: newIdempotencyKey(), onRetry: e => card.setTrouble(`${e.message} Retrying…`)});
-    card.setTrouble(null);
-    button.disabled = false;
-    await runTask(card, answer, {soulId, cue, user});
+    answer = await call("POST", path, {body, idempotencyKey: newIdempotencyKey(),
+      onRetry: e => card.setTrouble(`${e.message} Retrying…`)});
   } catch (error) {
     card.el.remove();
     cards.delete(card);
     showError(error, form);
+    return;
   } finally {
     button.disabled = false;
   }
+  card.setTrouble(null);
+  onAnswer(card, answer);
+  await runTask(card, answer, context);
 }
 
 async function startAnimation(button, variant, context) {
@@ -348,21 +357,11 @@ async function onSelfie(ev) {
   const soulId = $("soul").value;
   const cityName = $("city").selectedOptions[0] ? $("city").selectedOptions[0].textContent : $("city").value;
   const cue = `selfie in ${cityName}, ${$("mood").value}`;
-  button.disabled = true;
-  const card = new Card({title: `${soulName(soulId)} · ${cue}`, kind: "image"});
-  try {
-    const answer = await call("POST", "image/selfie", {idempotencyKey: newIdempotencyKey(),
-      body: {soul_id: soulId, city_key: $("city").value, mood: $("mood").value, user_id: user}});
-    if (answer.place) card.title.textContent = `${soulName(soulId)} · selfie at ${answer.place.name}, ${answer.place.city_name}`;
-    button.disabled = false;
-    await runTask(card, answer, {soulId, cue, user});
-  } catch (error) {
-    card.el.remove();
-    cards.delete(card);
-    showError(error, form);
-  } finally {
-    button.disabled = false;
-  }
+  const body = {soul_id: soulId, city_key: $("city").value, mood: $("mood").value, user_id: user};
+  await askFor(form, button, `${soulName(soulId)} · ${cue}`, "image/selfie", body, {soulId, cue, user},
+    (card, answer) => {
+      if (answer.place) card.title.textContent = `${soulName(soulId)} · selfie at ${answer.place.name}, ${answer.place.city_name}`;
+    });
 }
 
 // ---- gallery: this user's results, newest first, from /tasks and the seen list -----------------------------
