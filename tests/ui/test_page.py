@@ -301,3 +301,26 @@ def test_styles_are_read_only_for_clients_and_editable_for_admins(ui, ui_stack):
     import requests
 
     assert requests.get(f"{ui_stack.base}/style/mira", timeout=10).json()["style"]["steps"] == 7
+
+
+def test_stage_names_queue_position_and_metrics_read_as_words(ui, ui_stack):
+    open_page(ui, ui_stack, "?user=words-user")
+    said = ui.page.evaluate("""async () => {
+      const v = await import("./ui/views.js");
+      const t0 = Date.parse("2026-01-01T00:00:00Z");
+      const queued = {status: "queued", stage: "queued", created_at: "2026-01-01T00:00:00Z", queue_position: 3};
+      return {
+        webp: v.stageName("uploading_webp"), model: v.stageName("loading_model"), odd: v.stageName("warming_up_gpu"),
+        fresh: v.progressLine(queued, t0 + 4000), stale: v.progressLine(queued, t0 + 75000),
+        running: v.progressLine({status: "running", stage: "denoising", created_at: "2026-01-01T00:00:00Z",
+                                 started_at: "2026-01-01T00:00:02Z", eta_seconds: 3.2}, t0 + 7000),
+        metrics: v.metricsLine({gpu_seconds: 2.345, device: "cuda", model: "sdxl", batch_size: 1}),
+      };
+    }""")
+    assert said == {
+        "webp": "Saving the WebP animation", "model": "Loading the model", "odd": "Warming up gpu",
+        "fresh": "Waiting in line for 4 s · 3rd in line",
+        "stale": "Waiting in line for 1 min 15 s · 3rd in line · waiting for a runner to pick it up",
+        "running": "Drawing · running for 5 s · about 3 s left",
+        "metrics": "2.3 GPU-seconds on cuda",
+    }
