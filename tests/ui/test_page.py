@@ -324,3 +324,26 @@ def test_stage_names_queue_position_and_metrics_read_as_words(ui, ui_stack):
         "running": "Drawing · running for 5 s · about 3 s left",
         "metrics": "2.3 GPU-seconds on cuda",
     }
+
+
+def test_a_service_that_needs_a_key_asks_for_one_and_reloads_the_souls(ui, ui_stack):
+    ui.allowed.append(FAILED_LOAD)
+    needed = {"error": {"code": "unauthenticated", "message": "send an API key", "field": None}}
+
+    def guard(route):
+        if route.request.headers.get("x-api-key") == "team-key":
+            route.continue_()
+        else:
+            route.fulfill(status=401, content_type="application/json", body=json.dumps(needed))
+
+    ui.page.route(re.compile(r".*/style\?page_size=\d+$"), guard)
+    ui.page.goto(f"{ui_stack.base}/?user=locked-user")
+    expect(ui.page.locator("#notice")).to_have_text("send an API key. Enter an API key below.")
+    expect(ui.page.locator("#generate")).to_be_disabled()
+    expect(ui.page.locator("#key")).to_be_focused()
+    ui.shot("key-needed")
+    ui.page.keyboard.type("team-key")
+    ui.page.keyboard.press("Enter")
+    expect(ui.page.locator("#generate")).to_be_enabled()
+    expect(ui.page.locator("#soul option")).to_have_count(3)
+    assert ui.page.evaluate("localStorage.getItem('soul-key')") == "team-key"

@@ -52,7 +52,7 @@ function showError(error, form) {
     input.focus();
   }
   if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
-    notice(`${message} Enter an API key below.`, "error");
+    notice(`${/[.!?…]$/.test(message) ? message : `${message}.`} Enter an API key below.`, "error");
     $("key").focus();
     return;
   }
