@@ -10,7 +10,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -88,7 +88,7 @@ class UiStack:
     runner: RunnerSwitch
     signed_origin: str
     csp: str
-    extra: dict = field(default_factory=dict)
+    wide_base: str
 
 
 @pytest.fixture(scope="session")
@@ -105,6 +105,12 @@ def ui_stack(emulator_stack, api_app, tmp_path_factory) -> Iterator[UiStack]:
     server = make_server("127.0.0.1", 0, WithCsp(api_app, csp), threaded=True)
     serving = threading.Thread(target=server.serve_forever, name="ui-api", daemon=True)
     serving.start()
+    # The same api under a policy that lets the page fetch signed URLs (downloads as blobs).
+    wide = make_server("127.0.0.1", 0, WithCsp(api_app, csp.replace("connect-src 'self'",
+                                                                    f"connect-src 'self' {signed_origin}")),
+                       threaded=True)
+    wide_serving = threading.Thread(target=wide.serve_forever, name="ui-api-wide", daemon=True)
+    wide_serving.start()
     settings = RunnerSettings(
         model_cache_dir=tmp_path_factory.getbasetemp() / "models",
         pull_timeout_seconds=0.5, heartbeat_seconds=0.2, progress_interval_seconds=0.1,
@@ -114,11 +120,12 @@ def ui_stack(emulator_stack, api_app, tmp_path_factory) -> Iterator[UiStack]:
     runner.resume()
     try:
         yield UiStack(base=f"http://127.0.0.1:{server.server_port}", runner=runner, signed_origin=signed_origin,
-                      csp=csp)
+                      csp=csp, wide_base=f"http://127.0.0.1:{wide.server_port}")
     finally:
         runner.close()
-        server.shutdown()
-        serving.join(timeout=10)
+        for srv, thread in ((server, serving), (wide, wide_serving)):
+            srv.shutdown()
+            thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

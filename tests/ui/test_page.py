@@ -347,3 +347,17 @@ def test_a_service_that_needs_a_key_asks_for_one_and_reloads_the_souls(ui, ui_st
     expect(ui.page.locator("#generate")).to_be_enabled()
     expect(ui.page.locator("#soul option")).to_have_count(3)
     assert ui.page.evaluate("localStorage.getItem('soul-key')") == "team-key"
+
+
+def test_download_saves_a_blob_where_the_policy_lets_the_page_fetch_signed_urls(ui, ui_stack):
+    ui.page.goto(f"{ui_stack.wide_base}/?user=download-user")
+    expect(ui.page.locator("#generate")).to_be_enabled()
+    generate(ui, "kite")
+    done_image(card(ui))
+    with ui.page.expect_download() as saved:
+        card(ui).get_by_role("button", name="Download image").click()
+    name = saved.value.suggested_filename
+    assert name.startswith("soul-atlas-") and name.endswith(".png"), name
+    with open(saved.value.path(), "rb") as file:
+        assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+    expect(ui.page.locator("#viewer")).to_be_hidden()
