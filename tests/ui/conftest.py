@@ -174,3 +174,5 @@ def ui(browser, ui_stack, request) -> Iterator[Watched]:
         assert watched.unexpected_errors() == [], "the page logged errors"
     finally:
         context.close()
+        # Between the page's tests nothing takes jobs: other tests of the session count their own queued jobs.
+        ui_stack.runner.pause()
