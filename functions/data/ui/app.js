@@ -434,22 +434,22 @@ async function loadRole() {
   $("styles").dataset.role = role;
 }
 
-function renderStyles(items) {
+function renderStyles(items, saved = null) {
   $("styles").replaceChildren(...items.map(s => {
     const rows = Object.entries(s.style).map(([k, v]) => h("div", {className: "kv"}, h("dt", {}, k), h("dd", {}, String(v))));
-    const box = h("details", {className: "style"},
+    const box = h("details", {className: "style", open: s.soul_id === saved},
       h("summary", {}, `${s.display_name || s.soul_id} `, h("span", {className: "muted"}, `(${s.source})`)),
       h("dl", {}, rows));
-    if (role === "admin") box.append(styleEditor(s));
+    if (role === "admin") box.append(styleEditor(s, s.soul_id === saved ? "Saved." : ""));
     return box;
   }));
 }
 
-function styleEditor(s) {
+function styleEditor(s, said) {
   const id = `style-${s.soul_id}`;
   const text = h("textarea", {id, rows: 8, spellcheck: "false"});
   text.value = JSON.stringify(s.style, null, 2);
-  const note = h("p", {className: "muted", role: "status"});
+  const note = h("p", {className: "muted", role: "status"}, said);
   const form = h("form", {className: "style-edit"}, h("label", {for: id}, `Style of ${s.soul_id} (JSON)`), text,
     h("button", {type: "submit"}, "Save style"), note);
   form.addEventListener("submit", async ev => {
@@ -458,7 +458,7 @@ function styleEditor(s) {
     try { style = JSON.parse(text.value); } catch { note.textContent = "That is not valid JSON."; return; }
     try {
       await call("POST", "style", {body: {soul_id: s.soul_id, display_name: s.display_name, style}});
-      note.textContent = "Saved.";
+      renderStyles((await call("GET", "style?page_size=100")).items, s.soul_id);
     } catch (error) {
       note.textContent = `Not saved: ${error.message}`;
     }
