@@ -169,7 +169,7 @@ def test_errors_are_words_with_the_field_and_the_last_result_stays(ui, ui_stack)
         status=400, content_type="application/json",
         body=json.dumps({"error": {"code": "invalid_input", "message": "cue: has no letters", "field": "cue"}})))
     generate(ui, "!!!")
-    expect(ui.page.locator("#notice")).to_have_text("cue: has no letters")
+    expect(ui.page.locator("#notice")).to_have_text("Cue: has no letters")
     expect(ui.page.locator("#cue")).to_have_attribute("aria-invalid", "true")
     assert card(ui).locator(".result img").get_attribute("src") == image
     ui.page.unroute(re.compile(r".*/image$"))
@@ -341,7 +341,7 @@ def test_a_service_that_needs_a_key_asks_for_one_and_reloads_the_souls(ui, ui_st
 
     ui.page.route(re.compile(r".*/style\?page_size=\d+$"), guard)
     ui.page.goto(f"{ui_stack.base}/?user=locked-user")
-    expect(ui.page.locator("#notice")).to_have_text("send an API key. Enter an API key below.")
+    expect(ui.page.locator("#notice")).to_have_text("Send an API key. Enter an API key below.")
     expect(ui.page.locator("#generate")).to_be_disabled()
     expect(ui.page.locator("#key")).to_be_focused()
     ui.shot("key-needed")

@@ -45,7 +45,8 @@ function clearFieldErrors(form) {
 
 // An error in words; when it names a field of a form on screen, that field is marked and focused.
 function showError(error, form) {
-  const message = error instanceof ApiError || error instanceof Error ? error.message : String(error);
+  const raw = error instanceof Error ? error.message : String(error);
+  const message = raw.charAt(0).toUpperCase() + raw.slice(1);  // the API's messages start in lower case
   const input = error && error.field && FIELD_INPUTS[error.field] ? $(FIELD_INPUTS[error.field]) : null;
   if (input && (!form || form.contains(input))) {
     input.setAttribute("aria-invalid", "true");
