@@ -95,6 +95,7 @@ def test_double_click_sends_one_request_and_two_jobs_keep_their_own_cards(ui, ui
     ui.page.fill("#cue", "lighthouse")
     ui.page.dblclick("#generate")
     expect(card(ui).locator(".card-title")).to_contain_text("lighthouse")
+    expect(ui.page.locator("#generate")).to_be_focused()  # busy, not disabled: the keyboard keeps its place
     generate(ui, "harbour")
     expect(card(ui).locator(".card-title")).to_contain_text("harbour")
     srcs = [done_image(card(ui, 1)), done_image(card(ui, 0))]

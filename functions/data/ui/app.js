@@ -274,13 +274,20 @@ async function runTask(card, answer, context) {
   loadGallery();
 }
 
+// A busy button refuses clicks but keeps the keyboard focus (a disabled one would drop it to the page).
+function setBusy(button, busy) {
+  if (busy) button.setAttribute("aria-disabled", "true");
+  else button.removeAttribute("aria-disabled");
+}
+const isBusy = button => button.getAttribute("aria-disabled") === "true";
+
 // The cue form. The button is disabled from the click until the API answered, so a double-click sends one
 // request; the Idempotency-Key makes the retries of that one request safe.
 async function onAsk(ev) {
   ev.preventDefault();
   const form = $("ask");
   const button = $("generate");
-  if (button.disabled) return;
+  if (button.disabled || isBusy(button)) return;
   clearFieldErrors(form);
   const cue = $("cue").value.trim();
   if (!cue) return showError(new ApiError("Write a cue first, e.g. penguin.", {field: "cue"}), form);
@@ -297,9 +304,9 @@ async function onAsk(ev) {
 }
 
 // Shared by the cue and selfie forms: one card, one POST with an Idempotency-Key (so its retries are safe), the
-// button disabled until the API answered. A refusal removes only the new card and is said next to the form.
+// button busy until the API answered. A refusal removes only the new card and is said next to the form.
 async function askFor(form, button, title, path, body, context, onAnswer = () => {}) {
-  button.disabled = true;
+  setBusy(button, true);
   const card = new Card({title, kind: "image"});
   card.status.textContent = "Asking…";
   let answer;
@@ -312,7 +319,7 @@ async function askFor(form, button, title, path, body, context, onAnswer = () =>
     showError(error, form);
     return;
   } finally {
-    button.disabled = false;
+    setBusy(button, false);
   }
   card.setTrouble(null);
   onAnswer(card, answer);
@@ -351,7 +358,7 @@ async function onSelfie(ev) {
   ev.preventDefault();
   const form = $("selfie");
   const button = $("selfie-go");
-  if (button.disabled) return;
+  if (button.disabled || isBusy(button)) return;
   clearFieldErrors(form);
   const user = currentUser($("ask"));
   if (!user) return;
