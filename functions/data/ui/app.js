@@ -211,7 +211,6 @@ function soulName(soulId) { return souls.get(soulId) || soulId || "a soul"; }
 function showImage(card, variant, {soulId, cue, user}) {
   const alt = `${soulName(soulId)}${cue ? `: ${cue}` : ""}`;
   const img = mediaElement("png", variant.url, alt);
-  img.loading = "eager";
   card.result.replaceChildren(
     h("button", {type: "button", className: "thumb", "aria-label": `Larger view of ${alt}`,
       onclick: () => openViewer(alt, "png", variant.url, fileName(soulId, variant.variant_id, "png"))}, img),

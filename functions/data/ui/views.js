@@ -108,5 +108,5 @@ export function mediaElement(format, url, alt) {
     return h("video", {src: url, controls: true, muted: true, loop: true, playsInline: true, preload: "metadata",
       "aria-label": alt});
   }
-  return h("img", {src: url, alt, loading: "lazy", decoding: "async"});
+  return h("img", {src: url, alt, decoding: "async"});  // at most a dozen: no lazy loading
 }
