@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.soul-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast test-e2e bench lint clean
+.PHONY: setup run test test-fast test-e2e test-ui browser bench lint clean
 
 setup: $(STAMP)
 
@@ -23,14 +23,23 @@ AUTOSCALE ?=
 run: setup
 	HF_HUB_OFFLINE=1 RUNNERS=$(RUNNERS) AUTOSCALE=$(AUTOSCALE) $(PY) -m emulators.devstack
 
-test: setup
+test: setup browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not e2e and not fault" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not e2e and not fault and not ui" $(PYTEST_ARGS)
 
 test-e2e: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "e2e or fault" $(PYTEST_ARGS)
+
+test-ui: setup browser
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m ui $(PYTEST_ARGS)
+
+# The page's tests drive Debian's chromium through Playwright (never `playwright install`): installed only when
+# missing (needs root, as on CI).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	test -x $(CHROMIUM) || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) -m bench

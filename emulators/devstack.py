@@ -237,6 +237,7 @@ Soul is running (tiny offline models; logs in {stack.emulators.state_dir / 'logs
   emulators    Pub/Sub {stack.emulators.env()['PUBSUB_EMULATOR_HOST']}, Firestore {stack.emulators.env()['FIRESTORE_EMULATOR_HOST']}, GCS {stack.emulators.env()['STORAGE_EMULATOR_HOST']}
 
 Try:
+  open {url}/ in a browser (the web page; the API reference is {url}/docs)
   curl "{url}/image?soul_id=nova&cue=penguin&user_id=user123"
   curl "{url}/tasks/<task_id from the answer>"
 

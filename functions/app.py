@@ -17,12 +17,12 @@ from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.routing import Map, Rule
 
-from functions import errors
+from functions import errors, webpage
 from functions._clients import Clients
 from functions.auth import LOCAL, KeyRing, Principal, authenticate_key, platform_principal
 from functions.idempotency import StoredReply, request_fingerprint
-from functions.openapi import openapi_document, page
 from functions.headers import add_security_headers
+from functions.openapi import openapi_document
 from functions.routes import ENDPOINTS, Call, Endpoint
 from functions.services import build_services
 from functions.settings import FunctionsSettings
@@ -37,10 +37,8 @@ _UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError,
                 gexc.TooManyRequests)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Pages of the service itself: public even when API keys are configured.
-_PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs", "/": "web", "/docs/docs.js": "docs_js",
-                 "/docs/docs.css": "docs_css"}
-# Pages keep script and style in files of their own, so the pages' CSP needs no 'unsafe-inline'.
-_PAGE_TYPES = {"docs": "text/html", "web": "text/html", "docs_js": "text/javascript", "docs_css": "text/css"}
+_PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs", "/": "web", "/favicon.ico": "favicon",
+                 "/ui/<name>": "ui_asset"}
 
 
 class Api:
@@ -102,8 +100,13 @@ class Api:
                                           headers={"Allow": "GET"})
         if name == "openapi":
             return flask.Response(json.dumps(openapi_document()), mimetype="application/json")
-        if name in _PAGE_TYPES:
-            return flask.Response(page(name), mimetype=_PAGE_TYPES[name])
+        if name in ("docs", "web"):
+            return webpage.respond(request, webpage.page(name))
+        if name in ("favicon", "ui_asset"):
+            file = webpage.asset(params.get("name", "favicon.ico"))
+            if file is None:
+                raise errors.NotFound(f"no file {request.path}")
+            return webpage.respond(request, file)
         endpoint = self._endpoints[name]
         principal = LOCAL if endpoint.public else self._authenticate(request)
         if endpoint.role == "admin" and not principal.is_admin:

@@ -57,7 +57,9 @@ def _adapt_flask_app() -> None:
     """functions-framework executes this module inside its Flask app's context; two of Flask's defaults must go.
 
     Its built-in `/static/<path>` view would serve files from local disk and shadow the original app's
-    `/static/...` paths, which answer with signed-URL redirects: the view is handed to the API. And requests no
+    `/static/...` paths, which answer with signed-URL redirects: the view is handed to the API. Its fixed
+    `/favicon.ico` rule answers 404 (a console error on every page load): that path goes to the API too, before
+    Flask dispatches. And requests no
     Flask rule matches (e.g. a path with an encoded newline) would get Flask's HTML error pages: they get the
     API's structured error instead."""
     if not flask.has_app_context():
@@ -65,6 +67,7 @@ def _adapt_flask_app() -> None:
     app = flask.current_app
     if "static" in app.view_functions:
         app.view_functions["static"] = lambda filename: api(flask.request)
+    app.before_request(lambda: api(flask.request) if flask.request.path == "/favicon.ico" else None)
     for status in (400, 404, 405):
         app.register_error_handler(status, lambda exc: structured_error(exc.code, exc.description))
 

@@ -1,12 +1,13 @@
 """The OpenAPI 3.1 document of the `api` function, generated from the endpoint table and the pydantic models in
-schemas/ (never written by hand), and a self-contained page that renders it (no CDN: works offline)."""
+schemas/ (never written by hand). The page that renders it is
+`data/docs.html` (served by `webpage.py`; no CDN: works offline)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
 from functools import cache
-from importlib import metadata, resources
+from importlib import metadata
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -140,10 +141,3 @@ def openapi_document() -> dict:
             },
         },
     }
-
-
-@cache
-def page(name: str) -> str:
-    """A shipped HTML page: `docs` renders this document, `web` is the original app's web page on the API."""
-    filename = {"docs": "docs.html", "web": "index.html", "docs_js": "docs.js", "docs_css": "docs.css"}[name]
-    return resources.files("functions").joinpath(f"data/{filename}").read_text("utf-8")

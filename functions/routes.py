@@ -19,6 +19,7 @@ from functions import estimates, sse
 from functions.auth import LOCAL, Principal, scoped_user
 from functions.errors import InvalidInput, NotFound, PermissionDenied
 from functions.images import ImageAsk
+from functions.places import shipped_places
 from functions.services import Services
 from functions.tenancy import may_warm
 from functions.webhooks import registers_webhook
@@ -36,6 +37,8 @@ from schemas.api import (
     PageQuery,
     Seen,
     SeenPage,
+    SelfieCity,
+    SelfieOptions,
     SelfieRequest,
     StaticListing,
     StyleDeleted,
@@ -189,6 +192,12 @@ def image(svc: Services, call: Call) -> Reply:
 def selfie(svc: Services, call: Call) -> Reply:
     assert isinstance(call.body, SelfieRequest)
     return _image_reply(svc.images.selfie(call.body, call.principal.tenant))
+
+
+def selfie_options(svc: Services, call: Call) -> Reply:
+    catalog = shipped_places()
+    cities = [SelfieCity(key=key, name=city.name) for key, city in catalog.cities.items()]
+    return 200, SelfieOptions(cities=cities, moods=list(catalog.moods))
 
 
 def mark_seen(svc: Services, call: Call) -> Reply:
@@ -357,6 +366,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("image_warm", "POST", "/image/warm", image_warm,
              "Keep `variants` unseen variants of a cue pre-rendered ahead, in the background lane (admin/batch).",
              "image", {200: WarmAnswer}, body=WarmRequest, creates_work=True),
+    Endpoint("selfie_options", "GET", "/image/selfie/options", selfie_options,
+             "The cities and moods a selfie can ask for.", "image", {200: SelfieOptions}),
     Endpoint("mark_seen", "POST", "/image/mark-seen", mark_seen, "Mark a variant seen by a user (idempotent).",
              "image", {200: Seen}, query=MarkSeenQuery),
     Endpoint("variants", "GET", "/image/variants/<pk_id>", variants_of_pk, "All variants of a prompt key.",

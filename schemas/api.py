@@ -77,6 +77,18 @@ class SelfieRequest(WebhookOptions, LaneOption):
     user_id: str = Field(pattern=USER_ID_PATTERN)
 
 
+class SelfieCity(Reply):
+    key: str
+    name: str
+
+
+class SelfieOptions(Reply):
+    """`GET /image/selfie/options`: the cities and moods a selfie can ask for (from the shipped catalog)."""
+
+    cities: list[SelfieCity]
+    moods: list[str]
+
+
 class MarkSeenQuery(Contract):
     """`POST /image/mark-seen?variant_id&user_id`."""
 

@@ -281,9 +281,9 @@ def secured(emulator_stack, monkeypatch, clean_firestore):
 
 
 def test_api_keys_guard_everything_but_health_and_docs(secured):
-    for path in ("/healthz", "/ready", "/docs", "/openapi.json", "/"):
+    for path in ("/healthz", "/ready", "/docs", "/openapi.json", "/", "/ui/app.js", "/favicon.ico"):
         assert secured.get(path).status_code == 200, path
-    assert b"Transform to GIF" in secured.get("/").data
+    assert b'<script type="module" src="ui/app.js">' in secured.get("/").data
     missing = secured.get("/tasks")
     assert missing.status_code == 401 and missing.json["error"]["code"] == "unauthenticated"
     wrong = secured.get("/tasks", headers={"Authorization": "Bearer nope"})

@@ -306,7 +306,7 @@ def test_security_headers_on_pages_and_answers(tenants):
         assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
         assert "img-src 'self' data: blob: " in csp and "media-src 'self' blob: " in csp
     assert b"<script>" not in tenants.get("/docs").data and b"<style>" not in tenants.get("/docs").data
-    assert tenants.get("/docs/docs.js").status_code == 200 and tenants.get("/docs/docs.css").status_code == 200
+    assert tenants.get("/ui/docs.js").status_code == 200 and tenants.get("/ui/docs.css").status_code == 200
     for path in ("/", "/docs", "/tasks", "/nowhere", "/healthz"):
         headers = tenants.get(path, headers=H_ACME).headers
         assert headers["X-Content-Type-Options"] == "nosniff", path

@@ -1,5 +1,7 @@
-// Renders the generated OpenAPI document; self-contained so it works without any CDN.
+// Renders the generated OpenAPI document; self-contained so it works without any CDN, and a file of its own so
+// that the CSP needs no inline script. Descriptions may use markdown `code` spans: shown as <code>.
 const esc = s => String(s ?? "").replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
+const md = s => esc(s).replace(/`([^`]+)`/g, "<code>$1</code>");
 function schemaText(schema, defs, depth = 0) {
   if (!schema) return "";
   if (schema.$ref) {
@@ -20,7 +22,7 @@ function schemaText(schema, defs, depth = 0) {
   return schema.type || "any";
 }
 fetch("openapi.json").then(r => r.json()).then(doc => {
-  document.getElementById("desc").innerHTML = esc(doc.info.description) + ` <small>v${esc(doc.info.version)}</small>`;
+  document.getElementById("desc").innerHTML = md(doc.info.description) + ` <small>v${esc(doc.info.version)}</small>`;
   const defs = doc.components.schemas, byTag = {};
   for (const [path, ops] of Object.entries(doc.paths))
     for (const [method, op] of Object.entries(ops))
@@ -31,13 +33,13 @@ fetch("openapi.json").then(r => r.json()).then(doc => {
     for (const {path, method, op} of ops) {
       const params = (op.parameters || []).map(p =>
         `<tr><td><code>${esc(p.name)}</code></td><td>${esc(p.in)}</td><td>${p.required ? "yes" : ""}</td>` +
-        `<td><code>${esc(schemaText(p.schema, defs))}</code> ${esc(p.description || "")}</td></tr>`).join("");
+        `<td><code>${esc(schemaText(p.schema, defs))}</code> ${md(p.description || "")}</td></tr>`).join("");
       const body = op.requestBody ? `<p><b>Body</b></p><pre>${esc(schemaText(op.requestBody.content["application/json"].schema, defs))}</pre>` : "";
       const resp = Object.entries(op.responses).map(([code, r]) => {
         const s = r.content && r.content["application/json"] ? schemaText(r.content["application/json"].schema, defs) : "";
         return `<p><b>${esc(code)}</b> ${esc(r.description)}</p>` + (s && Number(code) < 400 ? `<pre>${esc(s)}</pre>` : "");
       }).join("");
-      html += `<details><summary><span class="m ${method}">${method}</span>${esc(path)}<span class="sum">${esc(op.summary)}</span></summary>
+      html += `<details><summary><span class="m ${method}">${method}</span>${esc(path)}<span class="sum">${md(op.summary)}</span></summary>
         <div class="body">${params ? `<table><tr><th>parameter</th><th>in</th><th>required</th><th>schema</th></tr>${params}</table>` : ""}
         ${body}${resp}</div></details>`;
     }
