@@ -77,6 +77,12 @@ class WebhookRegistry:
         data = firestore_dict(doc)
         data["events"] = firestore.ArrayUnion([e.value for e in wanted])
         self._hooks(job_id).document(doc.webhook_id).set(data, merge=True, **self._store.deadline)
+        live = [e.value for e in wanted if e is not WebhookEvent.COMPLETED]
+        if live:
+            # The runner publishes start/progress events only for jobs whose document asks for them (`notify`),
+            # so soul-events carries them only where a webhook waits.
+            self._store.jobs().document(job_id).update({"notify": firestore.ArrayUnion(live)},
+                                                       **self._store.deadline)
         log.info("webhook_registered", job_id=job_id, webhook_id=doc.webhook_id, events=[e.value for e in wanted])
         self._catch_up(job_id)
         return doc

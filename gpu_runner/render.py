@@ -8,6 +8,7 @@ partners go on), and each job gets its share of the batch's device time (GPU-sec
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -15,7 +16,7 @@ from gpu_runner.errors import JobCanceled, LeaseLost, TransientError
 from gpu_runner import failpoints
 from gpu_runner.image_job import WorkContext
 from gpu_runner.intake import LookAhead, Ticket
-from schemas.jobs import JobType
+from schemas.jobs import JobDoc, JobType
 
 log = structlog.get_logger(__name__)
 
@@ -55,9 +56,10 @@ def gather(first: Ticket, lookahead: LookAhead, max_batch: int, wait_s: float) -
 
 
 class RenderStage:
-    def __init__(self, work: WorkContext, model_tag: str):
+    def __init__(self, work: WorkContext, model_tag: str, announce_start: Callable[[JobDoc], None] | None = None):
         self._work = work
         self.model_tag = model_tag
+        self._announce_start = announce_start  # soul.job.started, for jobs whose webhooks asked for `start`
 
     def prepare(self, first: Ticket) -> None:
         """Load the pipeline `first` needs before its batch is gathered (partners keep arriving meanwhile)."""
@@ -90,6 +92,11 @@ class RenderStage:
             ticket.error = exc
             return False
         log.info("job_started", job_id=ticket.job.job_id, lane=ticket.lane)
+        if self._announce_start is not None and "start" in ticket.job.notify:
+            try:
+                self._announce_start(ticket.job)
+            except Exception:  # noqa: BLE001 - advisory: a lost start event never stops the render
+                log.warning("start_event_failed", job_id=ticket.job.job_id, exc_info=True)
         return True
 
     def _render_video(self, ticket: Ticket) -> None:

@@ -26,6 +26,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from gpu_runner.device import DeviceChoice
+from gpu_runner.prompts import encode_prompts, window_count
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs" / "sdxl"
 _CONFIG_CACHE_NAME = "sdxl-base-1.0-configs-v1"  # the shipped configs plus generated tokenizer files
@@ -81,22 +82,38 @@ def batch_key(spec: RenderSpec) -> tuple:
 
 
 def prompt_arguments(pipe: StableDiffusionXLPipeline, specs: list[RenderSpec]) -> dict:
-    """THE place where text becomes the pipeline's prompt arguments (switch to prompts.encode_prompts here)."""
-    negatives = [spec.negative_prompt for spec in specs]
-    return {
-        "prompt": [spec.prompt for spec in specs],
-        # None, not "": SDXL base was trained to use zero embeddings for "no negative prompt"
-        # (force_zeros_for_empty_prompt); an encoded empty string is a different, worse conditioning.
-        "negative_prompt": negatives if any(negatives) else None,
-    }
+    """THE place where text becomes the pipeline's prompt arguments: embeddings of 77-token windows
+    (`gpu_runner/prompts.py`), so a long cue never pushes the soul's style suffix out of CLIP's window. An empty
+    negative prompt gives zero embeddings, as SDXL base was trained for "no negative prompt"."""
+    return encode_prompts(pipe, [spec.prompt for spec in specs], [spec.negative_prompt for spec in specs])
 
 
 def render_images(
     pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None = None
 ) -> list[Image.Image]:
-    """Render several specs with one pipeline call (they must share `batch_key`). Each item has its own seeded
-    generator, so item i is the image its spec renders alone."""
+    """Render several specs with as few pipeline calls as keep each image independent of its partners (they must
+    share `batch_key`). Each item has its own seeded generator, so item i is the image its spec renders alone.
+    Items whose prompts need a different number of 77-token windows go in separate calls: padding a shorter
+    prompt with empty windows would change its conditioning."""
     assert specs and len({batch_key(spec) for spec in specs}) == 1, "a batch needs one size, steps and guidance"
+    images: dict[int, Image.Image] = {}
+    # One render at a time per pipeline: a render mutates what it shares with any other (the scheduler's
+    # timesteps, the pipeline's per-call fields, the tokenizers' padding mode, and an fp16 VAE upcast to fp32 for
+    # decoding). One GPU gains nothing from interleaving two renders anyway.
+    with _render_lock(pipe), torch.inference_mode():
+        groups: dict[int, list[int]] = {}
+        for index, spec in enumerate(specs):
+            groups.setdefault(window_count(pipe, spec.prompt, spec.negative_prompt), []).append(index)
+        for indexes in groups.values():
+            group = [specs[i] for i in indexes]
+            for i, image in zip(indexes, _render_call(pipe, group, on_step), strict=True):
+                images[i] = image
+    return [images[i] for i in range(len(specs))]
+
+
+def _render_call(
+    pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None
+) -> list[Image.Image]:
     first = specs[0]
     device = pipe.device if pipe.device.type == "cuda" else "cpu"
     generators = [torch.Generator(device=device).manual_seed(spec.seed) for spec in specs]
@@ -106,20 +123,16 @@ def render_images(
             on_step(step_index + 1, pipeline.num_timesteps)
         return callback_kwargs
 
-    # One render at a time per pipeline: a render mutates what it shares with any other (the scheduler's
-    # timesteps, the pipeline's per-call fields, the tokenizers' padding mode, and an fp16 VAE upcast to fp32 for
-    # decoding). One GPU gains nothing from interleaving two renders anyway.
-    with _render_lock(pipe), torch.inference_mode():
-        result = pipe(
-            **prompt_arguments(pipe, specs),
-            width=first.width,
-            height=first.height,
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance,
-            generator=generators,
-            callback_on_step_end=step_end,
-            output_type="pil",
-        )
+    result = pipe(
+        **prompt_arguments(pipe, specs),
+        width=first.width,
+        height=first.height,
+        num_inference_steps=first.steps,
+        guidance_scale=first.guidance,
+        generator=generators,
+        callback_on_step_end=step_end,
+        output_type="pil",
+    )
     return list(result.images)
 
 

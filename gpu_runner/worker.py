@@ -102,7 +102,7 @@ class Runner:
                                  MediaStore(clients.storage, settings.bucket, settings.gcs_timeout_seconds),
                                  self._models, self._failpoints)
         model_tag = Path(settings.sdxl_model).name if settings.sdxl_model else "tiny-sdxl"
-        self._render = RenderStage(self._work, model_tag)
+        self._render = RenderStage(self._work, model_tag, self._events.job_started)
         self._finish = FinishStage(self._work, self._store, self._events, model_tag)
         self._puller = LanePuller(clients.subscriber, self._paths, settings.pull_timeout_seconds)
         self._lookahead: LookAhead | None = None
@@ -320,7 +320,7 @@ class Runner:
         self._active_signals.add(signals)
         self._count_inflight(+1)
         progress = ProgressReporter(
-            lambda fraction, stage, eta: self._write_progress(job.job_id, fraction, stage, eta),
+            lambda fraction, stage, eta: self._write_progress(job, fraction, stage, eta),
             signals,
             self._settings.progress_interval_seconds,
             background=True,
@@ -361,15 +361,22 @@ class Runner:
         self._count_inflight(-1)
         return decided
 
-    def _write_progress(self, job_id: str, fraction: float, stage: str, eta: float | None) -> None:
+    def _write_progress(self, job: JobDoc, fraction: float, stage: str, eta: float | None) -> None:
         """Progress is advisory: a failed tick is logged and skipped; a lost lease stops the work (LeaseLost).
-        THE place where progress is reported (job_progress events hook in here)."""
+        THE place where progress is reported; a job whose webhooks asked for `progress` also gets a (throttled)
+        soul.job.progress event."""
         try:
-            self._store.progress(job_id, fraction, stage, eta)
+            self._store.progress(job.job_id, fraction, stage, eta)
         except LeaseLost:
             raise
         except Exception:  # noqa: BLE001 - the next tick or the finish writes the state again
-            log.warning("progress_write_failed", job_id=job_id, exc_info=True)
+            log.warning("progress_write_failed", job_id=job.job_id, exc_info=True)
+            return
+        if "progress" in job.notify:
+            try:
+                self._events.job_progress(job, fraction, stage, eta)
+            except Exception:  # noqa: BLE001 - advisory, like the write above
+                log.warning("progress_event_failed", job_id=job.job_id, exc_info=True)
 
     def _settle_message(self, received, path: str, decided: Disposition, job_id) -> None:
         if decided is Disposition.RETRY:

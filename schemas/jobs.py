@@ -161,6 +161,8 @@ class JobDoc(Document):
     attempts: int = 0
     republished: int = 0  # times the reconciler published this job again (bounded: then it fails the job)
     lane: JobLane = JobLane.INTERACTIVE
+    # Live events a requester's webhook asked for ("start", "progress"): the runner publishes them only then.
+    notify: list[str] = []
     metrics: JobMetrics | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None

@@ -7,12 +7,15 @@ from __future__ import annotations
 import threading
 import time
 
+import structlog
 from google.cloud import pubsub_v1
 
 from schemas import names
 from schemas._base import utcnow
 from schemas.jobs import JobDoc, JobEvent, JobLane, JobStatus
 from schemas.push import JobProgress, JobStarted
+
+log = structlog.get_logger(__name__)
 
 EVENT_TYPES = {
     JobStatus.SUCCEEDED: names.EVENT_JOB_SUCCEEDED,
@@ -48,7 +51,7 @@ class EventPublisher:
         """`soul.job.started` (id `{job_id}:started`), for webhooks that asked for `start`."""
         event = JobStarted(job_id=job.job_id, type=job.type, lane=job.lane, occurred_at=utcnow())
         self._publish_cloud_event(names.EVENT_JOB_STARTED, f"{job.job_id}:started", event.model_dump_json().encode(),
-                                  event.occurred_at.isoformat())
+                                  event.occurred_at.isoformat(), wait=False)
 
     def job_progress(self, job: JobDoc, progress: float, stage: str, eta: float | None) -> bool:
         """Publish progress unless one went out for this job less than `progress_interval_s` ago (the last
@@ -65,14 +68,17 @@ class EventPublisher:
         event = JobProgress(job_id=job.job_id, type=job.type, seq=seq, progress=min(max(progress, 0.0), 1.0),
                             stage=stage, eta_seconds=eta, occurred_at=utcnow())
         self._publish_cloud_event(names.EVENT_JOB_PROGRESS, f"{job.job_id}:progress:{seq}",
-                                  event.model_dump_json().encode(), event.occurred_at.isoformat())
+                                  event.model_dump_json().encode(), event.occurred_at.isoformat(), wait=False)
         return True
 
     def publish(self, event: JobEvent) -> None:
         self._publish_cloud_event(EVENT_TYPES[JobStatus(event.status)], event.job_id,
                                   event.model_dump_json().encode(), event.occurred_at.isoformat())
 
-    def _publish_cloud_event(self, event_type: str, event_id: str, data: bytes, time_iso: str) -> None:
+    def _publish_cloud_event(self, event_type: str, event_id: str, data: bytes, time_iso: str, *,
+                             wait: bool = True) -> None:
+        """Publish one CloudEvent; `wait=False` for advisory events (start, progress): the caller (the render
+        thread, the progress writer) does not wait on Pub/Sub, and a lost one is only logged."""
         attributes = {
             "ce-specversion": "1.0",
             "ce-type": event_type,
@@ -81,7 +87,11 @@ class EventPublisher:
             "ce-time": time_iso,
             "content-type": "application/json",
         }
-        self._client.publish(self._events, data, **attributes).result(self._timeout)
+        future = self._client.publish(self._events, data, **attributes)
+        if wait:
+            future.result(self._timeout)
+        else:
+            future.add_done_callback(_log_failure(event_type, event_id))
 
     def republish_job(self, data: bytes, job_id: str, job_type: str, lane: str = JobLane.INTERACTIVE) -> None:
         """Publish a job's message again, on its lane's topic."""
@@ -92,3 +102,12 @@ class EventPublisher:
         """Park an unusable message on the dead-letter topic with the reason, instead of retrying it."""
         attrs = {**attributes, "soul-dead-letter-reason": reason[:1000]}
         self._client.publish(self._dead_letter, data, **attrs).result(self._timeout)
+
+
+def _log_failure(event_type: str, event_id: str):
+    def done(future) -> None:
+        if future.exception() is not None:
+            log.warning("event_publish_failed", event_type=event_type, event_id=event_id,
+                        error=repr(future.exception()))
+
+    return done
