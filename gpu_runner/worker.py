@@ -49,7 +49,7 @@ from gpu_runner.settings import RunnerSettings
 from gpu_runner.storage import MediaStore
 from schemas import names
 from schemas._base import utcnow
-from schemas.jobs import JobError, JobEvent, JobRequested, JobStatus, JobType
+from schemas.jobs import JobDoc, JobError, JobEvent, JobRequested, JobStatus, JobType
 
 log = structlog.get_logger(__name__)
 
