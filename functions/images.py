@@ -143,6 +143,7 @@ class ImageService:
             style_fingerprint=keys.style_fingerprint(style),
             place=ask.place,
         )
+        user = scoped_user(ask.tenant, ask.user_id)
         job = ensure_job(
             self._store,
             self._publisher,

@@ -253,7 +253,8 @@ def handle_event(svc, message: Mapping, **deliverer_options) -> dict[str, str]:
         job = svc.store.job(job_id)
         if job is None:
             return None
-        return svc.tasks.view(job).model_dump(mode="json", exclude={"user_id", "actions", "deliveries"})
+        # One body for every target (targets may be of several tenants): no tenant's end users in it.
+        return svc.tasks.view(job, tenant="").model_dump(mode="json", exclude={"user_id", "actions", "deliveries"})
 
     out = outgoing(message, task_view)
     if out is None:

@@ -37,6 +37,7 @@ def image_job(n: int, status: JobStatus = JobStatus.QUEUED, *, gpu: float | None
     done = status == JobStatus.SUCCEEDED
     return JobDoc(
         job_id=f"img-{pk}-0", type=JobType.IMAGE, status=status, request=spec, lane=lane, created_at=created,
+        tenant="default", tenants=["default"],
         updated_at=created, started_at=created if done else None, finished_at=created if done else None,
         result=ImageResult(variant_id=spec.variant_id, pk=pk, object=names.image_object("nova", pk, spec.variant_id),
                            width=64, height=64, seed=n, bytes=10, render_seconds=gpu or 0.0,

@@ -14,7 +14,7 @@ import flask
 import pytest
 from google.cloud import firestore
 
-from gpu_runner.jobstore import JobStore
+from gpu_runner.jobstore import add_variant_writes
 from schemas import names
 from schemas._base import utcnow
 from schemas.documents import VariantDoc
@@ -69,11 +69,13 @@ def job(db, job_id: str) -> dict:
 
 def seed_variant(db, pk: str, index: int = 0) -> str:
     variant_id = new_ulid()
-    JobStore(db, "test", timedelta(seconds=30)).save_variant(VariantDoc(
+    batch = db.batch()
+    add_variant_writes(db, batch, VariantDoc(
         variant_id=variant_id, pk=pk, soul_id="nova", variant_index=index,
         object=names.image_object("nova", pk, variant_id), width=64, height=64, seed=index, bytes=10,
         job_id=f"img-{pk}-{index}", cue="penguin", created_at=utcnow(),
-    ))
+    ), utcnow())
+    batch.commit()
     return variant_id
 
 
