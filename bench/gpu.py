@@ -142,6 +142,11 @@ def _compiled(pipe) -> None:
     pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
 
 
+def _channels_last_fused_qkv(pipe) -> None:
+    _channels_last(pipe)
+    pipe.fuse_qkv_projections()
+
+
 def _vae_tiling(pipe) -> None:
     _sdpa(pipe)
     pipe.vae.enable_tiling()
@@ -153,7 +158,9 @@ SDXL_VARIANTS: list[Variant] = [
     ("fp16 + SDPA", _sdpa),
     ("SDPA + channels_last", _channels_last),
     ("SDPA + fused QKV", _fused_qkv),
+    ("SDPA + channels_last + fused QKV", _channels_last_fused_qkv),
     ("SDPA + VAE tiling", _vae_tiling),
+    ("fp16 + SDPA, built again (control: same weights, same seed)", _sdpa),
     ("SDPA + channels_last + torch.compile", _compiled),
 ]
 SVD_VARIANTS: list[Variant] = [
@@ -184,9 +191,10 @@ def _run_svd(pipe, size: tuple[int, int], frames: int, steps: int, chunk: int, d
 
 
 def _measure(name: str, variants: list[Variant], build: Callable, run: Callable, flop: float | None,
-             device: str) -> list[Row]:
+             device: str, sink: Callable[[Row], None] = lambda row: None) -> list[Row]:
     rows, outputs = [], []
     for label, apply in variants:
+        torch.manual_seed(0)  # the same random weights for every variant, so the pixel differences mean something
         pipe = build()
         apply(pipe)
         _reset_peak(device)
@@ -201,30 +209,91 @@ def _measure(name: str, variants: list[Variant], build: Callable, run: Callable,
         rows.append(Row(name, label, round(seconds, 3), round(compile_seconds, 3), round(_peak_gib(device), 2),
                         round(flop / seconds / PEAK_TFLOPS, 4) if flop else None, None))
         print(f"  {name:6s} {label:40s} {seconds:8.2f} s  peak {rows[-1].peak_gib:6.2f} GiB", file=sys.stderr)
+        sink(rows[-1])
         del pipe
-    reference = outputs[[label for label, _ in variants].index("fp16 + SDPA")]
+    labels = [label for label, _ in variants]
+    if "fp16 + SDPA" not in labels:
+        return rows
+    reference = outputs[labels.index("fp16 + SDPA")]  # the first one
     for row, output in zip(rows, outputs):
         if np.isfinite(output).all() and np.isfinite(reference).all():
             row.max_abs_diff = round(float(np.abs(output.astype(np.float32) - reference.astype(np.float32)).max()), 5)
     return rows
 
 
-def run(device: str, tiny: bool, cache: Path) -> list[Row]:
+@dataclass
+class BatchRow:
+    batch: int
+    seconds: float
+    images_per_s: float
+    seconds_per_image: float
+    speedup_vs_batch_1: float
+    peak_gib: float
+
+
+def measure_batches(device: str, tiny: bool, cache: Path, batches: list[int], size: int, steps: int,
+                    sink: Callable[[BatchRow], None] = lambda row: None) -> list[BatchRow]:
+    """SDXL throughput at each batch size with the runner's own settings (`optimize_for_device`): one pipeline
+    call per batch, a list of prompts and one seeded generator per item, as the runner's batched render does."""
+    from gpu_runner.device import DeviceChoice
+    from gpu_runner.sdxl import optimize_for_device
+
+    pipe = build_sdxl(device, torch.float16 if device.startswith("cuda") else torch.float32, tiny, cache)
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    optimize_for_device(pipe, DeviceChoice(device=device, dtype=dtype, name=device))
+    rows: list[BatchRow] = []
+    for batch in batches:
+        prompts = [f"portrait of nova {i}, penguin" for i in range(batch)]
+
+        def call(n_steps: int) -> None:
+            generators = [torch.Generator(device="cpu").manual_seed(i) for i in range(batch)]
+            pipe(prompts, negative_prompt=["blurry"] * batch, width=size, height=size, num_inference_steps=n_steps,
+                 guidance_scale=7.0, generator=generators, output_type="np")
+            _sync(device)
+
+        call(2)
+        _reset_peak(device)
+        started = time.perf_counter()
+        call(steps)
+        seconds = time.perf_counter() - started
+        base = rows[0].images_per_s if rows else batch / seconds
+        row = BatchRow(batch, round(seconds, 3), round(batch / seconds, 3), round(seconds / batch, 3),
+                       round(batch / seconds / base, 3), round(_peak_gib(device), 2))
+        rows.append(row)
+        print(f"  SDXL batch {batch}: {seconds:.2f} s, {row.images_per_s:.3f} images/s", file=sys.stderr)
+        sink(row)
+    del pipe
+    return rows
+
+
+def _select(variants: list[Variant], compile_mode: str) -> list[Variant]:
+    if compile_mode == "skip":
+        return [v for v in variants if "compile" not in v[0]]
+    if compile_mode == "only":
+        return [v for v in variants if "compile" in v[0]]
+    return variants
+
+
+def run(device: str, tiny: bool, cache: Path, pipelines: tuple[str, ...] = ("sdxl", "svd"),
+        compile_mode: str = "all", sink: Callable[[Row], None] = lambda row: None) -> list[Row]:
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     size, steps = (64, 2) if tiny else (1024, 30)
     frames, svd_steps, svd_size = (4, 2, (64, 64)) if tiny else (25, 25, (1024, 576))
-    variants_sdxl = SDXL_VARIANTS if device.startswith("cuda") else SDXL_VARIANTS[:5]  # no compile on CPU
+    variants_sdxl = SDXL_VARIANTS if device.startswith("cuda") else [v for v in SDXL_VARIANTS if "compile" not in v[0]]  # no compile on CPU
     variants_svd = SVD_VARIANTS if device.startswith("cuda") else SVD_VARIANTS[:3]
-    rows = _measure(
-        "SDXL", variants_sdxl, lambda: build_sdxl(device, dtype, tiny, cache),
-        lambda pipe, warmup: _run_sdxl(pipe, size, 2 if warmup else steps, device),
-        None if tiny else SDXL_TFLOP, device,
-    )
-    rows += _measure(
-        "SVD-XT", variants_svd, lambda: build_svd(device, dtype, tiny, cache),
-        lambda pipe, warmup: _run_svd(pipe, svd_size, frames, 2 if warmup else svd_steps, 8, device),
-        None if tiny else SVD_TFLOP, device,
-    )
+    rows: list[Row] = []
+    if "sdxl" in pipelines:
+        rows += _measure(
+            "SDXL", _select(variants_sdxl, compile_mode), lambda: build_sdxl(device, dtype, tiny, cache),
+            lambda pipe, warmup: _run_sdxl(pipe, size, 2 if warmup else steps, device),
+            None if tiny else SDXL_TFLOP, device, sink,
+        )
+    if "svd" in pipelines:
+        rows += _measure(
+            "SVD-XT", _select(variants_svd, compile_mode), lambda: build_svd(device, dtype, tiny, cache),
+            lambda pipe, warmup: _run_svd(pipe, svd_size, frames, 2 if warmup else svd_steps, 8, device),
+            None if tiny else SVD_TFLOP, device, sink,
+        )
     return rows
 
 
@@ -246,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="the tiny models (checks the harness, not the GPU)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "soul-bench-models")
+    parser.add_argument("--pipelines", default="sdxl,svd", help="comma-separated: sdxl, svd (none: only batches)")
+    parser.add_argument("--compile", choices=("all", "skip", "only"), default="all",
+                        help="skip: every variant but torch.compile; only: the torch.compile variants alone")
+    parser.add_argument("--batches", default="", help="e.g. 1,2,4: SDXL throughput per batch size, runner settings")
     args = parser.parse_args(argv)
     if args.device is None:
         print("no CUDA device: run with --tiny --device cpu to check the harness", file=sys.stderr)
@@ -253,11 +326,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU (tiny models)"
-    rows = run(args.device, args.tiny, args.cache)
-    print(report(rows, name))
-    if args.json:
-        args.json.write_text(json.dumps({"device": name, "rows": [asdict(r) for r in rows]}, indent=2))
+    figures: dict = {"device": name, "rows": [], "batches": []}
+
+    def save() -> None:  # after every figure, so a run stopped at its time limit keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2))
+
+    def keep(key: str):
+        return lambda row: (figures[key].append(asdict(row)), save())
+
+    pipelines = tuple(p for p in args.pipelines.split(",") if p)
+    rows = run(args.device, args.tiny, args.cache, pipelines, args.compile, keep("rows"))
+    if rows:
+        figures["rows"] = [asdict(r) for r in rows]  # with the differences from the SDPA reference filled in
+        save()
+        print(report(rows, name))
+    if args.batches:
+        size, steps = (64, 2) if args.tiny else (1024, 30)
+        batch_rows = measure_batches(args.device, args.tiny, args.cache,
+                                     [int(b) for b in args.batches.split(",")], size, steps, keep("batches"))
+        print(batch_report(batch_rows, name, size, steps))
     return 0
+
+
+def batch_report(rows: list[BatchRow], device_name: str, size: int, steps: int) -> str:
+    lines = [f"### SDXL {size}x{size}, {steps} steps, batch sizes on {device_name} (runner settings)", "",
+             "| batch | s / call | images / s | s / image | throughput vs batch 1 | peak GiB |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.batch} | {r.seconds:.2f} | {r.images_per_s:.3f} | {r.seconds_per_image:.3f} "
+              f"| {r.speedup_vs_batch_1:.2f}x | {r.peak_gib:.2f} |" for r in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ log = structlog.get_logger(__name__)
 
 GIB = 1024**3
 # Device memory one more SDXL batch item needs at 1024x1024 in fp16 (latents, activations, VAE decode), rounded up.
-BYTES_PER_BATCH_ITEM = 3 * GIB
+# Measured on an H200 (BENCHMARKS.md, bench/gpu.py --batches 1,2,4): SDXL 1024x1024 with CFG peaks at 11.6 GiB
+# for batch 1 (6.9 of them weights), 16.3 for 2 and 25.8 for 4: about 4.8 GiB per item, rounded up.
+BYTES_PER_BATCH_ITEM = 5 * GIB
 MAX_AUTO_BATCH = 4
 
 

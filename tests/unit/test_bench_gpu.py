@@ -22,3 +22,20 @@ def test_gpu_benchmark_harness_runs_on_the_tiny_models(tmp_path, capsys):
     sdpa = [r for r in rows if r["variant"] == "fp16 + SDPA"]
     assert all(r["max_abs_diff"] == 0 for r in sdpa)
     assert "| SDXL | fp16 + SDPA |" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_measures_batch_sizes_with_the_runner_settings(tmp_path, capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(BENCH))
+    out = tmp_path / "out.json"
+    assert gpu.main(["--tiny", "--device", "cpu", "--pipelines", "", "--batches", "1,2", "--json", str(out),
+                     "--cache", str(tmp_path / "cache")]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["rows"] == []
+    assert [b["batch"] for b in figures["batches"]] == [1, 2]
+    assert figures["batches"][0]["speedup_vs_batch_1"] == 1.0
+    assert all(b["images_per_s"] > 0 for b in figures["batches"])
+    assert "| 2 |" in capsys.readouterr().out
