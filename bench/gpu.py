@@ -66,7 +66,12 @@ def build_sdxl(device: str, dtype: torch.dtype, tiny: bool, cache: Path):
 
         return tiny_sdxl_pipeline().to(device, dtype)
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     from gpu_runner.sdxl import sdxl_config_folder
 
@@ -94,8 +99,16 @@ def build_svd(device: str, dtype: torch.dtype, tiny: bool, cache: Path):
         return StableVideoDiffusionPipeline.from_pretrained(ensure_tiny_svd(cache), local_files_only=True).to(
             device, dtype
         )
-    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        EulerDiscreteScheduler,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     folder = CONFIGS / "svd"
     with torch.device(device):

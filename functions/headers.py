@@ -1,6 +1,6 @@
 """Security headers of every answer of the `api` function, pages included: the pages (`/`, `/docs`) get a
-Content-Security-Policy that allows only their own files and the signed-URL origin of the media they show (no
-inline script or style, no framing, no foreign connections); JSON answers get the strictest policy. Policy as
+Content-Security-Policy that allows only their own files and the signed-URL origin of the media they show and
+save (no inline script or style, no framing, no other foreign connections); JSON answers get the strictest policy. Policy as
 data: one table, one function."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def page_csp(signed_url_endpoint: str | None) -> str:
     media = media_origin(signed_url_endpoint)
     return (
         "default-src 'self'; script-src 'self'; style-src 'self'; "
-        f"img-src 'self' data: blob: {media}; media-src 'self' blob: {media}; connect-src 'self'; "
+        f"img-src 'self' data: blob: {media}; media-src 'self' blob: {media}; connect-src 'self' {media}; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     )
 

@@ -27,9 +27,9 @@ from schemas._base import utcnow
 from schemas.api import (
     EstimateQuery,
     Health,
+    ImageOrder,
     ImageQueued,
     ImageReady,
-    ImageOrder,
     ImageRequest,
     Info,
     MarkSeenQuery,
@@ -385,8 +385,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Delete a stored style (admin; the catalog default applies again); last write wins on updated_at.",
              "style", {200: StyleDeleted}, query=StyleDeleteQuery, path_params={"soul_id": SOUL_ID_PATTERN},
              role="admin"),
-    Endpoint("task_stats", "GET", "/tasks/stats/summary", task_stats, "Counts by status and type; p50/p95 durations.",
-             "tasks", {200: TaskStats}),
+    Endpoint("task_stats", "GET", "/tasks/stats/summary", task_stats,
+             "The deployment's counts by status and type, p50/p95 durations and GPU-seconds (admin: it spans every "
+             "tenant).", "tasks", {200: TaskStats}, role="admin"),
     Endpoint("task_get", "GET", "/tasks/<task_id>", task_get, "A task's status, progress and result.", "tasks",
              {200: Task}, path_params=TASK),
     Endpoint("task_events", "GET", "/tasks/<task_id>/events", task_events,

@@ -34,12 +34,6 @@ def webhook_secret(settings: FunctionsSettings, tenant: str, keys: KeyRing | Non
     return settings.webhook_secret.get_secret_value().strip()
 
 
-def may_prerender(tenant: str, pk: str) -> bool:
-    """The quota hook of the warm pool: pre-renders run as the deployment's own background work, bounded by the
-    per-key daily cap (SOUL_WARM_POOL_KEY_CAP_PER_DAY) rather than by the asking tenant's GPU quota."""
-    return True
-
-
 def may_warm() -> bool:
     """Who may call POST /image/warm: admin keys (batch jobs get an admin key of their tenant)."""
     principal = principal_of_request()

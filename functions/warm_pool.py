@@ -4,8 +4,8 @@
 user takes its last unseen variant (or joins the job making it), the next one is queued, so the next time they
 ask it is usually there already.
 
-Pre-renders are bounded by `ahead` (at most `warm_pool_max_ahead`), by a per-key daily cap, and by the
-tenant's quota (`tenancy.may_prerender`, the hook issue 8's quotas plug into). Each one is recorded with the
+Pre-renders are bounded by `ahead` (at most `warm_pool_max_ahead`) and by a per-key daily cap; they are the
+deployment's own background work, so they do not count against the asking tenant's GPU quota. Each one is recorded with the
 reason it was made under `warm_pool/{pk}/prerenders/{variant_index}`, and marked delivered when someone first
 takes it; `/tasks/stats/summary` reports made vs. delivered (the waste).
 
@@ -28,7 +28,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from functions import keys, tenancy
+from functions import keys
 from functions.errors import InvalidInput
 from functions.settings import FunctionsSettings
 from functions.store import Store
@@ -190,7 +190,7 @@ class WarmPool:
         prompt = PromptDoc.model_validate(prompt_snap.to_dict())
         queued: list[str] = []
         for target in range(index, index + missing):
-            if not self._within_cap(pk) or not tenancy.may_prerender(tenancy.tenant_of_request(), pk):
+            if not self._within_cap(pk):
                 log.info("prerender_capped", pk=pk)
                 break
             job = prerender(prompt, target)

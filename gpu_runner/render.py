@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import structlog
 
-from gpu_runner.errors import JobCanceled, LeaseLost, TransientError
 from gpu_runner import failpoints
+from gpu_runner.errors import JobCanceled, LeaseLost, TransientError
 from gpu_runner.image_job import WorkContext
 from gpu_runner.intake import LookAhead, Ticket
 from schemas.jobs import JobDoc, JobType

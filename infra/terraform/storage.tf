@@ -33,6 +33,15 @@ resource "google_storage_bucket" "media" {
     log_bucket = google_storage_bucket.access_logs.name
   }
 
+  # The web page saves results as blobs: it fetches the signed URL (its CSP's connect-src names this origin), so
+  # the bucket answers CORS for GET. A signed URL is the credential; CORS only lets a page read what it already holds.
+  cors {
+    origin          = var.media_cors_origins
+    method          = ["GET", "HEAD"]
+    response_header = ["Content-Type", "Content-Length", "Content-Disposition"]
+    max_age_seconds = 3600
+  }
+
   dynamic "lifecycle_rule" {
     for_each = var.media_delete_after_days > 0 ? [var.media_delete_after_days] : []
     content {

@@ -401,3 +401,9 @@ variable "alert_job_failure_ratio" {
   type        = number
   default     = 0.2
 }
+
+variable "media_cors_origins" {
+  description = "Origins whose pages may fetch signed media URLs (the api function's URL, a custom domain); [\"*\"] lets any page that holds a signed URL save it."
+  type        = list(string)
+  default     = ["*"]
+}

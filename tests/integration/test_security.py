@@ -180,6 +180,15 @@ def test_styles_are_admin_only_and_me_names_the_role(tenants):
     assert_error(tenants.get("/me", headers={"X-API-Key": "nope"}), 403, "permission_denied")
 
 
+def test_deployment_wide_stats_are_for_admins_only(tenants):
+    """The summary counts every tenant's jobs: a client key learns nothing of other tenants from it."""
+    tenants.get("/image", query_string=PENGUIN, headers=H_GLOBEX)
+    for headers in (H_ACME, H_GLOBEX):
+        assert_error(tenants.get("/tasks/stats/summary", headers=headers), 403, "permission_denied")
+    stats = tenants.get("/tasks/stats/summary", headers=H_ADMIN)
+    assert stats.status_code == 200 and stats.json["total"] >= 1
+
+
 def test_style_updated_at_is_bounded_and_deletes_take_part_in_last_write_wins(tenants):
     style = tenants.get("/style/nova", headers=H_ADMIN).json["style"]
     body = {"soul_id": "nova", "style": style}
@@ -307,6 +316,8 @@ def test_security_headers_on_pages_and_answers(tenants):
         csp = response.headers["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
         assert "img-src 'self' data: blob: " in csp and "media-src 'self' blob: " in csp
+        connect = next(d.split()[1:] for d in csp.split(";") if d.split()[:1] == ["connect-src"])
+        assert connect[0] == "'self'" and len(connect) == 2 and connect[1].startswith("http"), csp  # + media only
     assert b"<script>" not in tenants.get("/docs").data and b"<style>" not in tenants.get("/docs").data
     assert tenants.get("/ui/docs.js").status_code == 200 and tenants.get("/ui/docs.css").status_code == 200
     for path in ("/", "/docs", "/tasks", "/nowhere", "/healthz"):

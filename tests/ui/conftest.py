@@ -34,7 +34,8 @@ def page_csp(signed_origin: str) -> str:
 
 
 class WithCsp:
-    """WSGI middleware: adds the page's CSP to every answer that has none (the functions may set it themselves)."""
+    """WSGI middleware: the pages served under the policy a test names (the narrow one forbids fetching signed URLs,
+    the wide one allows it), in place of the one the function sets; JSON answers keep their own."""
 
     def __init__(self, app, csp: str):
         self._app = app
@@ -42,8 +43,10 @@ class WithCsp:
 
     def __call__(self, environ, start_response):
         def start(status, headers, exc_info=None):
-            if not any(k.lower() == "content-security-policy" for k, _ in headers):
-                headers = [*headers, ("Content-Security-Policy", self._csp)]
+            is_page = any(k.lower() == "content-type" and v.startswith("text/html") for k, v in headers)
+            if is_page or not any(k.lower() == "content-security-policy" for k, _ in headers):
+                headers = [*[(k, v) for k, v in headers if k.lower() != "content-security-policy"],
+                           ("Content-Security-Policy", self._csp)]
             return start_response(status, headers, exc_info)
 
         return self._app(environ, start)

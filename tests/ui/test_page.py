@@ -275,18 +275,15 @@ def test_docs_header_renders_code_not_backticks(ui, ui_stack):
 
 
 def test_styles_are_read_only_for_clients_and_editable_for_admins(ui, ui_stack):
+    me = re.compile(r".*/me$")
+    ui.page.route(me, lambda route: route.fulfill(json={"tenant": "t1", "role": "client"}))
     open_page(ui, ui_stack, "?user=style-user")
     ui.page.locator("#styles summary", has_text="Mira").click()
     expect(ui.page.locator("#styles details[open] dd").first).to_be_visible()
-    expect(ui.page.locator("#styles textarea")).to_have_count(0)  # no GET /me today: a client
+    expect(ui.page.locator("#styles textarea")).to_have_count(0)  # GET /me says client: read-only
 
-    def with_me(route):
-        doc = route.fetch().json()
-        doc["paths"]["/me"] = {"get": {"summary": "the caller"}}
-        route.fulfill(json=doc)
-
-    ui.page.route(re.compile(r".*/openapi\.json$"), with_me)
-    ui.page.route(re.compile(r".*/me$"), lambda route: route.fulfill(json={"tenant": "t1", "role": "admin"}))
+    ui.page.unroute(me)
+    ui.page.route(me, lambda route: route.fulfill(json={"tenant": "t1", "role": "admin"}))
     open_page(ui, ui_stack, "?user=style-user")
     ui.page.locator("#styles summary", has_text="Mira").click()
     editor = ui.page.get_by_label("Style of mira (JSON)")
