@@ -255,19 +255,18 @@ def measure_batches(device: str, tiny: bool, cache: Path, batches: list[int], si
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     optimize_for_device(pipe, DeviceChoice(device=device, dtype=dtype, name=device))
     rows: list[BatchRow] = []
+    def call(batch: int, n_steps: int) -> None:
+        generators = [torch.Generator(device="cpu").manual_seed(i) for i in range(batch)]
+        pipe([f"portrait of nova {i}, penguin" for i in range(batch)], negative_prompt=["blurry"] * batch,
+             width=size, height=size, num_inference_steps=n_steps, guidance_scale=7.0, generator=generators,
+             output_type="np")
+        _sync(device)
+
     for batch in batches:
-        prompts = [f"portrait of nova {i}, penguin" for i in range(batch)]
-
-        def call(n_steps: int) -> None:
-            generators = [torch.Generator(device="cpu").manual_seed(i) for i in range(batch)]
-            pipe(prompts, negative_prompt=["blurry"] * batch, width=size, height=size, num_inference_steps=n_steps,
-                 guidance_scale=7.0, generator=generators, output_type="np")
-            _sync(device)
-
-        call(2)
+        call(batch, 2)
         _reset_peak(device)
         started = time.perf_counter()
-        call(steps)
+        call(batch, steps)
         seconds = time.perf_counter() - started
         base = rows[0].images_per_s if rows else batch / seconds
         row = BatchRow(batch, round(seconds, 3), round(batch / seconds, 3), round(seconds / batch, 3),
@@ -275,7 +274,6 @@ def measure_batches(device: str, tiny: bool, cache: Path, batches: list[int], si
         rows.append(row)
         print(f"  SDXL batch {batch}: {seconds:.2f} s, {row.images_per_s:.3f} images/s", file=sys.stderr)
         sink(row)
-    del pipe
     return rows
 
 
