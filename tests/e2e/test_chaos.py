@@ -131,7 +131,10 @@ class Chaos:
         they publish are not lost with it (Pub/Sub itself never loses acked-for publishes; the emulator would)."""
         self.signal_runners(signal.SIGSTOP, runner_names)
         try:
-            self.collect_events()
+            # Everything published before the freeze is collected: a publish acknowledged just before it may not be
+            # pullable at once, and one empty `return_immediately` answer is not proof of an empty backlog.
+            time.sleep(1.0)
+            self.events.extend(pull_all(self.subscriber, names.SUB_EVENTS, rounds=4))
             self.emulators.restart_pubsub()
         finally:
             self.signal_runners(signal.SIGCONT, runner_names)
