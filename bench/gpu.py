@@ -66,12 +66,7 @@ def build_sdxl(device: str, dtype: torch.dtype, tiny: bool, cache: Path):
 
         return tiny_sdxl_pipeline().to(device, dtype)
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     from gpu_runner.sdxl import sdxl_config_folder
 
@@ -99,16 +94,8 @@ def build_svd(device: str, dtype: torch.dtype, tiny: bool, cache: Path):
         return StableVideoDiffusionPipeline.from_pretrained(ensure_tiny_svd(cache), local_files_only=True).to(
             device, dtype
         )
-    from diffusers import (
-        AutoencoderKLTemporalDecoder,
-        EulerDiscreteScheduler,
-        UNetSpatioTemporalConditionModel,
-    )
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     folder = CONFIGS / "svd"
     with torch.device(device):
@@ -251,10 +238,11 @@ def measure_batches(device: str, tiny: bool, cache: Path, batches: list[int], si
     from gpu_runner.device import DeviceChoice
     from gpu_runner.sdxl import optimize_for_device
 
-    pipe = build_sdxl(device, torch.float16 if device.startswith("cuda") else torch.float32, tiny, cache)
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    pipe = build_sdxl(device, dtype, tiny, cache)
     optimize_for_device(pipe, DeviceChoice(device=device, dtype=dtype, name=device))
     rows: list[BatchRow] = []
+
     def call(batch: int, n_steps: int) -> None:
         generators = [torch.Generator(device="cpu").manual_seed(i) for i in range(batch)]
         pipe([f"portrait of nova {i}, penguin" for i in range(batch)], negative_prompt=["blurry"] * batch,
@@ -290,18 +278,18 @@ def run(device: str, tiny: bool, cache: Path, pipelines: tuple[str, ...] = ("sdx
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     size, steps = (64, 2) if tiny else (1024, 30)
     frames, svd_steps, svd_size = (4, 2, (64, 64)) if tiny else (25, 25, (1024, 576))
-    variants_sdxl = SDXL_VARIANTS if device.startswith("cuda") else [v for v in SDXL_VARIANTS if "compile" not in v[0]]  # no compile on CPU
-    variants_svd = SVD_VARIANTS if device.startswith("cuda") else SVD_VARIANTS[:3]
+    if not device.startswith("cuda"):  # no torch.compile on CPU
+        compile_mode = "skip"
     rows: list[Row] = []
     if "sdxl" in pipelines:
         rows += _measure(
-            "SDXL", _select(variants_sdxl, compile_mode), lambda: build_sdxl(device, dtype, tiny, cache),
+            "SDXL", _select(SDXL_VARIANTS, compile_mode), lambda: build_sdxl(device, dtype, tiny, cache),
             lambda pipe, warmup: _run_sdxl(pipe, size, 2 if warmup else steps, device),
             None if tiny else SDXL_TFLOP, device, sink,
         )
     if "svd" in pipelines:
         rows += _measure(
-            "SVD-XT", _select(variants_svd, compile_mode), lambda: build_svd(device, dtype, tiny, cache),
+            "SVD-XT", _select(SVD_VARIANTS, compile_mode), lambda: build_svd(device, dtype, tiny, cache),
             lambda pipe, warmup: _run_svd(pipe, svd_size, frames, 2 if warmup else svd_steps, 8, device),
             None if tiny else SVD_TFLOP, device, sink,
         )

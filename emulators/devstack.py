@@ -25,12 +25,7 @@ import structlog
 
 from emulators import _process, detached
 from emulators._process import ReadinessCheck
-from emulators.autoscaler import (
-    AutoscalePolicy,
-    LocalAutoscaler,
-    firestore_backlog,
-    parse_range,
-)
+from emulators.autoscaler import AutoscalePolicy, LocalAutoscaler, firestore_backlog, parse_range
 from emulators.errors import EmulatorError
 from emulators.stack import EmulatorStack, StackConfig
 from emulators.supervisor import RestartPolicy, Supervisor

@@ -19,15 +19,9 @@ from werkzeug.routing import Map, Rule
 
 from functions import errors, webpage
 from functions._clients import Clients
-from functions.auth import (
-    LOCAL,
-    KeyRing,
-    Principal,
-    authenticate_key,
-    platform_principal,
-)
-from functions.headers import add_security_headers
+from functions.auth import LOCAL, KeyRing, Principal, authenticate_key, platform_principal
 from functions.idempotency import StoredReply, request_fingerprint
+from functions.headers import add_security_headers
 from functions.openapi import openapi_document
 from functions.routes import ENDPOINTS, Call, Endpoint
 from functions.services import build_services

@@ -1,7 +1,7 @@
 """Security headers of every answer of the `api` function, pages included: the pages (`/`, `/docs`) get a
 Content-Security-Policy that allows only their own files and the signed-URL origin of the media they show and
-save (no inline script or style, no framing, no other foreign connections); JSON answers get the strictest policy. Policy as
-data: one table, one function."""
+save (no inline script or style, no framing, no other foreign connections); JSON answers get the strictest
+policy. Policy as data: one table, one function."""
 
 from __future__ import annotations
 

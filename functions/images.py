@@ -10,13 +10,7 @@ from functions.auth import DEFAULT_TENANT, scoped_user
 from functions.errors import InvalidInput
 from functions.jobs import Interest, ensure_job
 from functions.normalize import EmptyCueError, normalize_cue
-from functions.places import (
-    UnknownChoice,
-    choose_place,
-    remember,
-    selfie_cue,
-    shipped_places,
-)
+from functions.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.publish import Publisher
 from functions.quotas import QuotaService
 from functions.settings import FunctionsSettings
@@ -29,10 +23,9 @@ from functions.warm_pool import WARM_POOL_USER, WarmPool
 from schemas._base import utcnow
 from schemas.api import ImageQueued, ImageReady, Place, SelfieRequest, Variant
 from schemas.documents import PromptDoc, Style, VariantDoc
+from schemas.push import WarmAnswer, WarmRequest
 from schemas.ids import new_ulid
 from schemas.jobs import ImageJobSpec, JobDoc, JobLane, JobType
-from schemas.push import WarmAnswer, WarmRequest
-
 
 @dataclass(frozen=True)
 class ImageAsk:

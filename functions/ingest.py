@@ -25,17 +25,17 @@ from functions.images import ImageAsk
 from functions.services import Services
 from functions.tenancy import INGEST_TENANT
 from schemas import names
+from schemas.push import WebhookOptions
 from schemas.api import (
     ErrorDetail,
-    ImageOrder,
     ImageQueued,
     ImageReady,
+    ImageOrder,
     RequestOutcome,
     SelfieRequest,
     VideoAccepted,
     VideoFromVariantQuery,
 )
-from schemas.push import WebhookOptions
 
 log = structlog.get_logger(__name__)
 

@@ -27,9 +27,9 @@ from schemas._base import utcnow
 from schemas.api import (
     EstimateQuery,
     Health,
-    ImageOrder,
     ImageQueued,
     ImageReady,
+    ImageOrder,
     ImageRequest,
     Info,
     MarkSeenQuery,

@@ -11,6 +11,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from functions.auth import DEFAULT_TENANT, scoped_user
+
 from functions.errors import Conflict, NotFound, Unavailable
 from functions.publish import Publisher
 from functions.signing import UrlSigner, variant_link
@@ -18,26 +19,9 @@ from functions.store import Store
 from functions.usage import GpuUsage
 from schemas import names
 from schemas._base import utcnow
-from schemas.api import (
-    DurationStats,
-    MediaLink,
-    Task,
-    TaskActions,
-    TaskListQuery,
-    TaskMetrics,
-    TaskPage,
-    TaskResult,
-    TaskStats,
-)
-from schemas.jobs import (
-    TERMINAL_STATUSES,
-    ImageResult,
-    JobDoc,
-    JobEvent,
-    JobStatus,
-    JobType,
-    VideoResult,
-)
+from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats
+from schemas.api import TaskMetrics
+from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
 
 STATS_SAMPLE = 500
 

@@ -5,9 +5,9 @@ user takes its last unseen variant (or joins the job making it), the next one is
 ask it is usually there already.
 
 Pre-renders are bounded by `ahead` (at most `warm_pool_max_ahead`) and by a per-key daily cap; they are the
-deployment's own background work, so they do not count against the asking tenant's GPU quota. Each one is recorded with the
-reason it was made under `warm_pool/{pk}/prerenders/{variant_index}`, and marked delivered when someone first
-takes it; `/tasks/stats/summary` reports made vs. delivered (the waste).
+deployment's own background work, so they do not count against the asking tenant's GPU quota. Each one is
+recorded with the reason it was made under `warm_pool/{pk}/prerenders/{variant_index}`, and marked delivered when
+someone first takes it; `/tasks/stats/summary` reports made vs. delivered (the waste).
 
 Concurrent triggers agree without locks: the variant index to make next is the first one without a live job,
 and the job id is named from (pk, index), so twenty users finishing a variant at once create one pre-render.

@@ -33,14 +33,7 @@ from functions.store import Store
 from functions.webhooks import WebhookRegistry
 from schemas import names
 from schemas._base import firestore_dict, utcnow
-from schemas.push import (
-    DeliveryAttempt,
-    DeliveryDoc,
-    JobProgress,
-    JobStarted,
-    WebhookDoc,
-    WebhookEvent,
-)
+from schemas.push import DeliveryAttempt, DeliveryDoc, JobProgress, JobStarted, WebhookDoc, WebhookEvent
 
 log = structlog.get_logger(__name__)
 

@@ -17,25 +17,12 @@ from google.cloud import firestore
 from pydantic import ValidationError
 
 from gpu_runner.deadlines import deadline
-from gpu_runner.errors import (
-    InvalidJob,
-    InvalidMessage,
-    JobNotFound,
-    LeaseLost,
-    TransientError,
-)
+from gpu_runner.errors import InvalidJob, InvalidMessage, JobNotFound, LeaseLost, TransientError
 from gpu_runner.leasing import ClaimDecision, decide_claim, lease_expired
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
-from schemas.jobs import (
-    TERMINAL_STATUSES,
-    JobDoc,
-    JobError,
-    JobMetrics,
-    JobStatus,
-    JobType,
-)
+from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobMetrics, JobStatus, JobType
 
 _OPTIMISTIC_RETRIES = 5
 # Weight of a new sample in the moving averages of measured pace.

@@ -55,12 +55,7 @@ class ModelHost:
             if self._svd is None:
                 import torch
 
-                from gpu_runner.svd import (
-                    apply_residency,
-                    load_svd,
-                    pipeline_bytes,
-                    residency_policy,
-                )
+                from gpu_runner.svd import apply_residency, load_svd, pipeline_bytes, residency_policy
 
                 pipe = load_svd(
                     self._settings.svd_model, Path(self._settings.model_cache_dir), "cpu", self.device.dtype

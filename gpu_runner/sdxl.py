@@ -155,9 +155,7 @@ def load_sdxl(
     checkpoint; by default the shipped SDXL base 1.0 configs."""
     cache_dir = Path(cache_dir)
     if model is None:
-        from gpu_runner.tiny_models import (
-            ensure_tiny_sdxl,  # deferred: it builds on this module's CLIP vocab
-        )
+        from gpu_runner.tiny_models import ensure_tiny_sdxl  # deferred: it builds on this module's CLIP vocab
 
         pipe = StableDiffusionXLPipeline.from_pretrained(
             ensure_tiny_sdxl(cache_dir), dtype=device.dtype, local_files_only=True

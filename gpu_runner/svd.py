@@ -22,11 +22,7 @@ from diffusers import (
     UNetSpatioTemporalConditionModel,
 )
 from PIL import Image
-from transformers import (
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    CLIPVisionModelWithProjection,
-)
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from gpu_runner.tiny_models import save_pipeline
 

@@ -11,10 +11,10 @@ from urllib.parse import quote
 import requests
 from pydantic import BaseModel, ValidationError
 
-from schemas.api import ErrorBody, ImageQueued, ImageReady, Task, TaskPage
-from schemas.jobs import JobStatus, JobType
 from soul_cli import __version__
 from soul_cli.errors import ApiError, ApiUnreachable, BadResponse
+from schemas.api import ErrorBody, ImageQueued, ImageReady, Task, TaskPage
+from schemas.jobs import JobStatus, JobType
 
 __all__ = ["ApiError", "SoulClient"]
 

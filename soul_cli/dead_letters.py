@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from schemas import names
-from schemas.jobs import JobRequested
 from soul_cli.bus import Bus, Received
 from soul_cli.errors import BusError
+from schemas import names
+from schemas.jobs import JobRequested
 
 ATTRIBUTE_PREFIX = "soul-dead-letter-"
 REASON_ATTRIBUTE = "soul-dead-letter-reason"

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import requests
 from pydantic import ValidationError
 
-from schemas.push import TaskUpdate
 from soul_cli.client import SoulClient
 from soul_cli.errors import CliError
+from schemas.push import TaskUpdate
 
 ENDING_EVENTS = frozenset({"end", "timeout", "error"})
 

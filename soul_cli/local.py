@@ -14,9 +14,7 @@ def discover(state_dir: Path = DEFAULT_STATE_DIR) -> dict[str, str]:
     """The client environment of the running local stack recorded in `state_dir`, or {}."""
     if os.environ.get("PUBSUB_EMULATOR_HOST") or not (state_dir / "stack.json").is_file():
         return {}
-    from emulators import (
-        detached,  # imported only when a record exists: it costs most of a second
-    )
+    from emulators import detached  # imported only when a record exists: it costs most of a second
     from emulators.errors import EmulatorError
 
     try:

@@ -15,14 +15,14 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from soul_cli import bus, dead_letters, render
+from soul_cli.client import SoulClient
+from soul_cli.local import apply as apply_local_stack
+from soul_cli.errors import BadResponse, BusError, CliError, TaskUnsuccessful
+from soul_cli.waiting import wait_for_task
 from schemas import names
 from schemas.api import ImageQueued, ImageReady, Task
 from schemas.jobs import JobStatus, JobType
-from soul_cli import bus, dead_letters, render
-from soul_cli.client import SoulClient
-from soul_cli.errors import BadResponse, BusError, CliError, TaskUnsuccessful
-from soul_cli.local import apply as apply_local_stack
-from soul_cli.waiting import wait_for_task
 
 DEFAULT_API_URL = "http://localhost:8080"
 DEFAULT_PROJECT_ID = "soul-local"  # as the deployables default

@@ -11,10 +11,10 @@ from datetime import datetime
 from rich.table import Table
 from rich.text import Text
 
-from schemas.api import Task
-from schemas.jobs import TERMINAL_STATUSES
 from soul_cli.bus import Received
 from soul_cli.dead_letters import DeadLetter
+from schemas.api import Task
+from schemas.jobs import TERMINAL_STATUSES
 
 NONE = "-"
 

@@ -8,21 +8,15 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-)
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn
 
-from schemas.api import Task
-from schemas.jobs import TERMINAL_STATUSES
-from schemas.push import TaskUpdate
 from soul_cli import render
 from soul_cli.client import SoulClient
 from soul_cli.errors import CliError, StillRunning
 from soul_cli.events import task_updates
+from schemas.api import Task
+from schemas.jobs import TERMINAL_STATUSES
+from schemas.push import TaskUpdate
 
 
 def wait_for_task(

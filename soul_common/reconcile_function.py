@@ -10,7 +10,7 @@ from google.cloud import firestore, pubsub_v1
 
 from soul_common.events import EventPublisher
 from soul_common.logs import configure_logging
-from soul_common.reconciler import Reconciler, ReconcileReport
+from soul_common.reconciler import ReconcileReport, Reconciler
 from soul_common.settings import ReconcileSettings
 
 _lock = threading.Lock()

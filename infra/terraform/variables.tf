@@ -403,7 +403,8 @@ variable "alert_job_failure_ratio" {
 }
 
 variable "media_cors_origins" {
-  description = "Origins whose pages may fetch signed media URLs (the api function's URL, a custom domain); [\"*\"] lets any page that holds a signed URL save it."
+  # ["*"]: any page that holds a signed URL may save it (the URL is the credential).
+  description = "Origins whose pages may fetch signed media URLs: the api function's URL or a custom domain."
   type        = list(string)
   default     = ["*"]
 }

@@ -86,8 +86,8 @@ class Chaos:
                     "SOUL_FAILPOINT_SEED": seed}
         return env
 
-    def collect_events(self) -> None:
-        self.events.extend(pull_all(self.subscriber, names.SUB_EVENTS, rounds=1))
+    def collect_events(self, rounds: int = 1) -> None:
+        self.events.extend(pull_all(self.subscriber, names.SUB_EVENTS, rounds=rounds))
 
     def duplicate(self, task_ids: list[str], count: int) -> None:
         topic = self.publisher.topic_path(self.project, names.TOPIC_JOBS)
@@ -134,7 +134,7 @@ class Chaos:
             # Everything published before the freeze is collected: a publish acknowledged just before it may not be
             # pullable at once, and one empty `return_immediately` answer is not proof of an empty backlog.
             time.sleep(1.0)
-            self.events.extend(pull_all(self.subscriber, names.SUB_EVENTS, rounds=4))
+            self.collect_events(rounds=4)
             self.emulators.restart_pubsub()
         finally:
             self.signal_runners(signal.SIGCONT, runner_names)

@@ -15,16 +15,7 @@ from functions.counters import ShardedCounter
 from functions.usage import gpu_stats
 from schemas import names
 from schemas._base import firestore_dict, utcnow
-from schemas.jobs import (
-    ImageJobSpec,
-    ImageResult,
-    JobDoc,
-    JobLane,
-    JobMetrics,
-    JobStatus,
-    JobType,
-    VideoJobSpec,
-)
+from schemas.jobs import ImageJobSpec, ImageResult, JobDoc, JobLane, JobMetrics, JobStatus, JobType, VideoJobSpec
 from tests.integration.test_api_surface import seed_variants
 
 PENGUIN = {"soul_id": "nova", "cue": "penguin", "user_id": "user123"}

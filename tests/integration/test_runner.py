@@ -16,9 +16,9 @@ from PIL import Image
 
 from gpu_runner.__main__ import make_clients
 from gpu_runner.errors import TransientError
-from gpu_runner.events import EventPublisher
 from gpu_runner.models import ModelHost
 from gpu_runner.reconciler import ReconcilePolicy, Reconciler
+from gpu_runner.events import EventPublisher
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.worker import Runner
 from schemas import names

@@ -132,9 +132,8 @@ def test_image_paths_that_are_not_a_known_variant_are_refused_without_reading(ap
 
 def test_image_path_of_a_known_variant_is_accepted(api, video_settings, video_models):
     variant = make_variant(api, video_settings, video_models, cue="cat")
-    import os
-
     from google.cloud import firestore
+    import os
 
     doc = firestore.Client(project=os.environ["GCS_PROJECT_ID"]).collection(names.VARIANTS).document(
         variant["variant_id"]).get().to_dict()

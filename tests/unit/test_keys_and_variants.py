@@ -10,6 +10,7 @@ from functions.variants import choose_unseen, next_variant_index
 from schemas.documents import Style
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN
 
+
 STYLE = Style(prompt_prefix="portrait of nova", negative_prompt="blurry")
 
 

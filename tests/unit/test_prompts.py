@@ -11,25 +11,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read once at import by the hub c
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import (  # noqa: E402
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
 
 from functions.catalog import shipped_souls  # noqa: E402
 from functions.keys import compose_prompt  # noqa: E402
 from gpu_runner import prompts  # noqa: E402
-from gpu_runner.device import DeviceChoice  # noqa: E402
 from gpu_runner.prompts import encode_prompts, tokenize_prompt  # noqa: E402
-from gpu_runner.sdxl import (  # noqa: E402
-    SHIPPED_CONFIGS,
-    RenderSpec,
-    load_sdxl,
-    render_image,
-    sdxl_config_folder,
-)
+from gpu_runner.device import DeviceChoice  # noqa: E402
+from gpu_runner.sdxl import SHIPPED_CONFIGS, RenderSpec, load_sdxl, render_image, sdxl_config_folder  # noqa: E402
 from gpu_runner.tiny_models import tiny_sdxl_pipeline  # noqa: E402
 
 CPU = DeviceChoice(device="cpu", dtype=torch.float32, name="cpu")

@@ -74,11 +74,7 @@ def test_model_strings_that_are_neither_a_folder_nor_a_hub_id_are_refused(bad, t
 def test_shipped_configs_are_the_svd_xt_architecture():
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     folder = svd.SHIPPED_CONFIGS
     with init_empty_weights():
