@@ -4,6 +4,7 @@ job makes the next one. This is the one code path behind `GET/POST /image`, `/im
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from functions import estimates, keys, lanes
 from functions.auth import DEFAULT_TENANT, scoped_user
@@ -104,7 +105,8 @@ class ImageService:
             if self._usage is not None:
                 self._usage.record_dedup_hit()
             left = sum(1 for v in variants if v.variant_id not in seen) - 1  # once this one is taken
-            self._warm.after_take(pk, unseen.variant_index, left, variants, self.prerender)
+            self._warm.after_take(pk, unseen.variant_index, left, variants,
+                                  partial(self.prerender, tenant=ask.tenant))
             return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
         index = next_variant_index(variants)
         if index == 0:
@@ -116,7 +118,7 @@ class ImageService:
                 )
             )
         job = self._ensure_variant_job(ask, pk, cue, style, index)
-        self._warm.after_join(pk, job, self.prerender)
+        self._warm.after_join(pk, job, partial(self.prerender, tenant=ask.tenant))
         return ImageQueued(
             status=job.status,
             task_id=job.job_id,
@@ -157,16 +159,18 @@ class ImageService:
         )
         return lanes.promote_if_waited_on(self._store, self._publisher, job, ask.lane)
 
-    def prerender(self, prompt: PromptDoc, index: int) -> JobDoc | None:
-        """A background job for variant `index` of an image prompt key (the warm pool's renders); None when the
-        soul's style changed since (the key is then no longer the one users ask for)."""
+    def prerender(self, prompt: PromptDoc, index: int, tenant: str = DEFAULT_TENANT) -> JobDoc | None:
+        """A background job for variant `index` of an image prompt key (the warm pool's renders), admitted and
+        charged under `tenant`'s quota (the tenant whose demand asked for it); None when the soul's style changed
+        since (the key is then no longer the one users ask for)."""
         style = self._styles.get(prompt.soul_id).style
         if keys.style_fingerprint(style) != prompt.style_fingerprint or prompt.kind != "image":
             return None
-        ask = ImageAsk(soul_id=prompt.soul_id, cue=prompt.cue, user_id=WARM_POOL_USER, lane=JobLane.BACKGROUND)
+        ask = ImageAsk(soul_id=prompt.soul_id, cue=prompt.cue, user_id=WARM_POOL_USER, tenant=tenant,
+                       lane=JobLane.BACKGROUND)
         return self._ensure_variant_job(ask, prompt.pk, prompt.cue, style, index)
 
-    def warm(self, request: WarmRequest) -> WarmAnswer:
+    def warm(self, request: WarmRequest, tenant: str = DEFAULT_TENANT) -> WarmAnswer:
         """`POST /image/warm`: keep `variants` fresh variants of this cue ahead, from now on."""
         try:
             cue = normalize_cue(request.cue)
@@ -179,7 +183,8 @@ class ImageService:
         self._store.ensure_prompt(PromptDoc(pk=pk, kind="image", soul_id=request.soul_id, cue=cue,
                                             style_fingerprint=keys.style_fingerprint(style), created_at=now,
                                             updated_at=now))
-        return self._warm.warm(pk, request.variants, self._store.variants_of(pk), self.prerender)
+        return self._warm.warm(pk, request.variants, self._store.variants_of(pk),
+                               partial(self.prerender, tenant=tenant))
 
     def variant_view(self, variant: VariantDoc) -> Variant:
         return variant_link(self._signer, variant)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 
 import flask
@@ -209,7 +210,7 @@ def mark_seen(svc: Services, call: Call) -> Reply:
     user = scoped_user(call.principal.tenant, query.user_id)
     seen = SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
     doc = svc.store.mark_seen(user, seen)
-    svc.warm_pool.after_seen(user, variant, svc.images.prerender)
+    svc.warm_pool.after_seen(user, variant, partial(svc.images.prerender, tenant=call.principal.tenant))
     return 200, Seen(variant_id=doc.variant_id, user_id=query.user_id, pk_id=doc.pk, soul_id=doc.soul_id,
                      seen_at=doc.seen_at)
 
@@ -290,7 +291,7 @@ def image_warm(svc: Services, call: Call) -> Reply:
     assert isinstance(call.body, WarmRequest)
     if not may_warm():
         raise PermissionDenied("POST /image/warm needs an admin or batch key")
-    return 200, svc.images.warm(call.body)
+    return 200, svc.images.warm(call.body, call.principal.tenant)
 
 
 # ---- video -----------------------------------------------------------------------------------------------------

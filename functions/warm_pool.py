@@ -4,10 +4,11 @@
 user takes its last unseen variant (or joins the job making it), the next one is queued, so the next time they
 ask it is usually there already.
 
-Pre-renders are bounded by `ahead` (at most `warm_pool_max_ahead`) and by a per-key daily cap; they are the
-deployment's own background work, so they do not count against the asking tenant's GPU quota. Each one is
-recorded with the reason it was made under `warm_pool/{pk}/prerenders/{variant_index}`, and marked delivered when
-someone first takes it; `/tasks/stats/summary` reports made vs. delivered (the waste).
+Pre-renders are bounded by `ahead` (at most `warm_pool_max_ahead`), by a per-key daily cap, and by the GPU
+quota of the tenant whose demand or `POST /image/warm` asked for them (they are admitted and charged like its own
+jobs; a refusal only means no pre-render, never a failed answer). Each one is recorded with the reason it was
+made under `warm_pool/{pk}/prerenders/{variant_index}`, and marked delivered when someone first takes it;
+`/tasks/stats/summary` reports made vs. delivered (the waste).
 
 Concurrent triggers agree without locks: the variant index to make next is the first one without a live job,
 and the job id is named from (pk, index), so twenty users finishing a variant at once create one pre-render.
@@ -29,7 +30,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
 from functions import keys
-from functions.errors import InvalidInput
+from functions.errors import InvalidInput, TooManyRequests
 from functions.settings import FunctionsSettings
 from functions.store import Store
 from functions.variants import next_variant_index
@@ -193,7 +194,11 @@ class WarmPool:
             if not self._within_cap(pk):
                 log.info("prerender_capped", pk=pk)
                 break
-            job = prerender(prompt, target)
+            try:
+                job = prerender(prompt, target)
+            except TooManyRequests as exc:  # the asking tenant's GPU quota: no pre-render, the answer stands
+                log.info("prerender_over_quota", pk=pk, reason=str(exc))
+                break
             if job is None:
                 break
             if job.requested_by == WARM_POOL_USER and JobLane(job.lane) is JobLane.BACKGROUND:

@@ -1,9 +1,11 @@
 """The warm pool against the emulators: demand (two users) makes the next variant pre-render in the background
 lane with its reason recorded; a user taking their last unseen variant queues the next before they ask; a
-pre-render a user later gets counts as delivered in /tasks/stats/summary; POST /image/warm and the per-key cap."""
+pre-render a user later gets counts as delivered in /tasks/stats/summary; POST /image/warm and the per-key cap;
+pre-renders charged to the asking tenant's GPU quota, whose refusal skips them without failing the answer."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -102,6 +104,31 @@ def test_explicit_warm_queues_ahead_within_the_bounds(pool, subscriber):
     reasons = [s.to_dict()["reason"] for s in
                db().collection(names.WARM_POOL).document(answer.json["pk_id"]).collection("prerenders").stream()]
     assert reasons == ["POST /image/warm asked for 3 ahead"] * 2
+
+
+def test_pre_renders_are_charged_to_the_asking_tenant_and_its_quota_only_skips_them(pool, tmp_path, monkeypatch):
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps([
+        {"tenant": "acme", "role": "client", "key": "acme-warm-key-0001", "quota": {"jobs_per_hour": 1}},
+        {"tenant": "globex", "role": "client", "key": "globex-warm-key-01"},
+    ]))
+    monkeypatch.delenv("SOUL_API_KEYS", raising=False)
+    client = pool(SOUL_API_KEYS_FILE=str(keys), SOUL_WARM_POOL_MIN_USERS="1")
+    acme, globex = {"X-API-Key": "acme-warm-key-0001"}, {"X-API-Key": "globex-warm-key-01"}
+
+    asked = client.get("/image", query_string={**PENGUIN, "user_id": "ann"}, headers=acme)
+    assert asked.status_code == 202, asked.json  # acme's one job of this hour
+    assert prerender_jobs() == []  # the pre-render would be its second: refused, and the answer stood
+    v0 = render(asked.json["task_id"])
+    took = client.get("/image", query_string={**PENGUIN, "user_id": "ann"}, headers=acme)
+    assert took.status_code == 200 and took.json["variant"]["variant_id"] == v0  # a hit, though over quota
+    assert prerender_jobs() == []
+
+    other = client.get("/image", query_string={**PENGUIN, "user_id": "bob"}, headers=globex)
+    assert other.status_code == 200 and other.json["variant"]["variant_id"] == v0
+    [pre] = prerender_jobs()  # bob took his last unseen variant: the next one, charged to globex
+    assert pre["tenant"] == "globex" and pre["lane"] == "background"
+    assert client.get(f"/tasks/{pre['job_id']}", headers=acme).status_code == 404  # not acme's
 
 
 def test_the_pool_is_off_unless_enabled(api):
