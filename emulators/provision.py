@@ -17,11 +17,10 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransp
 
 from emulators.errors import EmulatorError
 from schemas import names
+from soul_common.delivery import LANES, DeliveryPolicy, policy
 
 TOPICS = (names.TOPIC_JOBS, names.TOPIC_JOBS_BACKGROUND, names.TOPIC_JOBS_DEAD_LETTER, names.TOPIC_EVENTS,
           names.TOPIC_REQUESTS)
-RUNNER_ACK_DEADLINE_S = 60
-WEBHOOKS_ACK_DEADLINE_S = 600
 
 
 def publisher_client(target: str) -> pubsub_v1.PublisherClient:
@@ -42,18 +41,18 @@ def storage_client(endpoint: str, project_id: str) -> storage.Client:
 
 
 def _runner_subscription(project_id: str, min_backoff_s: float, max_backoff_s: float,
-                         subscription: str = names.SUB_RUNNER, topic: str = names.TOPIC_JOBS) -> dict:
-    """The runner's delivery policy: bounded attempts, then the dead-letter topic, with backoff between them.
-    Zero backoffs mean no retry policy at all, i.e. immediate redelivery: the emulator rounds any retry
-    policy up to steps of about 2 s, which would make every dead-letter test wait 8 s or more. Both lanes
-    (interactive soul-jobs, background soul-jobs-background) get the same policy."""
+                         delivery: DeliveryPolicy) -> dict:
+    """A lane's delivery policy (soul_common/delivery.py): bounded attempts, then the dead-letter topic, with
+    backoff between them. The backoffs are the caller's: zero means no retry policy at all, i.e. immediate
+    redelivery (the emulator rounds any retry policy up to steps of about 2 s, which would make every
+    dead-letter test wait 8 s or more)."""
     request = {
-        "name": f"projects/{project_id}/subscriptions/{subscription}",
-        "topic": f"projects/{project_id}/topics/{topic}",
-        "ack_deadline_seconds": RUNNER_ACK_DEADLINE_S,
+        "name": f"projects/{project_id}/subscriptions/{delivery.subscription}",
+        "topic": f"projects/{project_id}/topics/{delivery.topic}",
+        "ack_deadline_seconds": delivery.ack_deadline_s,
         "dead_letter_policy": {
             "dead_letter_topic": f"projects/{project_id}/topics/{names.TOPIC_JOBS_DEAD_LETTER}",
-            "max_delivery_attempts": names.MAX_DELIVERY_ATTEMPTS,
+            "max_delivery_attempts": delivery.max_attempts,
         },
         "enable_exactly_once_delivery": True,
     }
@@ -65,24 +64,24 @@ def _runner_subscription(project_id: str, min_backoff_s: float, max_backoff_s: f
     return request
 
 
-def _pull_subscription(project_id: str, subscription: str, topic: str) -> dict:
+def _pull_subscription(project_id: str, delivery: DeliveryPolicy) -> dict:
     return {
-        "name": f"projects/{project_id}/subscriptions/{subscription}",
-        "topic": f"projects/{project_id}/topics/{topic}",
+        "name": f"projects/{project_id}/subscriptions/{delivery.subscription}",
+        "topic": f"projects/{project_id}/topics/{delivery.topic}",
+        "ack_deadline_seconds": delivery.ack_deadline_s,
     }
 
 
 def _ensure_push_subscription(subscriber: pubsub_v1.SubscriberClient, project_id: str, endpoint: str,
-                              subscription: str = names.SUB_REQUESTS_PUSH, topic: str = names.TOPIC_REQUESTS,
-                              ack_deadline_s: int = 10) -> None:
+                              delivery: DeliveryPolicy) -> None:
     """Create the push subscription, or point an existing one at `endpoint` (the function may have moved
     to another port since the last provisioning)."""
-    name = f"projects/{project_id}/subscriptions/{subscription}"
+    name = f"projects/{project_id}/subscriptions/{delivery.subscription}"
     push_config = {"push_endpoint": endpoint}
     try:
         subscriber.create_subscription(request={
-            "name": name, "topic": f"projects/{project_id}/topics/{topic}", "push_config": push_config,
-            "ack_deadline_seconds": ack_deadline_s,
+            "name": name, "topic": f"projects/{project_id}/topics/{delivery.topic}", "push_config": push_config,
+            "ack_deadline_seconds": delivery.ack_deadline_s,
         })
     except gexc.AlreadyExists:
         subscriber.modify_push_config(request={"subscription": name, "push_config": push_config})
@@ -113,11 +112,10 @@ def provision_pubsub(
             except gexc.AlreadyExists:
                 pass
         subscriptions = (
-            _runner_subscription(project_id, retry_min_backoff_s, retry_max_backoff_s),
-            _runner_subscription(project_id, retry_min_backoff_s, retry_max_backoff_s,
-                                 names.SUB_RUNNER_BACKGROUND, names.TOPIC_JOBS_BACKGROUND),
-            _pull_subscription(project_id, names.SUB_JOBS_DEAD_LETTER, names.TOPIC_JOBS_DEAD_LETTER),
-            _pull_subscription(project_id, names.SUB_EVENTS, names.TOPIC_EVENTS),
+            *(_runner_subscription(project_id, retry_min_backoff_s, retry_max_backoff_s, policy(lane.subscription))
+              for lane in LANES),
+            _pull_subscription(project_id, policy(names.SUB_JOBS_DEAD_LETTER)),
+            _pull_subscription(project_id, policy(names.SUB_EVENTS)),
         )
         for request in subscriptions:
             try:
@@ -125,11 +123,9 @@ def provision_pubsub(
             except gexc.AlreadyExists:
                 pass
         if push_endpoint is not None:
-            _ensure_push_subscription(subscriber, project_id, push_endpoint)
+            _ensure_push_subscription(subscriber, project_id, push_endpoint, policy(names.SUB_REQUESTS_PUSH))
         if webhooks_endpoint is not None:
-            # The webhooks function retries each target itself within its budget: a long ack deadline.
-            _ensure_push_subscription(subscriber, project_id, webhooks_endpoint, names.SUB_EVENTS_WEBHOOKS,
-                                      names.TOPIC_EVENTS, ack_deadline_s=WEBHOOKS_ACK_DEADLINE_S)
+            _ensure_push_subscription(subscriber, project_id, webhooks_endpoint, policy(names.SUB_EVENTS_WEBHOOKS))
     except gexc.GoogleAPICallError as exc:
         raise EmulatorError(f"provisioning Pub/Sub on {target} failed: {exc}") from exc
     finally:

@@ -47,6 +47,7 @@ from gpu_runner.reconciler import ReconcilePolicy, Reconciler
 from gpu_runner.render import RenderStage, default_max_batch, gather
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.storage import MediaStore
+from soul_common.firestore import Db
 from schemas import names
 from schemas._base import utcnow
 from schemas.jobs import JobDoc, JobError, JobEvent, JobRequested, JobStatus, JobType
@@ -108,7 +109,7 @@ class Runner:
         self._lookahead: LookAhead | None = None
         self._finishing: queue.Queue[Ticket] = queue.Queue(maxsize=4)
         self._reconciler = Reconciler(
-            clients.firestore,
+            Db(clients.firestore, timeout_s=settings.firestore_timeout_seconds),
             self._events,
             ReconcilePolicy(
                 unpublished_after=timedelta(seconds=settings.unpublished_after_seconds),

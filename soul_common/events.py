@@ -12,8 +12,9 @@ from google.cloud import pubsub_v1
 
 from schemas import names
 from schemas._base import utcnow
-from schemas.jobs import JobDoc, JobEvent, JobLane, JobStatus
+from schemas.jobs import JobDoc, JobEvent, JobLane, JobRequested, JobStatus, JobType
 from schemas.push import JobProgress, JobStarted
+from soul_common.delivery import topic_of
 
 log = structlog.get_logger(__name__)
 
@@ -26,6 +27,27 @@ PUBLISH_TIMEOUT_S = 30.0
 PROGRESS_INTERVAL_S = 2.0
 
 
+def cloud_event_attributes(event_type: str, source: str, event_id: str, time_iso: str | None = None) -> dict[str, str]:
+    """The CloudEvent envelope of a soul-events message in Pub/Sub binary mode (the data is the JSON body).
+    `ce-id` is what consumers deduplicate on; `ce-time` the event's own time (now when not given)."""
+    return {
+        "ce-specversion": "1.0",
+        "ce-type": event_type,
+        "ce-source": source,
+        "ce-id": event_id,
+        "ce-time": time_iso or utcnow().isoformat(),
+        "content-type": "application/json",
+    }
+
+
+def job_message(job_id: str, job_type: JobType | str) -> tuple[bytes, dict[str, str]]:
+    """A soul-jobs message: the body names the job (the job document holds the request); the attributes are
+    for logs and filters only, never trusted."""
+    message = JobRequested(job_id=job_id, type=job_type)
+    attributes = {"job_id": job_id, "type": str(message.type), "schema_version": str(message.schema_version)}
+    return message.model_dump_json().encode(), attributes
+
+
 class EventPublisher:
     def __init__(self, client: pubsub_v1.PublisherClient, project_id: str, timeout_s: float = PUBLISH_TIMEOUT_S,
                  progress_interval_s: float = PROGRESS_INTERVAL_S):
@@ -34,9 +56,8 @@ class EventPublisher:
         self._progress_interval_s = progress_interval_s
         self._progress_lock = threading.Lock()
         self._progress_sent: dict[str, tuple[float, int]] = {}  # job id -> (monotonic time, seq) of the last one
+        self._client_project = project_id
         self._events = client.topic_path(project_id, names.TOPIC_EVENTS)
-        self._jobs = client.topic_path(project_id, names.TOPIC_JOBS)
-        self._jobs_background = client.topic_path(project_id, names.TOPIC_JOBS_BACKGROUND)
         self._dead_letter = client.topic_path(project_id, names.TOPIC_JOBS_DEAD_LETTER)
 
     def job_finished(self, job: JobDoc) -> None:
@@ -79,24 +100,18 @@ class EventPublisher:
                              wait: bool = True) -> None:
         """Publish one CloudEvent; `wait=False` for advisory events (start, progress): the caller (the render
         thread, the progress writer) does not wait on Pub/Sub, and a lost one is only logged."""
-        attributes = {
-            "ce-specversion": "1.0",
-            "ce-type": event_type,
-            "ce-source": names.EVENT_SOURCE_RUNNER,
-            "ce-id": event_id,
-            "ce-time": time_iso,
-            "content-type": "application/json",
-        }
+        attributes = cloud_event_attributes(event_type, names.EVENT_SOURCE_RUNNER, event_id, time_iso)
         future = self._client.publish(self._events, data, **attributes)
         if wait:
             future.result(self._timeout)
         else:
             future.add_done_callback(_log_failure(event_type, event_id))
 
-    def republish_job(self, data: bytes, job_id: str, job_type: str, lane: str = JobLane.INTERACTIVE) -> None:
+    def republish_job(self, job_id: str, job_type: JobType | str, lane: JobLane | str = JobLane.INTERACTIVE) -> None:
         """Publish a job's message again, on its lane's topic."""
-        topic = self._jobs_background if lane == JobLane.BACKGROUND else self._jobs
-        self._client.publish(topic, data, job_id=job_id, type=job_type, schema_version="1").result(self._timeout)
+        data, attributes = job_message(job_id, job_type)
+        topic = self._client.topic_path(self._client_project, topic_of(lane))
+        self._client.publish(topic, data, **attributes).result(self._timeout)
 
     def dead_letter(self, data: bytes, attributes: dict[str, str], reason: str) -> None:
         """Park an unusable message on the dead-letter topic with the reason, instead of retrying it."""

@@ -9,6 +9,7 @@ import threading
 from google.cloud import firestore, pubsub_v1
 
 from soul_common.events import EventPublisher
+from soul_common.firestore import Db
 from soul_common.logs import configure_logging
 from soul_common.reconciler import ReconcileReport, Reconciler
 from soul_common.settings import ReconcileSettings
@@ -27,7 +28,7 @@ def _get() -> Reconciler:
                 settings = ReconcileSettings()
                 configure_logging(settings.log_level, component="reconcile")
                 events = EventPublisher(pubsub_v1.PublisherClient(), settings.project_id)
-                _reconciler = Reconciler(firestore.Client(project=settings.project_id), events, settings.policy())
+                _reconciler = Reconciler(Db(firestore.Client(project=settings.project_id)), events, settings.policy())
     return _reconciler
 
 

@@ -28,30 +28,23 @@ from enum import Enum
 from typing import Protocol
 
 import structlog
-from google.api_core import exceptions as gexc
-from google.cloud import firestore
-from google.cloud.firestore_v1.base_query import FieldFilter
 from pydantic import ValidationError
 
 from schemas import names
 from schemas._base import firestore_dict, utcnow
-from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobRequested, JobStatus
+from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobLane, JobStatus, JobType
+from soul_common import firestore as fs
+from soul_common.delivery import LANES, policy
 
 log = structlog.get_logger(__name__)
 
 SCAN_LIMIT = 500
-# The runner subscription's delivery policy (emulators/provision.py, infra/): what bounds a message's life.
-ACK_DEADLINE_S = 60
-MAX_BACKOFF_S = 30
 
 
-def redelivery_window(
-    ack_deadline_s: float = ACK_DEADLINE_S,
-    max_attempts: int = names.MAX_DELIVERY_ATTEMPTS,
-    max_backoff_s: float = MAX_BACKOFF_S,
-) -> timedelta:
-    """The longest a delivered, unacked message can stay on the subscription before it is dead-lettered."""
-    return timedelta(seconds=ack_deadline_s * max_attempts + max_backoff_s * (max_attempts - 1))
+def redelivery_window() -> timedelta:
+    """The longest a delivered, unacked job message can stay on a lane's subscription before it is
+    dead-lettered, from the deployed delivery policy (soul_common/delivery.py): the longest over the lanes."""
+    return max(policy(lane.subscription).redelivery_window() for lane in LANES)
 
 
 class Action(Enum):
@@ -118,7 +111,7 @@ def _bounded(job: JobDoc, policy: ReconcilePolicy, decision: Decision) -> Decisi
 class JobPublisher(Protocol):
     """What the reconciler needs from Pub/Sub (soul_common.events.EventPublisher is one)."""
 
-    def republish_job(self, data: bytes, job_id: str, job_type: str, lane: str = ...) -> None: ...
+    def republish_job(self, job_id: str, job_type: JobType | str, lane: JobLane | str = ...) -> None: ...
 
     def job_finished(self, job: JobDoc) -> None: ...
 
@@ -136,7 +129,7 @@ class ReconcileReport:
 
 
 class Reconciler:
-    def __init__(self, db: firestore.Client, events: JobPublisher, policy: ReconcilePolicy):
+    def __init__(self, db: fs.Db, events: JobPublisher, policy: ReconcilePolicy):
         self._db = db
         self._events = events
         self._policy = policy
@@ -150,8 +143,8 @@ class Reconciler:
         next pass; it never stops the pass."""
         report = ReconcileReport()
         for status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            query = self._db.collection(names.JOBS).where(filter=FieldFilter("status", "==", status.value))
-            for snap in query.limit(SCAN_LIMIT).stream():
+            query = fs.collection(names.JOBS).where("status", "==", status.value).limit(SCAN_LIMIT)
+            for snap in self._db.stream(query):
                 try:
                     self._handle(snap, report)
                 except Exception as exc:  # noqa: BLE001 - one job's trouble must not stall the others
@@ -166,15 +159,15 @@ class Reconciler:
         """Publish the completion event of finished jobs whose runner died before publishing it."""
         now = utcnow()
         for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
-            query = (self._db.collection(names.JOBS).where(filter=FieldFilter("status", "==", status.value))
-                     .where(filter=FieldFilter("event_published_at", "==", None)))
-            for snap in query.limit(SCAN_LIMIT).stream():
+            query = (fs.collection(names.JOBS).where("status", "==", status.value)
+                     .where("event_published_at", "==", None).limit(SCAN_LIMIT))
+            for snap in self._db.stream(query):
                 try:
-                    job = JobDoc.model_validate(snap.to_dict())
+                    job = JobDoc.model_validate(snap.data)
                     if not needs_announce(job, now, self._policy):
                         continue
                     self._events.job_finished(job)
-                    snap.reference.update({"event_published_at": utcnow()})
+                    self._db.update(snap.ref, {"event_published_at": utcnow()})
                     report.announced.append(job.job_id)
                 except Exception as exc:  # noqa: BLE001 - retried next pass
                     report.errors.append(snap.id)
@@ -183,7 +176,7 @@ class Reconciler:
     def _handle(self, snap, report: ReconcileReport) -> None:
         now = utcnow()
         try:
-            job = JobDoc.model_validate(snap.to_dict())
+            job = JobDoc.model_validate(snap.data)
         except ValidationError as exc:
             error = JobError(type="InvalidJob", message=f"invalid job document: {exc.errors()[0]['msg']}"[:1000])
             if self._write(snap, _failed(error, now)):
@@ -196,18 +189,17 @@ class Reconciler:
         if decision.action is Action.FAIL:
             self._fail(snap, job, decision.reason, now, report)
             return
-        update = {"published_at": now, "updated_at": now, "republished": firestore.Increment(1)}
+        update = {"published_at": now, "updated_at": now, "republished": fs.increment(1)}
         if decision.action is Action.REQUEUE:
             update.update({"status": JobStatus.QUEUED.value, "stage": "requeued", "lease_owner": None,
                            "lease_expires_at": None})
         if not self._write(snap, update):
             return
-        message = JobRequested(job_id=job.job_id, type=job.type)
         try:
-            self._events.republish_job(message.model_dump_json().encode(), job.job_id, str(job.type), str(job.lane))
+            self._events.republish_job(job.job_id, job.type, job.lane)
         except Exception:
             # Not published after all: say so, so the next pass publishes it at once instead of after the window.
-            snap.reference.update({"published_at": None})
+            self._db.update(snap.ref, {"published_at": None})
             raise
         report.republished.append(job.job_id)
         log.info("job_republished", job_id=job.job_id, reason=decision.reason, republished=job.republished + 1)
@@ -221,15 +213,14 @@ class Reconciler:
         log.warning("job_failed_by_reconciler", job_id=job.job_id, reason=reason)
         finished = job.model_copy(update={**update, "status": JobStatus.FAILED, "error": error})
         self._events.job_finished(finished)
-        snap.reference.update({"event_published_at": utcnow()})
+        self._db.update(snap.ref, {"event_published_at": utcnow()})
 
-    def _write(self, snap, update: dict) -> bool:
+    def _write(self, snap: fs.Snapshot, update: dict) -> bool:
         """Apply `update` only if the job did not change since `snap`; False if someone else moved it first."""
         try:
-            snap.reference.update(update, option=self._db.write_option(last_update_time=snap.update_time))
-        except (gexc.FailedPrecondition, gexc.NotFound):
+            return self._db.update(snap.ref, update, if_unchanged=snap)
+        except fs.Missing:
             return False
-        return True
 
 
 def _failed(error: JobError, now: datetime) -> dict:

@@ -29,6 +29,7 @@ from google.cloud import firestore, pubsub_v1
 from schemas import names
 from schemas.jobs import JobRequested
 from soul_common.events import EventPublisher
+from soul_common.firestore import Db
 from soul_common.reconciler import ReconcilePolicy, Reconciler
 from tests.fleet import Fleet, jobs, objects_per_variant, pid_alive
 from tests.support import pull_all
@@ -170,7 +171,7 @@ def test_chaos_nothing_lost_nothing_twice_nothing_stale(api, emulator_stack, sub
             "task_id"] for cue in HTTP_CUES]
         task_ids += [_ingest(cue) for cue in INGEST_CUES]
         plan = ["duplicate", "freeze", "kill_all", "restart_pubsub", "poison", "duplicate"]
-        scheduled = Reconciler(db, EventPublisher(chaos.publisher, chaos.project), SCHEDULED_POLICY)
+        scheduled = Reconciler(Db(db), EventPublisher(chaos.publisher, chaos.project), SCHEDULED_POLICY)
         last_scheduled = 0.0
         while True:
             fleet.supervisor.tick()

@@ -18,6 +18,7 @@ from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.jobs import ImageJobSpec, JobDoc
 from soul_common.events import EventPublisher
+from soul_common.firestore import Db
 from soul_common.reconciler import ReconcilePolicy, Reconciler
 from tests.support import pull_all
 
@@ -75,7 +76,7 @@ class FailingOnce:
 def test_a_failed_publish_neither_hides_the_job_nor_stops_the_pass(db, events, subscriber):
     first = put_job(db, 1)
     second = put_job(db, 2)
-    reconciler = Reconciler(db, FailingOnce(events), POLICY)
+    reconciler = Reconciler(Db(db), FailingOnce(events), POLICY)
     report = reconciler.sweep()
     assert len(report.errors) == 1 and len(report.republished) == 1  # the other job was still handled
     assert doc(db, report.errors[0])["published_at"] is None  # not marked published: retried at once
@@ -85,7 +86,7 @@ def test_a_failed_publish_neither_hides_the_job_nor_stops_the_pass(db, events, s
 
 def test_a_job_that_loses_every_runner_ends_failed_after_bounded_attempts(db, events, subscriber):
     job_id = put_job(db, 3, status="running", lease_owner="dead", lease_expires_at=utcnow() - timedelta(seconds=1))
-    reconciler = Reconciler(db, events, POLICY)
+    reconciler = Reconciler(Db(db), events, POLICY)
     for attempt in range(1, POLICY.max_attempts + 1):
         assert reconciler.run_once() == [job_id]
         # A runner claims the re-published job and dies mid-render: its lease expires again.
@@ -104,14 +105,14 @@ def test_a_job_that_loses_every_runner_ends_failed_after_bounded_attempts(db, ev
 
 def test_a_job_whose_messages_never_lead_to_a_claim_ends_failed(db, events):
     job_id = put_job(db, 4, published_at=utcnow() - timedelta(hours=1), republished=POLICY.max_republishes)
-    assert Reconciler(db, events, POLICY).sweep().failed == [job_id]
+    assert Reconciler(Db(db), events, POLICY).sweep().failed == [job_id]
     assert "republish_exhausted" in doc(db, job_id)["error"]["message"]
 
 
 def test_an_invalid_unfinished_document_is_failed_not_skipped_forever(db, events):
     job_id = put_job(db, 5)
     db.collection(names.JOBS).document(job_id).update({"request": {"kind": "image"}})
-    assert Reconciler(db, events, POLICY).sweep().failed == [job_id]
+    assert Reconciler(Db(db), events, POLICY).sweep().failed == [job_id]
     assert doc(db, job_id)["status"] == "failed"
 
 
@@ -124,7 +125,7 @@ def test_no_republish_while_the_message_may_be_live(db, events, subscriber):
     lost = put_job(db, 8, published_at=now - timedelta(seconds=500), attempts=1, updated_at=now - timedelta(seconds=430))
     # Never taken, but waiting far longer than any backlog should: presumed lost.
     forgotten = put_job(db, 12, published_at=now - timedelta(minutes=61))
-    assert sorted(Reconciler(db, events, POLICY).run_once()) == sorted([lost, forgotten])
+    assert sorted(Reconciler(Db(db), events, POLICY).run_once()) == sorted([lost, forgotten])
     assert queued_messages(subscriber) == sorted([lost, forgotten])
     assert doc(db, waiting)["republished"] == 0 and doc(db, touched)["republished"] == 0
     assert doc(db, lost)["republished"] == 1
@@ -148,9 +149,9 @@ def test_a_finished_job_whose_event_was_never_published_is_announced(db, events,
     finished = utcnow() - timedelta(seconds=500)
     job_id = put_job(db, 10, status="succeeded", progress=1.0, stage="succeeded", finished_at=finished)
     recent = put_job(db, 11, status="succeeded", progress=1.0, stage="succeeded", finished_at=utcnow())
-    report = Reconciler(db, events, POLICY).sweep()
+    report = Reconciler(Db(db), events, POLICY).sweep()
     assert report.announced == [job_id]
     assert doc(db, job_id)["event_published_at"] is not None and doc(db, recent)["event_published_at"] is None
     [event] = pull_all(subscriber, names.SUB_EVENTS)
     assert event.message.attributes["ce-id"] == job_id
-    assert Reconciler(db, events, POLICY).sweep().announced == []
+    assert Reconciler(Db(db), events, POLICY).sweep().announced == []

@@ -17,7 +17,8 @@ from PIL import Image
 from gpu_runner.__main__ import make_clients
 from gpu_runner.errors import TransientError
 from gpu_runner.models import ModelHost
-from gpu_runner.reconciler import ReconcilePolicy, Reconciler
+from soul_common.firestore import Db
+from soul_common.reconciler import ReconcilePolicy, Reconciler
 from gpu_runner.events import EventPublisher
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.worker import Runner
@@ -250,7 +251,7 @@ def test_reconciler_publishes_what_was_never_published_and_requeues_expired_leas
         {"status": "running", "lease_owner": "dead", "lease_expires_at": utcnow() - timedelta(seconds=1)}
     )
     reconciler = Reconciler(
-        db, EventPublisher(pubsub_v1.PublisherClient(), os.environ["GCS_PROJECT_ID"]),
+        Db(db), EventPublisher(pubsub_v1.PublisherClient(), os.environ["GCS_PROJECT_ID"]),
         ReconcilePolicy(unpublished_after=timedelta(seconds=30), requeue_queued_after=timedelta(minutes=10)),
     )
     assert sorted(reconciler.run_once()) == sorted([queued["task_id"], other["task_id"]])
