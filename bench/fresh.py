@@ -113,8 +113,8 @@ class StandInGpu:
 def _client(pool_on: bool):
     import flask
 
-    from functions._clients import make_clients
-    from functions.app import Api
+    from functions.adapters.clients import make_clients
+    from functions.http.app import Api
     from functions.settings import FunctionsSettings
 
     os.environ["SOUL_WARM_POOL_ENABLED"] = "true" if pool_on else "false"

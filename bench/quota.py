@@ -27,7 +27,7 @@ HEADERS = {"X-API-Key": KEY}
 
 def run(seconds: float, threads: int, samples: int) -> dict:
     from emulators import EmulatorStack, StackConfig
-    from functions.logs import configure_logging
+    from soul_common.logs import configure_logging
 
     configure_logging("WARNING", component="bench")  # one log line per request would drown the figures
     work = Path(tempfile.mkdtemp(prefix="soul-bench-quota-"))
@@ -49,8 +49,8 @@ def run(seconds: float, threads: int, samples: int) -> dict:
 def _client(**env: str):
     import flask
 
-    from functions._clients import make_clients
-    from functions.app import Api
+    from functions.adapters.clients import make_clients
+    from functions.http.app import Api
     from functions.settings import FunctionsSettings
 
     settings = FunctionsSettings(**{k.removeprefix("SOUL_").lower(): v for k, v in env.items()})

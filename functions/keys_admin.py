@@ -10,7 +10,7 @@ import re
 import secrets
 import sys
 
-from functions.auth import TENANT_PATTERN, key_digest
+from functions.core.tenants import TENANT_PATTERN, key_digest
 
 
 def mint(tenant: str, role: str) -> tuple[str, dict]:

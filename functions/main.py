@@ -14,14 +14,14 @@ import functions_framework
 from cloudevents.http.event import CloudEvent
 from pydantic import ValidationError
 
-from functions import front
-from functions._clients import make_clients
-from functions.app import Api, structured_error
-from functions.auth import ConfigError, build_key_ring
-from functions.ingest import handle_message
-from functions.logs import configure_logging
+from functions.adapters.clients import make_clients
+from functions.core.tenants import ConfigError, build_key_ring
+from functions.http import front
+from functions.http.app import Api, structured_error
+from functions.services.ingest import handle_message
+from functions.services.webhook_delivery import handle_event
 from functions.settings import FunctionsSettings
-from functions.webhook_delivery import handle_event
+from soul_common.logs import configure_logging
 
 _lock = threading.Lock()
 _api: Api | None = None

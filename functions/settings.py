@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas import names
+from soul_common.delivery import policy
+
 
 class FunctionsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOUL_", extra="ignore", frozen=True)
@@ -34,7 +37,7 @@ class FunctionsSettings(BaseSettings):
     svd_fps: int = Field(default=7, ge=1, le=60, validation_alias=AliasChoices("SVD_FPS"))
     # Auth: comma-separated keys; empty = auth off (local only; the deployed config refuses to start without it).
     api_keys: SecretStr = SecretStr("")
-    # Tenants and roles: a JSON list of {tenant, role, key|key_sha256, quota, webhook_secret} (functions/auth.py).
+    # Tenants and roles: a JSON list of {tenant, role, key|key_sha256, quota, webhook_secret} (functions/core/tenants.py).
     api_keys_file: str | None = None
     # "platform": the platform verified the caller's ID token before the request arrived (Cloud Run invoker IAM).
     auth_mode: Literal["none", "api_key", "platform"] = "none"
@@ -57,25 +60,39 @@ class FunctionsSettings(BaseSettings):
     # Deadline of each Firestore call: past it the request answers 503 instead of waiting on retries.
     backend_timeout_s: float = Field(default=10.0, gt=0, le=120)
     public_base_url: str = ""  # prefix of status_url; empty = relative URLs
-    # Webhooks (functions/webhooks.py): the signing secret when no tenants are configured (`whsec_<base64>`),
+    # Webhooks (functions/services/webhooks.py): the signing secret when no tenants are configured (`whsec_<base64>`),
     # local mode (http to loopback allowed), and the bounded retry schedule of each delivery.
     webhook_secret: SecretStr = SecretStr("")
     webhook_allow_loopback: bool = False
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=30)
-    webhook_retry_budget_s: float = Field(default=120.0, ge=0, le=540)  # below the push subscription's deadline
+    # Below the push subscription's ack deadline (with one attempt's timeout): checked in `_webhooks_fit_one_push`.
+    webhook_retry_budget_s: float = Field(default=120.0, ge=0)
     webhook_backoff_initial_s: float = Field(default=1.0, gt=0, le=60)
     webhook_backoff_max_s: float = Field(default=30.0, gt=0, le=300)
-    # Warm pool (functions/warm_pool.py): pre-render `ahead` unseen variants of prompt keys with demand.
+    # Warm pool (functions/services/warm_pool.py): pre-render `ahead` unseen variants of prompt keys with demand.
     warm_pool_enabled: bool = False
     warm_pool_min_users: int = Field(default=2, ge=1, le=1000)  # distinct users within the window = demand
     warm_pool_window_s: float = Field(default=3600.0, gt=0)
     warm_pool_ahead: int = Field(default=1, ge=1, le=16)
     warm_pool_max_ahead: int = Field(default=4, ge=1, le=16)  # bound of POST /image/warm `variants`
     warm_pool_key_cap_per_day: int = Field(default=50, ge=0)  # pre-renders per prompt key per UTC day
-    # Server-sent events of GET /tasks/{id}/events (functions/sse.py).
+    # Server-sent events of GET /tasks/{id}/events (functions/http/sse.py).
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=60)
     sse_max_duration_s: float = Field(default=300.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _webhooks_fit_one_push(self) -> FunctionsSettings:
+        """Every retry of a delivery happens inside one push of soul-events-webhooks: past its ack deadline Pub/Sub
+        would push the event again while the first push still retries."""
+        deadline = policy(names.SUB_EVENTS_WEBHOOKS).ack_deadline_s
+        if self.webhook_retry_budget_s + self.webhook_timeout_s >= deadline:
+            raise ValueError(
+                f"SOUL_WEBHOOK_RETRY_BUDGET_S ({self.webhook_retry_budget_s:g}) + SOUL_WEBHOOK_TIMEOUT_S "
+                f"({self.webhook_timeout_s:g}) must stay below the {deadline} s ack deadline of "
+                f"{names.SUB_EVENTS_WEBHOOKS}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _auth_is_consistent(self) -> FunctionsSettings:

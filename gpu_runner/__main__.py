@@ -14,7 +14,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, pubsub_v1, storage
 from pydantic import ValidationError
 
-from functions.logs import configure_logging
+from soul_common.logs import configure_logging
 from gpu_runner import health
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.worker import Runner, RunnerClients

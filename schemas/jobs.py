@@ -145,7 +145,7 @@ class JobDoc(Document):
     status: JobStatus = JobStatus.QUEUED
     request: JobSpec
     requested_by: str | None = None
-    # Tenancy (functions/jobs.py): the tenant whose request created the job (charged for its GPU time), the
+    # Tenancy (functions/services/jobs.py): the tenant whose request created the job (charged for its GPU time), the
     # tenants still waiting on it (a cancel withdraws one; the job stops when none is left), each tenant's end
     # users, and "tenant~user" keys for the /tasks?user_id filter. Jobs from before tenancy have none.
     tenant: str | None = None

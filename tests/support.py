@@ -36,8 +36,8 @@ def api_client_with(monkeypatch, name: str, **env: str):
     settings other than the session's app."""
     import flask
 
-    from functions._clients import make_clients
-    from functions.app import Api
+    from functions.adapters.clients import make_clients
+    from functions.http.app import Api
     from functions.settings import FunctionsSettings
 
     for key, value in env.items():

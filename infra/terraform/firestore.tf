@@ -15,12 +15,12 @@ resource "google_firestore_database" "default" {
 }
 
 # Composite indexes for the queries in the code. Queries that need none (served by the automatic single-field
-# indexes): variants where pk == ... ordered by __name__ (functions/store.py), jobs where status == ... (the
+# indexes): variants where pk == ... ordered by __name__ (functions/adapters/firestore/prompts.py), jobs where status == ... (the
 # reconciler, count() per status/type), documents read by id.
 locals {
   firestore_indexes = {
     # GET /tasks: equality filters on any subset of status / type / soul_id / requested_by, newest first
-    # (functions/store.py jobs_page: order by created_at desc, __name__ desc). One index per filter field;
+    # (functions/adapters/firestore/prompts.py jobs_page: order by created_at desc, __name__ desc). One index per filter field;
     # Firestore merges them (index merging) for queries that combine several equality filters.
     jobs_status_created = {
       collection = "jobs"
@@ -45,7 +45,7 @@ locals {
         ["requested_by", "ASCENDING"], ["status", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"],
       ]
     }
-    # GET /tasks/stats/summary: recent succeeded jobs (functions/store.py recent_finished: status ==, finished_at desc).
+    # GET /tasks/stats/summary: recent succeeded jobs (functions/adapters/firestore/prompts.py recent_finished: status ==, finished_at desc).
     jobs_status_finished = {
       collection = "jobs"
       fields     = [["status", "ASCENDING"], ["finished_at", "DESCENDING"], ["__name__", "DESCENDING"]]
@@ -84,7 +84,7 @@ resource "google_firestore_index" "indexes" {
   }
 }
 
-# Idempotency-Key records carry expires_at (functions/idempotency.py): let Firestore delete them after it.
+# Idempotency-Key records carry expires_at (functions/services/idempotency.py): let Firestore delete them after it.
 resource "google_firestore_field" "idempotency_ttl" {
   database   = google_firestore_database.default.name
   collection = "idempotency"

@@ -26,7 +26,7 @@ resource "google_pubsub_topic_iam_member" "api_publishes" {
   member = google_service_account.api.member
 }
 
-# /ready reads the metadata of the topics it publishes to (functions/publish.py ping: pubsub.topics.get), granted
+# /ready reads the metadata of the topics it publishes to (functions/adapters/pubsub.py ping: pubsub.topics.get), granted
 # on exactly those topics: publishing rights alone cannot tell a missing topic from a working one.
 resource "google_pubsub_topic_iam_member" "api_sees_topics" {
   for_each = google_pubsub_topic_iam_member.api_publishes

@@ -56,7 +56,7 @@ SCHEDULED_POLICY = ReconcilePolicy(unpublished_after=timedelta(seconds=2), reque
 
 def _ingest(cue: str) -> str:
     """A request through the `ingest` function's code, as a soul-requests message would bring it."""
-    from functions.ingest import handle_message
+    from functions.services.ingest import handle_message
     from functions.main import _get_api
 
     body = json.dumps({"soul_id": "mira", "cue": cue, "user_id": "chaos"}).encode()

@@ -265,8 +265,8 @@ def test_idempotency_key_replays_and_rejects_a_different_body(api):
 
 @pytest.fixture
 def secured(emulator_stack, monkeypatch, clean_firestore):
-    from functions._clients import make_clients
-    from functions.app import Api
+    from functions.adapters.clients import make_clients
+    from functions.http.app import Api
     from functions.settings import FunctionsSettings
 
     monkeypatch.setenv("SOUL_API_KEYS", "alpha-key,beta-key")

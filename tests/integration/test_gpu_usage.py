@@ -11,9 +11,10 @@ from datetime import timedelta
 import pytest
 from google.cloud import firestore
 
-from functions.counters import ShardedCounter
-from functions.usage import gpu_stats
+from functions.adapters.firestore.counters import ShardedCounter
+from functions.services.usage import gpu_stats
 from schemas import names
+from soul_common.firestore import Db
 from schemas._base import firestore_dict, utcnow
 from schemas.jobs import ImageJobSpec, ImageResult, JobDoc, JobLane, JobMetrics, JobStatus, JobType, VideoJobSpec
 from tests.integration.test_api_surface import seed_variants
@@ -103,16 +104,16 @@ def test_gpu_stats_before_any_measurement():
 
 
 def test_the_sharded_counter_loses_no_concurrent_increment(db, clean_firestore):
-    counter = ShardedCounter(db, "test_counter", shards=4)
+    counter = ShardedCounter(Db(db), "test_counter", shards=4)
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda _: counter.increment(), range(40)))
     counter.increment(by=2)
     assert counter.total() == 42
     shards = db.collection(names.COUNTERS).document("test_counter").collection(names.COUNTER_SHARDS).stream()
     assert 1 < len(list(shards)) <= 4  # spread over the shards, never more than configured
-    assert ShardedCounter(db, "never_counted").total() == 0
+    assert ShardedCounter(Db(db), "never_counted").total() == 0
     with pytest.raises(ValueError, match="shard"):
-        ShardedCounter(db, "x", shards=0)
+        ShardedCounter(Db(db), "x", shards=0)
 
 
 # --- GET /tasks/{id}: queue position ------------------------------------------------------------------------------

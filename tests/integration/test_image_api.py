@@ -132,7 +132,7 @@ def test_signed_url_is_v4_signed_by_the_service_account_and_expires(emulator_sta
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    from functions.signing import UrlSigner
+    from functions.adapters.signing import UrlSigner
 
     env = emulator_stack.env()
     client = storage.Client(project=env["GCS_PROJECT_ID"], credentials=AnonymousCredentials())
@@ -187,8 +187,8 @@ def test_readiness_names_the_backend_that_is_down(emulator_stack, monkeypatch):
 
     import flask
 
-    from functions._clients import make_clients
-    from functions.app import Api
+    from functions.adapters.clients import make_clients
+    from functions.http.app import Api
     from functions.settings import FunctionsSettings
 
     with socket.socket() as sock:
@@ -218,8 +218,8 @@ def test_readiness_names_a_missing_topic_and_bucket(emulator_stack, monkeypatch)
     least the functions' service account is granted on GCP."""
     import flask
 
-    from functions._clients import make_clients
-    from functions.app import Api
+    from functions.adapters.clients import make_clients
+    from functions.http.app import Api
     from functions.settings import FunctionsSettings
 
     monkeypatch.setenv("GCS_PROJECT_ID", "soul-unprovisioned")

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from werkzeug.serving import make_server
 
-from functions.openapi import openapi_document
+from functions.http.openapi import openapi_document
 
 # The document is a pure function of the endpoint table and schemas/: loading it needs no running service.
 schema = schemathesis.openapi.from_dict(openapi_document())
@@ -60,8 +60,8 @@ def tenant_api(emulator_stack, tmp_path_factory):
     """The api with tenants and roles from a keys file (issue 8), served over HTTP."""
     import flask
 
-    from functions._clients import make_clients
-    from functions.app import Api
+    from functions.adapters.clients import make_clients
+    from functions.http.app import Api
     from functions.settings import FunctionsSettings
 
     keys = tmp_path_factory.mktemp("keys") / "keys.json"

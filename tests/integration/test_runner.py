@@ -107,9 +107,9 @@ def test_cue_becomes_a_png_and_is_delivered_per_user(api, run_runner, db, bucket
     assert len(list(db.collection(names.JOBS).stream())) == 1
 
     # Once user123 has seen it, they get a new variant (a new job); others still get the first one.
-    from functions.store import Store
+    from functions.adapters.firestore.prompts import PromptStore
 
-    Store(db).mark_seen("user123", SeenDoc(variant_id=variant["variant_id"], pk=queued["pk_id"], soul_id="nova",
+    PromptStore(Db(db)).mark_seen("user123", SeenDoc(variant_id=variant["variant_id"], pk=queued["pk_id"], soul_id="nova",
                                            seen_at=utcnow()))
     second = api.get("/image", query_string=PENGUIN)
     assert second.status_code == 202 and second.json["task_id"].endswith("-1")

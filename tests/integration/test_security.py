@@ -32,8 +32,8 @@ def db(emulator_stack):
 
 def make_api(monkeypatch, tmp_path, quotas: dict | None = None, **env: str):
     """A fresh api function (own settings) with tenants acme (client + admin key) and globex."""
-    from functions._clients import make_clients
-    from functions.app import Api
+    from functions.adapters.clients import make_clients
+    from functions.http.app import Api
     from functions.settings import FunctionsSettings
 
     entries = [
@@ -329,5 +329,5 @@ def test_security_headers_on_pages_and_answers(tenants):
 
 def test_webhook_secret_lookup_for_the_push_function(emulator_stack, monkeypatch, tmp_path):
     _, api = make_api(monkeypatch, tmp_path)
-    assert api.services.tenant_webhook_secret("globex") == "whsec_globex_0123456789abcdef"
-    assert api.services.tenant_webhook_secret("acme") is None
+    assert api.services.keys.tenant_webhook_secret("globex") == "whsec_globex_0123456789abcdef"
+    assert api.services.keys.tenant_webhook_secret("acme") is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from functions import webpage
+from functions.http import webpage
 
 
 @pytest.mark.parametrize("name", sorted(webpage.ASSETS))

@@ -18,8 +18,8 @@ import pytest
 from google.cloud import firestore
 from standardwebhooks import Webhook
 
-from functions import tenancy
-from functions.webhook_delivery import handle_event
+from functions.core.tenants import INGEST_TENANT
+from functions.services.webhook_delivery import handle_event
 from schemas import names
 from schemas._base import utcnow
 from schemas.jobs import JobEvent, JobStatus, JobType
@@ -219,7 +219,7 @@ def test_runner_progress_events_are_throttled_and_reach_a_progress_webhook(local
     body = {**PENGUIN, "webhook": hook.url, "webhook_events_filter": ["start", "progress"]}
     task_id = client.post("/image", json=body, headers=ALPHA).json["task_id"]
     pull_all(subscriber, names.SUB_EVENTS, rounds=2)
-    job = svc.store.job(task_id)
+    job = svc.jobs.job(task_id)
     events = EventPublisher(pubsub_v1.PublisherClient(), os.environ["GCS_PROJECT_ID"], progress_interval_s=60)
     events.job_started(job)
     sent = [events.job_progress(job, p, "denoise", 1.0) for p in (0.1, 0.2, 0.3)]
@@ -238,7 +238,7 @@ def test_runner_progress_events_are_throttled_and_reach_a_progress_webhook(local
 
 
 def test_ingest_bodies_carry_webhooks_too(local, receivers):
-    from functions.ingest import handle_message
+    from functions.services.ingest import handle_message
     from schemas.push import WebhookEvent
 
     svc, _ = local
@@ -248,7 +248,7 @@ def test_ingest_bodies_carry_webhooks_too(local, receivers):
                                    "data": base64.b64encode(json.dumps(body).encode()).decode()}, "m-1")
     assert outcome.accepted, outcome
     [target] = svc.webhooks.targets(outcome.answer.task_id, WebhookEvent.COMPLETED)
-    assert target.url == hook.url and target.tenant == tenancy.INGEST_TENANT
+    assert target.url == hook.url and target.tenant == INGEST_TENANT
     unsafe = {**PENGUIN, "webhook": "https://169.254.169.254/"}
     refused = handle_message(svc, {"attributes": {"type": "image"},
                                    "data": base64.b64encode(json.dumps(unsafe).encode()).decode()}, "m-2")

@@ -25,3 +25,18 @@ def test_functions_answer_misconfiguration_in_the_error_shape(monkeypatch):
     error = response.get_json()["error"]
     assert error["code"] == "internal" and "signed_url_ttl_s" in error["message"]
     assert functions_main._api is None  # nothing half-built is kept: a fixed environment is picked up
+
+
+def test_a_webhook_retry_budget_past_the_push_deadline_is_refused(monkeypatch):
+    """Retries must end inside one push of soul-events-webhooks (soul_common/delivery.py), or Pub/Sub pushes the
+    event again while the first push still retries."""
+    import pytest
+    from pydantic import ValidationError
+
+    from functions.settings import FunctionsSettings
+
+    monkeypatch.setenv("SOUL_WEBHOOK_RETRY_BUDGET_S", "299")
+    with pytest.raises(ValidationError, match="soul-events-webhooks"):
+        FunctionsSettings()
+    monkeypatch.setenv("SOUL_WEBHOOK_RETRY_BUDGET_S", "240")
+    assert FunctionsSettings().webhook_retry_budget_s == 240

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from functions import keys
-from functions.variants import choose_unseen, next_variant_index
+from functions.core import keys
+from functions.core.variants import choose_unseen, next_variant_index
 from schemas.documents import Style
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN
 

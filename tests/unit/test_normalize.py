@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from functions.normalize import EmptyCueError, is_invisible, normalize_cue
+from functions.core.normalize import EmptyCueError, is_invisible, normalize_cue
 
 
 @pytest.mark.parametrize(

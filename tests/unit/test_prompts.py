@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
 
-from functions.catalog import shipped_souls  # noqa: E402
-from functions.keys import compose_prompt  # noqa: E402
+from functions.core.catalog import shipped_souls  # noqa: E402
+from functions.core.keys import compose_prompt  # noqa: E402
 from gpu_runner import prompts  # noqa: E402
 from gpu_runner.prompts import encode_prompts, tokenize_prompt  # noqa: E402
 from gpu_runner.device import DeviceChoice  # noqa: E402

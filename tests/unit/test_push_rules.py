@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from functions import ssrf
-from functions.webhook_delivery import outgoing, signed_headers
+from functions.core import ssrf
+from functions.services.webhook_delivery import outgoing, signed_headers
 from schemas import names
 
 
@@ -84,7 +84,7 @@ def test_events_map_to_webhook_events_and_stable_delivery_keys():
 
 def test_an_event_stream_sends_heartbeats_and_ends_at_its_maximum_duration():
     from functions.settings import FunctionsSettings
-    from functions.sse import task_events
+    from functions.http.sse import task_events
     from schemas.api import Task, TaskActions
 
     now = [0.0]

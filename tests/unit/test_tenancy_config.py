@@ -10,9 +10,10 @@ import flask
 import pytest
 
 import functions.main as functions_main
-from functions.auth import ConfigError, build_key_ring, key_digest, platform_principal
+from functions.core.tenants import ConfigError, build_key_ring, key_digest
+from functions.http.auth import platform_principal
 from functions.keys_admin import main as keys_admin
-from functions.quota_policy import gcra, hour_window
+from functions.core.quota_policy import gcra, hour_window
 from functions.settings import FunctionsSettings
 
 
@@ -122,7 +123,7 @@ def test_hour_window_names_the_hour_and_the_time_left():
 def test_user_ids_are_namespaced_one_to_one():
     import re
 
-    from functions.auth import scoped_user
+    from functions.core.tenants import scoped_user
     from schemas.ids import USER_ID_PATTERN
 
     assert scoped_user("default", "user123") == "user123"  # single-tenant data survives the upgrade

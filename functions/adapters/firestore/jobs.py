@@ -1,0 +1,148 @@
+"""Job documents as the functions see them: `jobs/{job_id}` (created once by the first asker; interest, cancels,
+promotion and webhook wishes recorded later), `job_heads/{first job id}` (which retry of a piece of work is
+current), listings and the aggregations over jobs (queue position, counts, GPU-seconds), and the pace documents
+runners write (`runner_stats`). The runner's own writes to a job are in gpu_runner/adapters/jobstore.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from functions.adapters.firestore.paging import page
+from schemas import names
+from schemas._base import firestore_dict, utcnow
+from schemas.documents import RunnerStats
+from schemas.jobs import JobDoc, JobStatus, JobType
+from soul_common import firestore as fs
+
+GPU_SECONDS = "metrics.gpu_seconds"
+
+
+@dataclass(frozen=True)
+class JobVersion:
+    """A job as read, with the version a conditional write checks (`JobStore.update_if_unchanged`)."""
+
+    job: JobDoc | None
+    snapshot: fs.Snapshot
+
+
+class JobStore:
+    def __init__(self, db: fs.Db):
+        self._db = db
+
+    @staticmethod
+    def _ref(job_id: str) -> fs.DocRef:
+        return fs.doc(names.JOBS, job_id)
+
+    # one job
+    def job(self, job_id: str) -> JobDoc | None:
+        snap = self._db.get(self._ref(job_id))
+        return JobDoc.model_validate(snap.data) if snap.exists else None
+
+    def read(self, job_id: str) -> JobVersion:
+        snap = self._db.get(self._ref(job_id))
+        return JobVersion(JobDoc.model_validate(snap.data) if snap.exists else None, snap)
+
+    def create(self, job: JobDoc) -> bool:
+        """Create the job document; False when a job of that id already exists (the other creator won)."""
+        return self._db.create(self._ref(job.job_id), firestore_dict(job))
+
+    def update(self, job_id: str, update: Mapping) -> bool:
+        """Apply `update`; False when the job does not exist."""
+        try:
+            return self._db.update(self._ref(job_id), update)
+        except fs.Missing:
+            return False
+
+    def update_if_unchanged(self, version: JobVersion, update: Mapping) -> bool:
+        """Apply `update` only if the job did not change since `version` was read."""
+        try:
+            return self._db.update(self._ref(version.snapshot.id), update, if_unchanged=version.snapshot)
+        except fs.Missing:
+            return False
+
+    def mark_published(self, job_id: str, when: datetime) -> None:
+        self._db.update(self._ref(job_id), {"published_at": when})
+
+    def add_interest(self, job_id: str, tenant: str, user_id: str | None, user_key: str | None) -> bool:
+        """Record that `tenant` (and its end user) waits on the job; unions commute, so joiners never conflict.
+        False when the job is gone."""
+        update: dict = {"tenants": fs.array_union([tenant])}
+        if user_id:
+            update[fs.field_path("requesters", tenant)] = fs.array_union([user_id])
+            update["requester_keys"] = fs.array_union([user_key])
+        return self.update(job_id, update)
+
+    @staticmethod
+    def withdrawal(tenant: str, remaining_tenants: list[str], remaining_keys: list[str], now: datetime) -> dict:
+        """The update that takes `tenant`'s interest off a job other tenants still wait on."""
+        return {"tenants": remaining_tenants, "requester_keys": remaining_keys, "updated_at": now,
+                fs.field_path("requesters", tenant): fs.DELETE_FIELD}
+
+    def want_events(self, job_id: str, events: Iterable[str]) -> None:
+        """Ask the runner to publish these live events (start, progress) for the job."""
+        self._db.update(self._ref(job_id), {"notify": fs.array_union(events)})
+
+    # job heads
+    def head(self, base_job_id: str) -> tuple[int, set[int]]:
+        """(the current retry, the retries that failed) of the work whose first job is `base_job_id`."""
+        data = self._db.get(fs.doc(names.JOB_HEADS, base_job_id)).data or {}
+        return int(data.get("next", 0)), set(data.get("failed", []))
+
+    def advance_head(self, base_job_id: str, next_retry: int, failed_retry: int | None = None) -> None:
+        """Point the head past a dead retry. Racing writers write the same value, and a stale lower one only costs
+        a later request one extra read, so no precondition is needed."""
+        update: dict = {"next": next_retry, "updated_at": utcnow()}
+        if failed_retry is not None:
+            update["failed"] = fs.array_union([failed_retry])
+        self._db.set(fs.doc(names.JOB_HEADS, base_job_id), update, merge=True)
+
+    # listings and aggregations
+    def page(self, filters: Mapping[str, str], page_size: int, cursor: str | None,
+             contains: tuple[str, str] | None = None) -> tuple[list[JobDoc], str | None]:
+        """Newest first, with equality filters and at most one array-contains filter."""
+        query = fs.collection(names.JOBS)
+        for field_name, value in filters.items():
+            query = query.where(field_name, "==", value)
+        if contains is not None:
+            query = query.where(contains[0], "array_contains", contains[1])
+        query = query.order_by("created_at", descending=True).order_by("__name__", descending=True)
+        snaps, after = page(self._db, query, self._ref(cursor) if cursor else None, page_size)
+        return [JobDoc.model_validate(s.data) for s in snaps], after
+
+    def count_by(self, field_name: str, value: str) -> int:
+        return self._db.count(fs.collection(names.JOBS).where(field_name, "==", value))
+
+    def count_queued_before(self, job: JobDoc) -> int:
+        """Queued jobs of `job`'s lane created before it: its place in line (0: next)."""
+        query = (fs.collection(names.JOBS).where("status", "==", JobStatus.QUEUED.value)
+                 .where("lane", "==", str(job.lane)).where("created_at", "<", job.created_at))
+        return self._db.count(query)
+
+    def recent_finished(self, status: str, limit: int) -> list[JobDoc]:
+        query = (fs.collection(names.JOBS).where("status", "==", status)
+                 .order_by("finished_at", descending=True).limit(limit))
+        return [JobDoc.model_validate(s.data) for s in self._db.stream(query)]
+
+    def gpu_seconds_since(self, tenant: str, start: datetime) -> float:
+        """GPU-seconds the runner recorded on jobs this tenant created (and that finished) since `start`."""
+        query = fs.collection(names.JOBS).where("tenant", "==", tenant).where("finished_at", ">=", start)
+        return self._db.sum(query, GPU_SECONDS)
+
+    def gpu_totals(self) -> dict:
+        """GPU-seconds over every job and over image jobs, and the count and mean of rendered images."""
+        jobs = fs.collection(names.JOBS)
+        images = jobs.where("type", "==", JobType.IMAGE.value)
+        rendered = images.where("status", "==", JobStatus.SUCCEEDED.value)
+        counts = self._db.aggregate(rendered, ("count", None, "n"), ("avg", GPU_SECONDS, "mean"))
+        return {"total": self._db.sum(jobs, GPU_SECONDS), "image_total": self._db.sum(images, GPU_SECONDS),
+                "rendered": int(counts["n"] or 0), "mean": counts["mean"]}
+
+    # runners' pace and readiness
+    def runner_stats(self) -> list[RunnerStats]:
+        return [RunnerStats.model_validate(s.data) for s in self._db.stream(fs.collection(names.RUNNER_STATS))]
+
+    def ping(self) -> None:
+        """A cheap read that fails when Firestore is unreachable."""
+        self._db.ping(self._ref("_ready_probe"))

@@ -1,0 +1,59 @@
+"""The warm pool's documents: `warm_pool/{pk}` (an explicit `ahead`, the pre-renders made today),
+`warm_pool/{pk}/askers/{user}` (demand) and `warm_pool/{pk}/prerenders/{variant_index}` (what was made, why, and
+whether someone took it). The rules are functions/services/warm_pool.py's."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from schemas import names
+from schemas._base import firestore_dict, utcnow
+from schemas.push import PrerenderDoc
+from soul_common import firestore as fs
+
+PRERENDERS = "prerenders"
+ASKERS = "askers"
+
+
+class WarmPoolStore:
+    def __init__(self, db: fs.Db):
+        self._db = db
+
+    @staticmethod
+    def _key(pk: str) -> fs.DocRef:
+        return fs.doc(names.WARM_POOL, pk)
+
+    def key_state(self, pk: str) -> dict:
+        """The key's document: `explicit_ahead`, `made_day`, `made_today` (empty when it has none)."""
+        return self._db.get(self._key(pk)).data or {}
+
+    def set_explicit_ahead(self, pk: str, ahead: int) -> None:
+        self._db.set(self._key(pk), {"pk": pk, "explicit_ahead": ahead, "updated_at": utcnow()}, merge=True)
+
+    def count_askers_since(self, pk: str, since: datetime) -> int:
+        return self._db.count(fs.collection(names.WARM_POOL, pk, ASKERS).where("at", ">=", since))
+
+    def record_asker(self, pk: str, user_id: str) -> None:
+        self._db.set(self._key(pk).child(ASKERS, user_id), {"user_id": user_id, "at": utcnow()})
+
+    def record_prerender(self, doc: PrerenderDoc) -> bool:
+        """False when another trigger recorded this very pre-render first."""
+        return self._db.create(self._key(doc.pk).child(PRERENDERS, str(doc.variant_index)), firestore_dict(doc))
+
+    def count_made(self, pk: str, today: str) -> None:
+        """One more pre-render of the key today (the per-key daily cap)."""
+        if self.key_state(pk).get("made_day") != today:
+            self._db.set(self._key(pk), {"made_day": today, "made_today": 1}, merge=True)
+        else:
+            self._db.update(self._key(pk), {"made_today": fs.increment(1)})
+
+    def prerender(self, pk: str, index: int) -> dict | None:
+        return self._db.get(self._key(pk).child(PRERENDERS, str(index))).data
+
+    def mark_delivered(self, pk: str, index: int) -> None:
+        self._db.update(self._key(pk).child(PRERENDERS, str(index)), {"delivered": True, "delivered_at": utcnow()})
+
+    def counts(self) -> tuple[int, int]:
+        """(pre-renders made, pre-renders delivered), over every key."""
+        group = fs.collection_group(PRERENDERS)
+        return self._db.count(group), self._db.count(group.where("delivered", "==", True))

@@ -1,0 +1,63 @@
+"""Webhook records and their deliveries: `jobs/{job_id}/webhooks/{webhook_id}` (one requester's URL and event
+filter) and `.../deliveries/{event key}` (the attempts of one event to that target)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from schemas import names
+from schemas._base import firestore_dict, utcnow
+from schemas.push import DeliveryAttempt, DeliveryDoc, WebhookDoc
+from soul_common import firestore as fs
+
+
+class WebhookStore:
+    def __init__(self, db: fs.Db):
+        self._db = db
+
+    @staticmethod
+    def _hook(job_id: str, webhook_id: str) -> fs.DocRef:
+        return fs.doc(names.JOBS, job_id, names.WEBHOOKS, webhook_id)
+
+    def _delivery(self, job_id: str, webhook_id: str, key: str) -> fs.DocRef:
+        return self._hook(job_id, webhook_id).child(names.DELIVERIES, key)
+
+    # records
+    def register(self, doc: WebhookDoc, events: Iterable[str]) -> None:
+        """Create or extend the record (the same requester asking again merges its event filter)."""
+        data = firestore_dict(doc)
+        data["events"] = fs.array_union(events)
+        self._db.set(self._hook(doc.job_id, doc.webhook_id), data, merge=True)
+
+    def hooks(self, job_id: str, tenant: str | None = None) -> list[WebhookDoc]:
+        """The job's webhook records (of one tenant when given)."""
+        query = fs.collection(names.JOBS, job_id, names.WEBHOOKS)
+        if tenant is not None:
+            query = query.where("tenant", "==", tenant)
+        return [WebhookDoc.model_validate(s.data) for s in self._db.stream(query)]
+
+    # deliveries
+    def deliveries(self, job_id: str, webhook_id: str) -> list[DeliveryDoc]:
+        query = fs.collection(names.JOBS, job_id, names.WEBHOOKS, webhook_id, names.DELIVERIES)
+        return [DeliveryDoc.model_validate(s.data) for s in self._db.stream(query)]
+
+    def open_delivery(self, job_id: str, webhook_id: str, fresh: DeliveryDoc) -> DeliveryDoc:
+        """The delivery of this event to this target: `fresh` when it is the first, else the earlier one's state
+        (a Pub/Sub redelivery goes on from where it was)."""
+        ref = self._delivery(job_id, webhook_id, fresh.key)
+        if self._db.create(ref, firestore_dict(fresh)):
+            return fresh
+        return DeliveryDoc.model_validate(self._db.get(ref).data)
+
+    def record_attempt(self, job_id: str, webhook_id: str, key: str, attempt: DeliveryAttempt, *,
+                       first: bool, status: str | None) -> None:
+        """Append an attempt; `first` stamps when the deliveries began; a final `status` closes the delivery."""
+        update: dict = {"attempts": fs.array_union([firestore_dict(attempt)])}
+        if first:
+            update["first_attempt_at"] = attempt.at
+        if status is not None:
+            update.update(status=status, finished_at=utcnow())
+        self._db.update(self._delivery(job_id, webhook_id, key), update)
+
+    def close_delivery(self, job_id: str, webhook_id: str, key: str, status: str) -> None:
+        self._db.update(self._delivery(job_id, webhook_id, key), {"status": status, "finished_at": utcnow()})

@@ -1,0 +1,53 @@
+"""Validating input at the boundary into schemas/ models: query parameters (strings converted as the fields say)
+and JSON bodies (strict: JSON types must match the schema), with the first problem as a 400 that names the field.
+Shared by the HTTP router and the ingest function, which take the same bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from functions.core import errors
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], raw: dict[str, str]) -> M:
+    """Validate query parameters (strings, converted as their fields say) into `model`."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def parse_json(model: type[M], raw: bytes) -> M:
+    """Validate a JSON body strictly: JSON types must match the schema (no "0" for 0, no 0 for a date). As in
+    JSON Schema, a number with a zero fraction (64.0) is an integer; NaN and Infinity are not JSON."""
+    try:
+        canonical = json.dumps(json.loads(raw, parse_float=_json_number, parse_constant=_no_constants))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise errors.InvalidInput("the body is not valid JSON") from None
+    try:
+        return model.model_validate_json(canonical, strict=True)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _json_number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _invalid(exc: ValidationError) -> errors.InvalidInput:
+    """The first problem, as a 400 naming the field."""
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in first["loc"]) or None
+    message = {"extra_forbidden": "unknown field", "json_invalid": "the body is not valid JSON",
+               "model_type": "expected a JSON object"}.get(first["type"], first["msg"])
+    return errors.InvalidInput(f"{field}: {message}" if field else message, field=field)

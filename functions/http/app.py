@@ -1,0 +1,191 @@
+"""The `api` HTTP function's router: matches the endpoint table (`routes.py`), authenticates, parses path,
+query and body into schemas/ models, applies Idempotency-Key, and turns every failure into the one error shape
+`{"error": {"code", "message", "field"}}`. Nothing else reaches the wire: no stack trace, no HTML error page."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import flask
+import structlog
+from google.api_core import exceptions as gexc
+from pydantic import BaseModel
+from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
+from werkzeug.exceptions import NotFound as WzNotFound
+from werkzeug.routing import Map, Rule
+
+from functions.adapters.clients import Clients
+from functions.core import errors
+from functions.core.tenants import LOCAL, KeyRing, Principal
+from functions.core.validation import parse, parse_json
+from functions.http import webpage
+from functions.http.auth import authenticate_key, platform_principal
+from functions.http.headers import add_security_headers
+from functions.http.openapi import openapi_document
+from functions.http.routes import ENDPOINTS, Call, Endpoint
+from functions.services.idempotency import StoredReply, request_fingerprint
+from functions.settings import FunctionsSettings
+from functions.wiring import build_services
+from schemas.api import ErrorBody, ErrorDetail
+from schemas.ids import new_ulid
+
+log = structlog.get_logger(__name__)
+
+# google-api-core errors that mean "a backend is down or slow", not "the request is wrong".
+_UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.InternalServerError,
+                gexc.TooManyRequests)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Pages of the service itself: public even when API keys are configured.
+_PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs", "/": "web", "/favicon.ico": "favicon",
+                 "/ui/<name>": "ui_asset"}
+
+
+class Api:
+    """One instance per process: routing table compiled once, services built once."""
+
+    def __init__(self, settings: FunctionsSettings, clients: Clients, keys: KeyRing | None = None):
+        self._settings = settings
+        self._services = build_services(settings, clients, keys)
+        self._platform_admins = frozenset(a.strip() for a in settings.platform_admins.split(",") if a.strip())
+        self._endpoints = {ep.name: ep for ep in ENDPOINTS}
+        self._routes = Map(
+            [Rule(ep.rule, endpoint=ep.name, methods=[ep.method]) for ep in ENDPOINTS]
+            + [Rule(path, endpoint=name, methods=["GET"]) for path, name in _PUBLIC_PAGES.items()],
+            strict_slashes=False,
+        )
+
+    @property
+    def services(self):
+        return self._services
+
+    def __call__(self, request: flask.Request) -> flask.Response:
+        supplied = request.headers.get("X-Request-Id", "")
+        request_id = supplied if _REQUEST_ID.match(supplied) else new_ulid()
+        started = time.perf_counter()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            response = self._dispatch(request)
+        except errors.SoulError as exc:
+            response = _json(exc.status, _error_body(exc))
+            response.headers.update(exc.headers)
+        except _UNAVAILABLE as exc:
+            log.warning("backend_unavailable", error=str(exc))
+            response = _json(503, _error_body(errors.Unavailable("a backing service is unavailable; retry later")))
+        except Exception:  # noqa: BLE001 - the last line of defence: log it, never show a stack trace
+            log.exception("unhandled_error")
+            response = _json(500, _error_body(errors.Internal(f"internal error (request id {request_id})")))
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
+        response.headers["X-Request-Id"] = request_id
+        add_security_headers(response, request.path, self._settings.signed_url_endpoint)
+        log.info("request", method=request.method, path=request.path, status=response.status_code,
+                 latency_ms=round((time.perf_counter() - started) * 1000, 2))
+        return response
+
+    def _dispatch(self, request: flask.Request) -> flask.Response:
+        try:
+            name, params = self._routes.bind("localhost").match(request.path, method=request.method)
+        except WzMethodNotAllowed as exc:
+            allowed = ", ".join(sorted(exc.valid_methods or []))
+            raise errors.MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}; use {allowed}", headers={"Allow": allowed}
+            ) from None
+        except WzNotFound:
+            raise errors.NotFound(f"no endpoint {request.path}") from None
+        if request.method == "HEAD" and name not in _PUBLIC_PAGES.values() \
+                and not self._endpoints[name].public:
+            # HEAD must never do a GET's work (GET /image creates jobs): only pages and probes answer it.
+            raise errors.MethodNotAllowed(f"HEAD is not allowed on {request.path}; use GET",
+                                          headers={"Allow": "GET"})
+        if name == "openapi":
+            return flask.Response(json.dumps(openapi_document()), mimetype="application/json")
+        if name in ("docs", "web"):
+            return webpage.respond(request, webpage.page(name))
+        if name in ("favicon", "ui_asset"):
+            file = webpage.asset(params.get("name", "favicon.ico"))
+            if file is None:
+                raise errors.NotFound(f"no file {request.path}")
+            return webpage.respond(request, file)
+        endpoint = self._endpoints[name]
+        principal = LOCAL if endpoint.public else self._authenticate(request)
+        if endpoint.role == "admin" and not principal.is_admin:
+            raise errors.PermissionDenied(f"{request.method} {endpoint.rule} needs an admin key; this key's role "
+                                          f"is '{principal.role}'")
+        if not endpoint.public:
+            self._services.quotas.check_rate(principal.tenant)
+        for param, pattern in endpoint.path_params.items():
+            if not re.fullmatch(pattern, params[param]):
+                raise errors.InvalidInput(f"{param} is not well-formed (expected {pattern})", field=param)
+        call = Call(
+            request=request,
+            path=params,
+            query=parse(endpoint.query, _query_dict(request)) if endpoint.query else None,
+            body=parse_json(endpoint.body, self._json_body(request)) if endpoint.body else None,
+            principal=principal,
+        )
+        key = request.headers.get("Idempotency-Key")
+        if endpoint.creates_work and key is not None:
+            body = call.body.model_dump(mode="json") if call.body else None
+            fingerprint = request_fingerprint(request.method, request.path, _query_dict(request), body)
+            stored = self._services.idempotency.run_once(key, principal.scope, fingerprint,
+                                                         lambda: self._run(endpoint, call))
+            response = flask.Response(stored.body, status=stored.status, mimetype="application/json")
+            response.headers["Idempotency-Key"] = key
+            return response
+        reply = endpoint.handler(self._services, call)
+        if isinstance(reply, flask.Response):
+            return reply
+        status, body = reply
+        return _json(status, body)
+
+    def _run(self, endpoint: Endpoint, call: Call) -> StoredReply:
+        status, body = endpoint.handler(self._services, call)
+        return StoredReply(status=status, body=body.model_dump_json())
+
+    def _authenticate(self, request: flask.Request) -> Principal:
+        """The caller: tenant and role of their API key; in platform mode the verified identity; with auth off
+        (local development only) the default tenant as admin."""
+        if self._settings.auth_mode == "api_key":
+            return authenticate_key(self._services.keys, request.headers)
+        if self._settings.auth_mode == "platform":
+            return platform_principal(request.headers, self._platform_admins)
+        return LOCAL
+
+    def _json_body(self, request: flask.Request) -> bytes:
+        limit = self._settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
+        if not request.is_json:
+            raise errors.UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
+        raw = request.get_data(cache=True)
+        if len(raw) > limit:
+            raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
+        return raw
+
+
+def _query_dict(request: flask.Request) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for name, values in request.args.lists():
+        if len(values) > 1:
+            raise errors.InvalidInput(f"{name} is given {len(values)} times; give it once", field=name)
+        query[name] = values[0]
+    return query
+
+
+def _json(status: int, body: BaseModel) -> flask.Response:
+    return flask.Response(body.model_dump_json(), status=status, mimetype="application/json")
+
+
+def _error_body(exc: errors.SoulError) -> ErrorBody:
+    return ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message, field=exc.field))
+
+
+def structured_error(status: int, message: str) -> flask.Response:
+    """The error shape for failures raised outside the router (by Flask itself)."""
+    codes = {400: errors.InvalidInput, 404: errors.NotFound, 405: errors.MethodNotAllowed}
+    error_type = codes.get(status, errors.Internal)
+    response = _json(status, _error_body(error_type(message)))
+    add_security_headers(response, "", None)
+    return response

@@ -1,0 +1,195 @@
+"""Image requests: resolve the soul's style, key the prompt, deliver an unseen variant or make sure exactly one
+job makes the next one. This is the one code path behind `GET/POST /image`, `/image/selfie` and `ingest`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from functions.adapters.firestore.jobs import JobStore
+from functions.adapters.firestore.prompts import PromptStore
+from functions.adapters.pubsub import Publisher
+from functions.adapters.signing import UrlSigner
+from functions.core import estimates, keys
+from functions.core.errors import InvalidInput
+from functions.core.normalize import EmptyCueError, normalize_cue
+from functions.core.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
+from functions.core.tenants import DEFAULT_TENANT, scoped_user
+from functions.core.variants import choose_unseen, next_variant_index
+from functions.services import lanes
+from functions.services.jobs import Interest, ensure_job
+from functions.services.links import variant_link
+from functions.services.quotas import QuotaService
+from functions.services.styles import StyleService
+from functions.services.usage import GpuUsage
+from functions.services.warm_pool import WARM_POOL_USER, WarmPool
+from functions.settings import FunctionsSettings
+from schemas._base import utcnow
+from schemas.api import ImageQueued, ImageReady, Place, SelfieRequest, Variant
+from schemas.documents import PromptDoc, Style, VariantDoc
+from schemas.push import WarmAnswer, WarmRequest
+from schemas.ids import new_ulid
+from schemas.jobs import ImageJobSpec, JobDoc, JobLane, JobType
+
+@dataclass(frozen=True)
+class ImageAsk:
+    """A validated image request in the product's terms. `place` is set for selfies. `user_id` is the tenant's
+    own end-user id; storage namespaces it by `tenant`."""
+
+    soul_id: str
+    cue: str
+    user_id: str
+    kind: str = "image"
+    place: str | None = None
+    tenant: str = DEFAULT_TENANT
+    lane: JobLane = JobLane.INTERACTIVE
+
+
+class ImageService:
+    def __init__(
+        self,
+        prompts: PromptStore,
+        jobs: JobStore,
+        styles: StyleService,
+        publisher: Publisher,
+        signer: UrlSigner,
+        settings: FunctionsSettings,
+        defaults: estimates.EstimateDefaults,
+        quotas: QuotaService,
+        warm_pool: WarmPool,
+        usage: GpuUsage | None = None,
+    ):
+        self._prompts = prompts
+        self._jobs = jobs
+        self._styles = styles
+        self._publisher = publisher
+        self._signer = signer
+        self._settings = settings
+        self._defaults = defaults
+        self._quotas = quotas
+        self._usage = usage  # counts dedup hits for the GPU-seconds statistics
+        self._warm = warm_pool
+
+    def selfie(self, request: SelfieRequest, tenant: str = DEFAULT_TENANT) -> ImageReady | ImageQueued:
+        """A selfie is an image whose cue names a place chosen for the city and mood, fresh for this user."""
+        catalog = shipped_places()
+        user = scoped_user(tenant, request.user_id)
+        recent = self._prompts.recent_places(user)
+        try:
+            place = choose_place(
+                catalog, request.city_key, request.mood, recent, seed=f"{request.user_id}|{request.soul_id}"
+            )
+        except UnknownChoice as exc:
+            raise InvalidInput(str(exc), field=exc.field) from exc
+        city = catalog.cities[request.city_key]
+        answer = self.request(
+            ImageAsk(
+                soul_id=request.soul_id, cue=selfie_cue(place, city, request.mood), user_id=request.user_id,
+                kind="selfie", place=place.key, tenant=tenant, lane=request.lane,
+            )
+        )
+        self._prompts.set_recent_places(user, remember(recent, place.key))
+        named = Place(key=place.key, name=place.name, city_key=request.city_key, city_name=city.name)
+        return answer.model_copy(update={"place": named})
+
+    def request(self, ask: ImageAsk) -> ImageReady | ImageQueued:
+        try:
+            cue = normalize_cue(ask.cue)
+        except EmptyCueError as exc:
+            raise InvalidInput(str(exc), field="cue") from exc
+        style = self._styles.get(ask.soul_id).style  # a stored style wins over the catalog; else 404
+        pk = keys.prompt_key(
+            kind=ask.kind, soul_id=ask.soul_id, cue=cue, style=style, model_tag=self._settings.model_tag
+        )
+        variants = self._prompts.variants_of(pk)
+        user = scoped_user(ask.tenant, ask.user_id)
+        seen = self._prompts.seen_among(user, [v.variant_id for v in variants])
+        unseen = choose_unseen(variants, seen)
+        self._warm.observe(pk, ask.kind, user)
+        if unseen is not None:
+            if self._usage is not None:
+                self._usage.record_dedup_hit()
+            left = sum(1 for v in variants if v.variant_id not in seen) - 1  # once this one is taken
+            self._warm.after_take(pk, unseen.variant_index, left, variants,
+                                  partial(self.prerender, tenant=ask.tenant))
+            return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
+        index = next_variant_index(variants)
+        if index == 0:
+            now = utcnow()
+            self._prompts.ensure_prompt(
+                PromptDoc(
+                    pk=pk, kind=ask.kind, soul_id=ask.soul_id, cue=cue,
+                    style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now,
+                )
+            )
+        job = self._ensure_variant_job(ask, pk, cue, style, index)
+        self._warm.after_join(pk, job, partial(self.prerender, tenant=ask.tenant))
+        return ImageQueued(
+            status=job.status,
+            task_id=job.job_id,
+            pk_id=pk,
+            status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",
+            estimated_seconds=estimates.image_seconds(self._jobs.runner_stats(), self._defaults),
+        )
+
+    def _ensure_variant_job(self, ask: ImageAsk, pk: str, cue: str, style: Style, index: int) -> JobDoc:
+        """The job making variant `index` of `pk` (created once, whoever asks first; promoted when waited on)."""
+        spec = ImageJobSpec(
+            soul_id=ask.soul_id,
+            pk=pk,
+            variant_index=index,
+            variant_id=new_ulid(),
+            cue=cue,
+            prompt=keys.compose_prompt(style, cue),
+            negative_prompt=style.negative_prompt,
+            width=style.width,
+            height=style.height,
+            steps=style.steps,
+            guidance=style.guidance,
+            seed=keys.variant_seed(pk, index),
+            style_fingerprint=keys.style_fingerprint(style),
+            place=ask.place,
+        )
+        user = scoped_user(ask.tenant, ask.user_id)
+        job = ensure_job(
+            self._jobs,
+            self._publisher,
+            lambda retry: JobDoc(
+                job_id=keys.image_job_id(pk, index, retry), type=JobType.IMAGE, request=spec,
+                requested_by=ask.user_id, soul_id=ask.soul_id, created_at=utcnow(), updated_at=utcnow(),
+                lane=ask.lane,
+            ),
+            Interest(ask.tenant, ask.user_id),
+            admit=lambda: self._quotas.admit_job(ask.tenant, user_key=user, pk=pk),
+        )
+        return lanes.promote_if_waited_on(self._jobs, self._publisher, job, ask.lane)
+
+    def prerender(self, prompt: PromptDoc, index: int, tenant: str = DEFAULT_TENANT) -> JobDoc | None:
+        """A background job for variant `index` of an image prompt key (the warm pool's renders), admitted and
+        charged under `tenant`'s quota (the tenant whose demand asked for it); None when the soul's style changed
+        since (the key is then no longer the one users ask for)."""
+        style = self._styles.get(prompt.soul_id).style
+        if keys.style_fingerprint(style) != prompt.style_fingerprint or prompt.kind != "image":
+            return None
+        ask = ImageAsk(soul_id=prompt.soul_id, cue=prompt.cue, user_id=WARM_POOL_USER, tenant=tenant,
+                       lane=JobLane.BACKGROUND)
+        return self._ensure_variant_job(ask, prompt.pk, prompt.cue, style, index)
+
+    def warm(self, request: WarmRequest, tenant: str = DEFAULT_TENANT) -> WarmAnswer:
+        """`POST /image/warm`: keep `variants` fresh variants of this cue ahead, from now on."""
+        try:
+            cue = normalize_cue(request.cue)
+        except EmptyCueError as exc:
+            raise InvalidInput(str(exc), field="cue") from exc
+        style = self._styles.get(request.soul_id).style
+        pk = keys.prompt_key(kind="image", soul_id=request.soul_id, cue=cue, style=style,
+                             model_tag=self._settings.model_tag)
+        now = utcnow()
+        self._prompts.ensure_prompt(PromptDoc(pk=pk, kind="image", soul_id=request.soul_id, cue=cue,
+                                            style_fingerprint=keys.style_fingerprint(style), created_at=now,
+                                            updated_at=now))
+        return self._warm.warm(pk, request.variants, self._prompts.variants_of(pk),
+                               partial(self.prerender, tenant=tenant))
+
+    def variant_view(self, variant: VariantDoc) -> Variant:
+        return variant_link(self._signer, variant)

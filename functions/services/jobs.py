@@ -1,0 +1,123 @@
+"""Creating a job exactly once, for images and animations alike, and recording who waits on it.
+
+A job's id is named from the work it does (plus "-rN" for the Nth retry), so every caller asking for the same
+work computes the same id. Firestore's create() then admits exactly one creator and answers the others with an
+immediate Conflict; a read-then-write transaction would livelock under contention on the emulator. The winner
+publishes the job; the others join it: their tenant (and end user) is added to the job's interest records, so a
+cancel withdraws only that tenant's interest (functions/services/tasks.py).
+
+A failed or canceled job is followed by the next retry's id. A `job_heads/{first id}` document remembers which
+retry is current and which retries failed: only failures use up the retry budget (work that always fails cannot
+be asked for forever), a cancel never does, so canceling can never leave a cue blocked for anybody."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from functions.adapters.firestore.jobs import JobStore
+from functions.adapters.pubsub import Publisher
+from functions.core.errors import Unavailable
+from functions.core.tenants import scoped_user
+from schemas._base import utcnow
+from schemas.jobs import JobDoc, JobStatus
+
+log = structlog.get_logger(__name__)
+
+MAX_JOB_RETRIES = 3  # retries after failures; a cancel costs none
+_SCAN_LIMIT = 32  # dead retries one request may step over (the head normally points at the live one)
+
+# `admit()` is called right before this request would create a job: it raises when a quota is used up, and
+# returns a `refund()` to call when another creator won the race (nothing was created after all).
+Admit = Callable[[], Callable[[], None]]
+
+
+@dataclass(frozen=True)
+class Interest:
+    """Who is asking: a tenant, and (when known) its end user."""
+
+    tenant: str
+    user_id: str | None = None
+
+    def fields(self) -> dict:
+        """The interest records of a job this request creates."""
+        return {
+            "tenant": self.tenant,
+            "tenants": [self.tenant],
+            "requesters": {self.tenant: [self.user_id]} if self.user_id else {},
+            "requester_keys": [scoped_user(self.tenant, self.user_id)] if self.user_id else [],
+        }
+
+    def recorded_on(self, job: JobDoc) -> bool:
+        if self.tenant not in job.tenants:
+            return False
+        return self.user_id is None or self.user_id in job.requesters.get(self.tenant, [])
+
+
+def ensure_job(
+    store: JobStore, publisher: Publisher, build: Callable[[int], JobDoc], interest: Interest,
+    admit: Admit | None = None,
+) -> JobDoc:
+    """`build(retry)` makes the job document for that retry number; returns the job that does the work (or, once
+    the failure budget is spent, the last failed one)."""
+    base = build(0).job_id
+    retry, failed = store.head(base)
+    for _ in range(_SCAN_LIMIT):
+        job = build(retry).model_copy(update=interest.fields())
+        existing = store.job(job.job_id)
+        if existing is None:
+            refund = admit() if admit else None
+            if store.create(job):
+                _publish(store, publisher, job)
+                return job
+            if refund:
+                refund()
+            continue  # another creator won this id a moment ago: look at its job
+        if _live(existing):
+            joined = _join(store, existing, interest)
+            if joined is not None:
+                return joined
+            continue  # it changed under us (canceled?): decide again
+        if existing.status == JobStatus.FAILED:
+            failed.add(retry)
+            if len(failed) > MAX_JOB_RETRIES:
+                store.advance_head(base, retry, failed_retry=retry)
+                return existing
+            store.advance_head(base, retry + 1, failed_retry=retry)
+        else:  # canceled, or canceled while running: never blocks, never counts
+            store.advance_head(base, retry + 1)
+        retry += 1
+    raise Unavailable("the jobs of this request keep being canceled; retry")
+
+
+def _live(job: JobDoc) -> bool:
+    """A job a request may wait on: it is done, or still going and nobody stopped it."""
+    if job.status == JobStatus.SUCCEEDED:
+        return True
+    return job.status in (JobStatus.QUEUED, JobStatus.RUNNING) and not job.cancel_requested
+
+
+def _join(store: JobStore, job: JobDoc, interest: Interest) -> JobDoc | None:
+    """Add this tenant's interest to `job`, unless the job stopped being live meanwhile (then None).
+
+    The union is commutative, so concurrent joiners never conflict; the read after it closes the race with a
+    cancel: a cancel that read the job before our write fails its precondition and sees us, a cancel that wrote
+    first is seen here, and this request moves on to a fresh job."""
+    if interest.recorded_on(job) or (not job.tenants and job.tenant is None):
+        return job  # already waiting, or a job from before tenancy (kept as it is)
+    user_key = scoped_user(interest.tenant, interest.user_id) if interest.user_id else None
+    if not store.add_interest(job.job_id, interest.tenant, interest.user_id, user_key):
+        return None
+    current = store.job(job.job_id)
+    return current if current is not None and _live(current) else None
+
+
+def _publish(store: JobStore, publisher: Publisher, job: JobDoc) -> None:
+    try:
+        publisher.publish_job(job)
+    except Exception:  # noqa: BLE001 - the job document is the truth; the runner's reconciler re-publishes it
+        log.warning("publish_failed_job_left_for_reconciler", job_id=job.job_id, exc_info=True)
+        return
+    store.mark_published(job.job_id, utcnow())

@@ -1,0 +1,146 @@
+"""Per-tenant rate limits and quotas, enforced the same by every function instance because their counters live
+in Firestore under `tenants/{tenant}/...`:
+
+- requests per second: a token bucket (GCRA, `quota_policy.gcra`) split over `shards` documents, each with its
+  share of the rate, updated with a precondition (so concurrent instances never both spend the same token);
+- jobs created per hour: a sharded counter per UTC hour, reserved before a job is created, refunded when another
+  creator won the race;
+- GPU-seconds per day: the sum of `metrics.gpu_seconds` the runner recorded on jobs this tenant created today;
+- variants per prompt key per end user per day: one counter per (user, prompt key, UTC day).
+
+Every refusal is a 429 with `Retry-After` in the error shape. Counter documents carry `expires_at` for a
+Firestore TTL policy."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from functions.adapters.firestore.jobs import JobStore
+from functions.adapters.firestore.quotas import QuotaStore
+from functions.core.errors import TooManyRequests
+from functions.core.quota_policy import Quota, day_window, gcra, hour_window
+from functions.core.tenants import KeyRing
+from schemas._base import utcnow
+
+Refund = Callable[[], None]
+
+
+class QuotaService:
+    def __init__(self, counters: QuotaStore, jobs: JobStore, defaults: Quota, ring: KeyRing, *, shards: int = 4,
+                 enabled: bool = True):
+        self._counters = counters
+        self._jobs = jobs
+        self._defaults = defaults
+        self._ring = ring
+        self._shards = max(1, shards)
+        self.enabled = enabled
+
+    def quota(self, tenant: str) -> Quota:
+        return self._defaults.with_overrides(self._ring.quota_overrides(tenant))
+
+    # ---- requests per second -----------------------------------------------------------------------------------
+
+    def check_rate(self, tenant: str) -> None:
+        """Spend one token of the tenant's bucket, or raise a 429 saying when the next one is due."""
+        if not self.enabled:
+            return
+        quota = self.quota(tenant)
+        rate = quota.requests_per_second / self._shards
+        burst = max(1, quota.burst // self._shards)
+        first = random.randrange(self._shards)
+        waits: list[float] = []
+        for attempt in range(2 * self._shards):
+            tat, version = self._counters.bucket(tenant, (first + attempt) % self._shards)
+            decision = gcra(tat, time.time(), rate, burst)
+            if not decision.allowed:
+                waits.append(decision.retry_after)
+                if len(waits) >= self._shards:
+                    break
+                continue
+            if self._counters.spend(version, decision.tat, utcnow() + timedelta(hours=1)):
+                return
+            # another instance spent this shard's token first: try the next shard
+        raise TooManyRequests(
+            f"tenant '{tenant}' is over its rate limit of {quota.requests_per_second:g} requests/s "
+            f"(burst {quota.burst}); retry later",
+            retry_after=min(waits) if waits else 1.0,
+        )
+
+    # ---- GPU work ----------------------------------------------------------------------------------------------
+
+    def admit_job(self, tenant: str, *, user_key: str | None = None, pk: str | None = None) -> Refund:
+        """Reserve one job creation for `tenant` (and one new variant of `pk` for `user_key`, when given);
+        raise a 429 when a quota is used up. Returns the refund for a creation that did not happen."""
+        if not self.enabled:
+            return lambda: None
+        quota = self.quota(tenant)
+        now = utcnow()
+        self._check_gpu_seconds(tenant, quota, now)
+        refunds = [self._reserve_job(tenant, quota, now)]
+        if user_key is not None and pk is not None:
+            try:
+                refunds.append(self._reserve_variant(tenant, quota, now, user_key, pk))
+            except TooManyRequests:
+                refunds[0]()
+                raise
+
+        def refund_all() -> None:
+            for refund in refunds:
+                refund()
+
+        return refund_all
+
+    def _reserve_job(self, tenant: str, quota: Quota, now: datetime) -> Refund:
+        hour, left = hour_window(now)
+        shards = [f"jobs-{hour}-{i}" for i in range(self._shards)]
+        mine = random.choice(shards)
+        self._counters.add(tenant, mine, 1, expires_at=now + timedelta(hours=2))
+        total = self._counters.total(tenant, shards)
+
+        def refund() -> None:
+            self._counters.add(tenant, mine, -1)
+
+        if total > quota.jobs_per_hour:
+            refund()
+            raise TooManyRequests(
+                f"tenant '{tenant}' created its {quota.jobs_per_hour} jobs of this hour; retry after the hour",
+                retry_after=left, code="quota_exceeded",
+            )
+        return refund
+
+    def _reserve_variant(self, tenant: str, quota: Quota, now: datetime, user_key: str, pk: str) -> Refund:
+        _, day, left = day_window(now)
+        digest = hashlib.sha256(f"{user_key}|{pk}".encode()).hexdigest()[:32]
+        name = f"variants-{day}-{digest}"
+        count = self._counters.add(tenant, name, 1, expires_at=now + timedelta(days=2))
+        if count is None:  # the write did not report the value: read it back
+            count = self._counters.value(tenant, name)
+
+        def refund() -> None:
+            self._counters.add(tenant, name, -1)
+
+        if count > quota.variants_per_prompt_per_user_per_day:
+            refund()
+            raise TooManyRequests(
+                f"this user asked for {quota.variants_per_prompt_per_user_per_day} new variants of this cue today; "
+                "that is the daily limit",
+                retry_after=left, code="quota_exceeded", field="cue",
+            )
+        return refund
+
+    def _check_gpu_seconds(self, tenant: str, quota: Quota, now: datetime) -> None:
+        start, _, left = day_window(now)
+        used = self.gpu_seconds_since(tenant, start)
+        if used >= quota.gpu_seconds_per_day:
+            raise TooManyRequests(
+                f"tenant '{tenant}' used {used:.0f} of its {quota.gpu_seconds_per_day:g} GPU-seconds today",
+                retry_after=left, code="quota_exceeded",
+            )
+
+    def gpu_seconds_since(self, tenant: str, start: datetime) -> float:
+        """GPU-seconds the runner recorded on jobs this tenant created (and that finished) since `start`."""
+        return self._jobs.gpu_seconds_since(tenant, start.astimezone(timezone.utc))

@@ -1,0 +1,230 @@
+"""Delivering job events to webhooks, as the `webhooks` function (a push subscription on soul-events; the same
+code path locally). Each event goes to every target whose filter wants it, signed per the Standard Webhooks
+spec (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>`,
+by the `standardwebhooks` package), and is retried per target with exponential backoff for a bounded time:
+a target that answered 2xx is never sent the event again, even when Pub/Sub redelivers it. Every attempt is
+recorded under the webhook record and listed by `GET /tasks/{id}`.
+
+Targets are vetted after DNS resolution and the connection goes to the vetted IP (functions/core/ssrf.py,
+functions/adapters/webhook_http.py); no redirect is followed, timeouts are short, the response body is never
+read."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from pydantic import ValidationError
+from standardwebhooks import Webhook
+
+from functions.adapters.firestore.webhooks import WebhookStore
+from functions.adapters.webhook_http import USER_AGENT, SendFailed, post
+from functions.core import ssrf
+from functions.services.webhooks import WebhookRegistry
+from functions.settings import FunctionsSettings
+from schemas import names
+from schemas._base import utcnow
+from schemas.push import DeliveryAttempt, DeliveryDoc, JobProgress, JobStarted, WebhookDoc, WebhookEvent
+
+log = structlog.get_logger(__name__)
+
+# CloudEvent type on soul-events -> the webhook event it is.
+EVENT_KINDS: Mapping[str, WebhookEvent] = {
+    names.EVENT_JOB_STARTED: WebhookEvent.START,
+    names.EVENT_JOB_PROGRESS: WebhookEvent.PROGRESS,
+    names.EVENT_JOB_SUCCEEDED: WebhookEvent.COMPLETED,
+    names.EVENT_JOB_FAILED: WebhookEvent.COMPLETED,
+    names.EVENT_JOB_CANCELED: WebhookEvent.COMPLETED,
+}
+# Answers worth another try; any other non-2xx (a 4xx, a redirect) ends the delivery: retrying cannot fix it.
+RETRY_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    budget_s: float
+    initial_s: float
+    max_s: float
+
+    @classmethod
+    def of(cls, settings: FunctionsSettings) -> RetryPolicy:
+        return cls(settings.webhook_retry_budget_s, settings.webhook_backoff_initial_s, settings.webhook_backoff_max_s)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One event, ready to send: its delivery key under each target and the JSON body."""
+
+    job_id: str
+    event: WebhookEvent
+    event_type: str
+    key: str
+    body: bytes
+
+
+Sender = Callable[[ssrf.Target, Mapping[str, str], bytes, float], int]
+
+
+def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> dict[str, str]:
+    signature = Webhook(secret).sign(msg_id=message_id, timestamp=now, data=body.decode())
+    return {
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signature,
+    }
+
+
+class Deliverer:
+    """Sends one event to its targets and records every attempt. `sleep` and `sender` are injectable."""
+
+    def __init__(self, store: WebhookStore, registry: WebhookRegistry, settings: FunctionsSettings, *,
+                 sender: Sender = post, resolver: ssrf.Resolver = ssrf.system_resolver,
+                 sleep: Callable[[float], None] = time.sleep):
+        self._store = store
+        self._registry = registry
+        self._settings = settings
+        self._policy = RetryPolicy.of(settings)
+        self._sender = sender
+        self._resolver = resolver
+        self._sleep = sleep
+
+    def _open(self, out: Outgoing, hook: WebhookDoc) -> DeliveryDoc:
+        message_id = "msg_" + hashlib.sha256(f"{out.job_id}\n{hook.webhook_id}\n{out.key}".encode()).hexdigest()[:24]
+        fresh = DeliveryDoc(key=out.key, message_id=message_id, event=out.event, event_type=out.event_type)
+        return self._store.open_delivery(out.job_id, hook.webhook_id, fresh)
+
+    def deliver(self, out: Outgoing) -> dict[str, str]:
+        """Deliver to every target that wants the event; {webhook_id: final status}."""
+        pending: list[tuple[WebhookDoc, DeliveryDoc]] = []
+        final: dict[str, str] = {}
+        for hook in self._registry.targets(out.job_id, out.event):
+            doc = self._open(out, hook)
+            if doc.status == "pending" and self._out_of_time(doc):
+                # A redelivery (the function crashed or timed out mid-retries): the bound is from the first try.
+                self._finish(out, hook, "failed")
+                doc = doc.model_copy(update={"status": "failed"})
+            if doc.status == "pending":
+                pending.append((hook, doc))
+            final[hook.webhook_id] = doc.status
+        delay = self._policy.initial_s
+        started = time.monotonic()
+        while pending:
+            retry: list[tuple[WebhookDoc, DeliveryDoc]] = []
+            for hook, doc in pending:
+                status, doc = self._attempt(out, hook, doc)
+                final[hook.webhook_id] = status
+                if status == "pending":
+                    retry.append((hook, doc))
+            pending = retry
+            if not pending:
+                break
+            if time.monotonic() - started + delay > self._policy.budget_s:
+                for hook, doc in pending:
+                    self._finish(out, hook, "failed")
+                    final[hook.webhook_id] = "failed"
+                log.warning("webhook_gave_up", job_id=out.job_id, event_type=out.event_type, targets=len(pending))
+                break
+            self._sleep(delay)
+            delay = min(delay * 2, self._policy.max_s)
+        return final
+
+    def _out_of_time(self, doc: DeliveryDoc) -> bool:
+        started = doc.first_attempt_at
+        return started is not None and (utcnow() - started).total_seconds() > self._policy.budget_s
+
+    def _attempt(self, out: Outgoing, hook: WebhookDoc, doc: DeliveryDoc) -> tuple[str, DeliveryDoc]:
+        """One POST; the delivery's status after it (delivered, failed for good, or pending: retry) and the
+        delivery as it now stands."""
+        began = time.perf_counter()
+        now = utcnow()
+        code: int | None = None
+        error: str | None = None
+        secret = self._registry.secret(hook.tenant)
+        try:
+            if not secret:
+                raise ssrf.UnsafeTarget("no webhook signing secret is configured for this tenant")
+            target = ssrf.vet(hook.url, allow_loopback=self._settings.webhook_allow_loopback,
+                              resolver=self._resolver)
+            code = self._sender(target, signed_headers(secret, doc.message_id, out.body, now), out.body,
+                                self._settings.webhook_timeout_s)
+            status = "delivered" if 200 <= code < 300 else "pending" if code in RETRY_STATUSES else "failed"
+        except ssrf.UnsafeTarget as exc:
+            error, status = f"refused: {exc}", "failed"
+        except SendFailed as exc:
+            error, status = str(exc), "pending"
+        except (ssrf.LookupFailed, OSError) as exc:
+            error, status = f"{type(exc).__name__}: {str(exc)[:200]}", "pending"
+        attempt = DeliveryAttempt(at=now, status_code=code, error=error,
+                                  duration_ms=round((time.perf_counter() - began) * 1000, 1))
+        first = doc.first_attempt_at is None
+        if first:
+            doc = doc.model_copy(update={"first_attempt_at": now})
+        self._store.record_attempt(out.job_id, hook.webhook_id, out.key, attempt, first=first,
+                                   status=None if status == "pending" else status)
+        log.info("webhook_attempt", job_id=out.job_id, webhook_id=hook.webhook_id, event_type=out.event_type,
+                 status_code=code, error=error, outcome=status)
+        return status, doc
+
+    def _finish(self, out: Outgoing, hook: WebhookDoc, status: str) -> None:
+        self._store.close_delivery(out.job_id, hook.webhook_id, out.key, status)
+
+
+def outgoing(message: Mapping, job_data: Callable[[str], dict | None]) -> Outgoing | None:
+    """The webhook event a soul-events message is, or None when it is none (e.g. request outcomes) or the job
+    is gone. `job_data(job_id)` gives the task view sent with completion events."""
+    attributes = message.get("attributes") or {}
+    event_type = str(attributes.get("ce-type", ""))
+    kind = EVENT_KINDS.get(event_type)
+    if kind is None:
+        return None
+    try:
+        raw = base64.b64decode(str(message.get("data") or ""), validate=True)
+        data = json.loads(raw)
+        job_id = str(data["job_id"])
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        log.warning("webhook_event_unreadable", event_type=event_type)
+        return None
+    if kind is WebhookEvent.COMPLETED:
+        key, view = "completed", job_data(job_id)
+        if view is None:
+            return None
+    else:
+        try:
+            parsed = JobStarted.model_validate(data) if kind is WebhookEvent.START else JobProgress.model_validate(data)
+        except ValidationError:
+            log.warning("webhook_event_unreadable", event_type=event_type)
+            return None
+        key = "start" if isinstance(parsed, JobStarted) else f"progress-{parsed.seq}"
+        view = {"task_id": job_id, **parsed.model_dump(mode="json", exclude={"job_id", "schema_version"})}
+    # The event's own time, so a redelivered event is the same message (the same body under the same webhook-id).
+    occurred = str(attributes.get("ce-time") or data.get("occurred_at") or utcnow().isoformat())
+    body = json.dumps({"type": event_type, "timestamp": occurred, "data": view},
+                      separators=(",", ":")).encode()
+    return Outgoing(job_id=job_id, event=kind, event_type=event_type, key=key, body=body)
+
+
+def handle_event(svc, message: Mapping, **deliverer_options) -> dict[str, str]:
+    """The `webhooks` function's body: one soul-events message. Raises only when Firestore fails (Pub/Sub then
+    redelivers, and targets already served are skipped)."""
+
+    def task_view(job_id: str) -> dict | None:
+        job = svc.jobs.job(job_id)
+        if job is None:
+            return None
+        # One body for every target (targets may be of several tenants): no tenant's end users in it.
+        return svc.tasks.view(job, tenant="").model_dump(mode="json", exclude={"user_id", "actions", "deliveries"})
+
+    out = outgoing(message, task_view)
+    if out is None:
+        return {}
+    deliverer = Deliverer(svc.webhook_store, svc.webhooks, svc.settings, **deliverer_options)
+    return deliverer.deliver(out)

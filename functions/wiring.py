@@ -1,0 +1,123 @@
+"""Builds the functions' services from settings and clients, once per process: the one place that knows which
+adapter each service gets. The Firestore gateway (`Db`) is made here, so every repository shares its deadline
+and its ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+
+from functions.adapters.clients import Clients
+from functions.adapters.firestore.counters import ShardedCounter
+from functions.adapters.firestore.idempotency import IdempotencyRecords
+from functions.adapters.firestore.jobs import JobStore
+from functions.adapters.firestore.prompts import PromptStore
+from functions.adapters.firestore.quotas import QuotaStore
+from functions.adapters.firestore.styles import StyleStore
+from functions.adapters.firestore.warm_pool import WarmPoolStore
+from functions.adapters.firestore.webhooks import WebhookStore
+from functions.adapters.gcs import probe_bucket
+from functions.adapters.pubsub import Publisher
+from functions.adapters.signing import UrlSigner
+from functions.core.estimates import EstimateDefaults
+from functions.core.quota_policy import Quota
+from functions.core.tenants import KeyRing, build_key_ring
+from functions.services.idempotency import IdempotencyStore
+from functions.services.images import ImageService
+from functions.services.quotas import QuotaService
+from functions.services.styles import StyleService
+from functions.services.tasks import TaskService
+from functions.services.usage import GpuUsage
+from functions.services.videos import VideoService
+from functions.services.warm_pool import WarmPool
+from functions.services.webhooks import WebhookRegistry
+from functions.settings import FunctionsSettings
+from schemas import names
+from soul_common.firestore import Db
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: FunctionsSettings
+    clients: Clients
+    db: Db
+    prompts: PromptStore
+    jobs: JobStore
+    webhook_store: WebhookStore
+    publisher: Publisher
+    signer: UrlSigner
+    styles: StyleService
+    images: ImageService
+    tasks: TaskService
+    videos: VideoService
+    idempotency: IdempotencyStore
+    estimate_defaults: EstimateDefaults
+    keys: KeyRing
+    quotas: QuotaService
+    webhooks: WebhookRegistry
+    warm_pool: WarmPool
+    readiness: Mapping[str, Callable[[], None]]  # backend -> a cheap check that raises when it is unreachable
+
+
+def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing | None = None) -> Services:
+    if keys is None:  # ConfigError: the deployable does not start
+        keys = build_key_ring(settings.api_keys.get_secret_value(), settings.api_keys_file)
+    db = Db(clients.firestore, timeout_s=settings.backend_timeout_s)
+    prompts, jobs, webhook_store = PromptStore(db), JobStore(db), WebhookStore(db)
+    quotas = QuotaService(
+        QuotaStore(db),
+        jobs,
+        Quota(
+            requests_per_second=settings.quota_requests_per_second,
+            burst=settings.quota_burst,
+            jobs_per_hour=settings.quota_jobs_per_hour,
+            gpu_seconds_per_day=settings.quota_gpu_seconds_per_day,
+            variants_per_prompt_per_user_per_day=settings.quota_variants_per_prompt_per_user_per_day,
+        ),
+        keys,
+        shards=settings.quota_shards,
+        enabled=settings.quotas_enabled,
+    )
+    publisher = Publisher(clients.publisher, settings.project_id)
+    signer = UrlSigner(
+        clients.storage,
+        settings.bucket,
+        ttl=timedelta(seconds=settings.signed_url_ttl_s),
+        key_file=settings.signing_key_file,
+        service_account_email=settings.signing_service_account,
+        endpoint=settings.signed_url_endpoint,
+    )
+    defaults = EstimateDefaults(
+        image_seconds=settings.estimate_image_seconds,
+        video_seconds_per_frame=settings.svd_estimated_seconds_per_frame,
+        encode_seconds_per_frame=settings.estimate_encode_seconds_per_frame,
+    )
+    styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
+    usage = GpuUsage(jobs, ShardedCounter(db, names.COUNTER_DEDUP_HITS))
+    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage)
+    warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
+    return Services(
+        settings=settings,
+        clients=clients,
+        db=db,
+        prompts=prompts,
+        jobs=jobs,
+        webhook_store=webhook_store,
+        publisher=publisher,
+        signer=signer,
+        styles=styles,
+        images=ImageService(prompts, jobs, styles, publisher, signer, settings, defaults, quotas, warm_pool,
+                            usage=usage),
+        tasks=tasks,
+        videos=VideoService(prompts, jobs, publisher, tasks, settings, defaults, quotas),
+        idempotency=IdempotencyStore(IdempotencyRecords(db), timedelta(seconds=settings.idempotency_ttl_s)),
+        estimate_defaults=defaults,
+        keys=keys,
+        quotas=quotas,
+        webhooks=WebhookRegistry(webhook_store, jobs, publisher, settings, keys),
+        warm_pool=warm_pool,
+        readiness={"firestore": jobs.ping, "pubsub": publisher.ping,
+                   "gcs": partial(probe_bucket, clients.storage, settings.bucket)},
+    )
