@@ -19,7 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_runner.encode import encode_gif, encode_mp4, encode_webp  # noqa: E402
+from gpu_runner.stages.encode import encode_gif, encode_mp4, encode_webp  # noqa: E402
 
 FRAMES, WIDTH, HEIGHT, FPS, REPEATS = 25, 512, 288, 7, 3
 

@@ -1,5 +1,5 @@
 """GPU benchmark of the full-size pipelines: SDXL base 1.0 (1024x1024, 30 steps, CFG) and SVD-XT (25 frames,
-25 steps), built from the configs shipped in `gpu_runner/configs/` with random weights (speed does not depend on
+25 steps), built from the configs shipped in `gpu_runner/pipelines/configs/` with random weights (speed does not depend on
 weight values), timed under each optimisation side by side in one run.
 
     python bench/gpu.py                      # on a CUDA machine: every variant, markdown table on stdout
@@ -28,7 +28,7 @@ import torch
 PEAK_TFLOPS = 790.0
 SDXL_TFLOP = 416.0
 SVD_TFLOP = 4174.0
-CONFIGS = Path(__file__).resolve().parents[1] / "gpu_runner" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "gpu_runner" / "pipelines" / "configs"
 
 
 @dataclass
@@ -62,13 +62,13 @@ def build_sdxl(device: str, dtype: torch.dtype, tiny: bool, cache: Path):
     from diffusers import StableDiffusionXLPipeline
 
     if tiny:
-        from gpu_runner.tiny_models import tiny_sdxl_pipeline
+        from gpu_runner.pipelines.tiny import tiny_sdxl_pipeline
 
         return tiny_sdxl_pipeline().to(device, dtype)
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from gpu_runner.sdxl import sdxl_config_folder
+    from gpu_runner.pipelines.clip import sdxl_config_folder
 
     folder = sdxl_config_folder(cache)  # shipped configs + the real CLIP tokenizer, no download
     with torch.device(device):  # random init directly on the GPU: seconds, not minutes
@@ -89,7 +89,7 @@ def build_svd(device: str, dtype: torch.dtype, tiny: bool, cache: Path):
     from diffusers import StableVideoDiffusionPipeline
 
     if tiny:
-        from gpu_runner.svd import ensure_tiny_svd
+        from gpu_runner.pipelines.tiny import ensure_tiny_svd
 
         return StableVideoDiffusionPipeline.from_pretrained(ensure_tiny_svd(cache), local_files_only=True).to(
             device, dtype
@@ -235,8 +235,8 @@ def measure_batches(device: str, tiny: bool, cache: Path, batches: list[int], si
                     sink: Callable[[BatchRow], None] = lambda row: None) -> list[BatchRow]:
     """SDXL throughput at each batch size with the runner's own settings (`optimize_for_device`): one pipeline
     call per batch, a list of prompts and one seeded generator per item, as the runner's batched render does."""
-    from gpu_runner.device import DeviceChoice
-    from gpu_runner.sdxl import optimize_for_device
+    from gpu_runner.pipelines.device import DeviceChoice
+    from gpu_runner.pipelines.sdxl import optimize_for_device
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = build_sdxl(device, dtype, tiny, cache)

@@ -46,9 +46,9 @@ def run(n: int = 12) -> dict:
 def _measure(n: int, work: Path) -> dict:
     from functions_framework import create_app
 
-    from gpu_runner.__main__ import make_clients
-    from gpu_runner.models import ModelHost
-    from gpu_runner.sdxl import RenderSpec, render_image
+    from gpu_runner.adapters.clients import make_clients
+    from gpu_runner.pipelines.host import ModelHost
+    from gpu_runner.pipelines.sdxl import RenderSpec, render_image
     from gpu_runner.settings import RunnerSettings
     from gpu_runner.worker import Runner
 

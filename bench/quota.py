@@ -17,7 +17,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +107,8 @@ def _jobs(client) -> dict:
 def _overhead(with_quota, without_quota, samples: int) -> dict:
     from google.cloud import firestore
 
-    from gpu_runner.jobstore import JobStore
+    from gpu_runner.adapters.jobstore import add_variant_writes
+    from soul_common.firestore import Db
     from schemas import names
     from schemas._base import utcnow
     from schemas.documents import VariantDoc
@@ -118,10 +118,12 @@ def _overhead(with_quota, without_quota, samples: int) -> dict:
     pk = without_quota.get("/image", query_string=query, headers=HEADERS).json["pk_id"]
     db = firestore.Client(project=os.environ["GCS_PROJECT_ID"])
     variant_id = new_ulid()
-    JobStore(db, "bench", timedelta(seconds=30)).save_variant(VariantDoc(
+    batch = Db(db).batch()
+    add_variant_writes(batch, VariantDoc(
         variant_id=variant_id, pk=pk, soul_id="nova", variant_index=0,
         object=names.image_object("nova", pk, variant_id), width=64, height=64, seed=0, bytes=10,
-        job_id=f"img-{pk}-0", cue="overhead penguin", created_at=utcnow()))
+        job_id=f"img-{pk}-0", cue="overhead penguin", created_at=utcnow()), utcnow())
+    batch.commit()
     timings: dict[str, list[float]] = {"with": [], "without": []}
     for i in range(samples + 5):
         order = (("with", with_quota), ("without", without_quota)) if i % 2 else \

@@ -5,7 +5,7 @@ processes and reports the device duty cycle (render time / wall time), jobs/s an
   python bench/runner.py --suite --json OUT     # every configuration of issue 7, side by side in one run
 
 `--simulate-render-s S` is a BENCHMARK-ONLY stand-in for the device: in the runner processes this script starts,
-it replaces only the pipeline call (`gpu_runner.sdxl.render_images`) with a sleep of S seconds per image (no batch
+it replaces only the pipeline call (`gpu_runner.pipelines.sdxl.render_images`) with a sleep of S seconds per image (no batch
 gain is assumed) returning a full-size 1024x1024 image, so PNG encoding and upload are paid at full size. Results
 say `"simulated_device_time": true`. The runner itself has no such mode. Without it the tiny model renders and the
 render time is the one the runner measured (its GPU-seconds). `--before` runs the runner as it was before the
@@ -37,7 +37,7 @@ def _simulated_worker(render_s: float) -> int:
     from PIL import Image
 
     from gpu_runner import __main__ as runner_main
-    from gpu_runner import sdxl
+    from gpu_runner.pipelines import sdxl
 
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, SIM_SIDE, dtype=np.float32)

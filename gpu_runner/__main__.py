@@ -5,41 +5,18 @@ Builds the settings and clients once here and passes them down; SIGTERM/SIGINT s
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
 
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import firestore, pubsub_v1, storage
 from pydantic import ValidationError
 
 from soul_common.logs import configure_logging
 from gpu_runner import health
+from gpu_runner.pipelines.host import quiet_progress_bars
 from gpu_runner.settings import RunnerSettings
-from gpu_runner.worker import Runner, RunnerClients
-
-
-def make_clients(settings: RunnerSettings) -> RunnerClients:
-    # The client libraries read the *_EMULATOR_HOST variables themselves; storage needs anonymous credentials.
-    on_emulator = bool(os.environ.get("STORAGE_EMULATOR_HOST"))
-    gcs_credentials = AnonymousCredentials() if on_emulator else None
-    return RunnerClients(
-        firestore=firestore.Client(project=settings.project_id),
-        subscriber=pubsub_v1.SubscriberClient(),
-        publisher=pubsub_v1.PublisherClient(),
-        storage=storage.Client(project=settings.project_id, credentials=gcs_credentials),
-    )
-
-
-def _quiet_progress_bars() -> None:
-    """diffusers and transformers draw tqdm bars on every load and render: noise in a service's JSON logs.
-    Progress is reported on the job document instead."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+from gpu_runner.adapters.clients import make_clients
+from gpu_runner.worker import Runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: invalid setting {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, component="gpu_runner")
-    _quiet_progress_bars()
+    quiet_progress_bars()
     runner = Runner(settings, make_clients(settings))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runner.stop())

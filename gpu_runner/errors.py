@@ -29,7 +29,13 @@ class JobNotFound(RunnerError):
 
 
 class InvalidJob(RunnerError):
-    """The job document cannot be run (it fails validation, or its request cannot be rendered)."""
+    """The job itself cannot be run: its document fails validation, or its request cannot be rendered. Terminal:
+    retrying the same job cannot help. Only for faults of the job's own input, never for a library's or our own
+    bug (those retry, then dead-letter: see the table)."""
+
+
+class InvalidRenderSpec(InvalidJob, ValueError):
+    """The job's request makes an invalid render (size, steps, guidance, seed, frames out of bounds)."""
 
 
 class JobCanceled(RunnerError):
@@ -50,8 +56,7 @@ _POLICY: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Disp
     (LeaseLost, Disposition.ACK),
     (InvalidMessage, Disposition.DEAD_LETTER),
     (JobNotFound, Disposition.DEAD_LETTER),
-    (InvalidJob, Disposition.FAIL),
-    (ValueError, Disposition.FAIL),  # render-spec checks (diffusers' check_inputs style) raise ValueError
+    (InvalidJob, Disposition.FAIL),  # InvalidRenderSpec included: the spec checks of gpu_runner/pipelines/specs.py
     (TransientError, Disposition.RETRY),
     ((gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted), Disposition.RETRY),
     ((gexc.TooManyRequests, gexc.RetryError, ConnectionError, TimeoutError), Disposition.RETRY),
@@ -63,5 +68,6 @@ def disposition(exc: BaseException) -> Disposition:
     for types, decided in _POLICY:
         if isinstance(exc, types):
             return decided
-    # Unknown failures are retried: the dead-letter policy bounds them, and the last attempt records the job failed.
+    # Unknown failures are retried, a library's ValueError or a pydantic ValidationError (a bug, not a bad job)
+    # included: the dead-letter policy bounds them, and the last attempt records the job failed.
     return Disposition.RETRY

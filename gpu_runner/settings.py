@@ -78,7 +78,7 @@ class RunnerSettings(BaseSettings):
     unpublished_after_seconds: float = Field(default=30.0, ge=0.0)
     requeue_queued_after_seconds: float = Field(default=600.0, ge=1.0)
 
-    # Overall deadlines of the runner's own backend calls (gpu_runner/deadlines.py).
+    # Overall deadlines of the runner's own backend calls (soul_common/deadlines.py).
     firestore_timeout_seconds: float = Field(default=10.0, gt=0.0)
     pubsub_timeout_seconds: float = Field(default=10.0, gt=0.0)
     gcs_timeout_seconds: float = Field(default=30.0, gt=0.0)

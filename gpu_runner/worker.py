@@ -13,17 +13,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 
 import structlog
-from google.cloud import firestore, pubsub_v1, storage
 from pydantic import ValidationError
 
 from gpu_runner import failpoints
-from gpu_runner.deadlines import deadline
 from gpu_runner.errors import (
     Disposition,
     InvalidMessage,
@@ -33,20 +30,23 @@ from gpu_runner.errors import (
     TransientError,
     disposition,
 )
-from gpu_runner.events import EventPublisher
+from soul_common.events import EventPublisher
 from gpu_runner.failpoints import Failpoints
-from gpu_runner.finish import FinishStage, stop_keepalive
-from gpu_runner.heartbeat import Heartbeat
-from gpu_runner.image_job import WorkContext, plan_image
-from gpu_runner.intake import LanePuller, LookAhead, Ticket
-from gpu_runner.jobstore import JobStore
+from gpu_runner.stages.finish import FinishStage, stop_keepalive
+from gpu_runner.stages.heartbeat import Heartbeat
+from gpu_runner.stages.image_job import WorkContext, plan_image
+from gpu_runner.stages.intake import LookAhead
+from gpu_runner.stages.records import Ticket
+from gpu_runner.adapters.jobstore import JobStore
 from gpu_runner.leasing import ClaimDecision
-from gpu_runner.models import ModelHost
-from gpu_runner.progress import JobSignals, ProgressReporter
-from gpu_runner.reconciler import ReconcilePolicy, Reconciler
-from gpu_runner.render import RenderStage, default_max_batch, gather
+from gpu_runner.pipelines.host import ModelHost
+from gpu_runner.stages.progress import JobSignals, ProgressReporter
+from soul_common.reconciler import ReconcilePolicy, Reconciler
+from gpu_runner.stages.render import RenderStage, default_max_batch, gather
 from gpu_runner.settings import RunnerSettings
-from gpu_runner.storage import MediaStore
+from gpu_runner.adapters.clients import RunnerClients
+from gpu_runner.adapters.pubsub import Acks, LanePuller
+from gpu_runner.adapters.storage import MediaStore
 from soul_common.firestore import Db
 from schemas import names
 from schemas._base import utcnow
@@ -54,7 +54,6 @@ from schemas.jobs import JobDoc, JobError, JobEvent, JobRequested, JobStatus, Jo
 
 log = structlog.get_logger(__name__)
 
-ACK_DEADLINE_S = 60
 STAGE_POLL_S = 0.05
 
 
@@ -79,24 +78,16 @@ _ALLOWED = {
 }
 
 
-@dataclass(frozen=True)
-class RunnerClients:
-    firestore: firestore.Client
-    subscriber: pubsub_v1.SubscriberClient
-    publisher: pubsub_v1.PublisherClient
-    storage: storage.Client
-
-
 class Runner:
     def __init__(self, settings: RunnerSettings, clients: RunnerClients, models: ModelHost | None = None):
         self._settings = settings
         self._clients = clients
         self._paths = [clients.subscriber.subscription_path(settings.project_id, sub)
                        for sub in settings.subscription_list]
-        self._store = JobStore(clients.firestore, settings.runner_id, timedelta(seconds=settings.lease_seconds),
-                               settings.firestore_timeout_seconds)
+        self._db = Db(clients.firestore, timeout_s=settings.firestore_timeout_seconds)
+        self._store = JobStore(self._db, settings.runner_id, timedelta(seconds=settings.lease_seconds))
         self._events = EventPublisher(clients.publisher, settings.project_id, settings.pubsub_timeout_seconds)
-        self._pubsub_deadline = deadline(settings.pubsub_timeout_seconds)
+        self._acks = Acks(clients.subscriber, settings.pubsub_timeout_seconds)
         self._models = models or ModelHost(settings)
         self._failpoints = Failpoints.from_spec(settings.failpoints, settings.failpoint_seed)
         self._work = WorkContext(settings, self._store,
@@ -109,7 +100,7 @@ class Runner:
         self._lookahead: LookAhead | None = None
         self._finishing: queue.Queue[Ticket] = queue.Queue(maxsize=4)
         self._reconciler = Reconciler(
-            Db(clients.firestore, timeout_s=settings.firestore_timeout_seconds),
+            self._db,
             self._events,
             ReconcilePolicy(
                 unpublished_after=timedelta(seconds=settings.unpublished_after_seconds),
@@ -328,7 +319,7 @@ class Runner:
         )
         heartbeat = Heartbeat(
             renew_lease=lambda: self._store.renew(job.job_id),
-            extend_ack=lambda: self._extend_ack(path, received.ack_id),
+            extend_ack=lambda: self._acks.extend(path, received.ack_id),
             signals=signals,
             interval_s=self._settings.heartbeat_seconds,
         ).start()
@@ -381,10 +372,10 @@ class Runner:
 
     def _settle_message(self, received, path: str, decided: Disposition, job_id) -> None:
         if decided is Disposition.RETRY:
-            self._nack(path, received.ack_id)
+            self._acks.nack(path, received.ack_id)
             return
         self._failpoints.hit(failpoints.AFTER_EVENT, job_id=job_id)
-        self._ack(path, received.ack_id)
+        self._acks.ack(path, received.ack_id)
         self.jobs_done += 1
 
     def _settle_failure(self, decided: Disposition, exc: BaseException, job_id, received, attempt: int) -> None:
@@ -414,36 +405,10 @@ class Runner:
             log.warning("settle_failure_failed", job_id=job_id, exc_info=True)
 
 
-    # Pub/Sub acks
-    def _ack(self, path: str, ack_id: str) -> None:
-        try:
-            self._clients.subscriber.acknowledge(request={"subscription": path, "ack_ids": [ack_id]},
-                                                 **self._pubsub_deadline)
-        except Exception:  # noqa: BLE001 - an ack lost means a redelivery, which the job lease makes harmless
-            log.warning("ack_failed", exc_info=True)
-
-    def _nack(self, path: str, ack_id: str) -> None:
-        try:
-            self._clients.subscriber.modify_ack_deadline(
-                request={"subscription": path, "ack_ids": [ack_id], "ack_deadline_seconds": 0},
-                **self._pubsub_deadline,
-            )
-        except Exception:  # noqa: BLE001 - the deadline expires by itself
-            log.warning("nack_failed", exc_info=True)
-
-    def _extend_ack(self, path: str, ack_id: str) -> None:
-        self._clients.subscriber.modify_ack_deadline(
-            request={"subscription": path, "ack_ids": [ack_id], "ack_deadline_seconds": ACK_DEADLINE_S},
-            **self._pubsub_deadline,
-        )
-
-
 def _free_device_bytes(device) -> int | None:
-    if not device.device.startswith("cuda"):
-        return None
-    import torch
+    from gpu_runner.pipelines.device import free_device_bytes  # deferred: loads torch
 
-    return torch.cuda.mem_get_info()[0]
+    return free_device_bytes(device)
 
 
 def _parse(data: bytes) -> JobRequested:

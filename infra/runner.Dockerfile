@@ -59,13 +59,12 @@ RUN pip install --upgrade pip \
 COPY --from=requirements /tmp/runner-requirements.txt /tmp/runner-requirements.txt
 RUN pip install -r /tmp/runner-requirements.txt && rm /tmp/runner-requirements.txt
 
-# The project itself, without touching the dependencies installed above. gpu_runner imports schemas, soul_common
-# and (for logging) functions; functions' own dependencies, functions-framework included, are not installed.
+# The project itself, without touching the dependencies installed above. gpu_runner imports schemas and soul_common
+# only (tests/unit/test_runner_layers.py checks that it never imports functions): no functions/ code in the image.
 # soul_cli ships because the package declares the `soul` console script.
 COPY pyproject.toml README.md /tmp/soul/
 COPY schemas /tmp/soul/schemas
 COPY soul_common /tmp/soul/soul_common
-COPY functions /tmp/soul/functions
 COPY gpu_runner /tmp/soul/gpu_runner
 COPY soul_cli /tmp/soul/soul_cli
 RUN pip install --no-deps /tmp/soul \

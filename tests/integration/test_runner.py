@@ -14,12 +14,12 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, pubsub_v1, storage
 from PIL import Image
 
-from gpu_runner.__main__ import make_clients
+from gpu_runner.adapters.clients import make_clients
 from gpu_runner.errors import TransientError
-from gpu_runner.models import ModelHost
+from gpu_runner.pipelines.host import ModelHost
 from soul_common.firestore import Db
 from soul_common.reconciler import ReconcilePolicy, Reconciler
-from gpu_runner.events import EventPublisher
+from soul_common.events import EventPublisher
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.worker import Runner
 from schemas import names

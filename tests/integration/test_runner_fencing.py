@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 
 from gpu_runner.errors import LeaseLost
-from gpu_runner.jobstore import JobStore
+from soul_common.firestore import Db
+from gpu_runner.adapters.jobstore import JobStore
 from gpu_runner.leasing import ClaimDecision
 from schemas import names
 from schemas._base import utcnow
@@ -40,7 +41,7 @@ def a_variant(db, job_id: str) -> VariantDoc:
 
 def test_a_progress_tick_racing_the_finish_never_lands_after_it(queued_job, db):
     job_id = queued_job["task_id"]
-    store = JobStore(db, "runner-r", LEASE)
+    store = JobStore(Db(db), "runner-r", LEASE)
     assert store.claim(job_id, "image")[0] is ClaimDecision.CLAIM
     refused = threading.Event()
     ticks = []
@@ -71,7 +72,7 @@ def test_a_progress_tick_racing_the_finish_never_lands_after_it(queued_job, db):
 
 def test_a_superseded_claim_can_write_nothing_even_under_the_same_runner_id(queued_job, db):
     job_id = queued_job["task_id"]
-    stale, fresh = JobStore(db, "runner-r", LEASE), JobStore(db, "runner-r", LEASE)
+    stale, fresh = JobStore(Db(db), "runner-r", LEASE), JobStore(Db(db), "runner-r", LEASE)
     stale.claim(job_id, "image")
     db.collection(names.JOBS).document(job_id).update({"lease_expires_at": utcnow() - timedelta(seconds=1)})
     decision, job = fresh.claim(job_id, "image")  # e.g. the same runner restarted, or paused past its lease

@@ -69,7 +69,7 @@ def test_in_process_runner_is_ready_while_pulling_and_dead_once_stopped(emulator
     import threading
 
     from gpu_runner import health
-    from gpu_runner.__main__ import make_clients
+    from gpu_runner.adapters.clients import make_clients
     from gpu_runner.settings import RunnerSettings
     from gpu_runner.worker import Runner
 

@@ -13,7 +13,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
 
-from gpu_runner.__main__ import make_clients
+from gpu_runner.adapters.clients import make_clients
 from gpu_runner.worker import Runner
 from schemas import names
 from tests.integration.test_runner import PENGUIN, db, job_doc, models, runner_settings  # noqa: F401 - fixtures

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from gpu_runner.__main__ import make_clients
-from gpu_runner.models import ModelHost
+from gpu_runner.adapters.clients import make_clients
+from gpu_runner.pipelines.host import ModelHost
 from gpu_runner.worker import Runner
 from schemas import names
 from tests.integration.test_runner import (  # noqa: F401 - fixtures

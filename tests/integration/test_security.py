@@ -14,7 +14,8 @@ import flask
 import pytest
 from google.cloud import firestore
 
-from gpu_runner.jobstore import add_variant_writes
+from gpu_runner.adapters.jobstore import add_variant_writes
+from soul_common.firestore import Db
 from schemas import names
 from schemas._base import utcnow
 from schemas.documents import VariantDoc
@@ -69,8 +70,8 @@ def job(db, job_id: str) -> dict:
 
 def seed_variant(db, pk: str, index: int = 0) -> str:
     variant_id = new_ulid()
-    batch = db.batch()
-    add_variant_writes(db, batch, VariantDoc(
+    batch = Db(db).batch()
+    add_variant_writes(batch, VariantDoc(
         variant_id=variant_id, pk=pk, soul_id="nova", variant_index=index,
         object=names.image_object("nova", pk, variant_id), width=64, height=64, seed=index, bytes=10,
         job_id=f"img-{pk}-{index}", cue="penguin", created_at=utcnow(),

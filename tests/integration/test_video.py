@@ -15,8 +15,8 @@ import pytest
 import requests
 from PIL import Image
 
-from gpu_runner.__main__ import make_clients
-from gpu_runner.models import ModelHost
+from gpu_runner.adapters.clients import make_clients
+from gpu_runner.pipelines.host import ModelHost
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.worker import Runner
 from schemas import names

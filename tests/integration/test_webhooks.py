@@ -211,7 +211,7 @@ def test_a_webhook_registered_after_the_job_finished_is_still_told(local, receiv
 def test_runner_progress_events_are_throttled_and_reach_a_progress_webhook(local, receivers, subscriber):
     from google.cloud import pubsub_v1
 
-    from gpu_runner.events import EventPublisher
+    from soul_common.events import EventPublisher
     from tests.support import pull_all
 
     svc, client = local

@@ -57,7 +57,7 @@ class RunnerSwitch:
     starts a fresh one (same clients and loaded models)."""
 
     def __init__(self, settings, models):
-        from gpu_runner.__main__ import make_clients
+        from gpu_runner.adapters.clients import make_clients
 
         self._settings = settings
         self._models = models
@@ -98,7 +98,7 @@ class UiStack:
 def ui_stack(emulator_stack, api_app, tmp_path_factory) -> Iterator[UiStack]:
     from werkzeug.serving import make_server
 
-    from gpu_runner.models import ModelHost
+    from gpu_runner.pipelines.host import ModelHost
     from gpu_runner.settings import RunnerSettings
 
     emulator_stack.reset_firestore()

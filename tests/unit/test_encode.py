@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpu_runner.encode import encode_all, encode_gif, encode_mp4, encode_webp, shared_palette
+from gpu_runner.stages.encode import encode_all, encode_gif, encode_mp4, encode_webp, shared_palette
 
 
 def frames(n=10, size=(96, 64)):

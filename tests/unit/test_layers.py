@@ -5,7 +5,10 @@
 - only the adapters talk to Firestore: the gateway `soul_common/firestore.py` is the one module that imports the
   Firestore client, and only adapter modules (and the wiring that builds the gateway) import the gateway;
 - only `functions/adapters/` imports Google Cloud clients (Pub/Sub, GCS, IAM credentials) and makes outbound HTTP;
-- `soul_common/` imports nothing of either deployable.
+- `soul_common/` imports nothing of either deployable;
+- only `gpu_runner/pipelines/` imports torch, diffusers, transformers, accelerate (and safetensors' torch API, peft,
+  torchao); the runner never imports `functions/`, and its image copies none of it; the runner's stages and rules
+  hold no cloud client.
 
 Each rule is a small table; `test_every_rule_can_fail` proves each one catches a violation."""
 
@@ -28,6 +31,7 @@ class Rule:
     exempt: tuple[str, ...] = ()  # files (or prefixes) allowed to break it, each for a reason in its docstring
 
 
+MODEL_LIBRARIES = ("torch", "diffusers", "transformers", "accelerate", "safetensors.torch", "peft", "torchao")
 GOOGLE_CLIENTS = ("google.cloud", "google.auth", "google.oauth2", "google.pubsub_v1", "urllib3", "requests",
                   "certifi")
 RULES = (
@@ -41,13 +45,14 @@ RULES = (
     # backlog there): not part of a deployable.
     Rule("only the gateway imports the Firestore client", ("functions/", "gpu_runner/", "soul_common/", "soul_cli/"),
          ("google.cloud.firestore", "google.cloud.firestore_v1"),
-         # clients.py and __main__.py create the raw clients the gateway wraps; nothing else may hold one.
-         exempt=("soul_common/firestore.py", "functions/adapters/clients.py", "gpu_runner/__main__.py",
+         # the two clients.py create the raw clients the gateway wraps; nothing else may hold one.
+         exempt=("soul_common/firestore.py", "functions/adapters/clients.py", "gpu_runner/adapters/clients.py",
                  "soul_common/reconcile_function.py")),
-    Rule("only adapters use the gateway", ("functions/", "soul_common/"),
+    Rule("only adapters use the gateway", ("functions/", "soul_common/", "gpu_runner/"),
          ("soul_common.firestore",),
-         exempt=("functions/adapters/", "functions/wiring.py", "soul_common/reconciler.py",
-                 "soul_common/reconcile_function.py", "soul_common/firestore.py")),
+         # the wiring of each deployable builds the gateway it hands the adapters
+         exempt=("functions/adapters/", "functions/wiring.py", "gpu_runner/adapters/", "gpu_runner/worker.py",
+                 "soul_common/reconciler.py", "soul_common/reconcile_function.py", "soul_common/firestore.py")),
     Rule("only adapters hold cloud clients", ("functions/",),
          GOOGLE_CLIENTS,
          exempt=("functions/adapters/",)),
@@ -55,6 +60,13 @@ RULES = (
          ("functions", "gpu_runner", "emulators", "soul_cli")),
     Rule("the functions never load models", ("functions/", "schemas/", "soul_common/"),
          ("torch", "diffusers", "transformers", "accelerate", "gpu_runner")),
+    Rule("only pipelines/ imports the model libraries", ("gpu_runner/", "functions/", "soul_common/", "schemas/",
+                                                         "emulators/", "soul_cli/"),
+         MODEL_LIBRARIES, exempt=("gpu_runner/pipelines/",)),
+    Rule("the runner never imports the functions", ("gpu_runner/",), ("functions",)),
+    Rule("runner stages and rules hold no cloud client", ("gpu_runner/stages/", "gpu_runner/pipelines/",
+                                                          "gpu_runner/errors.py", "gpu_runner/leasing.py"),
+         ("google.cloud", "google.auth", "soul_common.firestore")),
 )
 
 
@@ -88,7 +100,7 @@ def violations(rule: Rule, files: dict[str, set[str]]) -> list[str]:
 @pytest.fixture(scope="module")
 def product_files() -> dict[str, set[str]]:
     files = {}
-    for package in ("functions", "gpu_runner", "soul_common", "schemas", "emulators", "soul_cli"):
+    for package in ("functions", "gpu_runner", "soul_common", "schemas", "emulators", "soul_cli"):  # product code
         for path in (ROOT / package).rglob("*.py"):
             files[path.relative_to(ROOT).as_posix()] = imports_of(path)
     return files
@@ -113,6 +125,12 @@ def test_no_module_outside_the_adapters_reaches_a_client_through_the_wiring():
     assert offenders == []
 
 
+def test_the_runner_image_carries_no_functions_code():
+    copies = [line.split()[1] for line in (ROOT / "infra" / "runner.Dockerfile").read_text().splitlines()
+              if line.startswith("COPY") and "--from" not in line]
+    assert copies and not any(c.rstrip("/") == "functions" or c.startswith("functions/") for c in copies)
+
+
 @pytest.mark.parametrize(("rule", "file", "source"), [
     (RULES[0], "functions/core/x.py", "from google.cloud import firestore"),
     (RULES[0], "functions/core/x.py", "def f():\n    import flask"),
@@ -123,6 +141,11 @@ def test_no_module_outside_the_adapters_reaches_a_client_through_the_wiring():
     (RULES[4], "functions/http/x.py", "from google.cloud import storage"),
     (RULES[5], "soul_common/x.py", "from functions.core import keys"),
     (RULES[6], "functions/services/x.py", "import torch"),
+    (RULES[7], "gpu_runner/stages/x.py", "def f():\n    from diffusers import StableDiffusionXLPipeline"),
+    (RULES[7], "gpu_runner/worker.py", "from safetensors.torch import save_file"),
+    (RULES[8], "gpu_runner/x.py", "from functions.core import keys"),
+    (RULES[9], "gpu_runner/stages/x.py", "from google.cloud import storage"),
+    (RULES[3], "gpu_runner/stages/x.py", "from soul_common.firestore import Db"),
 ])
 def test_every_rule_can_fail(rule: Rule, file: str, source: str, tmp_path):
     path = tmp_path / "x.py"

@@ -1,4 +1,4 @@
-"""Long-prompt encoding (gpu_runner/prompts.py) with CLIP's real tokenizer, built from the BPE merges shipped in
+"""Long-prompt encoding (gpu_runner/pipelines/prompts.py) with CLIP's real tokenizer, built from the BPE merges shipped in
 gpu_runner/configs/clip_bpe: the style suffix survives long cues, short prompts encode exactly as diffusers does,
 and the tiny SDXL renders from the embeddings."""
 
@@ -15,11 +15,13 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from functions.core.catalog import shipped_souls  # noqa: E402
 from functions.core.keys import compose_prompt  # noqa: E402
-from gpu_runner import prompts  # noqa: E402
-from gpu_runner.prompts import encode_prompts, tokenize_prompt  # noqa: E402
-from gpu_runner.device import DeviceChoice  # noqa: E402
-from gpu_runner.sdxl import SHIPPED_CONFIGS, RenderSpec, load_sdxl, render_image, sdxl_config_folder  # noqa: E402
-from gpu_runner.tiny_models import tiny_sdxl_pipeline  # noqa: E402
+from gpu_runner.pipelines import prompts
+from gpu_runner.pipelines.prompts import encode_prompts, tokenize_prompt  # noqa: E402
+from gpu_runner.pipelines.device import DeviceChoice  # noqa: E402
+from gpu_runner.pipelines.clip import SHIPPED_CONFIGS, sdxl_config_folder
+from gpu_runner.pipelines.sdxl import load_sdxl, render_image
+from gpu_runner.pipelines.specs import RenderSpec  # noqa: E402
+from gpu_runner.pipelines.tiny import tiny_sdxl_pipeline  # noqa: E402
 
 CPU = DeviceChoice(device="cpu", dtype=torch.float32, name="cpu")
 NOVA = shipped_souls()["nova"].style  # the shipped soul: a 14-token prefix and a 14-token style suffix

@@ -12,8 +12,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, storage
 
 from gpu_runner.errors import Disposition, disposition
-from gpu_runner.jobstore import JobStore
-from gpu_runner.storage import MediaStore
+from soul_common.firestore import Db
+from gpu_runner.adapters.jobstore import JobStore
+from gpu_runner.adapters.storage import MediaStore
 
 DEADLINE_S = 1.0
 
@@ -38,7 +39,7 @@ def fails_fast(call) -> BaseException:
 
 def test_a_stalled_firestore_fails_within_the_deadline_as_a_retry(stalled_host, monkeypatch):
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", stalled_host)
-    store = JobStore(firestore.Client(project="soul-test"), "r", timedelta(seconds=30), timeout_s=DEADLINE_S)
+    store = JobStore(Db(firestore.Client(project="soul-test"), timeout_s=DEADLINE_S), "r", timedelta(seconds=30))
     error = fails_fast(lambda: store.claim("img-" + "0" * 32 + "-0", "image"))
     assert disposition(error) is Disposition.RETRY
 

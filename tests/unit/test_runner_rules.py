@@ -7,6 +7,7 @@ from google.api_core import exceptions as gexc
 
 from gpu_runner.errors import (
     Disposition,
+    InvalidRenderSpec,
     InvalidJob,
     InvalidMessage,
     JobCanceled,
@@ -16,8 +17,8 @@ from gpu_runner.errors import (
     disposition,
 )
 from gpu_runner.leasing import ClaimDecision, decide_claim
-from gpu_runner.progress import JobSignals, ProgressReporter
-from gpu_runner.reconciler import ReconcilePolicy, needs_publish
+from gpu_runner.stages.progress import JobSignals, ProgressReporter
+from soul_common.reconciler import ReconcilePolicy, needs_publish
 from schemas.jobs import ImageJobSpec, JobDoc, JobStatus, can_transition
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -71,13 +72,29 @@ def test_reconcile_reasons(fields, expected):
     assert needs_publish(job(**fields), NOW, POLICY) == expected
 
 
+def _validation_error():
+    from pydantic import BaseModel, ValidationError
+
+    class Model(BaseModel):
+        n: int
+
+    try:
+        Model(n="x")
+    except ValidationError as exc:
+        return exc
+    raise AssertionError("no error")
+
+
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
         (InvalidMessage("x"), Disposition.DEAD_LETTER),
         (JobNotFound("x"), Disposition.DEAD_LETTER),
         (InvalidJob("x"), Disposition.FAIL),
-        (ValueError("width must be a multiple of 8"), Disposition.FAIL),
+        (InvalidRenderSpec("width must be a multiple of 8"), Disposition.FAIL),  # the job's own input
+        (ValueError("a library's or our own bug"), Disposition.RETRY),  # retried, then dead-lettered
+        (_validation_error(), Disposition.RETRY),
+        (TypeError("unexpected keyword"), Disposition.RETRY),
         (JobCanceled("x"), Disposition.ACK),
         (LeaseLost("x"), Disposition.ACK),
         (TransientError("x"), Disposition.RETRY),

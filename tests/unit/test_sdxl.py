@@ -21,10 +21,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from diffusers import StableDiffusionXLPipeline  # noqa: E402
 
-from gpu_runner import sdxl  # noqa: E402
-from gpu_runner.device import DeviceChoice, select_device  # noqa: E402
-from gpu_runner.sdxl import RenderSpec, export_single_file, load_sdxl, render_image  # noqa: E402
-from gpu_runner.tiny_models import TINY_SDXL_NAME, build_tiny_sdxl, ensure_tiny_sdxl  # noqa: E402
+from gpu_runner.pipelines import clip, single_file
+from gpu_runner.pipelines.device import DeviceChoice, select_device  # noqa: E402
+from gpu_runner.pipelines.sdxl import load_sdxl, render_image
+from gpu_runner.pipelines.single_file import export_single_file
+from gpu_runner.pipelines.specs import RenderSpec  # noqa: E402
+from gpu_runner.pipelines.tiny import TINY_SDXL_NAME, build_tiny_sdxl, ensure_tiny_sdxl  # noqa: E402
 
 CPU = DeviceChoice(device="cpu", dtype=torch.float32, name="cpu")
 SPEC = RenderSpec(
@@ -193,7 +195,7 @@ def real_architecture():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    configs = sdxl.SHIPPED_CONFIGS
+    configs = clip.SHIPPED_CONFIGS
     with init_empty_weights():
         return {
             "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet")),
@@ -212,9 +214,9 @@ def test_shipped_configs_describe_sdxl_base(real_architecture):
         "unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840,
     }
     assert all(p.device.type == "meta" for p in real_architecture["unet"].parameters())
-    index = StableDiffusionXLPipeline.load_config(sdxl.SHIPPED_CONFIGS)
+    index = StableDiffusionXLPipeline.load_config(clip.SHIPPED_CONFIGS)
     assert index["_class_name"] == "StableDiffusionXLPipeline"
-    scheduler = EulerDiscreteScheduler.from_pretrained(sdxl.SHIPPED_CONFIGS, subfolder="scheduler")
+    scheduler = EulerDiscreteScheduler.from_pretrained(clip.SHIPPED_CONFIGS, subfolder="scheduler")
     assert scheduler.config.timestep_spacing == "leading" and scheduler.config.steps_offset == 1
 
 
@@ -228,7 +230,7 @@ def test_original_layout_of_sdxl_base_is_what_diffusers_reads(real_architecture)
     )
 
     unet, vae = real_architecture["unet"], real_architecture["vae"]
-    original = sdxl.original_state_dict(**real_architecture)
+    original = single_file.original_state_dict(**real_architecture)
     assert infer_diffusers_model_type(original) == "xl_base"
     assert convert_ldm_unet_checkpoint(original, unet.config).keys() == unet.state_dict().keys()
     assert convert_ldm_vae_checkpoint(original, vae.config).keys() == vae.state_dict().keys()
@@ -246,7 +248,7 @@ def test_clip_tokenizer_files_follow_openai_layout(tmp_path: Path):
     from transformers import CLIPTokenizer
 
     bpe = _fake_bpe(tmp_path / "bpe.txt.gz", ["p e", "pe n</w>", "Ġ a"])
-    sdxl.build_clip_tokenizer_files(tmp_path / "tok", bpe)
+    clip.build_clip_tokenizer_files(tmp_path / "tok", bpe)
     vocab = CLIPTokenizer.from_pretrained(tmp_path / "tok", model_max_length=77).get_vocab()
     assert len(vocab) == 256 + 256 + 3 + 2
     assert vocab["!"] == 0 and vocab["!</w>"] == 256 and vocab["pe"] == 512 and vocab["pen</w>"] == 513
@@ -259,19 +261,19 @@ def test_clip_tokenizer_files_follow_openai_layout(tmp_path: Path):
 def test_config_folder_for_single_files_is_complete(tmp_path: Path):
     from transformers import CLIPTokenizer
 
-    folder = sdxl.sdxl_config_folder(tmp_path, _fake_bpe(tmp_path / "bpe.txt.gz", ["p e"]))
+    folder = clip.sdxl_config_folder(tmp_path, _fake_bpe(tmp_path / "bpe.txt.gz", ["p e"]))
     assert StableDiffusionXLPipeline.load_config(folder)["unet"] == ["diffusers", "UNet2DConditionModel"]
     first = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     second = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
     assert (first.pad_token, second.pad_token) == ("<|endoftext|>", "!")
     assert first.model_max_length == second.model_max_length == 77
-    assert sdxl.sdxl_config_folder(tmp_path) == folder  # built once; no BPE needed the second time
+    assert clip.sdxl_config_folder(tmp_path) == folder  # built once; no BPE needed the second time
 
 
 def test_missing_clip_vocabulary_names_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(sdxl, "find_clip_bpe", lambda: None)
+    monkeypatch.setattr(clip, "find_clip_bpe", lambda: None)
     with pytest.raises(FileNotFoundError, match="open_clip_torch"):
-        sdxl.sdxl_config_folder(tmp_path)
+        clip.sdxl_config_folder(tmp_path)
     assert not list(tmp_path.iterdir())  # nothing half-built left behind
 
 
@@ -279,8 +281,8 @@ def test_real_clip_vocabulary(tmp_path: Path):
     """The shipped merges make OpenAI CLIP's real tokenizer: its size, special tokens and known token ids."""
     from transformers import CLIPTokenizer
 
-    assert sdxl.find_clip_bpe() is not None
-    sdxl.build_clip_tokenizer_files(tmp_path)
+    assert clip.find_clip_bpe() is not None
+    clip.build_clip_tokenizer_files(tmp_path)
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
     assert len(tokenizer) == 49408 and tokenizer.eos_token_id == 49407 and tokenizer.bos_token_id == 49406
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
@@ -301,7 +303,7 @@ def test_memory_fraction_out_of_range_is_refused(fraction: float):
 
 def test_cuda_settings_apply_to_a_pipeline(model_cache: Path):
     """optimize_for_device's GPU branch, run on the CPU so that API drift shows without a GPU."""
-    from gpu_runner.sdxl import optimize_for_device
+    from gpu_runner.pipelines.sdxl import optimize_for_device
 
     pipe = load_sdxl(None, model_cache, CPU)
     optimize_for_device(pipe, DeviceChoice(device="cuda:0", dtype=torch.float16, name="cuda:test"))
@@ -322,7 +324,8 @@ def test_cuda_renders_the_tiny_model_in_half_precision(model_cache: Path):
 
 
 def test_a_batch_renders_each_item_as_its_solo_render(tiny_pipe: StableDiffusionXLPipeline):
-    from gpu_runner.sdxl import batch_key, render_images
+    from gpu_runner.pipelines.sdxl import render_images
+    from gpu_runner.pipelines.specs import batch_key
 
     specs = [replace(with_seed(seed), prompt=prompt) for seed, prompt in ((3, "a penguin"), (4, "an owl at dusk"))]
     assert batch_key(specs[0]) == batch_key(specs[1])

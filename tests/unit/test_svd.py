@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from gpu_runner import svd  # noqa: E402
+from gpu_runner.pipelines import specs, svd, tiny
 
 SOURCE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 120, 3), dtype=np.uint8))
 
@@ -23,7 +23,7 @@ def pipe(tmp_path_factory):
 def spec(**changes):
     base = dict(image=SOURCE, num_frames=4, fps=7, width=64, height=64, steps=2, motion_bucket_id=127,
                 noise_aug_strength=0.02, decode_chunk_size=4, seed=3)
-    return svd.AnimationSpec(**{**base, **changes})
+    return specs.AnimationSpec(**{**base, **changes})
 
 
 def test_frames_have_the_requested_count_and_size_and_are_deterministic(pipe):
@@ -60,9 +60,9 @@ def test_invalid_specs_are_refused(change, message):
 
 
 def test_tiny_model_builds_once_and_reloads(tmp_path):
-    folder = svd.ensure_tiny_svd(tmp_path)
+    folder = tiny.ensure_tiny_svd(tmp_path)
     stamp = (folder / "model_index.json").stat().st_mtime_ns
-    assert svd.ensure_tiny_svd(tmp_path) == folder and (folder / "model_index.json").stat().st_mtime_ns == stamp
+    assert tiny.ensure_tiny_svd(tmp_path) == folder and (folder / "model_index.json").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("bad", ["../etc/passwd", "file:///etc/passwd", "http://169.254.169.254/x", "a b/c"])
@@ -76,7 +76,7 @@ def test_shipped_configs_are_the_svd_xt_architecture():
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    folder = svd.SHIPPED_CONFIGS
+    folder = tiny.SVD_CONFIGS
     with init_empty_weights():
         unet = UNetSpatioTemporalConditionModel.from_config(UNetSpatioTemporalConditionModel.load_config(folder / "unet"))
         vae = AutoencoderKLTemporalDecoder.from_config(AutoencoderKLTemporalDecoder.load_config(folder / "vae"))

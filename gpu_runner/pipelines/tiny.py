@@ -1,7 +1,7 @@
 """Tiny random-weight stand-ins for the runner's pipelines, built offline and cached on disk.
 
 They run the real diffusers code path on a CPU in a fraction of a second (their pixels are noise), so tests, CI and
-`make run` need neither a GPU nor downloaded weights. This module owns the tiny SDXL; each builder is
+`make run` need neither a GPU nor downloaded weights. This module owns the tiny SDXL and the tiny SVD; each builder is
 deterministic (same seed, same weights, byte for byte) and publishes its folder atomically, so concurrent runners
 sharing a cache never see a half-written model."""
 
@@ -12,12 +12,30 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLTemporalDecoder,
+    EulerDiscreteScheduler,
+    StableDiffusionXLPipeline,
+    StableVideoDiffusionPipeline,
+    UNet2DConditionModel,
+    UNetSpatioTemporalConditionModel,
+)
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
-from gpu_runner.sdxl import CLIP_BOS, CLIP_EOS, clip_vocab, publish_folder
+from gpu_runner.pipelines.clip import CLIP_BOS, CLIP_EOS, clip_vocab, publish_folder
 
-TINY_SDXL_NAME = "tiny-sdxl-v1"  # bump when the architecture below changes: it names the cache folder
+TINY_SDXL_NAME = "tiny-sdxl-v1"  # bump when an architecture below changes: it names the cache folder
+TINY_SVD_NAME = "tiny-svd-v2"
+SVD_CONFIGS = Path(__file__).resolve().parent / "configs" / "svd"
 
 # The two text encoders MUST differ in width: diffusers' single-file loader tells SDXL's CLIP-L from its OpenCLIP
 # encoder by the width of the position embedding, and with equal widths it silently loads the first encoder's
@@ -119,3 +137,53 @@ def ensure_tiny_sdxl(cache_dir: Path) -> Path:
     if (folder / "model_index.json").is_file():
         return folder
     return build_tiny_sdxl(folder)
+
+
+def tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
+    """A deterministic random-weight SVD with the real architecture's shape, small enough for a CPU."""
+    torch.manual_seed(seed)
+    unet = UNetSpatioTemporalConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=8,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        cross_attention_dim=32,
+        num_attention_heads=8,
+        projection_class_embeddings_input_dim=96,  # 3 conditioning numbers x addition_time_embed_dim
+        addition_time_embed_dim=32,
+    )
+    torch.manual_seed(seed + 1)
+    # Four levels, as in the real VAE: latents are 1/8 of the frame, so the UNet's attention stays small.
+    vae = AutoencoderKLTemporalDecoder(
+        block_out_channels=[32, 32, 64, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        layers_per_block=1,
+        latent_channels=4,
+    )
+    torch.manual_seed(seed + 2)
+    image_encoder = CLIPVisionModelWithProjection(
+        # The pipeline resizes the conditioning image to 224 px before encoding it, as for the real ViT-H/14.
+        CLIPVisionConfig(hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4,
+                         image_size=224, intermediate_size=37, patch_size=14)
+    )
+    scheduler = EulerDiscreteScheduler.from_pretrained(SVD_CONFIGS / "scheduler")
+    return StableVideoDiffusionPipeline(
+        vae=vae.eval(), image_encoder=image_encoder.eval(), unet=unet.eval(), scheduler=scheduler,
+        feature_extractor=CLIPImageProcessor(crop_size={"height": 224, "width": 224}, size={"shortest_edge": 224}),
+    )
+
+
+def build_tiny_svd(dest: Path, seed: int = 0) -> Path:
+    return save_pipeline(tiny_svd_pipeline(seed), dest)
+
+
+def ensure_tiny_svd(cache_dir: Path) -> Path:
+    folder = Path(cache_dir) / TINY_SVD_NAME
+    if not (folder / "model_index.json").is_file():
+        build_tiny_svd(folder)
+    return folder

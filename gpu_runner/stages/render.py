@@ -14,8 +14,8 @@ import structlog
 
 from gpu_runner import failpoints
 from gpu_runner.errors import JobCanceled, LeaseLost, TransientError
-from gpu_runner.image_job import WorkContext
-from gpu_runner.intake import LookAhead, Ticket
+from gpu_runner.stages.image_job import WorkContext
+from gpu_runner.stages.intake import LookAhead, Ticket
 from schemas.jobs import JobDoc, JobType
 
 log = structlog.get_logger(__name__)
@@ -102,7 +102,7 @@ class RenderStage:
         return True
 
     def _render_video(self, ticket: Ticket) -> None:
-        from gpu_runner.video_job import run_video_job
+        from gpu_runner.stages.video_job import run_video_job
 
         started = time.perf_counter()
         try:
@@ -112,7 +112,7 @@ class RenderStage:
         ticket.gpu_seconds = ticket.render_seconds = time.perf_counter() - started
 
     def _render_images(self, batch: list[Ticket]) -> None:
-        from gpu_runner.sdxl import render_images
+        from gpu_runner.pipelines.sdxl import render_images
 
         def on_step(done: int, total: int) -> None:
             self._work.failpoints.hit(failpoints.MID_RENDER, step=done)

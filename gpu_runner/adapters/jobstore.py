@@ -12,17 +12,15 @@ import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from google.api_core import exceptions as gexc
-from google.cloud import firestore
 from pydantic import ValidationError
 
-from gpu_runner.deadlines import deadline
 from gpu_runner.errors import InvalidJob, InvalidMessage, JobNotFound, LeaseLost, TransientError
 from gpu_runner.leasing import ClaimDecision, decide_claim, lease_expired
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobMetrics, JobStatus, JobType
+from soul_common import firestore as fs
 
 _OPTIMISTIC_RETRIES = 5
 # Weight of a new sample in the moving averages of measured pace.
@@ -30,22 +28,22 @@ PACE_WEIGHT = 0.2
 
 
 class JobStore:
-    def __init__(self, db: firestore.Client, runner_id: str, lease: timedelta, timeout_s: float = 10.0):
+    def __init__(self, db: fs.Db, runner_id: str, lease: timedelta):
         self._db = db
-        self._deadline = deadline(timeout_s)
         self._runner_id = runner_id
         self._lease = lease
         self._held: dict[str, int] = {}  # job id -> lease generation we claimed
 
-    def _ref(self, job_id: str):
-        return self._db.collection(names.JOBS).document(job_id)
+    @staticmethod
+    def _ref(job_id: str) -> fs.DocRef:
+        return fs.doc(names.JOBS, job_id)
 
-    def _read(self, job_id: str):
-        snap = self._ref(job_id).get(**self._deadline)
+    def _read(self, job_id: str) -> tuple[fs.Snapshot, JobDoc]:
+        snap = self._db.get(self._ref(job_id))
         if not snap.exists:
             raise JobNotFound(f"job {job_id} has no document")
         try:
-            return snap, JobDoc.model_validate(snap.to_dict())
+            return snap, JobDoc.model_validate(snap.data)
         except ValidationError as exc:
             raise InvalidJob(f"job {job_id} document is invalid: {exc.errors(include_url=False)[0]['msg']}") from exc
 
@@ -59,11 +57,7 @@ class JobStore:
             if update is None:
                 return job
             update["updated_at"] = now
-            try:
-                self._ref(job_id).update(
-                    update, option=self._db.write_option(last_update_time=snap.update_time), **self._deadline
-                )
-            except gexc.FailedPrecondition:
+            if not self._db.update(snap.ref, update, if_unchanged=snap):
                 continue
             return job.model_copy(update=update)
         raise TransientError(f"job {job_id} kept changing under us")
@@ -148,10 +142,9 @@ class JobStore:
         """Record a job failed because its (parsed, valid) message is being given up on; returns whether it did.
         Only when nobody else holds a live lease and the job is not terminal. Works on the raw document: a job
         whose document no longer validates must still end as failed, not stay queued forever."""
-        ref = self._ref(job_id)
         for _ in range(_OPTIMISTIC_RETRIES):
-            snap = ref.get(**self._deadline)
-            raw = (snap.to_dict() or {}) if snap.exists else {}
+            snap = self._db.get(self._ref(job_id))
+            raw = snap.data or {}
             if not snap.exists or raw.get("status") in {s.value for s in TERMINAL_STATUSES}:
                 return False
             if _held_by_other(raw, self._runner_id, utcnow()):
@@ -159,13 +152,9 @@ class JobStore:
             now = utcnow()
             update = {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
                       "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}
-            try:
-                ref.update(update, option=self._db.write_option(last_update_time=snap.update_time),
-                           **self._deadline)
+            if self._db.update(snap.ref, update, if_unchanged=snap):
                 self._held.pop(job_id, None)
                 return True
-            except gexc.FailedPrecondition:
-                continue
         return False
 
     def release(self, job_id: str, error: JobError) -> None:
@@ -192,7 +181,7 @@ class JobStore:
             return None
 
     def mark_event_published(self, job_id: str) -> None:
-        self._ref(job_id).update({"event_published_at": utcnow()}, **self._deadline)
+        self._db.update(self._ref(job_id), {"event_published_at": utcnow()})
 
     def _owns(self, job: JobDoc) -> bool:
         return (
@@ -211,14 +200,13 @@ class JobStore:
     def record_pace(self, device: str, **measured: float) -> None:
         """Fold measured figures (e.g. image_seconds_per_step) into this device's moving averages, for estimates.
         A transaction-free read-modify-write: a lost race only loses one sample of an average."""
-        ref = self._db.collection(names.RUNNER_STATS).document(_device_key(device))
-        snap = ref.get(**self._deadline)
-        current = snap.to_dict() if snap.exists else {}
+        ref = fs.doc(names.RUNNER_STATS, _device_key(device))
+        current = self._db.get(ref).data or {}
         update = {"device": device, "samples": int(current.get("samples", 0)) + 1, "updated_at": utcnow()}
         for field, value in measured.items():
             previous = current.get(field)
             update[field] = value if previous is None else round(previous + PACE_WEIGHT * (value - previous), 6)
-        ref.set(update, merge=True, **self._deadline)
+        self._db.set(ref, update, merge=True)
 
     # results the runner owns
     def save_variant(self, job_id: str, variant: VariantDoc) -> None:
@@ -228,26 +216,19 @@ class JobStore:
             snap, job = self._read(job_id)
             self._assert_owner(job)
             now = utcnow()
-            batch = self._db.batch()
-            batch.update(self._ref(job_id), {"stage": "saving", "updated_at": now},
-                         option=self._db.write_option(last_update_time=snap.update_time))
-            add_variant_writes(self._db, batch, variant, now)
-            try:
-                batch.commit(**self._deadline)
+            batch = self._db.batch().update(self._ref(job_id), {"stage": "saving", "updated_at": now},
+                                            if_unchanged=snap)
+            add_variant_writes(batch, variant, now)
+            if batch.commit():
                 return
-            except gexc.FailedPrecondition:
-                continue
         raise TransientError(f"job {job_id} kept changing under us")
 
 
-def add_variant_writes(db: firestore.Client, batch, variant: VariantDoc, now: datetime) -> None:
+def add_variant_writes(batch: fs.Batch, variant: VariantDoc, now: datetime) -> None:
     """The variant document and its place in the prompt index, added to `batch` (one atomic commit)."""
-    batch.set(db.collection(names.VARIANTS).document(variant.variant_id), firestore_dict(variant))
-    batch.set(
-        db.collection(names.PROMPTS).document(variant.pk),
-        {"variant_ids": firestore.ArrayUnion([variant.variant_id]), "updated_at": now},
-        merge=True,
-    )
+    batch.set(fs.doc(names.VARIANTS, variant.variant_id), firestore_dict(variant))
+    batch.set(fs.doc(names.PROMPTS, variant.pk),
+              {"variant_ids": fs.array_union([variant.variant_id]), "updated_at": now}, merge=True)
 
 
 def _held_by_other(raw: dict, runner_id: str, now: datetime) -> bool:

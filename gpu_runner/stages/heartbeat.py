@@ -9,7 +9,7 @@ from collections.abc import Callable
 import structlog
 
 from gpu_runner.errors import LeaseLost
-from gpu_runner.progress import JobSignals
+from gpu_runner.stages.progress import JobSignals
 
 log = structlog.get_logger(__name__)
 

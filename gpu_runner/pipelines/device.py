@@ -32,3 +32,10 @@ def select_device(force_cpu: bool, memory_fraction: float) -> DeviceChoice:
     return DeviceChoice(
         device=f"cuda:{index}", dtype=torch.float16, name=f"cuda:{torch.cuda.get_device_name(index)}"
     )
+
+
+def free_device_bytes(device: DeviceChoice) -> int | None:
+    """Free memory on a CUDA device right now; None on the CPU (no batching gain, no residency question)."""
+    if not device.is_cuda:
+        return None
+    return torch.cuda.mem_get_info()[0]

@@ -1,6 +1,7 @@
-"""The Stable Video Diffusion stage: the tiny offline stand-in, loading real SVD-XT weights, rendering frames.
+"""Stable Video Diffusion in the runner: loading (the tiny offline stand-in of `tiny.py`, or real SVD-XT weights)
+and rendering frames of an `AnimationSpec` (pipelines/specs.py).
 
-Memory policy (`residency_policy`, applied by `models.ModelHost`): SDXL (~7 GB in fp16) is the hot path and
+Memory policy (`residency_policy`, applied by `pipelines.host.ModelHost`): SDXL (~7 GB in fp16) is the hot path and
 stays resident. SVD-XT (~4.5 GB in fp16, plus up to ~10 GB of activations at 25 frames) is loaded into host
 memory first and joins it on the GPU when the free memory holds its weights plus that headroom, so an animation
 right after an image pays no transfer. Otherwise SVD runs with `enable_model_cpu_offload`: each component moves
@@ -10,108 +11,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import (
-    AutoencoderKLTemporalDecoder,
-    EulerDiscreteScheduler,
-    StableVideoDiffusionPipeline,
-    UNetSpatioTemporalConditionModel,
-)
+from diffusers import StableVideoDiffusionPipeline
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from gpu_runner.tiny_models import save_pipeline
+from gpu_runner.pipelines.specs import AnimationSpec
+from gpu_runner.pipelines.tiny import ensure_tiny_svd
 
-TINY_SVD_NAME = "tiny-svd-v2"  # bump when the architecture below changes: it names the cache folder
-SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs" / "svd"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Free memory kept beyond both pipelines' weights: activations of a 25-frame SVD decode at 1024x576.
 RESIDENCY_HEADROOM_BYTES = 10 * 2**30
-
-
-@dataclass(frozen=True)
-class AnimationSpec:
-    image: Image.Image
-    num_frames: int
-    fps: int
-    width: int
-    height: int
-    steps: int
-    motion_bucket_id: int
-    noise_aug_strength: float
-    decode_chunk_size: int
-    seed: int
-
-    def __post_init__(self) -> None:
-        # Concise errors instead of silent fixes (diffusers' check_inputs style).
-        checks = [
-            (2 <= self.num_frames <= 64, "num_frames must be between 2 and 64"),
-            (1 <= self.fps <= 60, "fps must be between 1 and 60"),
-            (self.width >= 64 and self.width % 8 == 0, "width must be a multiple of 8, at least 64"),
-            (self.height >= 64 and self.height % 8 == 0, "height must be a multiple of 8, at least 64"),
-            (self.steps >= 1, "steps must be at least 1"),
-            (0 <= self.motion_bucket_id <= 1023, "motion_bucket_id must be between 0 and 1023"),
-            (0.0 <= self.noise_aug_strength <= 1.0, "noise_aug_strength must be between 0 and 1"),
-            (self.decode_chunk_size >= 1, "decode_chunk_size must be at least 1"),
-            (0 <= self.seed < 2**63, "seed must be in [0, 2**63)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-
-def tiny_svd_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
-    """A deterministic random-weight SVD with the real architecture's shape, small enough for a CPU."""
-    torch.manual_seed(seed)
-    unet = UNetSpatioTemporalConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=8,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
-        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
-        cross_attention_dim=32,
-        num_attention_heads=8,
-        projection_class_embeddings_input_dim=96,  # 3 conditioning numbers x addition_time_embed_dim
-        addition_time_embed_dim=32,
-    )
-    torch.manual_seed(seed + 1)
-    # Four levels, as in the real VAE: latents are 1/8 of the frame, so the UNet's attention stays small.
-    vae = AutoencoderKLTemporalDecoder(
-        block_out_channels=[32, 32, 64, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        layers_per_block=1,
-        latent_channels=4,
-    )
-    torch.manual_seed(seed + 2)
-    image_encoder = CLIPVisionModelWithProjection(
-        # The pipeline resizes the conditioning image to 224 px before encoding it, as for the real ViT-H/14.
-        CLIPVisionConfig(hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4,
-                         image_size=224, intermediate_size=37, patch_size=14)
-    )
-    scheduler = EulerDiscreteScheduler.from_pretrained(SHIPPED_CONFIGS / "scheduler")
-    return StableVideoDiffusionPipeline(
-        vae=vae.eval(), image_encoder=image_encoder.eval(), unet=unet.eval(), scheduler=scheduler,
-        feature_extractor=CLIPImageProcessor(crop_size={"height": 224, "width": 224}, size={"shortest_edge": 224}),
-    )
-
-
-def build_tiny_svd(dest: Path, seed: int = 0) -> Path:
-    return save_pipeline(tiny_svd_pipeline(seed), dest)
-
-
-def ensure_tiny_svd(cache_dir: Path) -> Path:
-    folder = Path(cache_dir) / TINY_SVD_NAME
-    if not (folder / "model_index.json").is_file():
-        build_tiny_svd(folder)
-    return folder
 
 
 def load_svd(model: str | None, cache_dir: Path, device: str, dtype: torch.dtype) -> StableVideoDiffusionPipeline:

@@ -12,8 +12,8 @@ import time
 
 from PIL import Image
 
-from gpu_runner.image_job import WorkContext, capped
-from gpu_runner.progress import ProgressReporter
+from gpu_runner.stages.image_job import WorkContext, capped
+from gpu_runner.stages.progress import ProgressReporter
 from schemas import names
 from schemas.jobs import JobDoc, VideoJobSpec, VideoOutput, VideoResult
 
@@ -49,8 +49,8 @@ def run_video_job(job: JobDoc, ctx: WorkContext, progress: ProgressReporter) -> 
 
 
 def _render_and_upload(job: JobDoc, spec: VideoJobSpec, ctx: WorkContext, progress: ProgressReporter, targets):
-    from gpu_runner.encode import encode_all
-    from gpu_runner.svd import AnimationSpec, render_frames
+    from gpu_runner.stages.encode import encode_all
+    from gpu_runner.pipelines.svd import AnimationSpec, render_frames
 
     progress.stage("loading_source", 0.01)
     source = Image.open(io.BytesIO(ctx.media.read(spec.source_object))).convert("RGB")

@@ -1,5 +1,5 @@
 """One image job, in the pipeline's pieces: plan it (intake: spec checked, earlier upload found), render it (render
-stage, possibly in a batch: gpu_runner/render.py), store it (finish stage: PNG, create-only upload, variant).
+stage, possibly in a batch: gpu_runner/stages/render.py), store it (finish stage: PNG, create-only upload, variant).
 
 Idempotent by construction: the variant id, seed and object name were fixed when the job was created, so a
 re-run after a crash finds the object of the earlier attempt and skips the render, or renders the same thing."""
@@ -7,28 +7,16 @@ re-run after a crash finds the object of the earlier attempt and skips the rende
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 from gpu_runner import failpoints
-from gpu_runner.failpoints import Failpoints
-from gpu_runner.jobstore import JobStore
-from gpu_runner.models import ModelHost
-from gpu_runner.sdxl import RenderSpec, batch_key
+from gpu_runner.pipelines.host import ModelHost
+from gpu_runner.pipelines.specs import RenderSpec
 from gpu_runner.settings import RunnerSettings
-from gpu_runner.storage import MediaStore, StoredObject
+from gpu_runner.stages.records import ImagePlan, WorkContext
 from schemas import names
 from schemas._base import utcnow
 from schemas.documents import VariantDoc
 from schemas.jobs import ImageJobSpec, ImageResult, JobDoc
-
-
-@dataclass(frozen=True)
-class WorkContext:
-    settings: RunnerSettings
-    store: JobStore
-    media: MediaStore
-    models: ModelHost
-    failpoints: Failpoints = failpoints.NONE
 
 
 def capped(width: int, height: int, steps: int, max_side: int, max_steps: int) -> tuple[int, int, int]:
@@ -42,24 +30,6 @@ def render_size(spec: ImageJobSpec, models: ModelHost, settings: RunnerSettings)
     if not models.tiny_sdxl:
         return spec.width, spec.height, spec.steps
     return capped(spec.width, spec.height, spec.steps, settings.tiny_max_side, settings.tiny_max_steps)
-
-
-@dataclass(frozen=True)
-class ImagePlan:
-    """What an image job will do, fixed before it reaches the device: its object, its render spec (checked on
-    construction, so a bad spec fails here, alone), and the object of an earlier attempt when there is one."""
-
-    object_name: str
-    render: RenderSpec
-    stored: StoredObject | None  # the earlier attempt's upload: nothing left to render
-
-    @property
-    def needs_render(self) -> bool:
-        return self.stored is None
-
-    @property
-    def batch_key(self) -> tuple:
-        return batch_key(self.render)
 
 
 def plan_image(job: JobDoc, ctx: WorkContext) -> ImagePlan:

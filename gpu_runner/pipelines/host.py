@@ -25,7 +25,7 @@ class ModelHost:
     @property
     def device(self):
         if self._device is None:
-            from gpu_runner.device import select_device
+            from gpu_runner.pipelines.device import select_device
 
             self._device = select_device(self._settings.force_cpu, self._settings.device_memory_fraction)
         return self._device
@@ -41,7 +41,7 @@ class ModelHost:
     def sdxl(self):
         with self._lock:
             if self._sdxl is None:
-                from gpu_runner.sdxl import load_sdxl
+                from gpu_runner.pipelines.sdxl import load_sdxl
 
                 log.info("loading_sdxl", model=self._settings.sdxl_model or "tiny", device=self.device.name)
                 self._sdxl = load_sdxl(self._settings.sdxl_model, Path(self._settings.model_cache_dir), self.device)
@@ -53,14 +53,13 @@ class ModelHost:
         headroom, else run with model CPU offload (the policy in `svd.residency_policy`)."""
         with self._lock:
             if self._svd is None:
-                import torch
-
-                from gpu_runner.svd import apply_residency, load_svd, pipeline_bytes, residency_policy
+                from gpu_runner.pipelines.device import free_device_bytes
+                from gpu_runner.pipelines.svd import apply_residency, load_svd, pipeline_bytes, residency_policy
 
                 pipe = load_svd(
                     self._settings.svd_model, Path(self._settings.model_cache_dir), "cpu", self.device.dtype
                 )
-                free = torch.cuda.mem_get_info()[0] if self.device.device.startswith("cuda") else None
+                free = free_device_bytes(self.device)
                 # SDXL, if loaded, already occupies its share of the device: only SVD's bytes must still fit.
                 policy = residency_policy(free, sdxl_bytes=0, svd_bytes=pipeline_bytes(pipe))
                 apply_residency(pipe, policy, self.device.device)
@@ -69,3 +68,13 @@ class ModelHost:
                          residency=policy)
                 self._svd = pipe
             return self._svd
+
+
+def quiet_progress_bars() -> None:
+    """diffusers and transformers draw tqdm bars on every load and render: noise in a service's JSON logs.
+    Progress is reported on the job document instead."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

@@ -7,10 +7,10 @@ from __future__ import annotations
 import structlog
 
 from gpu_runner import failpoints
-from gpu_runner.events import EventPublisher
-from gpu_runner.image_job import WorkContext, store_image
-from gpu_runner.intake import Ticket
-from gpu_runner.jobstore import JobStore
+from soul_common.events import EventPublisher
+from gpu_runner.stages.image_job import WorkContext, store_image
+from gpu_runner.stages.intake import Ticket
+from gpu_runner.adapters.jobstore import JobStore
 from schemas.jobs import JobDoc, JobMetrics, JobStatus, JobType
 
 log = structlog.get_logger(__name__)

@@ -1,0 +1,82 @@
+"""What the pipelines render, as plain records checked on construction (diffusers' `check_inputs` style: a concise
+error, never a silent fix): `RenderSpec` for one SDXL image, `AnimationSpec` for one SVD clip, and `batch_key`, the
+rule for which images may share a pipeline call. No torch here: the stages plan jobs with these before any model
+is loaded. A spec the job's own input makes invalid raises `InvalidRenderSpec`: terminal for the job."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from PIL import Image
+
+from gpu_runner.errors import InvalidRenderSpec
+
+MIN_SIDE, MAX_SIDE = 64, 4096
+MAX_STEPS = 1000  # the scheduler's training timesteps: more steps than that cannot be scheduled
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """One image to render. Checked on construction, so an invalid spec cannot reach the pipeline."""
+
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InvalidRenderSpec("prompt must be a non-empty string")
+        if not isinstance(self.negative_prompt, str):
+            raise InvalidRenderSpec("negative_prompt must be a string (empty for none)")
+        for side in ("width", "height"):
+            value = getattr(self, side)
+            if not isinstance(value, int) or value % 8 or not MIN_SIDE <= value <= MAX_SIDE:
+                raise InvalidRenderSpec(f"{side} must be a multiple of 8 in [{MIN_SIDE}, {MAX_SIDE}], got {value!r}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise InvalidRenderSpec(f"steps must be an integer in [1, {MAX_STEPS}], got {self.steps!r}")
+        if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance) or self.guidance < 0:
+            raise InvalidRenderSpec(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise InvalidRenderSpec(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+
+
+def batch_key(spec: RenderSpec) -> tuple:
+    """Specs with equal keys can share one pipeline call: same size, steps and guidance, and the same kind of
+    negative conditioning (zeros for none, encoded text otherwise)."""
+    return (spec.width, spec.height, spec.steps, float(spec.guidance), bool(spec.negative_prompt))
+
+
+@dataclass(frozen=True)
+class AnimationSpec:
+    image: Image.Image
+    num_frames: int
+    fps: int
+    width: int
+    height: int
+    steps: int
+    motion_bucket_id: int
+    noise_aug_strength: float
+    decode_chunk_size: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        # Concise errors instead of silent fixes (diffusers' check_inputs style).
+        checks = [
+            (2 <= self.num_frames <= 64, "num_frames must be between 2 and 64"),
+            (1 <= self.fps <= 60, "fps must be between 1 and 60"),
+            (self.width >= 64 and self.width % 8 == 0, "width must be a multiple of 8, at least 64"),
+            (self.height >= 64 and self.height % 8 == 0, "height must be a multiple of 8, at least 64"),
+            (self.steps >= 1, "steps must be at least 1"),
+            (0 <= self.motion_bucket_id <= 1023, "motion_bucket_id must be between 0 and 1023"),
+            (0.0 <= self.noise_aug_strength <= 1.0, "noise_aug_strength must be between 0 and 1"),
+            (self.decode_chunk_size >= 1, "decode_chunk_size must be at least 1"),
+            (0 <= self.seed < 2**63, "seed must be in [0, 2**63)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidRenderSpec(message)
