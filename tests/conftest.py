@@ -92,11 +92,13 @@ def subscriber(emulator_stack):
 
 @pytest.fixture
 def drain_jobs(subscriber):
-    """Start each test with empty job and event subscriptions."""
+    """Start each test with empty job (every lane) and event subscriptions: a message a previous test left on
+    the background lane would otherwise be the next runner's first."""
     from schemas import names
     from tests.support import pull_all
 
     # A pull with return_immediately may come back empty while messages wait: ask a few times.
     pull_all(subscriber, names.SUB_RUNNER, rounds=3)
+    pull_all(subscriber, names.SUB_RUNNER_BACKGROUND, rounds=3)
     pull_all(subscriber, names.SUB_EVENTS, rounds=3)
     pull_all(subscriber, names.SUB_JOBS_DEAD_LETTER, rounds=3)
