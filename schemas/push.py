@@ -121,6 +121,17 @@ class JobProgress(Contract):
     occurred_at: datetime
 
 
+class TaskPreview(Reply):
+    """A preview of the forming image: `event: preview` of `GET /tasks/{id}/events`, and `Task.preview`. The URL is a
+    short-lived V4 signed URL of a small WebP (never an inline data URL); not sent to tenants whose content policy is
+    `blur` or `withhold` (a preview is shown before the checker has scored the image)."""
+
+    task_id: str
+    step: int
+    steps: int
+    url: str
+
+
 class TaskUpdate(Reply):
     """One server-sent event of `GET /tasks/{id}/events` (`event: update`; the last one carries the result)."""
 
