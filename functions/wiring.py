@@ -25,6 +25,7 @@ from functions.core.estimates import EstimateDefaults
 from functions.core.quota_policy import Quota
 from functions.core.tenants import KeyRing, build_key_ring
 from functions.services.idempotency import IdempotencyStore
+from functions.services.content import ContentPolicies
 from functions.services.images import ImageService
 from functions.services.quotas import QuotaService
 from functions.services.styles import StyleService
@@ -58,6 +59,7 @@ class Services:
     quotas: QuotaService
     webhooks: WebhookRegistry
     warm_pool: WarmPool
+    content: ContentPolicies
     readiness: Mapping[str, Callable[[], None]]  # backend -> a cheap check that raises when it is unreachable
 
 
@@ -96,7 +98,8 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
     )
     styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
     usage = GpuUsage(jobs, ShardedCounter(db, names.COUNTER_DEDUP_HITS))
-    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage)
+    content = ContentPolicies(keys, settings)
+    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content)
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
     return Services(
         settings=settings,
@@ -109,7 +112,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         signer=signer,
         styles=styles,
         images=ImageService(prompts, jobs, styles, publisher, signer, settings, defaults, quotas, warm_pool,
-                            usage=usage),
+                            usage=usage, content=content),
         tasks=tasks,
         videos=VideoService(prompts, jobs, publisher, tasks, settings, defaults, quotas),
         idempotency=IdempotencyStore(IdempotencyRecords(db), timedelta(seconds=settings.idempotency_ttl_s)),
@@ -118,6 +121,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         quotas=quotas,
         webhooks=WebhookRegistry(webhook_store, jobs, publisher, settings, keys),
         warm_pool=warm_pool,
+        content=content,
         readiness={"firestore": jobs.ping, "pubsub": publisher.ping,
                    "gcs": partial(probe_bucket, clients.storage, settings.bucket)},
     )
