@@ -104,6 +104,8 @@ def load_checker(model: str | None, cache_dir: Path, device: str, dtype: torch.d
         nested = (folder / "safety_checker" / "config.json").is_file() and not (folder / "config.json").is_file()
         checker_dir = folder / "safety_checker" if nested else folder
         processor_dir = folder / "feature_extractor" if nested else folder
+    if model is None and not device.startswith("cuda"):
+        torch.set_num_threads(1)  # as for the tiny SDXL (pipelines/sdxl.py): tiny ops crawl on a busy thread pool
     checker = StableDiffusionSafetyChecker.from_pretrained(checker_dir, local_files_only=True, dtype=dtype)
     processor = CLIPImageProcessor.from_pretrained(processor_dir, local_files_only=True)
     return LoadedChecker(model=checker.to(device).eval(), processor=processor, name=name, device=device, dtype=dtype)
