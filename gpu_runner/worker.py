@@ -366,7 +366,7 @@ class Runner:
             return
         if "progress" in job.notify:
             try:
-                self._events.job_progress(job, fraction, stage, eta)
+                self._events.job_progress(job, fraction, stage, eta, preview)
             except Exception:  # noqa: BLE001 - advisory, like the write above
                 log.warning("progress_event_failed", job_id=job.job_id, exc_info=True)
 

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from schemas._base import Contract, Document, Reply
 from schemas.ids import SOUL_ID_PATTERN
-from schemas.jobs import JobLane, JobStatus, JobType
+from schemas.jobs import JobLane, JobPreview, JobStatus, JobType
 
 SCHEMA_VERSION = 1
 WEBHOOK_URL_MAX = 2000
@@ -119,6 +119,8 @@ class JobProgress(Contract):
     stage: str
     eta_seconds: float | None = None
     occurred_at: datetime
+    # The latest preview when one came with this tick (SOUL_PREVIEW_EVERY); webhooks get it signed, per policy.
+    preview: JobPreview | None = None
 
 
 class TaskPreview(Reply):

@@ -27,13 +27,13 @@ from standardwebhooks import Webhook
 from functions.adapters.firestore.webhooks import WebhookStore
 from functions.adapters.webhook_http import USER_AGENT, SendFailed, post
 from functions.core import ssrf
-from functions.core.content_policy import Viewer
+from functions.core.content_policy import Viewer, shows_previews
 from functions.services.webhooks import WebhookRegistry
 from functions.settings import FunctionsSettings
 from schemas import names
 from schemas._base import utcnow
 from schemas.jobs import JobDoc
-from schemas.push import DeliveryAttempt, DeliveryDoc, JobProgress, JobStarted, WebhookDoc, WebhookEvent
+from schemas.push import DeliveryAttempt, DeliveryDoc, JobProgress, JobStarted, TaskPreview, WebhookDoc, WebhookEvent
 from schemas.safety import DEFAULT_POLICY, ContentPolicy
 
 log = structlog.get_logger(__name__)
@@ -188,10 +188,12 @@ class Deliverer:
         self._store.close_delivery(out.job_id, hook.webhook_id, out.key, status)
 
 
-def outgoing(message: Mapping, job_data: Callable[[str, ContentPolicy], dict | None]) -> Outgoing | None:
+def outgoing(message: Mapping, job_data: Callable[[str, ContentPolicy], dict | None],
+             sign: Callable[[str], str] | None = None) -> Outgoing | None:
     """The webhook event a soul-events message is, or None when it is none (e.g. request outcomes) or the job
     is gone. `job_data(job_id, policy)` gives the task view sent with completion events, as each content policy
-    lets its tenants see it."""
+    lets its tenants see it; `sign(object)` signs a progress event's preview (sent only to policies that show
+    previews, functions/core/content_policy.py)."""
     attributes = message.get("attributes") or {}
     event_type = str(attributes.get("ce-type", ""))
     kind = EVENT_KINDS.get(event_type)
@@ -204,6 +206,7 @@ def outgoing(message: Mapping, job_data: Callable[[str, ContentPolicy], dict | N
     except (binascii.Error, ValueError, KeyError, TypeError):
         log.warning("webhook_event_unreadable", event_type=event_type)
         return None
+    parsed: JobStarted | JobProgress | None = None
     if kind is WebhookEvent.COMPLETED:
         key, view = "completed", job_data(job_id, DEFAULT_POLICY)
         if view is None:
@@ -215,7 +218,7 @@ def outgoing(message: Mapping, job_data: Callable[[str, ContentPolicy], dict | N
             log.warning("webhook_event_unreadable", event_type=event_type)
             return None
         key = "start" if isinstance(parsed, JobStarted) else f"progress-{parsed.seq}"
-        view = {"task_id": job_id, **parsed.model_dump(mode="json", exclude={"job_id", "schema_version"})}
+        view = {"task_id": job_id, **parsed.model_dump(mode="json", exclude={"job_id", "schema_version", "preview"})}
     # The event's own time, so a redelivered event is the same message (the same body under the same webhook-id).
     occurred = str(attributes.get("ce-time") or data.get("occurred_at") or utcnow().isoformat())
     def encode(data: dict) -> bytes:
@@ -224,6 +227,11 @@ def outgoing(message: Mapping, job_data: Callable[[str, ContentPolicy], dict | N
     bodies = {}
     if kind is WebhookEvent.COMPLETED:
         bodies = {policy.value: encode(job_data(job_id, policy) or view) for policy in ContentPolicy}
+    elif isinstance(parsed, JobProgress) and parsed.preview is not None and sign is not None:
+        preview = TaskPreview(task_id=job_id, step=parsed.preview.step, steps=parsed.preview.steps,
+                              url=sign(parsed.preview.object)).model_dump(mode="json")
+        bodies = {policy.value: encode({**view, "preview": preview}) for policy in ContentPolicy
+                  if shows_previews(Viewer(policy=policy))}
     return Outgoing(job_id=job_id, event=kind, event_type=event_type, key=key, body=encode(view), bodies=bodies)
 
 
@@ -243,7 +251,7 @@ def handle_event(svc, message: Mapping, **deliverer_options) -> dict[str, str]:
         view = svc.tasks.view(job, tenant="", viewer=Viewer(policy=policy))
         return view.model_dump(mode="json", exclude={"user_id", "actions", "deliveries"})
 
-    out = outgoing(message, task_view)
+    out = outgoing(message, task_view, sign=lambda name: svc.signer.sign(name).url)
     if out is None:
         return {}
     deliverer = Deliverer(svc.webhook_store, svc.webhooks, svc.settings, **deliverer_options)

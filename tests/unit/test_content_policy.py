@@ -168,3 +168,24 @@ def test_the_linear_preview_is_small_and_follows_the_latents():
     due = Previews(every=3, decode=lambda x: [], emit=lambda *a: None)
     assert [s for s in range(1, 10) if due.due(s, 9)] == [3, 6]  # never the last step
     assert not Previews(every=0, decode=lambda x: [], emit=lambda *a: None).due(3, 9)
+
+
+def test_progress_webhooks_carry_a_signed_preview_only_for_policies_that_show_previews():
+    import base64
+
+    from functions.services.webhook_delivery import outgoing
+    from schemas import names
+
+    data = {"schema_version": 1, "job_id": "img-1", "type": "image", "seq": 3, "progress": 0.5, "stage": "denoising",
+            "occurred_at": "2026-12-02T10:00:00+00:00",
+            "preview": {"object": "previews/img-1/4.webp", "step": 4, "steps": 8, "variant_index": 0}}
+    message = {"attributes": {"ce-type": names.EVENT_JOB_PROGRESS, "ce-id": "img-1:progress:3"},
+               "data": base64.b64encode(json.dumps(data).encode()).decode()}
+    out = outgoing(message, lambda job_id, policy=None: None, sign=lambda name: f"https://signed/{name}")
+    for policy in ("off", "flag"):
+        preview = json.loads(out.body_for(policy))["data"]["preview"]
+        assert preview == {"task_id": "img-1", "step": 4, "steps": 8, "url": "https://signed/previews/img-1/4.webp"}
+    for policy in ("blur", "withhold"):
+        body = json.loads(out.body_for(policy))["data"]
+        assert "preview" not in body and body["progress"] == 0.5
+    assert "previews/" not in out.body.decode()  # never the bare object name
