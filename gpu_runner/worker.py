@@ -152,7 +152,8 @@ class Runner:
             signals.shutdown.set()
 
     def warm(self) -> None:
-        """Load the image pipeline now, so the first job does not pay for it."""
+        """Load the image pipeline and the safety checker now, so the first job does not pay for them."""
+        self._models.checker()
         self._models.sdxl()
 
     def run(self, *, burst: bool = False, max_jobs: int | None = None) -> None:

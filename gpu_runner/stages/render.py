@@ -68,9 +68,11 @@ class RenderStage:
         self.previews = PreviewPublisher(work)
 
     def prepare(self, first: Ticket) -> None:
-        """Load the pipeline `first` needs before its batch is gathered (partners keep arriving meanwhile)."""
+        """Load the pipeline `first` needs before its batch is gathered (partners keep arriving meanwhile), and the
+        safety checker that scores its images."""
         if batchable(first):
             try:
+                self._work.models.checker()
                 self._work.models.sdxl()
             except Exception as exc:  # noqa: BLE001 - settled by the coordinator, like a failed render
                 first.error = exc
