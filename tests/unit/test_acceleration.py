@@ -274,3 +274,21 @@ def test_a_compile_that_fails_leaves_an_eager_pipeline_that_renders(tmp_path, ea
     assert report.snapshot()["artifacts"] == "compile failed"
     assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in pipe.unet.modules())
     assert penguin(pipe).tobytes() == eager.tobytes()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs CUDA compute capability >= 8.9")
+def test_fp8_on_a_capable_card_quantizes_the_unet_and_keeps_the_picture(tmp_path):
+    from gpu_runner.pipelines.host import ModelHost
+
+    def render(quantize: str):
+        host = ModelHost(RunnerSettings(model_cache_dir=tmp_path / "models", compile="off", quantize=quantize))
+        image = penguin(host.sdxl())
+        return host, torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).float()
+
+    fp16_host, fp16 = render("none")
+    fp8_host, fp8 = render("fp8")
+    assert fp8_host.acceleration.quantize == "fp8" and fp16_host.acceleration.quantize == "none"
+    assert "quantize" in {p["phase"] for p in fp8_host.startup.snapshot()["phases"]}
+    assert (fp8 - fp16).abs().mean() <= 8  # the tiny model's pixels are noise; the same noise, not another
