@@ -482,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown cold-start scenario(s) {unknown}; known: {list(COLD_STARTS)}")
         cold = measure_cold_starts(args.device, args.tiny, args.cache, scenarios, keep("cold_starts"))
+        figures["cold_starts"] = [asdict(r) for r in cold]
+        save()
         print(cold_report(cold, name, args.tiny))
         return 0
     pipelines = tuple(p for p in args.pipelines.split(",") if p)
