@@ -85,6 +85,15 @@ class DevStack:
         env.setdefault("SOUL_PUBLIC_BASE_URL", self.base_url)
         env.setdefault("SOUL_WEBHOOK_ALLOW_LOOPBACK", "true")  # local mode: webhooks may go to this machine
         env.setdefault("SOUL_WEBHOOK_SECRET", _local_webhook_secret(self.emulators.state_dir))
+        # Webhooks to loopback only on the ports test receivers declare; never one of the stack's own functions
+        # (a POST to ingest would be a forged Pub/Sub push). The emulators' ports are refused by the settings.
+        from functions.settings import parse_ports
+
+        own = {self.config.port, self.config.ingest_port, self.config.webhooks_port, self.config.reconcile_port}
+        clash = sorted(parse_ports(env.get("SOUL_WEBHOOK_LOOPBACK_PORTS", "")) & own)
+        if clash:
+            raise SystemExit(f"SOUL_WEBHOOK_LOOPBACK_PORTS names port {clash[0]}, where a function of this stack "
+                             "listens; declare only your test receivers' ports")
         checks = []
         for target, port, extra in (("api", self.config.port, []),
                                     ("ingest", self.config.ingest_port, ["--signature-type", "cloudevent"]),

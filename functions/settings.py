@@ -43,6 +43,11 @@ class FunctionsSettings(BaseSettings):
     auth_mode: Literal["none", "api_key", "platform"] = "none"
     # Platform mode: verified identities (ID token email or sub), comma-separated, that get the admin role.
     platform_admins: str = ""
+    # Wrong API keys, per source address, in memory (functions/http/auth_throttle.py): a burst, then a steady rate.
+    auth_failure_burst: int = Field(default=20, ge=1, le=10_000)
+    auth_failures_per_minute: float = Field(default=30.0, gt=0)
+    auth_failure_sources: int = Field(default=10_000, ge=100)  # sources remembered per instance (bounded memory)
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=5)  # proxies whose X-Forwarded-For entry names the source
     # Default quotas of every tenant (overridable per tenant in the keys file), counted in Firestore.
     quotas_enabled: bool = True
     quota_requests_per_second: float = Field(default=50.0, gt=0)
