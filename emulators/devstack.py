@@ -242,7 +242,8 @@ Soul is running (tiny offline models; logs in {stack.emulators.state_dir / 'logs
   reconcile    {stack.reconcile_url}   (called every {stack.config.reconcile_interval_s:g} s, like Cloud Scheduler)
   gpu_runner   {_runners(stack)}   (python -m gpu_runner on soul-jobs, restarted if they die)
   webhooks     {stack.webhooks_url}   (CloudEvent target, pushed by the soul-events-webhooks subscription;
-               signing secret in {stack.emulators.state_dir / 'webhook_secret'} unless SOUL_WEBHOOK_SECRET is set)
+               signing secret in {stack.emulators.state_dir / 'webhook_secret'} unless SOUL_WEBHOOK_SECRET is set;
+               loopback webhooks only to SOUL_WEBHOOK_LOOPBACK_PORTS: {os.environ.get('SOUL_WEBHOOK_LOOPBACK_PORTS') or 'none declared'})
   emulators    Pub/Sub {stack.emulators.env()['PUBSUB_EMULATOR_HOST']}, Firestore {stack.emulators.env()['FIRESTORE_EMULATOR_HOST']}, GCS {stack.emulators.env()['STORAGE_EMULATOR_HOST']}
 
 Try:
