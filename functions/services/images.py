@@ -13,7 +13,7 @@ from functions.adapters.signing import UrlSigner
 from functions.core import content_policy, estimates, keys
 from functions.core.content_policy import Viewer
 from functions.core.errors import InvalidInput
-from functions.core.normalize import EmptyCueError, normalize_cue
+from functions.core.normalize import CueError, normalize_cue
 from functions.core.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.core.variants import choose_unseen, next_variant_index
@@ -100,7 +100,7 @@ class ImageService:
     def request(self, ask: ImageAsk) -> ImageReady | ImageQueued:
         try:
             cue = normalize_cue(ask.cue)
-        except EmptyCueError as exc:
+        except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
         self.content.screen(ask.tenant, cue)  # blocked terms: 422 before any read, job or GPU second
         style = self._styles.get(ask.soul_id).style  # a stored style wins over the catalog; else 404
@@ -115,13 +115,13 @@ class ImageService:
         # variant is made instead, and its own result may be withheld in turn).
         offered = [v for v in variants if content_policy.deliverable(viewer, v.safety)]
         unseen = choose_unseen(offered, seen)
-        self._warm.observe(pk, ask.kind, user)
+        self._warm.observe(pk, ask.kind, user, ask.tenant)
         if unseen is not None:
             if self._usage is not None:
                 self._usage.record_dedup_hit()
             left = sum(1 for v in offered if v.variant_id not in seen) - 1  # once this one is taken
             self._warm.after_take(pk, unseen.variant_index, left, variants,
-                                  partial(self.prerender, tenant=ask.tenant))
+                                  partial(self.prerender, tenant=ask.tenant), ask.tenant)
             return ImageReady(pk_id=pk, variant=self.variant_view(unseen, viewer))
         index = next_variant_index(variants)
         if index == 0:
@@ -133,7 +133,7 @@ class ImageService:
                 )
             )
         job = self._ensure_variant_job(ask, pk, cue, style, index)
-        self._warm.after_join(pk, job, partial(self.prerender, tenant=ask.tenant))
+        self._warm.after_join(pk, job, ask.tenant, partial(self.prerender, tenant=ask.tenant))
         return ImageQueued(
             status=job.status,
             task_id=job.job_id,
@@ -189,7 +189,7 @@ class ImageService:
         """`POST /image/warm`: keep `variants` fresh variants of this cue ahead, from now on."""
         try:
             cue = normalize_cue(request.cue)
-        except EmptyCueError as exc:
+        except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
         self.content.screen(tenant, cue)
         style = self._styles.get(request.soul_id).style
@@ -200,7 +200,7 @@ class ImageService:
                                             style_fingerprint=keys.style_fingerprint(style), created_at=now,
                                             updated_at=now))
         return self._warm.warm(pk, request.variants, self._prompts.variants_of(pk),
-                               partial(self.prerender, tenant=tenant))
+                               partial(self.prerender, tenant=tenant), tenant)
 
     def variant_view(self, variant: VariantDoc, viewer: Viewer = Viewer()) -> Variant | None:
         """The variant as `viewer` may see it; None when its content policy withholds it."""
