@@ -248,7 +248,8 @@ def typescript_schema(openapi_path: Path, out: Path) -> None:
     binary = package / "node_modules" / ".bin" / "openapi-typescript"
     if not binary.exists():
         raise SystemExit(f"{binary.relative_to(REPO)} is missing: run `make clients-setup` (npm ci) first")
-    subprocess.run([str(binary), str(openapi_path), "--output", str(out)], check=True, capture_output=True,
+    # Fields with a default are optional in a request (otherwise openapi-typescript makes them required).
+    subprocess.run([str(binary), str(openapi_path), "--default-non-nullable", "false", "--output", str(out)], check=True, capture_output=True,
                    text=True, cwd=package)
     out.write_text(HEADER.replace("#", "//", 1) + out.read_text())
 

@@ -68,9 +68,9 @@ def prepare(op: Operation, path: Mapping[str, Any], query: Mapping[str, Any], bo
     payload = None
     if op.body is not None:
         if isinstance(body, BaseModel):
-            payload = body.model_dump(mode="json", exclude_none=True)
+            payload = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
         elif isinstance(body, Mapping):
-            payload = op.body.model_validate(dict(body)).model_dump(mode="json", exclude_none=True)
+            payload = op.body.model_validate(dict(body)).model_dump(mode="json", exclude_unset=True, exclude_none=True)
         else:
             raise TypeError(f"{op.id} takes a {op.body.__name__} (or a dict of one) as its body")
     if op.idempotency_key:

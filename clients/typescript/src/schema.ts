@@ -451,12 +451,12 @@ export interface components {
              * Error
              * @default null
              */
-            error: string | null;
+            error?: string | null;
             /**
              * Status Code
              * @default null
              */
-            status_code: number | null;
+            status_code?: number | null;
         };
         /** DurationStats */
         DurationStats: {
@@ -482,7 +482,7 @@ export interface components {
              * Field
              * @default null
              */
-            field: string | null;
+            field?: string | null;
             /** Message */
             message: string;
         };
@@ -531,7 +531,7 @@ export interface components {
              * Checks
              * @default {}
              */
-            checks: {
+            checks?: {
                 [key: string]: string;
             };
             /**
@@ -554,7 +554,7 @@ export interface components {
              * @description `background` for bulk work nobody waits on.
              * @default interactive
              */
-            lane: components["schemas"]["JobLane"];
+            lane?: components["schemas"]["JobLane"];
             /**
              * Soul Id
              * @description The soul to draw, e.g. `nova`.
@@ -570,13 +570,13 @@ export interface components {
              * @description https URL to POST signed job events to (Standard Webhooks); http only to loopback locally.
              * @default null
              */
-            webhook: string | null;
+            webhook?: string | null;
             /**
              * Webhook Events Filter
              * @description Which events to send: `start`, `progress`, `completed` (default: completed).
              * @default null
              */
-            webhook_events_filter: components["schemas"]["WebhookEvent"][] | null;
+            webhook_events_filter?: components["schemas"]["WebhookEvent"][] | null;
         };
         /**
          * ImageQueued
@@ -588,7 +588,7 @@ export interface components {
             /** Pk Id */
             pk_id: string;
             /** @default null */
-            place: components["schemas"]["Place"] | null;
+            place?: components["schemas"]["Place"] | null;
             status: components["schemas"]["JobStatus"];
             /** Status Url */
             status_url: string;
@@ -603,13 +603,13 @@ export interface components {
             /** Pk Id */
             pk_id: string;
             /** @default null */
-            place: components["schemas"]["Place"] | null;
+            place?: components["schemas"]["Place"] | null;
             /**
              * Status
              * @default ready
              * @constant
              */
-            status: "ready";
+            status?: "ready";
             variant: components["schemas"]["Variant"];
         };
         /** Info */
@@ -637,7 +637,7 @@ export interface components {
              * Retryable
              * @default false
              */
-            retryable: boolean;
+            retryable?: boolean;
             /** Type */
             type: string;
         };
@@ -712,7 +712,7 @@ export interface components {
              * Waste Ratio
              * @default null
              */
-            waste_ratio: number | null;
+            waste_ratio?: number | null;
         };
         /** Seen */
         Seen: {
@@ -738,7 +738,7 @@ export interface components {
              * Next Cursor
              * @default null
              */
-            next_cursor: string | null;
+            next_cursor?: string | null;
         };
         /** SelfieCity */
         SelfieCity: {
@@ -771,7 +771,7 @@ export interface components {
              * @description `background` for bulk work nobody waits on.
              * @default interactive
              */
-            lane: components["schemas"]["JobLane"];
+            lane?: components["schemas"]["JobLane"];
             /**
              * Mood
              * @description e.g. `happy`, `calm`, `adventurous`.
@@ -786,13 +786,13 @@ export interface components {
              * @description https URL to POST signed job events to (Standard Webhooks); http only to loopback locally.
              * @default null
              */
-            webhook: string | null;
+            webhook?: string | null;
             /**
              * Webhook Events Filter
              * @description Which events to send: `start`, `progress`, `completed` (default: completed).
              * @default null
              */
-            webhook_events_filter: components["schemas"]["WebhookEvent"][] | null;
+            webhook_events_filter?: components["schemas"]["WebhookEvent"][] | null;
         };
         /** StaticListing */
         StaticListing: {
@@ -802,7 +802,7 @@ export interface components {
              * Next Cursor
              * @default null
              */
-            next_cursor: string | null;
+            next_cursor?: string | null;
         };
         /**
          * Style
@@ -813,37 +813,37 @@ export interface components {
              * Guidance
              * @default 7
              */
-            guidance: number;
+            guidance?: number;
             /**
              * Height
              * @default 1024
              */
-            height: number;
+            height?: number;
             /**
              * Negative Prompt
              * @default
              */
-            negative_prompt: string;
+            negative_prompt?: string;
             /**
              * Prompt Prefix
              * @default
              */
-            prompt_prefix: string;
+            prompt_prefix?: string;
             /**
              * Prompt Suffix
              * @default
              */
-            prompt_suffix: string;
+            prompt_suffix?: string;
             /**
              * Steps
              * @default 30
              */
-            steps: number;
+            steps?: number;
             /**
              * Width
              * @default 1024
              */
-            width: number;
+            width?: number;
         };
         /** StyleDeleted */
         StyleDeleted: {
@@ -852,7 +852,7 @@ export interface components {
              * @default true
              * @constant
              */
-            deleted: true;
+            deleted?: true;
             /** Soul Id */
             soul_id: string;
             /**
@@ -879,7 +879,7 @@ export interface components {
              * Updated At
              * @default null
              */
-            updated_at: string | null;
+            updated_at?: string | null;
         };
         /** StylePage */
         StylePage: {
@@ -889,7 +889,7 @@ export interface components {
              * Next Cursor
              * @default null
              */
-            next_cursor: string | null;
+            next_cursor?: string | null;
         };
         /**
          * StyleUpsert
@@ -900,7 +900,7 @@ export interface components {
              * Display Name
              * @default
              */
-            display_name: string;
+            display_name?: string;
             /** Soul Id */
             soul_id: string;
             style: components["schemas"]["Style"];
@@ -909,7 +909,7 @@ export interface components {
              * @description With a time zone; at most the configured clock skew in the future.
              * @default null
              */
-            updated_at: string | null;
+            updated_at?: string | null;
         };
         /**
          * Task
@@ -921,12 +921,12 @@ export interface components {
              * Attempts
              * @default 0
              */
-            attempts: number;
+            attempts?: number;
             /**
              * Cancel Requested
              * @default false
              */
-            cancel_requested: boolean;
+            cancel_requested?: boolean;
             /**
              * Created At
              * Format: date-time
@@ -938,19 +938,19 @@ export interface components {
              */
             deliveries?: components["schemas"]["Delivery"][];
             /** @default null */
-            error: components["schemas"]["JobError"] | null;
+            error?: components["schemas"]["JobError"] | null;
             /**
              * Eta Seconds
              * @default null
              */
-            eta_seconds: number | null;
+            eta_seconds?: number | null;
             /**
              * Finished At
              * @default null
              */
-            finished_at: string | null;
+            finished_at?: string | null;
             /** @default null */
-            metrics: components["schemas"]["TaskMetrics"] | null;
+            metrics?: components["schemas"]["TaskMetrics"] | null;
             /** Progress */
             progress: number;
             /**
@@ -958,21 +958,21 @@ export interface components {
              * @description Queued tasks on `GET /tasks/{task_id}`: how many queued tasks of the same lane were created before this one (0: next). None when not queued, and in listings.
              * @default null
              */
-            queue_position: number | null;
+            queue_position?: number | null;
             /** @default null */
-            result: components["schemas"]["TaskResult"] | null;
+            result?: components["schemas"]["TaskResult"] | null;
             /**
              * Soul Id
              * @default null
              */
-            soul_id: string | null;
+            soul_id?: string | null;
             /** Stage */
             stage: string;
             /**
              * Started At
              * @default null
              */
-            started_at: string | null;
+            started_at?: string | null;
             status: components["schemas"]["JobStatus"];
             /** Task Id */
             task_id: string;
@@ -981,7 +981,7 @@ export interface components {
              * User Id
              * @default null
              */
-            user_id: string | null;
+            user_id?: string | null;
         };
         /** TaskActions */
         TaskActions: {
@@ -989,7 +989,7 @@ export interface components {
              * Cancel
              * @default null
              */
-            cancel: string | null;
+            cancel?: string | null;
             /** Self */
             self: string;
         };
@@ -1002,7 +1002,7 @@ export interface components {
              * Batch Size
              * @default 1
              */
-            batch_size: number;
+            batch_size?: number;
             /** Device */
             device: string;
             /**
@@ -1021,7 +1021,7 @@ export interface components {
              * Next Cursor
              * @default null
              */
-            next_cursor: string | null;
+            next_cursor?: string | null;
         };
         /** TaskResult */
         TaskResult: {
@@ -1029,9 +1029,9 @@ export interface components {
              * Outputs
              * @default []
              */
-            outputs: components["schemas"]["MediaLink"][];
+            outputs?: components["schemas"]["MediaLink"][];
             /** @default null */
-            variant: components["schemas"]["Variant"] | null;
+            variant?: components["schemas"]["Variant"] | null;
         };
         /**
          * TaskStats
@@ -1051,9 +1051,9 @@ export interface components {
                 [key: string]: components["schemas"]["DurationStats"];
             };
             /** @default null */
-            gpu: components["schemas"]["GpuStats"] | null;
+            gpu?: components["schemas"]["GpuStats"] | null;
             /** @default null */
-            prerenders: components["schemas"]["PrerenderStats"] | null;
+            prerenders?: components["schemas"]["PrerenderStats"] | null;
             /** Sample Size */
             sample_size: number;
             /** Total */
@@ -1068,21 +1068,21 @@ export interface components {
              * Error
              * @default null
              */
-            error: {
+            error?: {
                 [key: string]: unknown;
             } | null;
             /**
              * Eta Seconds
              * @default null
              */
-            eta_seconds: number | null;
+            eta_seconds?: number | null;
             /** Progress */
             progress: number;
             /**
              * Result
              * @default null
              */
-            result: {
+            result?: {
                 [key: string]: unknown;
             } | null;
             /** Stage */
@@ -1127,7 +1127,7 @@ export interface components {
              * Next Cursor
              * @default null
              */
-            next_cursor: string | null;
+            next_cursor?: string | null;
         };
         /**
          * VideoAccepted
@@ -1141,7 +1141,7 @@ export interface components {
             /** Num Frames */
             num_frames: number;
             /** @default null */
-            result: components["schemas"]["TaskResult"] | null;
+            result?: components["schemas"]["TaskResult"] | null;
             status: components["schemas"]["JobStatus"];
             /** Status Url */
             status_url: string;
@@ -1159,7 +1159,7 @@ export interface components {
              * Device
              * @default null
              */
-            device: string | null;
+            device?: string | null;
             /** Estimated Minutes */
             estimated_minutes: number;
             /** Estimated Seconds */
@@ -1188,32 +1188,32 @@ export interface components {
              * Generate Gif
              * @default true
              */
-            generate_gif: boolean;
+            generate_gif?: boolean;
             /** Image Path */
             image_path: string;
             /**
              * Num Frames
              * @default null
              */
-            num_frames: number | null;
+            num_frames?: number | null;
             /**
              * User Id
              * @description For /tasks filters.
              * @default null
              */
-            user_id: string | null;
+            user_id?: string | null;
             /**
              * Webhook
              * @description https URL to POST signed job events to (Standard Webhooks); http only to loopback locally.
              * @default null
              */
-            webhook: string | null;
+            webhook?: string | null;
             /**
              * Webhook Events Filter
              * @description Which events to send: `start`, `progress`, `completed` (default: completed).
              * @default null
              */
-            webhook_events_filter: components["schemas"]["WebhookEvent"][] | null;
+            webhook_events_filter?: components["schemas"]["WebhookEvent"][] | null;
         };
         /** WarmAnswer */
         WarmAnswer: {
@@ -1241,7 +1241,7 @@ export interface components {
              * @description How many unseen variants to keep ahead.
              * @default 1
              */
-            variants: number;
+            variants?: number;
         };
         /**
          * WebhookEvent
