@@ -56,7 +56,7 @@ class Receiver:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for headers, body in list(self.deliveries):
-                if task_id.encode() in body and b'"completed"' in body:
+                if task_id.encode() in body and b'"type":"soul.job.succeeded"' in body:
                     return headers, body
             time.sleep(0.2)
         raise AssertionError(f"no completed delivery for {task_id}: {self.deliveries}")
@@ -107,9 +107,9 @@ def test_python_client_images_over_events_and_polling_progress_and_webhooks(soul
         # The webhook the stack delivered verifies with the tenant's secret; a changed body does not.
         headers, body = receiver.for_task(handle.task_id)
         payload = soul_client.verify_webhook(headers, body, ACME_SECRET)
-        assert payload["type"] == "completed" and payload["data"]["task_id"] == handle.task_id
+        assert payload["type"] == "soul.job.succeeded" and payload["data"]["task_id"] == handle.task_id
         with pytest.raises(soul_client.WebhookVerificationError):
-            soul_client.verify_webhook(headers, body.replace(b"completed", b"complete!"), ACME_SECRET)
+            soul_client.verify_webhook(headers, body.replace(b"succeeded", b"failed"), ACME_SECRET)
 
 
 def test_python_client_cancels_lists_pages_and_types_errors(soul_stack):

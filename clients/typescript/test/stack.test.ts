@@ -57,16 +57,16 @@ test("an image over server-sent events, its progress, a dedup hit, and its verif
 
   const deadline = Date.now() + 60000;
   let delivery;
-  while (!(delivery = deliveries.find((d) => d.body.includes(handle.taskId!) && d.body.includes('"completed"')))) {
+  while (!(delivery = deliveries.find((d) => d.body.includes(handle.taskId!) && d.body.includes('"type":"soul.job.succeeded"')))) {
     assert.ok(Date.now() < deadline, "no completed webhook delivery");
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
   const payload = verifyWebhook(delivery.headers as Record<string, string>, delivery.body,
     env("SOUL_WEBHOOK_SECRET")) as { type: string; data: { task_id: string } };
-  assert.equal(payload.type, "completed");
+  assert.equal(payload.type, "soul.job.succeeded");
   assert.equal(payload.data.task_id, handle.taskId);
-  assert.throws(() => verifyWebhook(delivery.headers as Record<string, string>, delivery.body.replace("completed",
-    "complete!"), env("SOUL_WEBHOOK_SECRET")), WebhookVerificationError);
+  assert.throws(() => verifyWebhook(delivery.headers as Record<string, string>, delivery.body.replace("succeeded",
+    "failed"), env("SOUL_WEBHOOK_SECRET")), WebhookVerificationError);
 });
 
 test("an image by polling", async () => {
