@@ -10,7 +10,7 @@ import { createServer, type IncomingHttpHeaders } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, test } from "node:test";
 
-import { BadRequest, NO_RETRIES, NotFound, OPERATIONS, RateLimited, SoulClient, TaskFailed, Unauthorized,
+import { BadRequest, DEFAULT_RETRY, Forbidden, NO_RETRIES, NotFound, OPERATIONS, RateLimited, SoulClient, TaskFailed, Unauthorized,
   WebhookVerificationError, verifyWebhook } from "../src/index.js";
 
 function env(name: string): string {
@@ -98,14 +98,16 @@ test("cancel, list across pages, typed errors", async () => {
 
 test("a 429 carries Retry-After, and the client retries after it", async () => {
   const strict = new SoulClient(base, { apiKey: env("SOUL_TIGHT_KEY"), retry: NO_RETRIES });
-  await new Promise((resolve) => setTimeout(resolve, 2500)); // the Python half may have used the burst
-  await strict.call("me", {});
-  await assert.rejects(strict.call("me", {}), (error: unknown) =>
-    error instanceof RateLimited && (error.retryAfter ?? 0) > 0);
+  // The limiter may spread a tenant's burst over shards: ask until it says no.
+  let limited: unknown = null;
+  for (let i = 0; i < 30 && !limited; i++) {
+    try { await strict.call("me", {}); } catch (error) { limited = error; }
+  }
+  assert.ok(limited instanceof RateLimited && (limited.retryAfter ?? 0) > 0 && limited.status === 429, String(limited));
   const waits: number[] = [];
-  const patient = new SoulClient(base, { apiKey: env("SOUL_TIGHT_KEY"),
+  const patient = new SoulClient(base, { apiKey: env("SOUL_TIGHT_KEY"), retry: { ...DEFAULT_RETRY, maxAttempts: 10 },
     sleep: (ms) => { waits.push(ms); return new Promise((resolve) => setTimeout(resolve, ms)); } });
-  assert.equal((await patient.call("me", {})).tenant, "tight");
+  for (let i = 0; i < 3; i++) assert.equal((await patient.call("me", {})).tenant, "tight");
   assert.ok(waits.length > 0 && waits.every((ms) => ms > 0 && ms <= 60000));
 });
 
@@ -113,7 +115,11 @@ test("every GET operation without parameters answers through the client", async 
   for (const [id, spec] of Object.entries(OPERATIONS)) {
     if (spec.method !== "GET" || spec.pathParams.length || spec.stream || id === "image_get" || id === "info") continue;
     if (id === "video_estimate") continue;
-    const answer = await soul.call(id as "me", {});
-    assert.ok(answer && typeof answer === "object", id);
+    try {
+      const answer = await soul.call(id as "me", {});
+      assert.ok(answer && typeof answer === "object", id);
+    } catch (error) {
+      assert.ok(error instanceof Forbidden, `${id}: ${error}`); // admin-only for this client key: reached, typed
+    }
   }
 });
