@@ -145,14 +145,16 @@ def python_operations(document: dict) -> str:
             f"{status}: {'models.' + kind if not kind.startswith('<') else repr(kind)}"
             for status, kind in op["responses"].items()
         )
-        query = ", ".join(repr(p["name"]) for p in op["query"])
-        lines.append(
-            f"    {op['id']!r}: Operation({op['id']!r}, {op['method']!r}, {op['path']!r}, "
-            f"path_params=({''.join(repr(p) + ', ' for p in op['path_params'])}), "
-            f"query=({query}{',' if len(op['query']) == 1 else ''}), "
-            f"body={'models.' + op['body'] if op['body'] else None}, "
-            f"responses={{{answers}}}, idempotency_key={op['idempotent_key']}, public={op['public']}),"
-        )
+        lines += [
+            f"    {op['id']!r}: Operation(",
+            f"        {op['id']!r}, {op['method']!r}, {op['path']!r},",
+            f"        path_params=({''.join(repr(p) + ', ' for p in op['path_params']).rstrip()}),",
+            f"        query=({''.join(repr(p['name']) + ', ' for p in op['query']).rstrip()}),",
+            f"        body={'models.' + op['body'] if op['body'] else None},",
+            f"        responses={{{answers}}},",
+            f"        idempotency_key={op['idempotent_key']}, public={op['public']},",
+            "    ),",
+        ]
     lines.append("}")
     for cls, prefix, stream in (("Operations", "", "EventStream"), ("AsyncOperations", "async ", "AsyncEventStream")):
         lines += ["", "", f"class {cls}:", f'    """One {"coroutine" if prefix else "method"} per operation of '
@@ -179,7 +181,13 @@ def python_operations(document: dict) -> str:
                 kwargs.append("idempotency_key: str | None = None")
             kwargs.append("timeout: float | None = None")
             answer = _py_answer(op).replace("EventStream", stream)
-            lines.append(f"    {prefix}def {op['id']}({', '.join(args + kwargs)}) -> {answer}:")
+            head = f"    {prefix}def {op['id']}({', '.join(args + kwargs)}) -> {answer}:"
+            if len(head) <= 120:
+                lines.append(head)
+            else:
+                lines.append(f"    {prefix}def {op['id']}(")
+                lines += [f"        {arg}," for arg in args + kwargs]
+                lines.append(f"    ) -> {answer}:")
             lines.append(f'        """`{op["method"]} {op["path"]}`: {op["summary"]}"""')
             path = ", ".join(f"{p!r}: {_py_name(p)}" for p in op["path_params"])
             query = ", ".join(
@@ -187,12 +195,15 @@ def python_operations(document: dict) -> str:
             )
             extra = ", idempotency_key=idempotency_key" if op["idempotent_key"] else ""
             body = "body" if op["body"] else "None"
-            if prefix:
-                lines.append(f"        return await self._operate(OPERATIONS[{op['id']!r}], {{{path}}}, {{{query}}}, "
-                             f"{body}, timeout=timeout{extra})  # type: ignore[attr-defined]")
-            else:
-                lines.append(f"        return self._operate(OPERATIONS[{op['id']!r}], {{{path}}}, {{{query}}}, "
-                             f"{body}, timeout=timeout{extra})  # type: ignore[attr-defined]")
+            lines += [
+                f"        return {'await ' if prefix else ''}self._operate(  # type: ignore[attr-defined]",
+                f"            OPERATIONS[{op['id']!r}],",
+                f"            {{{path}}},",
+                f"            {{{query}}},",
+                f"            {body},",
+                f"            timeout=timeout{extra},",
+                "        )",
+            ]
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -15,34 +15,230 @@ if TYPE_CHECKING:
     from soul_client._sse import AsyncEventStream, EventStream
 
 OPERATIONS: dict[str, Operation] = {
-    'generated': Operation('generated', 'GET', '/generated/{filename}', path_params=('filename', ), query=(), body=None, responses={302: '<redirect>'}, idempotency_key=False, public=False),
-    'healthz': Operation('healthz', 'GET', '/healthz', path_params=(), query=(), body=None, responses={200: models.Health}, idempotency_key=False, public=True),
-    'image_get': Operation('image_get', 'GET', '/image', path_params=(), query=('soul_id', 'cue', 'user_id'), body=None, responses={200: models.ImageReady, 202: models.ImageQueued}, idempotency_key=False, public=False),
-    'image_post': Operation('image_post', 'POST', '/image', path_params=(), query=(), body=models.ImageOrder, responses={200: models.ImageReady, 202: models.ImageQueued}, idempotency_key=True, public=False),
-    'mark_seen': Operation('mark_seen', 'POST', '/image/mark-seen', path_params=(), query=('variant_id', 'user_id'), body=None, responses={200: models.Seen}, idempotency_key=False, public=False),
-    'selfie': Operation('selfie', 'POST', '/image/selfie', path_params=(), query=(), body=models.SelfieRequest, responses={200: models.ImageReady, 202: models.ImageQueued}, idempotency_key=True, public=False),
-    'selfie_options': Operation('selfie_options', 'GET', '/image/selfie/options', path_params=(), query=(), body=None, responses={200: models.SelfieOptions}, idempotency_key=False, public=False),
-    'seen': Operation('seen', 'GET', '/image/user/{user_id}/seen', path_params=('user_id', ), query=('page_size', 'cursor'), body=None, responses={200: models.SeenPage}, idempotency_key=False, public=False),
-    'variants': Operation('variants', 'GET', '/image/variants/{pk_id}', path_params=('pk_id', ), query=('page_size', 'cursor'), body=None, responses={200: models.VariantPage}, idempotency_key=False, public=False),
-    'image_warm': Operation('image_warm', 'POST', '/image/warm', path_params=(), query=(), body=models.WarmRequest, responses={200: models.WarmAnswer}, idempotency_key=True, public=False),
-    'info': Operation('info', 'GET', '/info', path_params=(), query=(), body=None, responses={200: models.Info}, idempotency_key=False, public=False),
-    'me': Operation('me', 'GET', '/me', path_params=(), query=(), body=None, responses={200: models.Me}, idempotency_key=False, public=False),
-    'ready': Operation('ready', 'GET', '/ready', path_params=(), query=(), body=None, responses={200: models.Health}, idempotency_key=False, public=True),
-    'static_image': Operation('static_image', 'GET', '/static/image/{filename}', path_params=('filename', ), query=(), body=None, responses={302: '<redirect>'}, idempotency_key=False, public=False),
-    'static_images': Operation('static_images', 'GET', '/static/images', path_params=(), query=('page_size', 'cursor'), body=None, responses={200: models.StaticListing}, idempotency_key=False, public=False),
-    'static_video': Operation('static_video', 'GET', '/static/videos/{filename}', path_params=('filename', ), query=(), body=None, responses={302: '<redirect>'}, idempotency_key=False, public=False),
-    'style_list': Operation('style_list', 'GET', '/style', path_params=(), query=('page_size', 'cursor'), body=None, responses={200: models.StylePage}, idempotency_key=False, public=False),
-    'style_put': Operation('style_put', 'POST', '/style', path_params=(), query=(), body=models.StyleUpsert, responses={200: models.StyleOut}, idempotency_key=False, public=False),
-    'style_delete': Operation('style_delete', 'DELETE', '/style/{soul_id}', path_params=('soul_id', ), query=('updated_at',), body=None, responses={200: models.StyleDeleted}, idempotency_key=False, public=False),
-    'style_get': Operation('style_get', 'GET', '/style/{soul_id}', path_params=('soul_id', ), query=(), body=None, responses={200: models.StyleOut}, idempotency_key=False, public=False),
-    'task_list': Operation('task_list', 'GET', '/tasks', path_params=(), query=('page_size', 'cursor', 'status', 'type', 'soul_id', 'user_id'), body=None, responses={200: models.TaskPage}, idempotency_key=False, public=False),
-    'task_stats': Operation('task_stats', 'GET', '/tasks/stats/summary', path_params=(), query=(), body=None, responses={200: models.TaskStats}, idempotency_key=False, public=False),
-    'task_cancel': Operation('task_cancel', 'DELETE', '/tasks/{task_id}', path_params=('task_id', ), query=(), body=None, responses={200: models.Task, 202: models.Task}, idempotency_key=False, public=False),
-    'task_get': Operation('task_get', 'GET', '/tasks/{task_id}', path_params=('task_id', ), query=(), body=None, responses={200: models.Task}, idempotency_key=False, public=False),
-    'task_events': Operation('task_events', 'GET', '/tasks/{task_id}/events', path_params=('task_id', ), query=(), body=None, responses={200: '<stream>'}, idempotency_key=False, public=False),
-    'video_estimate': Operation('video_estimate', 'GET', '/video/estimate', path_params=(), query=('num_frames',), body=None, responses={200: models.VideoEstimate}, idempotency_key=False, public=False),
-    'video_generate': Operation('video_generate', 'POST', '/video/generate', path_params=(), query=(), body=models.VideoGenerateRequest, responses={200: models.VideoAccepted, 202: models.VideoAccepted}, idempotency_key=True, public=False),
-    'video_from_variant': Operation('video_from_variant', 'POST', '/video/generate-from-variant', path_params=(), query=('webhook', 'webhook_events_filter', 'variant_id', 'num_frames', 'generate_gif', 'user_id'), body=None, responses={200: models.VideoAccepted, 202: models.VideoAccepted}, idempotency_key=True, public=False),
+    'generated': Operation(
+        'generated', 'GET', '/generated/{filename}',
+        path_params=('filename',),
+        query=(),
+        body=None,
+        responses={302: '<redirect>'},
+        idempotency_key=False, public=False,
+    ),
+    'healthz': Operation(
+        'healthz', 'GET', '/healthz',
+        path_params=(),
+        query=(),
+        body=None,
+        responses={200: models.Health},
+        idempotency_key=False, public=True,
+    ),
+    'image_get': Operation(
+        'image_get', 'GET', '/image',
+        path_params=(),
+        query=('soul_id', 'cue', 'user_id',),
+        body=None,
+        responses={200: models.ImageReady, 202: models.ImageQueued},
+        idempotency_key=False, public=False,
+    ),
+    'image_post': Operation(
+        'image_post', 'POST', '/image',
+        path_params=(),
+        query=(),
+        body=models.ImageOrder,
+        responses={200: models.ImageReady, 202: models.ImageQueued},
+        idempotency_key=True, public=False,
+    ),
+    'mark_seen': Operation(
+        'mark_seen', 'POST', '/image/mark-seen',
+        path_params=(),
+        query=('variant_id', 'user_id',),
+        body=None,
+        responses={200: models.Seen},
+        idempotency_key=False, public=False,
+    ),
+    'selfie': Operation(
+        'selfie', 'POST', '/image/selfie',
+        path_params=(),
+        query=(),
+        body=models.SelfieRequest,
+        responses={200: models.ImageReady, 202: models.ImageQueued},
+        idempotency_key=True, public=False,
+    ),
+    'selfie_options': Operation(
+        'selfie_options', 'GET', '/image/selfie/options',
+        path_params=(),
+        query=(),
+        body=None,
+        responses={200: models.SelfieOptions},
+        idempotency_key=False, public=False,
+    ),
+    'seen': Operation(
+        'seen', 'GET', '/image/user/{user_id}/seen',
+        path_params=('user_id',),
+        query=('page_size', 'cursor',),
+        body=None,
+        responses={200: models.SeenPage},
+        idempotency_key=False, public=False,
+    ),
+    'variants': Operation(
+        'variants', 'GET', '/image/variants/{pk_id}',
+        path_params=('pk_id',),
+        query=('page_size', 'cursor',),
+        body=None,
+        responses={200: models.VariantPage},
+        idempotency_key=False, public=False,
+    ),
+    'image_warm': Operation(
+        'image_warm', 'POST', '/image/warm',
+        path_params=(),
+        query=(),
+        body=models.WarmRequest,
+        responses={200: models.WarmAnswer},
+        idempotency_key=True, public=False,
+    ),
+    'info': Operation(
+        'info', 'GET', '/info',
+        path_params=(),
+        query=(),
+        body=None,
+        responses={200: models.Info},
+        idempotency_key=False, public=False,
+    ),
+    'me': Operation(
+        'me', 'GET', '/me',
+        path_params=(),
+        query=(),
+        body=None,
+        responses={200: models.Me},
+        idempotency_key=False, public=False,
+    ),
+    'ready': Operation(
+        'ready', 'GET', '/ready',
+        path_params=(),
+        query=(),
+        body=None,
+        responses={200: models.Health},
+        idempotency_key=False, public=True,
+    ),
+    'static_image': Operation(
+        'static_image', 'GET', '/static/image/{filename}',
+        path_params=('filename',),
+        query=(),
+        body=None,
+        responses={302: '<redirect>'},
+        idempotency_key=False, public=False,
+    ),
+    'static_images': Operation(
+        'static_images', 'GET', '/static/images',
+        path_params=(),
+        query=('page_size', 'cursor',),
+        body=None,
+        responses={200: models.StaticListing},
+        idempotency_key=False, public=False,
+    ),
+    'static_video': Operation(
+        'static_video', 'GET', '/static/videos/{filename}',
+        path_params=('filename',),
+        query=(),
+        body=None,
+        responses={302: '<redirect>'},
+        idempotency_key=False, public=False,
+    ),
+    'style_list': Operation(
+        'style_list', 'GET', '/style',
+        path_params=(),
+        query=('page_size', 'cursor',),
+        body=None,
+        responses={200: models.StylePage},
+        idempotency_key=False, public=False,
+    ),
+    'style_put': Operation(
+        'style_put', 'POST', '/style',
+        path_params=(),
+        query=(),
+        body=models.StyleUpsert,
+        responses={200: models.StyleOut},
+        idempotency_key=False, public=False,
+    ),
+    'style_delete': Operation(
+        'style_delete', 'DELETE', '/style/{soul_id}',
+        path_params=('soul_id',),
+        query=('updated_at',),
+        body=None,
+        responses={200: models.StyleDeleted},
+        idempotency_key=False, public=False,
+    ),
+    'style_get': Operation(
+        'style_get', 'GET', '/style/{soul_id}',
+        path_params=('soul_id',),
+        query=(),
+        body=None,
+        responses={200: models.StyleOut},
+        idempotency_key=False, public=False,
+    ),
+    'task_list': Operation(
+        'task_list', 'GET', '/tasks',
+        path_params=(),
+        query=('page_size', 'cursor', 'status', 'type', 'soul_id', 'user_id',),
+        body=None,
+        responses={200: models.TaskPage},
+        idempotency_key=False, public=False,
+    ),
+    'task_stats': Operation(
+        'task_stats', 'GET', '/tasks/stats/summary',
+        path_params=(),
+        query=(),
+        body=None,
+        responses={200: models.TaskStats},
+        idempotency_key=False, public=False,
+    ),
+    'task_cancel': Operation(
+        'task_cancel', 'DELETE', '/tasks/{task_id}',
+        path_params=('task_id',),
+        query=(),
+        body=None,
+        responses={200: models.Task, 202: models.Task},
+        idempotency_key=False, public=False,
+    ),
+    'task_get': Operation(
+        'task_get', 'GET', '/tasks/{task_id}',
+        path_params=('task_id',),
+        query=(),
+        body=None,
+        responses={200: models.Task},
+        idempotency_key=False, public=False,
+    ),
+    'task_events': Operation(
+        'task_events', 'GET', '/tasks/{task_id}/events',
+        path_params=('task_id',),
+        query=(),
+        body=None,
+        responses={200: '<stream>'},
+        idempotency_key=False, public=False,
+    ),
+    'video_estimate': Operation(
+        'video_estimate', 'GET', '/video/estimate',
+        path_params=(),
+        query=('num_frames',),
+        body=None,
+        responses={200: models.VideoEstimate},
+        idempotency_key=False, public=False,
+    ),
+    'video_generate': Operation(
+        'video_generate', 'POST', '/video/generate',
+        path_params=(),
+        query=(),
+        body=models.VideoGenerateRequest,
+        responses={200: models.VideoAccepted, 202: models.VideoAccepted},
+        idempotency_key=True, public=False,
+    ),
+    'video_from_variant': Operation(
+        'video_from_variant', 'POST', '/video/generate-from-variant',
+        path_params=(),
+        query=('webhook', 'webhook_events_filter', 'variant_id', 'num_frames', 'generate_gif', 'user_id',),
+        body=None,
+        responses={200: models.VideoAccepted, 202: models.VideoAccepted},
+        idempotency_key=True, public=False,
+    ),
 }
 
 
@@ -51,115 +247,367 @@ class Operations:
 
     def generated(self, filename: str, *, timeout: float | None = None) -> str:
         """`GET /generated/{filename}`: Same as /static/image/{filename}."""
-        return self._operate(OPERATIONS['generated'], {'filename': filename}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['generated'],
+            {'filename': filename},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     def healthz(self, *, timeout: float | None = None) -> models.Health:
         """`GET /healthz`: Liveness: the process is up."""
-        return self._operate(OPERATIONS['healthz'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['healthz'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    def image_get(self, *, soul_id: str, cue: str, user_id: str, timeout: float | None = None) -> models.ImageReady | models.ImageQueued:
+    def image_get(
+        self,
+        *,
+        soul_id: str,
+        cue: str,
+        user_id: str,
+        timeout: float | None = None,
+    ) -> models.ImageReady | models.ImageQueued:
         """`GET /image`: An unseen variant of the cue for this user, or the job making one."""
-        return self._operate(OPERATIONS['image_get'], {}, {'soul_id': soul_id, 'cue': cue, 'user_id': user_id}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['image_get'],
+            {},
+            {'soul_id': soul_id, 'cue': cue, 'user_id': user_id},
+            None,
+            timeout=timeout,
+        )
 
-    def image_post(self, body: models.ImageOrder | dict[str, Any], *, idempotency_key: str | None = None, timeout: float | None = None) -> models.ImageReady | models.ImageQueued:
+    def image_post(
+        self,
+        body: models.ImageOrder | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> models.ImageReady | models.ImageQueued:
         """`POST /image`: Same as GET /image, with a JSON body; may add a webhook and ask for the background lane."""
-        return self._operate(OPERATIONS['image_post'], {}, {}, body, timeout=timeout, idempotency_key=idempotency_key)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['image_post'],
+            {},
+            {},
+            body,
+            timeout=timeout, idempotency_key=idempotency_key,
+        )
 
     def mark_seen(self, *, variant_id: str, user_id: str, timeout: float | None = None) -> models.Seen:
         """`POST /image/mark-seen`: Mark a variant seen by a user (idempotent)."""
-        return self._operate(OPERATIONS['mark_seen'], {}, {'variant_id': variant_id, 'user_id': user_id}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['mark_seen'],
+            {},
+            {'variant_id': variant_id, 'user_id': user_id},
+            None,
+            timeout=timeout,
+        )
 
-    def selfie(self, body: models.SelfieRequest | dict[str, Any], *, idempotency_key: str | None = None, timeout: float | None = None) -> models.ImageReady | models.ImageQueued:
+    def selfie(
+        self,
+        body: models.SelfieRequest | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> models.ImageReady | models.ImageQueued:
         """`POST /image/selfie`: A selfie of the soul at a place in the city that fits the mood, fresh for this user."""
-        return self._operate(OPERATIONS['selfie'], {}, {}, body, timeout=timeout, idempotency_key=idempotency_key)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['selfie'],
+            {},
+            {},
+            body,
+            timeout=timeout, idempotency_key=idempotency_key,
+        )
 
     def selfie_options(self, *, timeout: float | None = None) -> models.SelfieOptions:
         """`GET /image/selfie/options`: The cities and moods a selfie can ask for."""
-        return self._operate(OPERATIONS['selfie_options'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['selfie_options'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    def seen(self, user_id: str, *, page_size: int | None = None, cursor: str | None = None, timeout: float | None = None) -> models.SeenPage:
+    def seen(
+        self,
+        user_id: str,
+        *,
+        page_size: int | None = None,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> models.SeenPage:
         """`GET /image/user/{user_id}/seen`: The variants a user has marked seen."""
-        return self._operate(OPERATIONS['seen'], {'user_id': user_id}, {'page_size': page_size, 'cursor': cursor}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['seen'],
+            {'user_id': user_id},
+            {'page_size': page_size, 'cursor': cursor},
+            None,
+            timeout=timeout,
+        )
 
-    def variants(self, pk_id: str, *, page_size: int | None = None, cursor: str | None = None, timeout: float | None = None) -> models.VariantPage:
+    def variants(
+        self,
+        pk_id: str,
+        *,
+        page_size: int | None = None,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> models.VariantPage:
         """`GET /image/variants/{pk_id}`: All variants of a prompt key."""
-        return self._operate(OPERATIONS['variants'], {'pk_id': pk_id}, {'page_size': page_size, 'cursor': cursor}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['variants'],
+            {'pk_id': pk_id},
+            {'page_size': page_size, 'cursor': cursor},
+            None,
+            timeout=timeout,
+        )
 
-    def image_warm(self, body: models.WarmRequest | dict[str, Any], *, idempotency_key: str | None = None, timeout: float | None = None) -> models.WarmAnswer:
+    def image_warm(
+        self,
+        body: models.WarmRequest | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> models.WarmAnswer:
         """`POST /image/warm`: Keep `variants` unseen variants of a cue pre-rendered ahead, in the background lane (admin keys; batch jobs get an admin key of their tenant)."""
-        return self._operate(OPERATIONS['image_warm'], {}, {}, body, timeout=timeout, idempotency_key=idempotency_key)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['image_warm'],
+            {},
+            {},
+            body,
+            timeout=timeout, idempotency_key=idempotency_key,
+        )
 
     def info(self, *, timeout: float | None = None) -> models.Info:
         """`GET /info`: Version, backends and configuration (no secrets)."""
-        return self._operate(OPERATIONS['info'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['info'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     def me(self, *, timeout: float | None = None) -> models.Me:
         """`GET /me`: The caller's tenant and role (what its API key may do)."""
-        return self._operate(OPERATIONS['me'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['me'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     def ready(self, *, timeout: float | None = None) -> models.Health:
         """`GET /ready`: Readiness: Firestore, Pub/Sub and GCS are reachable."""
-        return self._operate(OPERATIONS['ready'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['ready'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     def static_image(self, filename: str, *, timeout: float | None = None) -> str:
         """`GET /static/image/{filename}`: Redirect to a signed URL of an image ({variant_id}.png)."""
-        return self._operate(OPERATIONS['static_image'], {'filename': filename}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['static_image'],
+            {'filename': filename},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    def static_images(self, *, page_size: int | None = None, cursor: str | None = None, timeout: float | None = None) -> models.StaticListing:
+    def static_images(
+        self,
+        *,
+        page_size: int | None = None,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> models.StaticListing:
         """`GET /static/images`: Images with signed URLs, oldest first."""
-        return self._operate(OPERATIONS['static_images'], {}, {'page_size': page_size, 'cursor': cursor}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['static_images'],
+            {},
+            {'page_size': page_size, 'cursor': cursor},
+            None,
+            timeout=timeout,
+        )
 
     def static_video(self, filename: str, *, timeout: float | None = None) -> str:
         """`GET /static/videos/{filename}`: Redirect to a signed URL of an animation ({task_id}.gif|mp4|webp)."""
-        return self._operate(OPERATIONS['static_video'], {'filename': filename}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['static_video'],
+            {'filename': filename},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    def style_list(self, *, page_size: int | None = None, cursor: str | None = None, timeout: float | None = None) -> models.StylePage:
+    def style_list(
+        self,
+        *,
+        page_size: int | None = None,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> models.StylePage:
         """`GET /style`: All souls' styles (catalog and stored)."""
-        return self._operate(OPERATIONS['style_list'], {}, {'page_size': page_size, 'cursor': cursor}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['style_list'],
+            {},
+            {'page_size': page_size, 'cursor': cursor},
+            None,
+            timeout=timeout,
+        )
 
     def style_put(self, body: models.StyleUpsert | dict[str, Any], *, timeout: float | None = None) -> models.StyleOut:
         """`POST /style`: Create or update a style profile (admin); last write wins on updated_at."""
-        return self._operate(OPERATIONS['style_put'], {}, {}, body, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['style_put'],
+            {},
+            {},
+            body,
+            timeout=timeout,
+        )
 
-    def style_delete(self, soul_id: str, *, updated_at: str | None = None, timeout: float | None = None) -> models.StyleDeleted:
+    def style_delete(
+        self,
+        soul_id: str,
+        *,
+        updated_at: str | None = None,
+        timeout: float | None = None,
+    ) -> models.StyleDeleted:
         """`DELETE /style/{soul_id}`: Delete a stored style (admin; the catalog default applies again); last write wins on updated_at."""
-        return self._operate(OPERATIONS['style_delete'], {'soul_id': soul_id}, {'updated_at': updated_at}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['style_delete'],
+            {'soul_id': soul_id},
+            {'updated_at': updated_at},
+            None,
+            timeout=timeout,
+        )
 
     def style_get(self, soul_id: str, *, timeout: float | None = None) -> models.StyleOut:
         """`GET /style/{soul_id}`: A soul's style."""
-        return self._operate(OPERATIONS['style_get'], {'soul_id': soul_id}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['style_get'],
+            {'soul_id': soul_id},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    def task_list(self, *, page_size: int | None = None, cursor: str | None = None, status: models.JobStatus | None = None, type_: models.JobType | None = None, soul_id: str | None = None, user_id: str | None = None, timeout: float | None = None) -> models.TaskPage:
+    def task_list(
+        self,
+        *,
+        page_size: int | None = None,
+        cursor: str | None = None,
+        status: models.JobStatus | None = None,
+        type_: models.JobType | None = None,
+        soul_id: str | None = None,
+        user_id: str | None = None,
+        timeout: float | None = None,
+    ) -> models.TaskPage:
         """`GET /tasks`: Tasks, newest first, with filters."""
-        return self._operate(OPERATIONS['task_list'], {}, {'page_size': page_size, 'cursor': cursor, 'status': status, 'type': type_, 'soul_id': soul_id, 'user_id': user_id}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['task_list'],
+            {},
+            {'page_size': page_size, 'cursor': cursor, 'status': status, 'type': type_, 'soul_id': soul_id, 'user_id': user_id},
+            None,
+            timeout=timeout,
+        )
 
     def task_stats(self, *, timeout: float | None = None) -> models.TaskStats:
         """`GET /tasks/stats/summary`: The deployment's counts by status and type, p50/p95 durations and GPU-seconds (admin: it spans every tenant)."""
-        return self._operate(OPERATIONS['task_stats'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['task_stats'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     def task_cancel(self, task_id: str, *, timeout: float | None = None) -> models.Task:
         """`DELETE /tasks/{task_id}`: Cancel your interest: queued tasks stop at once (200), running ones at their next step (202); a task another tenant still waits on goes on for it (200, canceled for you)."""
-        return self._operate(OPERATIONS['task_cancel'], {'task_id': task_id}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['task_cancel'],
+            {'task_id': task_id},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     def task_get(self, task_id: str, *, timeout: float | None = None) -> models.Task:
         """`GET /tasks/{task_id}`: A task's status, progress and result."""
-        return self._operate(OPERATIONS['task_get'], {'task_id': task_id}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['task_get'],
+            {'task_id': task_id},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     def task_events(self, task_id: str, *, timeout: float | None = None) -> EventStream:
         """`GET /tasks/{task_id}/events`: Live progress as server-sent events (`update` on each change, `end` at a terminal state)."""
-        return self._operate(OPERATIONS['task_events'], {'task_id': task_id}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['task_events'],
+            {'task_id': task_id},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     def video_estimate(self, *, num_frames: int | None = None, timeout: float | None = None) -> models.VideoEstimate:
         """`GET /video/estimate`: Estimated animation time, from measured runner pace when there is any."""
-        return self._operate(OPERATIONS['video_estimate'], {}, {'num_frames': num_frames}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['video_estimate'],
+            {},
+            {'num_frames': num_frames},
+            None,
+            timeout=timeout,
+        )
 
-    def video_generate(self, body: models.VideoGenerateRequest | dict[str, Any], *, idempotency_key: str | None = None, timeout: float | None = None) -> models.VideoAccepted:
+    def video_generate(
+        self,
+        body: models.VideoGenerateRequest | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> models.VideoAccepted:
         """`POST /video/generate`: Animate the variant whose image object `image_path` names (no file paths, no URLs)."""
-        return self._operate(OPERATIONS['video_generate'], {}, {}, body, timeout=timeout, idempotency_key=idempotency_key)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['video_generate'],
+            {},
+            {},
+            body,
+            timeout=timeout, idempotency_key=idempotency_key,
+        )
 
-    def video_from_variant(self, *, variant_id: str, webhook: str | None = None, webhook_events_filter: list[models.WebhookEvent] | None = None, num_frames: int | None = None, generate_gif: bool | None = None, user_id: str | None = None, idempotency_key: str | None = None, timeout: float | None = None) -> models.VideoAccepted:
+    def video_from_variant(
+        self,
+        *,
+        variant_id: str,
+        webhook: str | None = None,
+        webhook_events_filter: list[models.WebhookEvent] | None = None,
+        num_frames: int | None = None,
+        generate_gif: bool | None = None,
+        user_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> models.VideoAccepted:
         """`POST /video/generate-from-variant`: Animate a variant (GIF, MP4, WebP); the same request joins the same job."""
-        return self._operate(OPERATIONS['video_from_variant'], {}, {'webhook': webhook, 'webhook_events_filter': webhook_events_filter, 'variant_id': variant_id, 'num_frames': num_frames, 'generate_gif': generate_gif, 'user_id': user_id}, None, timeout=timeout, idempotency_key=idempotency_key)  # type: ignore[attr-defined]
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['video_from_variant'],
+            {},
+            {'webhook': webhook, 'webhook_events_filter': webhook_events_filter, 'variant_id': variant_id, 'num_frames': num_frames, 'generate_gif': generate_gif, 'user_id': user_id},
+            None,
+            timeout=timeout, idempotency_key=idempotency_key,
+        )
 
 
 
@@ -168,112 +616,374 @@ class AsyncOperations:
 
     async def generated(self, filename: str, *, timeout: float | None = None) -> str:
         """`GET /generated/{filename}`: Same as /static/image/{filename}."""
-        return await self._operate(OPERATIONS['generated'], {'filename': filename}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['generated'],
+            {'filename': filename},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     async def healthz(self, *, timeout: float | None = None) -> models.Health:
         """`GET /healthz`: Liveness: the process is up."""
-        return await self._operate(OPERATIONS['healthz'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['healthz'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    async def image_get(self, *, soul_id: str, cue: str, user_id: str, timeout: float | None = None) -> models.ImageReady | models.ImageQueued:
+    async def image_get(
+        self,
+        *,
+        soul_id: str,
+        cue: str,
+        user_id: str,
+        timeout: float | None = None,
+    ) -> models.ImageReady | models.ImageQueued:
         """`GET /image`: An unseen variant of the cue for this user, or the job making one."""
-        return await self._operate(OPERATIONS['image_get'], {}, {'soul_id': soul_id, 'cue': cue, 'user_id': user_id}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['image_get'],
+            {},
+            {'soul_id': soul_id, 'cue': cue, 'user_id': user_id},
+            None,
+            timeout=timeout,
+        )
 
-    async def image_post(self, body: models.ImageOrder | dict[str, Any], *, idempotency_key: str | None = None, timeout: float | None = None) -> models.ImageReady | models.ImageQueued:
+    async def image_post(
+        self,
+        body: models.ImageOrder | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> models.ImageReady | models.ImageQueued:
         """`POST /image`: Same as GET /image, with a JSON body; may add a webhook and ask for the background lane."""
-        return await self._operate(OPERATIONS['image_post'], {}, {}, body, timeout=timeout, idempotency_key=idempotency_key)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['image_post'],
+            {},
+            {},
+            body,
+            timeout=timeout, idempotency_key=idempotency_key,
+        )
 
     async def mark_seen(self, *, variant_id: str, user_id: str, timeout: float | None = None) -> models.Seen:
         """`POST /image/mark-seen`: Mark a variant seen by a user (idempotent)."""
-        return await self._operate(OPERATIONS['mark_seen'], {}, {'variant_id': variant_id, 'user_id': user_id}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['mark_seen'],
+            {},
+            {'variant_id': variant_id, 'user_id': user_id},
+            None,
+            timeout=timeout,
+        )
 
-    async def selfie(self, body: models.SelfieRequest | dict[str, Any], *, idempotency_key: str | None = None, timeout: float | None = None) -> models.ImageReady | models.ImageQueued:
+    async def selfie(
+        self,
+        body: models.SelfieRequest | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> models.ImageReady | models.ImageQueued:
         """`POST /image/selfie`: A selfie of the soul at a place in the city that fits the mood, fresh for this user."""
-        return await self._operate(OPERATIONS['selfie'], {}, {}, body, timeout=timeout, idempotency_key=idempotency_key)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['selfie'],
+            {},
+            {},
+            body,
+            timeout=timeout, idempotency_key=idempotency_key,
+        )
 
     async def selfie_options(self, *, timeout: float | None = None) -> models.SelfieOptions:
         """`GET /image/selfie/options`: The cities and moods a selfie can ask for."""
-        return await self._operate(OPERATIONS['selfie_options'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['selfie_options'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    async def seen(self, user_id: str, *, page_size: int | None = None, cursor: str | None = None, timeout: float | None = None) -> models.SeenPage:
+    async def seen(
+        self,
+        user_id: str,
+        *,
+        page_size: int | None = None,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> models.SeenPage:
         """`GET /image/user/{user_id}/seen`: The variants a user has marked seen."""
-        return await self._operate(OPERATIONS['seen'], {'user_id': user_id}, {'page_size': page_size, 'cursor': cursor}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['seen'],
+            {'user_id': user_id},
+            {'page_size': page_size, 'cursor': cursor},
+            None,
+            timeout=timeout,
+        )
 
-    async def variants(self, pk_id: str, *, page_size: int | None = None, cursor: str | None = None, timeout: float | None = None) -> models.VariantPage:
+    async def variants(
+        self,
+        pk_id: str,
+        *,
+        page_size: int | None = None,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> models.VariantPage:
         """`GET /image/variants/{pk_id}`: All variants of a prompt key."""
-        return await self._operate(OPERATIONS['variants'], {'pk_id': pk_id}, {'page_size': page_size, 'cursor': cursor}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['variants'],
+            {'pk_id': pk_id},
+            {'page_size': page_size, 'cursor': cursor},
+            None,
+            timeout=timeout,
+        )
 
-    async def image_warm(self, body: models.WarmRequest | dict[str, Any], *, idempotency_key: str | None = None, timeout: float | None = None) -> models.WarmAnswer:
+    async def image_warm(
+        self,
+        body: models.WarmRequest | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> models.WarmAnswer:
         """`POST /image/warm`: Keep `variants` unseen variants of a cue pre-rendered ahead, in the background lane (admin keys; batch jobs get an admin key of their tenant)."""
-        return await self._operate(OPERATIONS['image_warm'], {}, {}, body, timeout=timeout, idempotency_key=idempotency_key)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['image_warm'],
+            {},
+            {},
+            body,
+            timeout=timeout, idempotency_key=idempotency_key,
+        )
 
     async def info(self, *, timeout: float | None = None) -> models.Info:
         """`GET /info`: Version, backends and configuration (no secrets)."""
-        return await self._operate(OPERATIONS['info'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['info'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     async def me(self, *, timeout: float | None = None) -> models.Me:
         """`GET /me`: The caller's tenant and role (what its API key may do)."""
-        return await self._operate(OPERATIONS['me'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['me'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     async def ready(self, *, timeout: float | None = None) -> models.Health:
         """`GET /ready`: Readiness: Firestore, Pub/Sub and GCS are reachable."""
-        return await self._operate(OPERATIONS['ready'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['ready'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     async def static_image(self, filename: str, *, timeout: float | None = None) -> str:
         """`GET /static/image/{filename}`: Redirect to a signed URL of an image ({variant_id}.png)."""
-        return await self._operate(OPERATIONS['static_image'], {'filename': filename}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['static_image'],
+            {'filename': filename},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    async def static_images(self, *, page_size: int | None = None, cursor: str | None = None, timeout: float | None = None) -> models.StaticListing:
+    async def static_images(
+        self,
+        *,
+        page_size: int | None = None,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> models.StaticListing:
         """`GET /static/images`: Images with signed URLs, oldest first."""
-        return await self._operate(OPERATIONS['static_images'], {}, {'page_size': page_size, 'cursor': cursor}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['static_images'],
+            {},
+            {'page_size': page_size, 'cursor': cursor},
+            None,
+            timeout=timeout,
+        )
 
     async def static_video(self, filename: str, *, timeout: float | None = None) -> str:
         """`GET /static/videos/{filename}`: Redirect to a signed URL of an animation ({task_id}.gif|mp4|webp)."""
-        return await self._operate(OPERATIONS['static_video'], {'filename': filename}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['static_video'],
+            {'filename': filename},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    async def style_list(self, *, page_size: int | None = None, cursor: str | None = None, timeout: float | None = None) -> models.StylePage:
+    async def style_list(
+        self,
+        *,
+        page_size: int | None = None,
+        cursor: str | None = None,
+        timeout: float | None = None,
+    ) -> models.StylePage:
         """`GET /style`: All souls' styles (catalog and stored)."""
-        return await self._operate(OPERATIONS['style_list'], {}, {'page_size': page_size, 'cursor': cursor}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['style_list'],
+            {},
+            {'page_size': page_size, 'cursor': cursor},
+            None,
+            timeout=timeout,
+        )
 
-    async def style_put(self, body: models.StyleUpsert | dict[str, Any], *, timeout: float | None = None) -> models.StyleOut:
+    async def style_put(
+        self,
+        body: models.StyleUpsert | dict[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> models.StyleOut:
         """`POST /style`: Create or update a style profile (admin); last write wins on updated_at."""
-        return await self._operate(OPERATIONS['style_put'], {}, {}, body, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['style_put'],
+            {},
+            {},
+            body,
+            timeout=timeout,
+        )
 
-    async def style_delete(self, soul_id: str, *, updated_at: str | None = None, timeout: float | None = None) -> models.StyleDeleted:
+    async def style_delete(
+        self,
+        soul_id: str,
+        *,
+        updated_at: str | None = None,
+        timeout: float | None = None,
+    ) -> models.StyleDeleted:
         """`DELETE /style/{soul_id}`: Delete a stored style (admin; the catalog default applies again); last write wins on updated_at."""
-        return await self._operate(OPERATIONS['style_delete'], {'soul_id': soul_id}, {'updated_at': updated_at}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['style_delete'],
+            {'soul_id': soul_id},
+            {'updated_at': updated_at},
+            None,
+            timeout=timeout,
+        )
 
     async def style_get(self, soul_id: str, *, timeout: float | None = None) -> models.StyleOut:
         """`GET /style/{soul_id}`: A soul's style."""
-        return await self._operate(OPERATIONS['style_get'], {'soul_id': soul_id}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['style_get'],
+            {'soul_id': soul_id},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    async def task_list(self, *, page_size: int | None = None, cursor: str | None = None, status: models.JobStatus | None = None, type_: models.JobType | None = None, soul_id: str | None = None, user_id: str | None = None, timeout: float | None = None) -> models.TaskPage:
+    async def task_list(
+        self,
+        *,
+        page_size: int | None = None,
+        cursor: str | None = None,
+        status: models.JobStatus | None = None,
+        type_: models.JobType | None = None,
+        soul_id: str | None = None,
+        user_id: str | None = None,
+        timeout: float | None = None,
+    ) -> models.TaskPage:
         """`GET /tasks`: Tasks, newest first, with filters."""
-        return await self._operate(OPERATIONS['task_list'], {}, {'page_size': page_size, 'cursor': cursor, 'status': status, 'type': type_, 'soul_id': soul_id, 'user_id': user_id}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['task_list'],
+            {},
+            {'page_size': page_size, 'cursor': cursor, 'status': status, 'type': type_, 'soul_id': soul_id, 'user_id': user_id},
+            None,
+            timeout=timeout,
+        )
 
     async def task_stats(self, *, timeout: float | None = None) -> models.TaskStats:
         """`GET /tasks/stats/summary`: The deployment's counts by status and type, p50/p95 durations and GPU-seconds (admin: it spans every tenant)."""
-        return await self._operate(OPERATIONS['task_stats'], {}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['task_stats'],
+            {},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     async def task_cancel(self, task_id: str, *, timeout: float | None = None) -> models.Task:
         """`DELETE /tasks/{task_id}`: Cancel your interest: queued tasks stop at once (200), running ones at their next step (202); a task another tenant still waits on goes on for it (200, canceled for you)."""
-        return await self._operate(OPERATIONS['task_cancel'], {'task_id': task_id}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['task_cancel'],
+            {'task_id': task_id},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     async def task_get(self, task_id: str, *, timeout: float | None = None) -> models.Task:
         """`GET /tasks/{task_id}`: A task's status, progress and result."""
-        return await self._operate(OPERATIONS['task_get'], {'task_id': task_id}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['task_get'],
+            {'task_id': task_id},
+            {},
+            None,
+            timeout=timeout,
+        )
 
     async def task_events(self, task_id: str, *, timeout: float | None = None) -> AsyncEventStream:
         """`GET /tasks/{task_id}/events`: Live progress as server-sent events (`update` on each change, `end` at a terminal state)."""
-        return await self._operate(OPERATIONS['task_events'], {'task_id': task_id}, {}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['task_events'],
+            {'task_id': task_id},
+            {},
+            None,
+            timeout=timeout,
+        )
 
-    async def video_estimate(self, *, num_frames: int | None = None, timeout: float | None = None) -> models.VideoEstimate:
+    async def video_estimate(
+        self,
+        *,
+        num_frames: int | None = None,
+        timeout: float | None = None,
+    ) -> models.VideoEstimate:
         """`GET /video/estimate`: Estimated animation time, from measured runner pace when there is any."""
-        return await self._operate(OPERATIONS['video_estimate'], {}, {'num_frames': num_frames}, None, timeout=timeout)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['video_estimate'],
+            {},
+            {'num_frames': num_frames},
+            None,
+            timeout=timeout,
+        )
 
-    async def video_generate(self, body: models.VideoGenerateRequest | dict[str, Any], *, idempotency_key: str | None = None, timeout: float | None = None) -> models.VideoAccepted:
+    async def video_generate(
+        self,
+        body: models.VideoGenerateRequest | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> models.VideoAccepted:
         """`POST /video/generate`: Animate the variant whose image object `image_path` names (no file paths, no URLs)."""
-        return await self._operate(OPERATIONS['video_generate'], {}, {}, body, timeout=timeout, idempotency_key=idempotency_key)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['video_generate'],
+            {},
+            {},
+            body,
+            timeout=timeout, idempotency_key=idempotency_key,
+        )
 
-    async def video_from_variant(self, *, variant_id: str, webhook: str | None = None, webhook_events_filter: list[models.WebhookEvent] | None = None, num_frames: int | None = None, generate_gif: bool | None = None, user_id: str | None = None, idempotency_key: str | None = None, timeout: float | None = None) -> models.VideoAccepted:
+    async def video_from_variant(
+        self,
+        *,
+        variant_id: str,
+        webhook: str | None = None,
+        webhook_events_filter: list[models.WebhookEvent] | None = None,
+        num_frames: int | None = None,
+        generate_gif: bool | None = None,
+        user_id: str | None = None,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> models.VideoAccepted:
         """`POST /video/generate-from-variant`: Animate a variant (GIF, MP4, WebP); the same request joins the same job."""
-        return await self._operate(OPERATIONS['video_from_variant'], {}, {'webhook': webhook, 'webhook_events_filter': webhook_events_filter, 'variant_id': variant_id, 'num_frames': num_frames, 'generate_gif': generate_gif, 'user_id': user_id}, None, timeout=timeout, idempotency_key=idempotency_key)  # type: ignore[attr-defined]
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['video_from_variant'],
+            {},
+            {'webhook': webhook, 'webhook_events_filter': webhook_events_filter, 'variant_id': variant_id, 'num_frames': num_frames, 'generate_gif': generate_gif, 'user_id': user_id},
+            None,
+            timeout=timeout, idempotency_key=idempotency_key,
+        )
