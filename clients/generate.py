@@ -68,14 +68,16 @@ def operations(document: dict) -> list[dict]:
             for status, answer in op["responses"].items():
                 if not status.startswith(("2", "3")):
                     continue
-                content = answer.get("content", {})
-                if "application/json" in content:
-                    responses[int(status)] = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
-                elif "text/event-stream" in content:
-                    responses[int(status)] = "<stream>"
+                responses[int(status)] = _answer_kind(status, answer.get("content", {}))
+            body, body_media = None, None
+            for media, content in op.get("requestBody", {}).get("content", {}).items():
+                body_media = media
+                schema = content.get("schema", {})
+                if media == "application/json":
+                    body = schema["$ref"].rsplit("/", 1)[1] if "$ref" in schema else "<json>"
                 else:
-                    responses[int(status)] = "<redirect>"
-            body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+                    body = "<bytes>"  # an upload: the caller's bytes as they are, with this media type
+                break
             ops.append({
                 "id": op["operationId"],
                 "method": method.upper(),
@@ -84,11 +86,28 @@ def operations(document: dict) -> list[dict]:
                 "path_params": [p["name"] for p in params if p["in"] == "path"],
                 "query": [p for p in params if p["in"] == "query"],
                 "idempotent_key": any(p["in"] == "header" and p["name"] == "Idempotency-Key" for p in params),
-                "body": body["$ref"].rsplit("/", 1)[1] if body else None,
+                "body": body,
+                "body_media": body_media,
                 "responses": responses,
                 "public": "security" not in op,
             })
     return ops
+
+
+def _answer_kind(status: str, content: dict) -> str:
+    """A model name for a JSON answer with a schema of its own; otherwise what the clients do with it."""
+    if "application/json" in content:
+        schema = content["application/json"].get("schema", {})
+        return schema["$ref"].rsplit("/", 1)[1] if "$ref" in schema else "<json>"
+    if "text/event-stream" in content:
+        return "<stream>"
+    if content:
+        return "<bytes>"
+    return "<redirect>" if status.startswith("3") else "<empty>"
+
+
+def _is_model(kind: str | None) -> bool:
+    return bool(kind) and not kind.startswith("<")
 
 
 # ---- Python --------------------------------------------------------------------------------------------------
@@ -115,8 +134,21 @@ def _py_name(name: str) -> str:
 def _py_answer(op: dict) -> str:
     kinds = []
     for kind in op["responses"].values():
-        kinds.append({"<redirect>": "str", "<stream>": "EventStream"}.get(kind, f"models.{kind}"))
+        kinds.append({"<redirect>": "str", "<stream>": "EventStream", "<json>": "Any", "<bytes>": "bytes",
+                      "<empty>": "None"}.get(kind, f"models.{kind}"))
     return " | ".join(dict.fromkeys(kinds)) or "None"
+
+
+def _py_body(op: dict) -> str:
+    if op["body"] == "<bytes>":
+        return "bytes"
+    if op["body"] == "<json>":
+        return "dict[str, Any]"
+    return f"models.{op['body']} | dict[str, Any]"
+
+
+def _py_ref(kind: str | None) -> str:
+    return f"models.{kind}" if _is_model(kind) else repr(kind)
 
 
 def python_operations(document: dict) -> str:
@@ -142,7 +174,7 @@ def python_operations(document: dict) -> str:
     ]
     for op in ops:
         answers = ", ".join(
-            f"{status}: {'models.' + kind if not kind.startswith('<') else repr(kind)}"
+            f"{status}: {_py_ref(kind)}"
             for status, kind in op["responses"].items()
         )
         lines += [
@@ -150,7 +182,8 @@ def python_operations(document: dict) -> str:
             f"        {op['id']!r}, {op['method']!r}, {op['path']!r},",
             f"        path_params=({''.join(repr(p) + ', ' for p in op['path_params']).rstrip()}),",
             f"        query=({''.join(repr(p['name']) + ', ' for p in op['query']).rstrip()}),",
-            f"        body={'models.' + op['body'] if op['body'] else None},",
+            f"        body={_py_ref(op['body'])},"
+            + (f" body_media={op['body_media']!r}," if op["body"] == "<bytes>" else ""),
             f"        responses={{{answers}}},",
             f"        idempotency_key={op['idempotent_key']}, public={op['public']},",
             "    ),",
@@ -165,7 +198,7 @@ def python_operations(document: dict) -> str:
             for name in op["path_params"]:
                 args.append(f"{_py_name(name)}: str")
             if op["body"]:
-                args.append(f"body: models.{op['body']} | dict[str, Any]")
+                args.append(f"body: {_py_body(op)}")
             kwargs.append("*")
             for p in op["query"]:
                 if p["name"] in op["path_params"]:
@@ -221,6 +254,14 @@ def python_models(openapi_path: Path, out: Path) -> None:
 # ---- TypeScript ----------------------------------------------------------------------------------------------
 
 
+def _ts_body(kind: str | None) -> str | bool:
+    return False if kind is None else "bytes" if kind == "<bytes>" else "json"
+
+
+def _ts_answer(kind: str) -> str:
+    return kind.strip("<>") if kind.startswith("<") and kind != "<json>" else "json"
+
+
 def typescript_operations(document: dict) -> str:
     lines = [
         HEADER.replace("#", "//", 1),
@@ -231,7 +272,11 @@ def typescript_operations(document: dict) -> str:
         "  readonly path: string;",
         "  readonly pathParams: readonly string[];",
         "  readonly query: readonly string[];",
-        "  readonly body: boolean;",
+        "  /** false, \"json\", or \"bytes\" (an upload of `bodyMedia`). */",
+        "  readonly body: false | \"json\" | \"bytes\";",
+        "  readonly bodyMedia: string | null;",
+        "  /** What each 2xx/3xx answer is: JSON, an event stream, a redirect (its Location), bytes, or nothing. */",
+        "  readonly answers: Readonly<Record<number, \"json\" | \"stream\" | \"redirect\" | \"bytes\" | \"empty\">>;",
         "  readonly idempotencyKey: boolean;",
         "  readonly stream: boolean;",
         "  readonly redirect: boolean;",
@@ -245,7 +290,9 @@ def typescript_operations(document: dict) -> str:
         lines.append(
             f"  {op['id']}: {{ method: {json.dumps(op['method'])}, path: {json.dumps(op['path'])}, "
             f"pathParams: {json.dumps(op['path_params'])}, query: {json.dumps([p['name'] for p in op['query']])}, "
-            f"body: {json.dumps(bool(op['body']))}, idempotencyKey: {json.dumps(op['idempotent_key'])}, "
+            f"body: {json.dumps(_ts_body(op['body']))}, bodyMedia: {json.dumps(op['body_media'])}, "
+            f"answers: {{ {', '.join(f'{st}: {json.dumps(_ts_answer(k))}' for st, k in op['responses'].items())} }}, "
+            f"idempotencyKey: {json.dumps(op['idempotent_key'])}, "
             f"stream: {json.dumps('<stream>' in kinds)}, redirect: {json.dumps('<redirect>' in kinds)}, "
             f"public: {json.dumps(op['public'])} }},"
         )

@@ -149,3 +149,46 @@ def test_typescript_unit_tests():
     run = subprocess.run(["node", "--test", "dist/test/unit.test.js"], cwd=TS, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0 and "# fail 0" in run.stdout, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def _generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("clients_generate", REPO / "clients" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_endpoints_added_later_with_uploads_or_empty_answers_generate_and_are_called():
+    """Regeneration is the only step for a new endpoint, whatever it takes or answers (an upload, no body)."""
+    generate = _generator()
+    document = json.loads(generate.openapi_text())
+    document["paths"]["/souls/{soul_id}/lora"] = {"post": {
+        "operationId": "lora_upload", "summary": "Upload a LoRA.",
+        "parameters": [{"name": "soul_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                       {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}],
+        "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+        "responses": {"204": {"description": "Stored."}, "200": {"description": "Raw", "content": {
+            "application/json": {"schema": {"type": "object"}}}}},
+        "security": [{"apiKey": []}],
+    }}
+    source = generate.python_operations(document)
+    assert re.search(r"def lora_upload\(\s*self,\s*soul_id: str,\s*body: bytes,\s*\*,\s*idempotency_key", source)
+    namespace: dict = {}
+    exec(compile(source, "_operations.py", "exec"), namespace)  # noqa: S102 - the generated module itself
+    operation = namespace["OPERATIONS"]["lora_upload"]
+    assert operation.body == "<bytes>" and operation.body_media == "application/octet-stream"
+    assert operation.responses == {204: "<empty>", 200: "<json>"}
+    assert "lora_upload: { method: \"POST\"" in generate.typescript_operations(document)
+
+    received = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        received.append((request.headers["Content-Type"], request.content, request.headers.get("Idempotency-Key")))
+        return httpx.Response(204) if len(received) == 1 else httpx.Response(200, json={"ok": True})
+
+    with Client("http://soul.test", http=httpx.Client(transport=httpx.MockTransport(handler))) as soul:
+        assert soul._operate(operation, {"soul_id": "nova"}, {}, b"\x00weights") is None
+        assert soul._operate(operation, {"soul_id": "nova"}, {}, b"again") == {"ok": True}
+    assert received[0][:2] == ("application/octet-stream", b"\x00weights") and received[0][2]

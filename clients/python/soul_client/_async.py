@@ -97,7 +97,8 @@ class AsyncClient(AsyncOperations):
         prepared = prepare(op, path, query, body, idempotency_key=idempotency_key)
         stream = "<stream>" in op.responses.values()
         request = self._http.build_request(prepared.method, self.base_url + prepared.url, params=prepared.params,
-                                           json=prepared.json, headers={**self._headers, **prepared.headers},
+                                           json=prepared.json, content=prepared.content,
+                                           headers={**self._headers, **prepared.headers},
                                            timeout=timeout_of(timeout, self._timeout))
         attempt = 0
         while True:

@@ -30,6 +30,7 @@ class Prepared:
     url: str
     params: Mapping[str, str]
     json: Any
+    content: bytes | None
     headers: Mapping[str, str]
 
     @property
@@ -65,8 +66,15 @@ def prepare(op: Operation, path: Mapping[str, Any], query: Mapping[str, Any], bo
         url = url.replace("{" + name + "}", quote(str(value), safe=""))  # '/' or '..' must not reach another path
     params = {name: _query_value(value) for name, value in query.items() if value is not None}
     headers: dict[str, str] = {}
-    payload = None
-    if op.body is not None:
+    payload, content = None, None
+    if op.body == "<bytes>":
+        if not isinstance(body, (bytes, bytearray)):
+            raise TypeError(f"{op.id} uploads bytes ({op.body_media})")
+        content = bytes(body)
+        headers["Content-Type"] = op.body_media
+    elif op.body == "<json>":
+        payload = body
+    elif op.body is not None:
         if isinstance(body, BaseModel):
             payload = body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
         elif isinstance(body, Mapping):
@@ -78,7 +86,7 @@ def prepare(op: Operation, path: Mapping[str, Any], query: Mapping[str, Any], bo
         headers["Idempotency-Key"] = idempotency_key or f"soul-{uuid.uuid4().hex}"
     if op.responses and "<stream>" in op.responses.values():
         headers["Accept"] = "text/event-stream"
-    return Prepared(op, op.method, url, params, payload, headers)
+    return Prepared(op, op.method, url, params, payload, content, headers)
 
 
 def error_from(response: httpx.Response) -> ApiError:
@@ -106,6 +114,15 @@ def read_answer(op: Operation, response: httpx.Response) -> Any:
         if not location:
             raise BadResponse(f"{op.method} {op.path} redirected without a Location")
         return location
+    if kind == "<bytes>":
+        return response.content
+    if kind == "<empty>":
+        return None
+    if kind == "<json>":
+        try:
+            return response.json()
+        except ValueError:
+            raise BadResponse(f"{op.method} {op.path} answered {response.status_code} without JSON") from None
     try:
         return kind.model_validate_json(response.content)
     except ValidationError as exc:

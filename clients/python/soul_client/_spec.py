@@ -14,8 +14,11 @@ class Operation:
     path: str  # with {name} placeholders
     path_params: tuple[str, ...] = ()
     query: tuple[str, ...] = ()
-    body: type | None = None
-    # status -> model class, "<redirect>" (the Location is the answer) or "<stream>" (server-sent events)
+    # A model class (JSON), "<json>" (JSON without a model), "<bytes>" (an upload of `body_media`), or None.
+    body: Any = None
+    body_media: str = "application/json"
+    # status -> a model class, "<json>", "<redirect>" (the Location is the answer), "<stream>" (server-sent
+    # events), "<bytes>" (the body as it is) or "<empty>" (no body)
     responses: Mapping[int, Any] = field(default_factory=dict)
     idempotency_key: bool = False  # honours Idempotency-Key: safe to retry with the same key
     public: bool = False

@@ -7,7 +7,7 @@
  */
 
 import { ApiError, BadResponse, SoulError, TaskFailed, TransportError, WaitTimeout, errorClass } from "./errors.js";
-import { OPERATIONS, type OperationId } from "./operations.js";
+import { OPERATIONS, type OperationId, type OperationSpec } from "./operations.js";
 import { DEFAULT_RETRY, parseRetryAfter, retryDelay, type RetryPolicy } from "./retry.js";
 import type { components, operations } from "./schema.js";
 import { readEvents, type ServerSentEvent } from "./sse.js";
@@ -21,8 +21,10 @@ type Op<K extends OperationId> = operations[K];
 type Params<K extends OperationId> = Op<K>["parameters"];
 type PathOf<K extends OperationId> = Params<K> extends { path: infer P } ? P : never;
 type QueryOf<K extends OperationId> = Params<K> extends { query?: infer Q } ? Q : never;
-type BodyOf<K extends OperationId> = Op<K> extends { requestBody: { content: { "application/json": infer B } } }
+type JsonBodyOf<K extends OperationId> = Op<K> extends { requestBody: { content: { "application/json": infer B } } }
   ? B : never;
+/** An upload (a non-JSON request body) takes the caller's bytes as they are. */
+type BodyOf<K extends OperationId> = (typeof OPERATIONS)[K]["body"] extends "bytes" ? BodyInit : JsonBodyOf<K>;
 type Success = 200 | 201 | 202;
 type JsonOf<R> = R extends { content: { "application/json": infer J } } ? J : never;
 /** What an operation answers: its 2xx JSON, a redirect's Location (string), or an event stream. */
@@ -90,7 +92,7 @@ export class SoulClient {
 
   /** Any operation by its operationId, typed by the OpenAPI document. */
   async call<K extends OperationId>(id: K, params: CallParams<K>): Promise<AnswerOf<K>> {
-    const spec = OPERATIONS[id];
+    const spec: OperationSpec = OPERATIONS[id];
     const p = params as CallOptions & { path?: Record<string, unknown>; query?: Record<string, unknown>; body?: unknown };
     let path: string = spec.path;
     for (const name of spec.pathParams) {
@@ -106,8 +108,11 @@ export class SoulClient {
     if (this.apiKey) headers["X-API-Key"] = this.apiKey;
     if (this.userAgent) headers["User-Agent"] = this.userAgent;
     if (spec.idempotencyKey) headers["Idempotency-Key"] = p.idempotencyKey ?? newIdempotencyKey();
-    let body: string | undefined;
-    if (spec.body) {
+    let body: BodyInit | undefined;
+    if (spec.body === "bytes") {
+      headers["Content-Type"] = spec.bodyMedia ?? "application/octet-stream";
+      body = p.body as BodyInit;
+    } else if (spec.body) {
       headers["Content-Type"] = "application/json";
       body = JSON.stringify(p.body);
     }
@@ -137,15 +142,21 @@ export class SoulClient {
   }
 
   private async answer(id: OperationId, response: Response): Promise<unknown> {
-    const spec = OPERATIONS[id];
-    if (spec.stream) {
+    const spec = OPERATIONS[id] as OperationSpec;
+    const kind = spec.answers[response.status] ?? "json";
+    if (kind === "stream") {
       if (!response.body || !(response.headers.get("Content-Type") ?? "").startsWith("text/event-stream")) {
         await response.body?.cancel().catch(() => undefined);
         throw new BadResponse(`${spec.method} ${spec.path} answered without an event stream`);
       }
       return readEvents(response.body);
     }
-    if (spec.redirect) {
+    if (kind === "bytes") return new Uint8Array(await response.arrayBuffer());
+    if (kind === "empty") {
+      await response.body?.cancel().catch(() => undefined);
+      return null;
+    }
+    if (kind === "redirect") {
       const location = response.headers.get("Location");
       if (!location) throw new BadResponse(`${spec.method} ${spec.path} answered ${response.status} without a Location`);
       return location;

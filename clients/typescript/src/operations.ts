@@ -7,7 +7,11 @@ export interface OperationSpec {
   readonly path: string;
   readonly pathParams: readonly string[];
   readonly query: readonly string[];
-  readonly body: boolean;
+  /** false, "json", or "bytes" (an upload of `bodyMedia`). */
+  readonly body: false | "json" | "bytes";
+  readonly bodyMedia: string | null;
+  /** What each 2xx/3xx answer is: JSON, an event stream, a redirect (its Location), bytes, or nothing. */
+  readonly answers: Readonly<Record<number, "json" | "stream" | "redirect" | "bytes" | "empty">>;
   readonly idempotencyKey: boolean;
   readonly stream: boolean;
   readonly redirect: boolean;
@@ -15,34 +19,34 @@ export interface OperationSpec {
 }
 
 export const OPERATIONS = {
-  generated: { method: "GET", path: "/generated/{filename}", pathParams: ["filename"], query: [], body: false, idempotencyKey: false, stream: false, redirect: true, public: false },
-  healthz: { method: "GET", path: "/healthz", pathParams: [], query: [], body: false, idempotencyKey: false, stream: false, redirect: false, public: true },
-  image_get: { method: "GET", path: "/image", pathParams: [], query: ["soul_id", "cue", "user_id"], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  image_post: { method: "POST", path: "/image", pathParams: [], query: [], body: true, idempotencyKey: true, stream: false, redirect: false, public: false },
-  mark_seen: { method: "POST", path: "/image/mark-seen", pathParams: [], query: ["variant_id", "user_id"], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  selfie: { method: "POST", path: "/image/selfie", pathParams: [], query: [], body: true, idempotencyKey: true, stream: false, redirect: false, public: false },
-  selfie_options: { method: "GET", path: "/image/selfie/options", pathParams: [], query: [], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  seen: { method: "GET", path: "/image/user/{user_id}/seen", pathParams: ["user_id"], query: ["page_size", "cursor"], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  variants: { method: "GET", path: "/image/variants/{pk_id}", pathParams: ["pk_id"], query: ["page_size", "cursor"], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  image_warm: { method: "POST", path: "/image/warm", pathParams: [], query: [], body: true, idempotencyKey: true, stream: false, redirect: false, public: false },
-  info: { method: "GET", path: "/info", pathParams: [], query: [], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  me: { method: "GET", path: "/me", pathParams: [], query: [], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  ready: { method: "GET", path: "/ready", pathParams: [], query: [], body: false, idempotencyKey: false, stream: false, redirect: false, public: true },
-  static_image: { method: "GET", path: "/static/image/{filename}", pathParams: ["filename"], query: [], body: false, idempotencyKey: false, stream: false, redirect: true, public: false },
-  static_images: { method: "GET", path: "/static/images", pathParams: [], query: ["page_size", "cursor"], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  static_video: { method: "GET", path: "/static/videos/{filename}", pathParams: ["filename"], query: [], body: false, idempotencyKey: false, stream: false, redirect: true, public: false },
-  style_list: { method: "GET", path: "/style", pathParams: [], query: ["page_size", "cursor"], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  style_put: { method: "POST", path: "/style", pathParams: [], query: [], body: true, idempotencyKey: false, stream: false, redirect: false, public: false },
-  style_delete: { method: "DELETE", path: "/style/{soul_id}", pathParams: ["soul_id"], query: ["updated_at"], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  style_get: { method: "GET", path: "/style/{soul_id}", pathParams: ["soul_id"], query: [], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  task_list: { method: "GET", path: "/tasks", pathParams: [], query: ["page_size", "cursor", "status", "type", "soul_id", "user_id"], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  task_stats: { method: "GET", path: "/tasks/stats/summary", pathParams: [], query: [], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  task_cancel: { method: "DELETE", path: "/tasks/{task_id}", pathParams: ["task_id"], query: [], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  task_get: { method: "GET", path: "/tasks/{task_id}", pathParams: ["task_id"], query: [], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  task_events: { method: "GET", path: "/tasks/{task_id}/events", pathParams: ["task_id"], query: [], body: false, idempotencyKey: false, stream: true, redirect: false, public: false },
-  video_estimate: { method: "GET", path: "/video/estimate", pathParams: [], query: ["num_frames"], body: false, idempotencyKey: false, stream: false, redirect: false, public: false },
-  video_generate: { method: "POST", path: "/video/generate", pathParams: [], query: [], body: true, idempotencyKey: true, stream: false, redirect: false, public: false },
-  video_from_variant: { method: "POST", path: "/video/generate-from-variant", pathParams: [], query: ["webhook", "webhook_events_filter", "variant_id", "num_frames", "generate_gif", "user_id"], body: false, idempotencyKey: true, stream: false, redirect: false, public: false },
+  generated: { method: "GET", path: "/generated/{filename}", pathParams: ["filename"], query: [], body: false, bodyMedia: null, answers: { 302: "redirect" }, idempotencyKey: false, stream: false, redirect: true, public: false },
+  healthz: { method: "GET", path: "/healthz", pathParams: [], query: [], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: true },
+  image_get: { method: "GET", path: "/image", pathParams: [], query: ["soul_id", "cue", "user_id"], body: false, bodyMedia: null, answers: { 200: "json", 202: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  image_post: { method: "POST", path: "/image", pathParams: [], query: [], body: "json", bodyMedia: "application/json", answers: { 200: "json", 202: "json" }, idempotencyKey: true, stream: false, redirect: false, public: false },
+  mark_seen: { method: "POST", path: "/image/mark-seen", pathParams: [], query: ["variant_id", "user_id"], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  selfie: { method: "POST", path: "/image/selfie", pathParams: [], query: [], body: "json", bodyMedia: "application/json", answers: { 200: "json", 202: "json" }, idempotencyKey: true, stream: false, redirect: false, public: false },
+  selfie_options: { method: "GET", path: "/image/selfie/options", pathParams: [], query: [], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  seen: { method: "GET", path: "/image/user/{user_id}/seen", pathParams: ["user_id"], query: ["page_size", "cursor"], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  variants: { method: "GET", path: "/image/variants/{pk_id}", pathParams: ["pk_id"], query: ["page_size", "cursor"], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  image_warm: { method: "POST", path: "/image/warm", pathParams: [], query: [], body: "json", bodyMedia: "application/json", answers: { 200: "json" }, idempotencyKey: true, stream: false, redirect: false, public: false },
+  info: { method: "GET", path: "/info", pathParams: [], query: [], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  me: { method: "GET", path: "/me", pathParams: [], query: [], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  ready: { method: "GET", path: "/ready", pathParams: [], query: [], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: true },
+  static_image: { method: "GET", path: "/static/image/{filename}", pathParams: ["filename"], query: [], body: false, bodyMedia: null, answers: { 302: "redirect" }, idempotencyKey: false, stream: false, redirect: true, public: false },
+  static_images: { method: "GET", path: "/static/images", pathParams: [], query: ["page_size", "cursor"], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  static_video: { method: "GET", path: "/static/videos/{filename}", pathParams: ["filename"], query: [], body: false, bodyMedia: null, answers: { 302: "redirect" }, idempotencyKey: false, stream: false, redirect: true, public: false },
+  style_list: { method: "GET", path: "/style", pathParams: [], query: ["page_size", "cursor"], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  style_put: { method: "POST", path: "/style", pathParams: [], query: [], body: "json", bodyMedia: "application/json", answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  style_delete: { method: "DELETE", path: "/style/{soul_id}", pathParams: ["soul_id"], query: ["updated_at"], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  style_get: { method: "GET", path: "/style/{soul_id}", pathParams: ["soul_id"], query: [], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  task_list: { method: "GET", path: "/tasks", pathParams: [], query: ["page_size", "cursor", "status", "type", "soul_id", "user_id"], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  task_stats: { method: "GET", path: "/tasks/stats/summary", pathParams: [], query: [], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  task_cancel: { method: "DELETE", path: "/tasks/{task_id}", pathParams: ["task_id"], query: [], body: false, bodyMedia: null, answers: { 200: "json", 202: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  task_get: { method: "GET", path: "/tasks/{task_id}", pathParams: ["task_id"], query: [], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  task_events: { method: "GET", path: "/tasks/{task_id}/events", pathParams: ["task_id"], query: [], body: false, bodyMedia: null, answers: { 200: "stream" }, idempotencyKey: false, stream: true, redirect: false, public: false },
+  video_estimate: { method: "GET", path: "/video/estimate", pathParams: [], query: ["num_frames"], body: false, bodyMedia: null, answers: { 200: "json" }, idempotencyKey: false, stream: false, redirect: false, public: false },
+  video_generate: { method: "POST", path: "/video/generate", pathParams: [], query: [], body: "json", bodyMedia: "application/json", answers: { 200: "json", 202: "json" }, idempotencyKey: true, stream: false, redirect: false, public: false },
+  video_from_variant: { method: "POST", path: "/video/generate-from-variant", pathParams: [], query: ["webhook", "webhook_events_filter", "variant_id", "num_frames", "generate_gif", "user_id"], body: false, bodyMedia: null, answers: { 200: "json", 202: "json" }, idempotencyKey: true, stream: false, redirect: false, public: false },
 } as const satisfies Record<string, OperationSpec>;
 
 export type OperationId = keyof typeof OPERATIONS;
