@@ -20,6 +20,7 @@ import pytest
 
 import soul_client
 from soul_client import AsyncClient, Client, models
+from emulators._process import free_ports
 from tests.e2e.conftest import devstack
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +35,7 @@ TIGHT_SECRET = "whsec_dGlnaHQtc2VjcmV0LTAxMjM0NTY3ODk="
 class Receiver:
     """A webhook target on this machine that records each delivery as (headers, raw body)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int) -> None:
         self.deliveries: list[tuple[dict[str, str], bytes]] = []
         received = self.deliveries
 
@@ -48,7 +49,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -71,13 +72,16 @@ def soul_stack(tmp_path_factory):
         {"tenant": "tight", "role": "client", "key": TIGHT_KEY, "webhook_secret": TIGHT_SECRET,
          "quota": {"requests_per_second": 0.5, "burst": 1}},
     ]))
-    with devstack(tmp_path_factory, "client-stack", SOUL_API_KEYS_FILE=str(keys), SOUL_WEBHOOK_SECRET="") as stack:
-        yield stack
+    # Local webhooks reach only declared ports: one for this module's receiver, one for the TypeScript test's.
+    python_port, typescript_port = free_ports("127.0.0.1", 2)
+    with devstack(tmp_path_factory, "client-stack", SOUL_API_KEYS_FILE=str(keys), SOUL_WEBHOOK_SECRET="",
+                  SOUL_WEBHOOK_LOOPBACK_PORTS=f"{python_port},{typescript_port}") as stack:
+        yield {**stack, "receiver_ports": (python_port, typescript_port)}
 
 
 @pytest.fixture(scope="module")
-def receiver():
-    target = Receiver()
+def receiver(soul_stack):
+    target = Receiver(soul_stack["receiver_ports"][0])
     yield target
     target.server.shutdown()
 
@@ -179,11 +183,11 @@ def test_async_client_waits_over_events_pages_and_types_errors(soul_stack):
     asyncio.run(scenario())
 
 
-def test_typescript_client_against_the_stack(soul_stack, receiver):
+def test_typescript_client_against_the_stack(soul_stack):
     """clients/typescript/test/stack.test.ts under node's test runner, on this stack (built by `npm run build`)."""
     subprocess.run(["npm", "run", "--silent", "build"], cwd=TS, check=True, timeout=300)
     env = {**os.environ, "SOUL_API_URL": soul_stack["base"], "SOUL_API_KEY": ACME_KEY, "SOUL_TIGHT_KEY": TIGHT_KEY,
-           "SOUL_WEBHOOK_SECRET": ACME_SECRET}
+           "SOUL_WEBHOOK_SECRET": ACME_SECRET, "SOUL_WEBHOOK_PORT": str(soul_stack["receiver_ports"][1])}
     run = subprocess.run(["node", "--test", "dist/test/stack.test.js"], cwd=TS, env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]

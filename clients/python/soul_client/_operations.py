@@ -385,7 +385,7 @@ class Operations:
         )
 
     def info(self, *, timeout: float | None = None) -> models.Info:
-        """`GET /info`: Version, backends and configuration (no secrets)."""
+        """`GET /info`: Version; for admin keys also backends and configuration (never secrets)."""
         return self._operate(  # type: ignore[attr-defined]
             OPERATIONS['info'],
             {},
@@ -431,7 +431,7 @@ class Operations:
         cursor: str | None = None,
         timeout: float | None = None,
     ) -> models.StaticListing:
-        """`GET /static/images`: Images with signed URLs, oldest first."""
+        """`GET /static/images`: Images of this tenant's finished image tasks with signed URLs, newest first."""
         return self._operate(  # type: ignore[attr-defined]
             OPERATIONS['static_images'],
             {},
@@ -754,7 +754,7 @@ class AsyncOperations:
         )
 
     async def info(self, *, timeout: float | None = None) -> models.Info:
-        """`GET /info`: Version, backends and configuration (no secrets)."""
+        """`GET /info`: Version; for admin keys also backends and configuration (never secrets)."""
         return await self._operate(  # type: ignore[attr-defined]
             OPERATIONS['info'],
             {},
@@ -800,7 +800,7 @@ class AsyncOperations:
         cursor: str | None = None,
         timeout: float | None = None,
     ) -> models.StaticListing:
-        """`GET /static/images`: Images with signed URLs, oldest first."""
+        """`GET /static/images`: Images of this tenant's finished image tasks with signed URLs, newest first."""
         return await self._operate(  # type: ignore[attr-defined]
             OPERATIONS['static_images'],
             {},

@@ -17,6 +17,17 @@ from pydantic import (
 )
 
 
+class ContentPolicy(StrEnum):
+    """
+    What a tenant's users get of an image the checker flagged (every image is scored, whatever the policy).
+    """
+
+    off = "off"
+    flag = "flag"
+    blur = "blur"
+    withhold = "withhold"
+
+
 class DeliveryAttempt(BaseModel):
     model_config = ConfigDict(
         extra="allow",
@@ -104,9 +115,9 @@ class Info(BaseModel):
     model_config = ConfigDict(
         extra="allow",
     )
-    backends: dict[str, str] = Field(..., title="Backends")
-    configuration: dict[str, str | int | float | bool | None] = Field(
-        ..., title="Configuration"
+    backends: dict[str, str] | None = Field(None, title="Backends")
+    configuration: dict[str, str | int | float | bool | None] | None = Field(
+        None, title="Configuration"
     )
     model_backend: str = Field(..., title="Model Backend")
     name: str = Field(..., title="Name")
@@ -193,6 +204,23 @@ class PrerenderStats(BaseModel):
     delivered: int = Field(..., title="Delivered")
     made: int = Field(..., title="Made")
     waste_ratio: float | None = Field(None, title="Waste Ratio")
+
+
+class Safety(BaseModel):
+    """
+    The checker's verdict as the API shows it (policies `flag` and `blur`).
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    blurred: bool | None = Field(False, title="Blurred")
+    """
+    The URL serves the blurred rendition (policy `blur`).
+    """
+    flagged: bool = Field(..., title="Flagged")
+    model: str = Field(..., title="Model")
+    score: float = Field(..., title="Score")
 
 
 class Seen(BaseModel):
@@ -325,6 +353,27 @@ class TaskMetrics(BaseModel):
     Device seconds this job used: its share of a batched render.
     """
     model: str = Field(..., title="Model")
+    safety_model: str | None = Field(None, title="Safety Model")
+    safety_seconds: float | None = Field(0.0, title="Safety Seconds")
+    """
+    The safety checker's share of the batch's device time.
+    """
+
+
+class TaskPreview(BaseModel):
+    """
+    A preview of the forming image: `event: preview` of `GET /tasks/{id}/events`, and `Task.preview`. The URL is a
+    short-lived V4 signed URL of a small WebP (never an inline data URL); not sent to tenants whose content policy is
+    `blur` or `withhold` (a preview is shown before the checker has scored the image).
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    step: int = Field(..., title="Step")
+    steps: int = Field(..., title="Steps")
+    task_id: str = Field(..., title="Task Id")
+    url: str = Field(..., title="Url")
 
 
 class TaskStats(BaseModel):
@@ -368,7 +417,15 @@ class Variant(BaseModel):
     created_at: AwareDatetime = Field(..., title="Created At")
     expires_at: AwareDatetime = Field(..., title="Expires At")
     height: int = Field(..., title="Height")
+    original_url: str | None = Field(None, title="Original Url")
+    """
+    Policy `blur`, admin keys only: a signed URL of the original when `url` serves the blurred rendition.
+    """
     pk_id: str = Field(..., title="Pk Id")
+    safety: Safety | None = None
+    """
+    The safety checker's verdict (content policies `flag` and `blur`; absent under `off`).
+    """
     seed: int = Field(..., title="Seed")
     url: str = Field(..., title="Url")
     """
@@ -445,6 +502,19 @@ class WebhookEvent(StrEnum):
     start = "start"
     progress = "progress"
     completed = "completed"
+
+
+class Withheld(BaseModel):
+    """
+    A result the asking tenant's policy does not let it see: no URL, the reason instead.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    policy: ContentPolicy
+    reason: str = Field(..., title="Reason")
+    variant_id: str = Field(..., title="Variant Id")
 
 
 class Delivery(BaseModel):
@@ -596,6 +666,10 @@ class TaskResult(BaseModel):
     )
     outputs: list[MediaLink] | None = Field([], title="Outputs", validate_default=True)
     variant: Variant | None = None
+    withheld: Withheld | None = None
+    """
+    Content policy `withhold`: the image was flagged, so no URL is given (`variant` is absent).
+    """
 
 
 class VideoAccepted(BaseModel):
@@ -668,6 +742,10 @@ class Task(BaseModel):
     eta_seconds: float | None = Field(None, title="Eta Seconds")
     finished_at: AwareDatetime | None = Field(None, title="Finished At")
     metrics: TaskMetrics | None = None
+    preview: TaskPreview | None = None
+    """
+    Running image tasks with previews on (SOUL_PREVIEW_EVERY): the latest preview of the forming image.
+    """
     progress: float = Field(..., title="Progress")
     queue_position: int | None = Field(None, title="Queue Position")
     """

@@ -166,7 +166,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Version, backends and configuration (no secrets). */
+        /** Version; for admin keys also backends and configuration (never secrets). */
         get: operations["info"];
         put?: never;
         post?: never;
@@ -234,7 +234,7 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Images with signed URLs, oldest first. */
+        /** Images of this tenant's finished image tasks with signed URLs, newest first. */
         get: operations["static_images"];
         put?: never;
         post?: never;
@@ -421,6 +421,12 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * ContentPolicy
+         * @description What a tenant's users get of an image the checker flagged (every image is scored, whatever the policy).
+         * @enum {string}
+         */
+        ContentPolicy: "off" | "flag" | "blur" | "withhold";
         /**
          * Delivery
          * @description A delivery as `GET /tasks/{id}` lists it (the asking tenant's own only).
@@ -614,14 +620,20 @@ export interface components {
         };
         /** Info */
         Info: {
-            /** Backends */
-            backends: {
+            /**
+             * Backends
+             * @default null
+             */
+            backends?: {
                 [key: string]: string;
-            };
-            /** Configuration */
-            configuration: {
+            } | null;
+            /**
+             * Configuration
+             * @default null
+             */
+            configuration?: {
                 [key: string]: string | number | boolean | null;
-            };
+            } | null;
             /** Model Backend */
             model_backend: string;
             /** Name */
@@ -713,6 +725,24 @@ export interface components {
              * @default null
              */
             waste_ratio?: number | null;
+        };
+        /**
+         * Safety
+         * @description The checker's verdict as the API shows it (policies `flag` and `blur`).
+         */
+        Safety: {
+            /**
+             * Blurred
+             * @description The URL serves the blurred rendition (policy `blur`).
+             * @default false
+             */
+            blurred?: boolean;
+            /** Flagged */
+            flagged: boolean;
+            /** Model */
+            model: string;
+            /** Score */
+            score: number;
         };
         /** Seen */
         Seen: {
@@ -951,6 +981,11 @@ export interface components {
             finished_at?: string | null;
             /** @default null */
             metrics?: components["schemas"]["TaskMetrics"] | null;
+            /**
+             * @description Running image tasks with previews on (SOUL_PREVIEW_EVERY): the latest preview of the forming image.
+             * @default null
+             */
+            preview?: components["schemas"]["TaskPreview"] | null;
             /** Progress */
             progress: number;
             /**
@@ -1012,6 +1047,17 @@ export interface components {
             gpu_seconds: number;
             /** Model */
             model: string;
+            /**
+             * Safety Model
+             * @default null
+             */
+            safety_model?: string | null;
+            /**
+             * Safety Seconds
+             * @description The safety checker's share of the batch's device time.
+             * @default 0
+             */
+            safety_seconds?: number;
         };
         /** TaskPage */
         TaskPage: {
@@ -1023,6 +1069,22 @@ export interface components {
              */
             next_cursor?: string | null;
         };
+        /**
+         * TaskPreview
+         * @description A preview of the forming image: `event: preview` of `GET /tasks/{id}/events`, and `Task.preview`. The URL is a
+         *     short-lived V4 signed URL of a small WebP (never an inline data URL); not sent to tenants whose content policy is
+         *     `blur` or `withhold` (a preview is shown before the checker has scored the image).
+         */
+        TaskPreview: {
+            /** Step */
+            step: number;
+            /** Steps */
+            steps: number;
+            /** Task Id */
+            task_id: string;
+            /** Url */
+            url: string;
+        };
         /** TaskResult */
         TaskResult: {
             /**
@@ -1032,6 +1094,11 @@ export interface components {
             outputs?: components["schemas"]["MediaLink"][];
             /** @default null */
             variant?: components["schemas"]["Variant"] | null;
+            /**
+             * @description Content policy `withhold`: the image was flagged, so no URL is given (`variant` is absent).
+             * @default null
+             */
+            withheld?: components["schemas"]["Withheld"] | null;
         };
         /**
          * TaskStats
@@ -1105,8 +1172,19 @@ export interface components {
             expires_at: string;
             /** Height */
             height: number;
+            /**
+             * Original Url
+             * @description Policy `blur`, admin keys only: a signed URL of the original when `url` serves the blurred rendition.
+             * @default null
+             */
+            original_url?: string | null;
             /** Pk Id */
             pk_id: string;
+            /**
+             * @description The safety checker's verdict (content policies `flag` and `blur`; absent under `off`).
+             * @default null
+             */
+            safety?: components["schemas"]["Safety"] | null;
             /** Seed */
             seed: number;
             /**
@@ -1249,6 +1327,17 @@ export interface components {
          * @enum {string}
          */
         WebhookEvent: "start" | "progress" | "completed";
+        /**
+         * Withheld
+         * @description A result the asking tenant's policy does not let it see: no URL, the reason instead.
+         */
+        Withheld: {
+            policy: components["schemas"]["ContentPolicy"];
+            /** Reason */
+            reason: string;
+            /** Variant Id */
+            variant_id: string;
+        };
     };
     responses: never;
     parameters: never;
@@ -1349,7 +1438,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1459,7 +1548,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1594,7 +1683,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1738,7 +1827,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -1869,7 +1958,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2013,7 +2102,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2141,7 +2230,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2274,7 +2363,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2407,7 +2496,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2542,7 +2631,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2670,7 +2759,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2798,7 +2887,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2908,7 +2997,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3028,7 +3117,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3159,7 +3248,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3288,7 +3377,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3419,7 +3508,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3551,7 +3640,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3681,7 +3770,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3814,7 +3903,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3949,7 +4038,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4077,7 +4166,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4207,7 +4296,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4346,7 +4435,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4476,7 +4565,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4606,7 +4695,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4750,7 +4839,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4900,7 +4989,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description An Idempotency-Key was reused with a different request. */
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
             422: {
                 headers: {
                     [name: string]: unknown;

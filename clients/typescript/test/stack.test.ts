@@ -1,7 +1,7 @@
 /**
  * @soul/client against the whole stack: started by tests/e2e/test_clients.py, which runs this file with
  * SOUL_API_URL, SOUL_API_KEY (tenant acme), SOUL_TIGHT_KEY (a tenant limited to one request per two seconds) and
- * SOUL_WEBHOOK_SECRET (acme's signing secret) set. Without them it fails: it is never skipped.
+ * SOUL_WEBHOOK_SECRET (acme's signing secret) and SOUL_WEBHOOK_PORT (where the stack may deliver webhooks) set. Without them it fails: it is never skipped.
  */
 
 import assert from "node:assert/strict";
@@ -35,7 +35,8 @@ const receiver = createServer((request, response) => {
 let hookUrl = "";
 
 before(async () => {
-  await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+  // The stack delivers local webhooks only to the ports it was told of: SOUL_WEBHOOK_PORT is ours.
+  await new Promise<void>((resolve) => receiver.listen(Number(env("SOUL_WEBHOOK_PORT")), "127.0.0.1", resolve));
   hookUrl = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`;
 });
 after(() => { receiver.close(); });
