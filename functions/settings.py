@@ -80,6 +80,16 @@ class FunctionsSettings(BaseSettings):
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=60)
     sse_max_duration_s: float = Field(default=300.0, gt=0, le=3600)
+    # Open event streams one instance holds, in all and per tenant (functions/services/progress.py); past them a
+    # 429 with this Retry-After. Cloud Run counts each open stream against max_instance_request_concurrency.
+    sse_max_streams_per_instance: int = Field(default=1000, ge=1, le=100_000)
+    sse_max_streams_per_tenant: int = Field(default=200, ge=1, le=100_000)
+    sse_retry_after_s: float = Field(default=5.0, gt=0, le=600)
+    # The deployed async front (functions/http/asgi.py): threads that run the synchronous router (streams hold
+    # none of them), and how long a request body may sit idle between two reads before a 408.
+    worker_threads: int = Field(default=16, ge=1, le=512, validation_alias=AliasChoices("SOUL_WORKER_THREADS",
+                                                                                          "THREADS"))
+    body_idle_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     @model_validator(mode="after")
     def _webhooks_fit_one_push(self) -> FunctionsSettings:

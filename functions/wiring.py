@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
+from google.api_core import exceptions as gexc
+
 from functions.adapters.clients import Clients
 from functions.adapters.firestore.counters import ShardedCounter
 from functions.adapters.firestore.idempotency import IdempotencyRecords
@@ -25,6 +27,7 @@ from functions.core.estimates import EstimateDefaults
 from functions.core.quota_policy import Quota
 from functions.core.tenants import KeyRing, build_key_ring
 from functions.services.idempotency import IdempotencyStore
+from functions.services.progress import ProgressHub, StreamCaps
 from functions.services.images import ImageService
 from functions.services.quotas import QuotaService
 from functions.services.styles import StyleService
@@ -58,6 +61,7 @@ class Services:
     quotas: QuotaService
     webhooks: WebhookRegistry
     warm_pool: WarmPool
+    progress: ProgressHub  # live progress: one shared watcher per followed job, stream caps
     readiness: Mapping[str, Callable[[], None]]  # backend -> a cheap check that raises when it is unreachable
 
 
@@ -118,6 +122,11 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         quotas=quotas,
         webhooks=WebhookRegistry(webhook_store, jobs, publisher, settings, keys),
         warm_pool=warm_pool,
+        progress=ProgressHub(tasks, poll_interval_s=settings.sse_poll_interval_s,
+                             caps=StreamCaps(per_instance=settings.sse_max_streams_per_instance,
+                                             per_tenant=settings.sse_max_streams_per_tenant,
+                                             retry_after_s=settings.sse_retry_after_s),
+                             transient=(gexc.GoogleAPICallError, gexc.RetryError)),
         readiness={"firestore": jobs.ping, "pubsub": publisher.ping,
                    "gcs": partial(probe_bucket, clients.storage, settings.bucket)},
     )

@@ -60,6 +60,10 @@ class Api:
     def services(self):
         return self._services
 
+    @property
+    def settings(self) -> FunctionsSettings:
+        return self._settings
+
     def __call__(self, request: flask.Request) -> flask.Response:
         supplied = request.headers.get("X-Request-Id", "")
         request_id = supplied if _REQUEST_ID.match(supplied) else new_ulid()
@@ -159,10 +163,23 @@ class Api:
             raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
         if not request.is_json:
             raise errors.UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
-        raw = request.get_data(cache=True)
+        # At most limit + 1 bytes are ever read, with or without a Content-Length (a chunked body has none).
+        raw = _read_at_most(request.stream, limit + 1)
         if len(raw) > limit:
             raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
         return raw
+
+
+def _read_at_most(stream, size: int) -> bytes:
+    """Up to `size` bytes of `stream` (a read may return fewer than asked before the end)."""
+    parts, got = [], 0
+    while got < size:
+        chunk = stream.read(size - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _query_dict(request: flask.Request) -> dict[str, str]:
@@ -180,6 +197,14 @@ def _json(status: int, body: BaseModel) -> flask.Response:
 
 def _error_body(exc: errors.SoulError) -> ErrorBody:
     return ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message, field=exc.field))
+
+
+def error_response(exc: errors.SoulError) -> flask.Response:
+    """The error shape for failures raised in front of the router (functions/http/asgi.py: body limits)."""
+    response = _json(exc.status, _error_body(exc))
+    response.headers.update(exc.headers)
+    add_security_headers(response, "", None)
+    return response
 
 
 def structured_error(status: int, message: str) -> flask.Response:

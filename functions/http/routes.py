@@ -277,9 +277,9 @@ def task_get(svc: Services, call: Call) -> Reply:
 
 
 def task_events(svc: Services, call: Call) -> Reply:
-    task_id, tenant = call.path["task_id"], call.principal.tenant
-    svc.tasks.get(task_id, tenant)  # 404 (the visibility rule of GET /tasks/{id}) before the stream opens
-    stream = sse.task_events(lambda: svc.tasks.get(task_id, tenant), svc.settings)
+    # 429 when this tenant's or this instance's streams are at their cap, 404 (the visibility rule of
+    # GET /tasks/{id}) before the stream opens; the stream follows the instance's shared watcher of the job.
+    stream = sse.open_stream(svc.progress, call.path["task_id"], call.principal.tenant, svc.settings)
     return flask.Response(stream, mimetype="text/event-stream",
                           headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

@@ -57,6 +57,17 @@ class TaskService:
             view = view.model_copy(update={"queue_position": self._store.count_queued_before(job)})
         return view
 
+    def snapshot(self, task_id: str) -> tuple[JobDoc | None, int | None]:
+        """The job as stored, and its place in line while queued (for the shared progress watcher)."""
+        job = self._store.job(task_id)
+        position = self._store.count_queued_before(job) if job is not None and job.status == JobStatus.QUEUED \
+            else None
+        return job, position
+
+    def result_of(self, job: JobDoc) -> TaskResult | None:
+        """The finished job's result with signed URLs (the same for every tenant)."""
+        return self._result(job)
+
     def list(self, query: TaskListQuery, tenant: str) -> TaskPage:
         filters = {
             field: str(value)
