@@ -148,7 +148,8 @@ class _followers:
     def __init__(self, base: str, task_id: str, count: int):
         host, port = base.removeprefix("http://").split(":")
         self._addr, self._task, self._count = (host, int(port)), task_id, count
-        self.admitted = self.frames = 0
+        self.admitted = self.answered = self.frames = 0
+        self.refused: dict[str, int] = {}
         self._ready = threading.Event()
 
     def __enter__(self):
@@ -165,7 +166,7 @@ class _followers:
         for _ in range(self._count):
             tasks.append(asyncio.ensure_future(self._one()))
             await asyncio.sleep(0.002)  # a crowd arriving, not one SYN flood
-        while self.admitted < self._count and not all(t.done() for t in tasks):
+        while self.answered < self._count and not all(t.done() for t in tasks):
             await asyncio.sleep(0.05)
         self._ready.set()
         await self._done.wait()
@@ -174,11 +175,22 @@ class _followers:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self):
-        reader, writer = await asyncio.open_connection(*self._addr)
-        writer.write(f"GET /tasks/{self._task}/events HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        if b" 200 " in head.split(b"\r\n", 1)[0]:
-            self.admitted += 1
+        try:
+            reader, writer = await asyncio.open_connection(*self._addr)
+            writer.write(f"GET /tasks/{self._task}/events HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n\r\n"
+                         .encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self.answered += 1
+            self.refused[type(exc).__name__] = self.refused.get(type(exc).__name__, 0) + 1
+            return
+        self.answered += 1
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        if " 200 " not in status:
+            self.refused[status] = self.refused.get(status, 0) + 1
+            writer.close()
+            return
+        self.admitted += 1
         try:
             while chunk := await reader.read(65536):
                 self.frames += chunk.count(b"event: update")
@@ -213,12 +225,12 @@ def _hits(base: str, task_id: str, job_ref, followers: int, samples: int) -> dic
     before = _timed_hits(base, samples)
     with _progress(job_ref), _followers(base, task_id, followers) as crowd:
         during = _timed_hits(base, samples)
-        admitted, frames = crowd.admitted, crowd.frames
+        admitted, frames, refused = crowd.admitted, crowd.frames, crowd.refused
     after = _timed_hits(base, samples)
     none = _stats(before + after)
     loaded = _stats(during)
     return {"no_followers": none, "before": _stats(before), "after": _stats(after), "with_followers": loaded,
-            "admitted": admitted, "updates_received": frames,
+            "admitted": admitted, "refused": refused, "updates_received": frames,
             "p95_ratio": round(loaded["p95_ms"] / none["p95_ms"], 2)}
 
 

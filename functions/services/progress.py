@@ -78,7 +78,9 @@ class Watch:
         self.snapshot: Snapshot | None = None
         self.seeded = threading.Event()
         self._cond = threading.Condition()
-        self._loops: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+        # Futures of coroutines waiting, per event loop; settled (and the lists dropped) at each publish. A waiter
+        # that timed out stays listed until then: at most one per follower per heartbeat.
+        self._loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
         self._result_lock = threading.Lock()
         self._result: tuple[int, object] | None = None
 
@@ -93,9 +95,9 @@ class Watch:
             self._cond.notify_all()
             loops, self._loops = self._loops, {}
         self.seeded.set()
-        for loop, event in loops.items():  # one wake-up per event loop, however many followers wait in it
+        for loop, waiters in loops.items():  # one wake-up per event loop, however many followers wait in it
             try:
-                loop.call_soon_threadsafe(event.set)
+                loop.call_soon_threadsafe(_settle, waiters)
             except RuntimeError:  # that loop is closed: nobody waits there any more
                 pass
         return True
@@ -108,19 +110,20 @@ class Watch:
         return snap if snap is not None and snap.version > after else None
 
     async def wait_async(self, after: int, timeout: float) -> Snapshot | None:
-        """`wait` for a coroutine: holds no thread while it waits."""
+        """`wait` for a coroutine: holds no thread while it waits. A plain future settled by `publish` or by a
+        timer, never `asyncio.wait_for` (Python 3.11's can swallow the cancellation that ends a stream)."""
         loop = asyncio.get_running_loop()
         with self._cond:
             snap = self.snapshot
             if snap is not None and snap.version > after:
                 return snap
-            event = self._loops.get(loop)
-            if event is None:
-                event = self._loops[loop] = asyncio.Event()
+            waiter = loop.create_future()
+            self._loops.setdefault(loop, []).append(waiter)
+        timer = loop.call_later(timeout, _settle, [waiter])
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
+            await waiter
+        finally:
+            timer.cancel()
         snap = self.snapshot
         return snap if snap is not None and snap.version > after else None
 
@@ -130,6 +133,12 @@ class Watch:
             if self._result is None or self._result[0] != snap.version:
                 self._result = (snap.version, make(snap.job))
             return self._result[1]
+
+
+def _settle(waiters: list[asyncio.Future]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 @dataclass
