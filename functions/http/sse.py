@@ -16,7 +16,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from functions.core import errors
 from functions.services.progress import Follow, ProgressHub, Snapshot
 from functions.settings import FunctionsSettings
 from schemas.api import Task
@@ -42,6 +41,14 @@ def frame(event: str, data: str, event_id: int | None = None) -> str:
     return f"{head}event: {event}\ndata: {data}\n\n"
 
 
+def _render(task: Task | None) -> tuple[TaskUpdate | None, str | None]:
+    """A view's update and its JSON, made once per change and tenant (functions/services/progress.py)."""
+    if task is None:
+        return None, None
+    update = update_of(task)
+    return update, update.model_dump_json()
+
+
 def _error(message: str) -> str:
     return frame("error", json.dumps({"message": message}))
 
@@ -64,14 +71,13 @@ class EventStream:
         if snap.failed:
             self.done = True
             return [_error("the task could not be read; reconnect to resume")]
-        try:
-            current = update_of(self._follow.view(snap))
-        except errors.SoulError:  # no longer visible to this tenant (withdrawn) or gone
+        current, data = self._follow.rendered(snap, _render)
+        if current is None:  # no longer visible to this tenant (withdrawn) or gone
             self.done = True
             return [_error("the task is no longer available")]
         out = []
-        if current != self._last:
-            out.append(frame("update", current.model_dump_json(), self._sent))
+        if current is not self._last and current != self._last:
+            out.append(f"id: {self._sent}\nevent: update\ndata: {data}\n\n")
             self._sent, self._last = self._sent + 1, current
         if JobStatus(current.status) in TERMINAL_STATUSES:
             self.done = True

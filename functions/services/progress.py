@@ -83,6 +83,8 @@ class Watch:
         self._loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
         self._result_lock = threading.Lock()
         self._result: tuple[int, object] | None = None
+        self._views_lock = threading.Lock()  # not the result's: rendering a finished job makes its result
+        self._views: tuple[int, dict[str, object]] = (0, {})
 
     def publish(self, job: JobDoc | None, queue_position: int | None = None, *, failed: bool = False) -> bool:
         """Store a new snapshot and wake every waiter; False (nothing sent) when nothing changed."""
@@ -127,6 +129,18 @@ class Watch:
         snap = self.snapshot
         return snap if snap is not None and snap.version > after else None
 
+    def rendered(self, snap: Snapshot, tenant: str, make: Callable[[], object]) -> object:
+        """What `make()` gives for `snap` as `tenant` sees it, made once per snapshot and tenant: followers of one
+        tenant share one rendering of each change."""
+        with self._views_lock:
+            version, views = self._views
+            if version != snap.version:
+                views = {}
+                self._views = (snap.version, views)
+            if tenant not in views:
+                views[tenant] = make()
+            return views[tenant]
+
     def result(self, snap: Snapshot, make: Callable[[JobDoc], object]) -> object:
         """The finished job's signed result, made once per snapshot and shared by every follower."""
         with self._result_lock:
@@ -135,10 +149,17 @@ class Watch:
             return self._result[1]
 
 
+# Followers woken per turn of an event loop: a thousand followers of one job wake in batches, so the loop serves
+# other connections between them instead of after all of them.
+SETTLE_BATCH = 64
+
+
 def _settle(waiters: list[asyncio.Future]) -> None:
-    for waiter in waiters:
+    for waiter in waiters[:SETTLE_BATCH]:
         if not waiter.done():
             waiter.set_result(None)
+    if len(waiters) > SETTLE_BATCH:
+        asyncio.get_running_loop().call_soon(_settle, waiters[SETTLE_BATCH:])
 
 
 @dataclass
@@ -153,6 +174,16 @@ class Follow:
     def view(self, snap: Snapshot) -> Task:
         """`snap` as this follower's tenant sees it (NotFound once the job no longer shows to it)."""
         return self.hub.view(self.watch, snap, self.tenant)
+
+    def rendered(self, snap: Snapshot, render: Callable[[Task | None], object]) -> object:
+        """`render(view)` of `snap` for this tenant (`render(None)` when it no longer shows), shared by its
+        followers."""
+        def make() -> object:
+            try:
+                return render(self.view(snap))
+            except errors.NotFound:
+                return render(None)
+        return self.watch.rendered(snap, self.tenant, make)
 
     def close(self) -> None:
         self.hub._release(self)

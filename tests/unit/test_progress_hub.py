@@ -129,6 +129,22 @@ def test_a_task_another_tenant_cannot_see_is_a_404_and_takes_no_slot():
     assert hub.open_streams() == {}
 
 
+def test_followers_of_one_tenant_share_one_rendering_of_each_change():
+    tasks = CountingTasks(job(tenants=("acme", "globex")))
+    hub = hub_of(tasks)
+    follows = [hub.follow("img-1", tenant)[0] for tenant in ("acme", "acme", "globex")]
+    snap = follows[0].watch.snapshot
+    made = []
+
+    def render(task):
+        made.append(task)
+        return object()
+
+    acme = [f.rendered(snap, render) for f in follows[:2]]
+    globex = follows[2].rendered(snap, render)
+    assert acme[0] is acme[1] and globex is not acme[0] and len(made) == 2
+
+
 def test_admission_is_decided_per_tenant_then_per_instance():
     caps = StreamCaps(per_instance=10, per_tenant=4, retry_after_s=1)
     assert admit(caps, 0, 0) is None and admit(caps, 9, 3) is None
@@ -147,8 +163,8 @@ def test_a_stream_sends_heartbeats_and_ends_at_its_maximum_duration():
         watch = Idle("img-1")
         closed = False
 
-        def view(self, snap):
-            return CountingTasks(job()).view(snap.job, "acme")
+        def rendered(self, snap, render):
+            return render(CountingTasks(job()).view(snap.job, "acme"))
 
         def close(self):
             self.closed = True
