@@ -26,6 +26,11 @@ from functions.settings import FunctionsSettings
 
 Handler = Callable[[flask.Request], flask.Response]
 
+# The router's threads and the event loop share one GIL: while the loop wakes a thousand followers, a router
+# thread waiting for the GIL waits up to the switch interval at each hand-off (5 ms by default). A shorter interval
+# keeps a dedup hit's tail latency near its no-follower figure (BENCHMARKS.md, "Live progress for thousands").
+SWITCH_INTERVAL_S = 0.001
+
 
 class AsgiApi:
     """An ASGI application around the WSGI router `handler`; built once per process."""
@@ -35,6 +40,7 @@ class AsgiApi:
         self._limit = settings.max_body_bytes
         self._idle = settings.body_idle_timeout_s
         self._pool = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="api")
+        sys.setswitchinterval(SWITCH_INTERVAL_S)  # this process serves the api and nothing else
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":

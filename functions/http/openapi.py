@@ -26,9 +26,7 @@ _ERRORS = {
     413: "The body is too large.",
     415: "The body is not JSON.",
     422: "An Idempotency-Key was reused with a different request.",
-    408: "The request's headers or body did not arrive in time; the connection is closed.",
-    429: "The tenant's rate limit, a quota or its event streams on this instance are used up; `Retry-After` says "
-         "when to retry.",
+    429: "The tenant's rate limit or a quota is used up; `Retry-After` says when to retry.",
     500: "An unexpected failure (details in the logs under the request id).",
     503: "A backing service is unavailable; retry later.",
 }
