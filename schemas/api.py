@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, Field
 
 from schemas._base import Contract, Reply
 from schemas.documents import Style
+from schemas.identity import Reproducibility
 from schemas.ids import SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
 from schemas.jobs import JobError, JobStatus, JobType
 from schemas.push import Delivery, LaneOption, PrerenderStats, WebhookOptions
@@ -22,6 +23,10 @@ class ImageRequest(Contract):
     soul_id: str = Field(pattern=SOUL_ID_PATTERN, description="The soul to draw, e.g. `nova`.")
     cue: str = Field(min_length=1, max_length=CUE_MAX_CHARS, description="A short cue, e.g. `penguin`.")
     user_id: str = Field(pattern=USER_ID_PATTERN, description="The end user, as asserted by the calling backend.")
+    seed: int | None = Field(default=None, ge=0, lt=2**32, description=(
+        "Pin the seed: the same pinned request is the same variant, rendered again it is the same pixels."))
+    scheduler: str | None = Field(default=None, max_length=40, description=(
+        "A scheduler the soul's style allows (`style.schedulers`)."))
 
 
 class ImageOrder(ImageRequest, WebhookOptions, LaneOption):
@@ -37,6 +42,8 @@ class Variant(Reply):
     height: int
     seed: int
     created_at: datetime
+    reproducibility: Reproducibility | None = Field(
+        default=None, description="How it was made: model, weights, adapters, references, seed, scheduler, size.")
 
 
 class Place(Reply):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from schemas._base import Contract, Document
+from schemas.identity import SCHEDULERS, Reproducibility
 from schemas.ids import SOUL_ID_PATTERN
 
 
@@ -20,6 +21,27 @@ class Style(Contract):
     height: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
     steps: int = Field(default=30, ge=1, le=150)
     guidance: float = Field(default=7.0, ge=0.0, le=30.0)
+    # Identity (schemas/identity.py): how strongly the soul's reference images condition each render (IP-Adapter
+    # scale; no effect without references), the scheduler it renders with (None: the runner's default) and the
+    # schedulers a request may pick. Left at their defaults they are not part of the fingerprint (today's keys).
+    identity_scale: float = Field(default=0.6, ge=0.0, le=2.0)
+    scheduler: str | None = None
+    schedulers: tuple[str, ...] = Field(default=(), max_length=len(SCHEDULERS))
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and value not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {value!r}; one of {', '.join(SCHEDULERS)}")
+        return value
+
+    @field_validator("schedulers")
+    @classmethod
+    def _known_schedulers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in SCHEDULERS]
+        if unknown:
+            raise ValueError(f"unknown scheduler(s) {', '.join(unknown)}; each one of {', '.join(SCHEDULERS)}")
+        return value
 
 
 class StyleProfile(Document):
@@ -74,6 +96,7 @@ class VariantDoc(Document):
     cue: str
     place: str | None = None
     created_at: datetime
+    reproducibility: Reproducibility | None = None  # how it was made (schemas/identity.py)
 
 
 class SeenDoc(Document):

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from schemas._base import Contract, Document
+from schemas.identity import MAX_REFERENCES, AdapterUsed, LoraRef, ReferenceRef, Reproducibility
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, VARIANT_ID_PATTERN
 
 SCHEMA_VERSION = 1
@@ -68,6 +69,13 @@ class ImageJobSpec(Contract):
     seed: int = Field(ge=0, lt=2**32)
     style_fingerprint: str
     place: str | None = None
+    # Identity and reproducibility (schemas/identity.py); defaults for jobs made before them.
+    references: tuple[ReferenceRef, ...] = Field(default=(), max_length=MAX_REFERENCES)
+    reference_set_version: str | None = None
+    identity_scale: float = Field(default=0.0, ge=0.0, le=2.0)
+    lora: LoraRef | None = None
+    scheduler: str | None = None
+    seed_pinned: bool = False
 
 
 class VideoJobSpec(Contract):
@@ -102,6 +110,7 @@ class ImageResult(Contract):
     bytes: int
     render_seconds: float
     created_at: datetime
+    reproducibility: Reproducibility | None = None
 
 
 class VideoOutput(Contract):
@@ -135,6 +144,8 @@ class JobMetrics(Contract):
     model: str
     device: str
     batch_size: int = Field(default=1, ge=1)
+    adapter_load_seconds: float = Field(default=0.0, ge=0.0)  # loading this job's LoRA/IP-Adapter (0: resident)
+    adapters: tuple[AdapterUsed, ...] = ()
 
 
 class JobDoc(Document):

@@ -14,4 +14,5 @@ def variant_link(signer: UrlSigner, image: VariantDoc | ImageResult) -> Variant:
     return Variant(
         variant_id=image.variant_id, pk_id=image.pk, url=signed.url, expires_at=signed.expires_at,
         width=image.width, height=image.height, seed=image.seed, created_at=image.created_at,
+        reproducibility=image.reproducibility,
     )
