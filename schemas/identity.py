@@ -7,10 +7,13 @@ no request is answered with the old look. Scheduler names are an allow-list shar
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import Base64Bytes, Field
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from schemas._base import Contract, Document, Reply
 from schemas.ids import SOUL_ID_PATTERN
@@ -20,7 +23,7 @@ VERSION_PATTERN = r"^[0-9a-f]{16}$"
 ADAPTER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 # Schedulers a style may allow and a request may pick; the runner maps each to a diffusers class
 # (gpu_runner/pipelines/adapters.py `SCHEDULER_CLASSES`; a unit test keeps the two equal).
-SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lms", "heun")
+SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "heun")
 
 
 def content_version(data: bytes) -> str:
@@ -70,10 +73,26 @@ def reference_set_version(refs: list[ReferenceImage] | tuple) -> str | None:
 # ---- upload bodies (JSON with base64, or multipart with the same field names) -------------------------------------
 
 
+def _decoded(value: object) -> bytes:
+    """Base64 text from JSON (strictly: no stray characters), or a multipart file part's bytes as they are."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not base64 (standard alphabet, padded)") from None
+    raise ValueError("expected base64 text")
+
+
+UploadBytes = Annotated[bytes, BeforeValidator(_decoded),
+                        WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
+
+
 class ReferenceUpload(Contract):
     """`POST /style/{soul_id}/references`: one image, PNG, JPEG or WebP (multipart: a file field `image`)."""
 
-    image: Base64Bytes = Field(description="The image bytes (base64 in JSON; a file part in multipart).")
+    image: UploadBytes = Field(description="The image bytes (base64 in JSON; a file part in multipart).")
 
 
 class LoraUpload(Contract):
@@ -82,7 +101,7 @@ class LoraUpload(Contract):
 
     name: str = Field(pattern=ADAPTER_NAME_PATTERN)
     scale: float = Field(default=1.0, ge=0.0, le=2.0)
-    lora: Base64Bytes = Field(description="The .safetensors bytes (base64 in JSON; a file part in multipart).")
+    lora: UploadBytes = Field(description="The .safetensors bytes (base64 in JSON; a file part in multipart).")
 
 
 class IdentityOut(Reply):

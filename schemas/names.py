@@ -19,6 +19,7 @@ COUNTER_DEDUP_HITS = "image_dedup_hits"  # image requests answered with an exist
 JOB_HEADS = "job_heads"  # job_heads/{first job id}: which retry of that work is current, which retries failed
 WEBHOOKS = "webhooks"  # jobs/{job_id}/webhooks/{webhook_id}: one requester's webhook
 WARM_POOL = "warm_pool"  # warm_pool/{pk} (+ /askers/{user}, /prerenders/{variant_index}): functions/services/warm_pool.py
+IDENTITIES = "identities"  # identities/{soul_id}: reference images and LoRA (schemas/identity.py)
 DELIVERIES = "deliveries"  # jobs/{job_id}/webhooks/{webhook_id}/deliveries/{key}: attempts of one event
 
 # Pub/Sub topics.
@@ -57,3 +58,11 @@ def image_object(soul_id: str, pk: str, variant_id: str) -> str:
 
 def video_object(variant_id: str, job_id: str, fmt: str) -> str:
     return f"videos/{variant_id}/{job_id}.{fmt}"
+
+
+def reference_object(soul_id: str, ref_id: str) -> str:
+    return f"references/{soul_id}/{ref_id}.png"
+
+
+def lora_object(soul_id: str, version: str) -> str:
+    return f"loras/{soul_id}/{version}.safetensors"

@@ -21,6 +21,8 @@ class ModelHost:
         self._device = None
         self._sdxl: Any = None
         self._svd: Any = None
+        self._adapters: Any = None
+        self._fingerprint: str | None = None
 
     @property
     def device(self):
@@ -47,6 +49,36 @@ class ModelHost:
                 self._sdxl = load_sdxl(self._settings.sdxl_model, Path(self._settings.model_cache_dir), self.device)
                 self._sdxl.set_progress_bar_config(disable=True)  # progress goes to the job document
             return self._sdxl
+
+    @property
+    def adapters(self):
+        """The SDXL pipeline's LoRA/IP-Adapter/scheduler state (gpu_runner/pipelines/adapters.py)."""
+        with self._lock:
+            if self._adapters is None:
+                from gpu_runner.pipelines.adapters import AdapterHost
+
+                s = self._settings
+                self._adapters = AdapterHost(
+                    cache_dir=Path(s.model_cache_dir), ip_adapter_model=s.ip_adapter_model,
+                    ip_adapter_weight_name=s.ip_adapter_weight_name, resident=s.lora_resident,
+                    budget_bytes=int(s.lora_budget_mb * 1024 * 1024), hotswap=s.lora_hotswap,
+                    hotswap_rank=s.lora_hotswap_rank,
+                )
+            return self._adapters
+
+    def weights_fingerprint(self) -> str:
+        """Of the SDXL weights this runner serves (computed once)."""
+        if self._fingerprint is None:
+            from gpu_runner.pipelines.fingerprint import weights_fingerprint
+
+            if self._settings.sdxl_model is None:
+                from gpu_runner.pipelines.tiny import TINY_SDXL_NAME
+
+                model = Path(self._settings.model_cache_dir) / TINY_SDXL_NAME
+            else:
+                model = Path(self._settings.sdxl_model).expanduser()
+            self._fingerprint = weights_fingerprint(model)
+        return self._fingerprint
 
     def svd(self):
         """Loaded into host memory first; then resident on the GPU beside SDXL when free memory holds it with

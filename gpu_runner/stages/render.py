@@ -126,10 +126,18 @@ class RenderStage:
             if all(ticket.error is not None for ticket in batch):
                 raise batch[0].error  # nobody left: stop the render
 
+        conditioning = []
+
+        def prepare(pipe) -> dict:
+            # One adapter set per batch (batch_key includes it): the first job's is everyone's.
+            conditioning.append(self._work.models.adapters.prepare(pipe, batch[0].plan.render,
+                                                                   self._work.media.read))
+            return conditioning[0].kwargs
+
         try:
             pipe = self._work.models.sdxl()
             started = time.perf_counter()
-            images = render_images(pipe, [t.plan.render for t in batch], on_step)
+            images = render_images(pipe, [t.plan.render for t in batch], on_step, prepare)
             elapsed = time.perf_counter() - started
         except Exception as exc:  # noqa: BLE001 - the whole call failed: every job still in it gets the error
             for ticket in batch:
@@ -139,4 +147,5 @@ class RenderStage:
         for ticket, image in zip(batch, images):
             ticket.image, ticket.batch_size = image, len(batch)
             ticket.gpu_seconds = ticket.render_seconds = share
+            ticket.adapter_load_seconds, ticket.scheduler = conditioning[0].load_seconds, conditioning[0].scheduler
         log.info("batch_rendered", jobs=[t.job.job_id for t in batch], seconds=round(elapsed, 3))
