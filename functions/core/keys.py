@@ -26,8 +26,9 @@ _LATER_FIELDS = ("identity_scale", "scheduler", "schedulers")
 
 def style_fingerprint(style: Style) -> str:
     dumped = style.model_dump(mode="json")
+    defaults = Style().model_dump(mode="json", include=set(_LATER_FIELDS))
     for name in _LATER_FIELDS:
-        if dumped[name] == Style.model_fields[name].get_default():
+        if dumped[name] == defaults[name]:
             del dumped[name]
         elif isinstance(dumped[name], list):
             dumped[name] = sorted(dumped[name])
