@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, Field
 
 from schemas._base import Contract, Reply
 from schemas.documents import Style
-from schemas.identity import Reproducibility
+from schemas.identity import Reproducibility, SchedulerName
 from schemas.ids import SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
 from schemas.jobs import JobError, JobStatus, JobType
 from schemas.push import Delivery, LaneOption, PrerenderStats, WebhookOptions
@@ -25,7 +25,7 @@ class ImageRequest(Contract):
     user_id: str = Field(pattern=USER_ID_PATTERN, description="The end user, as asserted by the calling backend.")
     seed: int | None = Field(default=None, ge=0, lt=2**32, description=(
         "Pin the seed: the same pinned request is the same variant, rendered again it is the same pixels."))
-    scheduler: str | None = Field(default=None, max_length=40, description=(
+    scheduler: SchedulerName | None = Field(default=None, description=(
         "A scheduler the soul's style allows (`style.schedulers`)."))
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from schemas._base import Contract, Document
-from schemas.identity import SCHEDULERS, Reproducibility
+from schemas.identity import SCHEDULERS, Reproducibility, SchedulerName
 from schemas.ids import SOUL_ID_PATTERN
 
 
@@ -25,23 +25,8 @@ class Style(Contract):
     # scale; no effect without references), the scheduler it renders with (None: the runner's default) and the
     # schedulers a request may pick. Left at their defaults they are not part of the fingerprint (today's keys).
     identity_scale: float = Field(default=0.6, ge=0.0, le=2.0)
-    scheduler: str | None = None
-    schedulers: tuple[str, ...] = Field(default=(), max_length=len(SCHEDULERS))
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str | None) -> str | None:
-        if value is not None and value not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {value!r}; one of {', '.join(SCHEDULERS)}")
-        return value
-
-    @field_validator("schedulers")
-    @classmethod
-    def _known_schedulers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [name for name in value if name not in SCHEDULERS]
-        if unknown:
-            raise ValueError(f"unknown scheduler(s) {', '.join(unknown)}; each one of {', '.join(SCHEDULERS)}")
-        return value
+    scheduler: SchedulerName | None = None
+    schedulers: tuple[SchedulerName, ...] = Field(default=(), max_length=len(SCHEDULERS))
 
 
 class StyleProfile(Document):

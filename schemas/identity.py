@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
 from pydantic import BeforeValidator, Field, WithJsonSchema
 
@@ -23,7 +23,8 @@ VERSION_PATTERN = r"^[0-9a-f]{16}$"
 ADAPTER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 # Schedulers a style may allow and a request may pick; the runner maps each to a diffusers class
 # (gpu_runner/pipelines/adapters.py `SCHEDULER_CLASSES`; a unit test keeps the two equal).
-SCHEDULERS = ("euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "heun")
+SchedulerName = Literal["euler", "euler_a", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "heun"]
+SCHEDULERS: tuple[str, ...] = get_args(SchedulerName)
 
 
 def content_version(data: bytes) -> str:
@@ -73,6 +74,9 @@ def reference_set_version(refs: list[ReferenceImage] | tuple) -> str | None:
 # ---- upload bodies (JSON with base64, or multipart with the same field names) -------------------------------------
 
 
+_BASE64 = r"^(?:[A-Za-z0-9+/]{4})+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$|^[A-Za-z0-9+/]{2}==$|^[A-Za-z0-9+/]{3}=$"
+
+
 def _decoded(value: object) -> bytes:
     """Base64 text from JSON (strictly: no stray characters), or a multipart file part's bytes as they are."""
     if isinstance(value, (bytes, bytearray)):
@@ -86,7 +90,8 @@ def _decoded(value: object) -> bytes:
 
 
 UploadBytes = Annotated[bytes, BeforeValidator(_decoded),
-                        WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
+                        WithJsonSchema({"type": "string", "contentEncoding": "base64", "minLength": 4,
+                                        "pattern": _BASE64})]
 
 
 class ReferenceUpload(Contract):
