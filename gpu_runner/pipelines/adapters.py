@@ -151,6 +151,8 @@ class AdapterHost:
         if hotswap is False and self._use_hotswap(pipe) and not getattr(pipe, "_soul_hotswap_ready", False):
             pipe.enable_lora_hotswap(target_rank=self._hotswap_rank)
             pipe._soul_hotswap_ready = True
+        if not hotswap and adapter in getattr(pipe.unet, "peft_config", {}):
+            pipe.delete_adapters(adapter)  # left by an earlier, failed load: load it afresh
         try:
             pipe.load_lora_weights(state, adapter_name=adapter, hotswap=hotswap)
         except (ValueError, RuntimeError, KeyError) as exc:
