@@ -15,7 +15,7 @@ from functions.services.links import variant_link
 from functions.services.usage import GpuUsage
 from schemas import names
 from schemas._base import utcnow
-from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats
+from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats, Variant
 from schemas.api import TaskMetrics
 from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
 
@@ -67,6 +67,22 @@ class TaskService:
                     else ("tenants", tenant))
         jobs, cursor = self._store.page(filters, query.page_size, query.cursor, contains=contains)
         return TaskPage(items=[self.view(job, tenant, sign=False) for job in jobs], next_cursor=cursor)
+
+    def images(self, tenant: str, page_size: int, cursor: str | None) -> tuple[list[Variant], str | None]:
+        """`GET /static/images`: the images of this tenant's finished image jobs, newest first, with signed URLs:
+        the visibility of `/tasks` (the same query as `GET /tasks?status=succeeded&type=image`, its cursor a job
+        id within those results)."""
+        filters = {"status": JobStatus.SUCCEEDED.value, "type": JobType.IMAGE.value}
+        jobs, after = self._store.page(filters, page_size, cursor, contains=("tenants", tenant))
+        return [variant_link(self._signer, job.result) for job in jobs if isinstance(job.result, ImageResult)], after
+
+    def video_output(self, task_id: str, fmt: str, tenant: str) -> str | None:
+        """`GET /static/videos/{task}.{fmt}`: the object of an animation of a task this tenant may see (the rule
+        of `GET /tasks/{id}`: video task ids are computable from public values), or None."""
+        job = self._store.job(task_id)
+        if job is None or not visible_to(job, tenant) or not isinstance(job.result, VideoResult):
+            return None
+        return next((o.object for o in job.result.outputs if o.format == fmt), None)
 
     def cancel(self, task_id: str, tenant: str) -> tuple[int, Task]:
         """Withdraw `tenant`'s interest. When other tenants still wait, the job goes on for them and this tenant
