@@ -30,6 +30,7 @@ from functions.core.tenants import KeyRing, build_key_ring, check_webhook_secret
 from functions.core.uploads import UploadLimits
 from functions.services.identity import IdentityService
 from functions.services.idempotency import IdempotencyStore
+from functions.services.content import ContentPolicies
 from functions.services.images import ImageService
 from functions.services.quotas import QuotaService
 from functions.services.styles import StyleService
@@ -66,6 +67,7 @@ class Services:
     webhooks: WebhookRegistry
     warm_pool: WarmPool
     identities: IdentityService
+    content: ContentPolicies
     readiness: Mapping[str, Callable[[], None]]  # backend -> a cheap check that raises when it is unreachable
 
 
@@ -107,7 +109,8 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
     )
     styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
     usage = GpuUsage(jobs, ShardedCounter(db, names.COUNTER_DEDUP_HITS))
-    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage)
+    content = ContentPolicies(keys, settings)
+    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content)
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
     identities = IdentityService(
         IdentityStore(db), AssetStore(clients.storage, settings.bucket), styles, settings.model_tag,
@@ -127,6 +130,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         styles=styles,
         images=ImageService(prompts, jobs, styles, publisher, signer, settings, defaults, quotas, warm_pool,
                             usage=usage, identities=identities),
+                            usage=usage, content=content),
         tasks=tasks,
         videos=VideoService(prompts, jobs, publisher, tasks, settings, defaults, quotas),
         idempotency=IdempotencyStore(IdempotencyRecords(db), timedelta(seconds=settings.idempotency_ttl_s)),
@@ -136,6 +140,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         webhooks=WebhookRegistry(webhook_store, jobs, publisher, settings, keys),
         warm_pool=warm_pool,
         identities=identities,
+        content=content,
         readiness={"firestore": jobs.ping, "pubsub": publisher.ping,
                    "gcs": partial(probe_bucket, clients.storage, settings.bucket)},
     )

@@ -9,6 +9,7 @@ from pydantic import Field
 from schemas._base import Contract, Document
 from schemas.identity import SCHEDULERS, Reproducibility, SchedulerName
 from schemas.ids import SOUL_ID_PATTERN
+from schemas.safety import SafetyVerdict
 
 
 class Style(Contract):
@@ -82,6 +83,8 @@ class VariantDoc(Document):
     place: str | None = None
     created_at: datetime
     reproducibility: Reproducibility | None = None  # how it was made (schemas/identity.py)
+    # The checker's verdict (shared by every tenant; each tenant's policy decides what it gets). None: older.
+    safety: SafetyVerdict | None = None
 
 
 class SeenDoc(Document):

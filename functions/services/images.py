@@ -10,13 +10,15 @@ from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.prompts import PromptStore
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
-from functions.core import estimates, keys
-from functions.core.errors import InvalidInput
+from functions.core import content_policy, estimates, keys
+from functions.core.content_policy import Viewer
+from functions.core.errors import ContentRefused, InvalidInput
 from functions.core.normalize import CueError, normalize_cue
 from functions.core.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.core.variants import choose_unseen, next_variant_index
 from functions.services import lanes
+from functions.services.content import ContentPolicies
 from functions.services.jobs import Interest, ensure_job
 from functions.services.links import variant_link
 from functions.services.identity import IdentityService
@@ -47,6 +49,7 @@ class ImageAsk:
     lane: JobLane = JobLane.INTERACTIVE
     seed: int | None = None  # pinned: the pk has one variant, rendered with this seed
     scheduler: str | None = None  # one of the style's `schedulers`
+    admin: bool = False  # an admin key asks (content policy `blur`: it also gets the original)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class ImageService:
         warm_pool: WarmPool,
         usage: GpuUsage | None = None,
         identities: IdentityService | None = None,
+        content: ContentPolicies | None = None,
     ):
         self._prompts = prompts
         self._jobs = jobs
@@ -86,6 +90,8 @@ class ImageService:
         self._usage = usage  # counts dedup hits for the GPU-seconds statistics
         self._warm = warm_pool
         self._identities = identities  # None: souls have no references or adapters (today's keys)
+        self.content = content or ContentPolicies(None, settings)
+
 
     def look(self, soul_id: str, kind: str, cue: str, seed: int | None = None,
              scheduler: str | None = None) -> Look:
@@ -133,23 +139,33 @@ class ImageService:
             cue = normalize_cue(ask.cue)
         except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
+        self.content.screen(ask.tenant, cue)  # blocked terms: 422 before any read, job or GPU second
         look = self.look(ask.soul_id, ask.kind, cue, ask.seed, ask.scheduler)
         style, pk = look.style, look.pk
         variants = self._prompts.variants_of(pk)
+        viewer = self.content.viewer(ask.tenant, admin=ask.admin)
         if ask.seed is not None and variants:
-            # A pinned request names one image: the same pinned request is the same variant, seen or not.
-            return ImageReady(pk_id=pk, variant=self.variant_view(min(variants, key=lambda v: v.variant_index)))
+            # A pinned request names one image: the same pinned request is the same variant, seen or not (unless
+            # this tenant's policy withholds it: rendering the same seed again would make the same image).
+            pinned = min(variants, key=lambda v: v.variant_index)
+            if not content_policy.deliverable(viewer, pinned.safety):
+                raise ContentRefused("the image this pinned seed makes is withheld by this tenant's content policy; "
+                                     "pin another seed", field="seed")
+            return ImageReady(pk_id=pk, variant=self.variant_view(pinned, viewer))
         user = scoped_user(ask.tenant, ask.user_id)
         seen = self._prompts.seen_among(user, [v.variant_id for v in variants])
-        unseen = choose_unseen(variants, seen)
+        # Variants are shared between tenants: one this tenant's policy withholds is never its dedup hit (the next
+        # variant is made instead, and its own result may be withheld in turn).
+        offered = [v for v in variants if content_policy.deliverable(viewer, v.safety)]
+        unseen = choose_unseen(offered, seen)
         self._warm.observe(pk, ask.kind, user, ask.tenant)
         if unseen is not None:
             if self._usage is not None:
                 self._usage.record_dedup_hit()
-            left = sum(1 for v in variants if v.variant_id not in seen) - 1  # once this one is taken
+            left = sum(1 for v in offered if v.variant_id not in seen) - 1  # once this one is taken
             self._warm.after_take(pk, unseen.variant_index, left, variants,
                                   partial(self.prerender, tenant=ask.tenant), ask.tenant)
-            return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
+            return ImageReady(pk_id=pk, variant=self.variant_view(unseen, viewer))
         index = next_variant_index(variants)
         if index == 0:
             now = utcnow()
@@ -229,6 +245,7 @@ class ImageService:
             cue = normalize_cue(request.cue)
         except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
+        self.content.screen(tenant, cue)
         look = self.look(request.soul_id, "image", cue)
         style, pk = look.style, look.pk
         now = utcnow()
@@ -238,5 +255,6 @@ class ImageService:
         return self._warm.warm(pk, request.variants, self._prompts.variants_of(pk),
                                partial(self.prerender, tenant=tenant), tenant)
 
-    def variant_view(self, variant: VariantDoc) -> Variant:
-        return variant_link(self._signer, variant)
+    def variant_view(self, variant: VariantDoc, viewer: Viewer = Viewer()) -> Variant | None:
+        """The variant as `viewer` may see it; None when its content policy withholds it."""
+        return variant_link(self._signer, variant, viewer)

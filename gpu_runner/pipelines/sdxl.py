@@ -15,6 +15,7 @@ from PIL import Image
 
 from gpu_runner.pipelines.clip import sdxl_config_folder
 from gpu_runner.pipelines.device import DeviceChoice
+from gpu_runner.pipelines.previews import Previews
 from gpu_runner.pipelines.prompts import encode_prompts, window_count
 from gpu_runner.pipelines.specs import RenderSpec, batch_key
 
@@ -39,14 +40,16 @@ def prompt_arguments(pipe: StableDiffusionXLPipeline, specs: list[RenderSpec]) -
 
 def render_images(
     pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None = None,
+    previews: Previews | None = None,
     prepare: Callable[[StableDiffusionXLPipeline], dict] | None = None,
 ) -> list[Image.Image]:
     """Render several specs with as few pipeline calls as keep each image independent of its partners (they must
     share `batch_key`). Each item has its own seeded generator, so item i is the image its spec renders alone.
     Items whose prompts need a different number of 77-token windows go in separate calls: padding a shorter
-    prompt with empty windows would change its conditioning. `prepare(pipe)` runs under the render lock before
-    the calls (adapters, references, scheduler: gpu_runner/pipelines/adapters.py) and returns extra pipeline
-    arguments for every call."""
+    prompt with empty windows would change its conditioning. With `previews`, every `previews.every` steps each
+    item's latents are decoded to a small preview and emitted under the item's index in `specs`. `prepare(pipe)`
+    runs under the render lock before the calls (adapters, references, scheduler: gpu_runner/pipelines/adapters.py)
+    and returns extra pipeline arguments for every call."""
     assert specs and len({batch_key(spec) for spec in specs}) == 1, "a batch needs one size, steps and guidance"
     images: dict[int, Image.Image] = {}
     # One render at a time per pipeline: a render mutates what it shares with any other (the scheduler's
@@ -59,13 +62,14 @@ def render_images(
             groups.setdefault(window_count(pipe, spec.prompt, spec.negative_prompt), []).append(index)
         for indexes in groups.values():
             group = [specs[i] for i in indexes]
-            for i, image in zip(indexes, _render_call(pipe, group, on_step, extra), strict=True):
+            for i, image in zip(indexes, _render_call(pipe, group, on_step, previews, indexes, extra), strict=True):
                 images[i] = image
     return [images[i] for i in range(len(specs))]
 
 
 def _render_call(
     pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None,
+    previews: Previews | None = None, indexes: list[int] | None = None,
     extra: dict | None = None,
 ) -> list[Image.Image]:
     first = specs[0]
@@ -75,6 +79,9 @@ def _render_call(
     def step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
         if on_step is not None:
             on_step(step_index + 1, pipeline.num_timesteps)
+        if previews is not None and previews.due(step_index + 1, pipeline.num_timesteps):
+            for item, image in enumerate(previews.decode(callback_kwargs["latents"])):
+                previews.emit(indexes[item] if indexes else item, step_index + 1, pipeline.num_timesteps, image)
         return callback_kwargs
 
     result = pipe(

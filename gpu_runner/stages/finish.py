@@ -10,6 +10,7 @@ from gpu_runner import failpoints
 from soul_common.events import EventPublisher
 from gpu_runner.stages.image_job import WorkContext, reproducibility, store_image
 from gpu_runner.stages.intake import Ticket
+from gpu_runner.stages.safety import SafetyStage, verdict_for
 from gpu_runner.adapters.jobstore import JobStore
 from schemas.identity import AdapterUsed
 from schemas.jobs import JobDoc, JobMetrics, JobStatus, JobType
@@ -23,6 +24,7 @@ class FinishStage:
         self._store = store
         self._events = events
         self._model_tag = model_tag
+        self._safety = SafetyStage(work)
 
     def succeed(self, ticket: Ticket) -> JobDoc:
         job = ticket.job
@@ -31,10 +33,17 @@ class FinishStage:
                 self._record_pace(ticket)
             ticket.progress.stage("uploading", 0.92)
             made = reproducibility(job, ticket.plan, self._model_tag, self._work.models, ticket.scheduler)
-            result = store_image(job, ticket.plan, ticket.image, self._work, ticket.render_seconds, made)
+            result = store_image(job, ticket.plan, ticket.image, self._work, ticket.render_seconds, ticket.safety,
+                                 rescore=lambda image: self._rescore(ticket, image), made=made)
         else:
             result = ticket.outcome
         return self._finish(ticket, JobStatus.SUCCEEDED, result)
+
+    def _rescore(self, ticket: Ticket, image):
+        """An earlier attempt's object without a verdict: score it now (rare: uploads before the checker)."""
+        scores, name, elapsed = self._safety.score([image])
+        ticket.safety_seconds += elapsed
+        return verdict_for(scores[0], self._work.settings.safety_threshold, name, ticket.job.request)
 
     def _record_pace(self, ticket: Ticket) -> None:
         """Measured pace for the estimates; here, not in the render stage, so its round trips overlap renders."""
@@ -50,9 +59,12 @@ class FinishStage:
 
     def _finish(self, ticket: Ticket, status: JobStatus, result) -> JobDoc:
         stop_keepalive(ticket)  # no progress tick or renewal may follow the finish (they are fenced anyway)
+        verdict = getattr(result, "safety", None)
         lora = ticket.plan.render.lora if ticket.plan is not None else None
-        metrics = JobMetrics(gpu_seconds=round(ticket.gpu_seconds, 4), model=self._model_tag,
+        metrics = JobMetrics(gpu_seconds=round(ticket.gpu_seconds + ticket.safety_seconds, 4), model=self._model_tag,
                              device=self._work.models.device.name, batch_size=ticket.batch_size,
+                             safety_seconds=round(ticket.safety_seconds, 4),
+                             safety_model=verdict.model if verdict is not None else None,
                              adapter_load_seconds=round(ticket.adapter_load_seconds, 4),
                              adapters=(AdapterUsed(name=lora.name, version=lora.version, scale=lora.scale),)
                              if lora else ())
