@@ -101,7 +101,7 @@ class ReferenceUpload(Contract):
 
 
 class LoraUpload(Contract):
-    """`PUT /style/{soul_id}/lora`: a LoRA in diffusers/peft `.safetensors` layout (multipart: a file field
+    """`POST /style/{soul_id}/lora`: a LoRA in diffusers/peft `.safetensors` layout (multipart: a file field
     `lora` and form fields `name`, `scale`)."""
 
     name: str = Field(pattern=ADAPTER_NAME_PATTERN)

@@ -461,7 +461,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("reference_delete", "DELETE", "/style/<soul_id>/references/<ref_id>", reference_delete,
              "Remove a reference image (admin).", "style", {200: IdentityOut},
              path_params={"soul_id": SOUL_ID_PATTERN, "ref_id": VERSION_PATTERN}, role="admin"),
-    Endpoint("lora_put", "PUT", "/style/<soul_id>/lora", lora_put,
+    Endpoint("lora_put", "POST", "/style/<soul_id>/lora", lora_put,
              "Attach a LoRA (admin; diffusers/peft .safetensors as multipart `lora` + `name`, `scale`, or base64 "
              "JSON): checked against the model's layers, stored create-only; it replaces the soul's adapter.",
              "style", {200: IdentityOut}, body=LoraUpload, path_params={"soul_id": SOUL_ID_PATTERN}, role="admin",

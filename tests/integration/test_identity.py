@@ -46,9 +46,9 @@ def add_reference(api, soul: str, data: bytes, *, multipart: bool = True):
 
 def put_lora(api, soul: str, data: bytes, name: str, scale: float, *, multipart: bool = True):
     if multipart:
-        return api.put(f"/style/{soul}/lora", data={"lora": (io.BytesIO(data), "a.safetensors"), "name": name,
+        return api.post(f"/style/{soul}/lora", data={"lora": (io.BytesIO(data), "a.safetensors"), "name": name,
                                                     "scale": str(scale)}, content_type="multipart/form-data")
-    return api.put(f"/style/{soul}/lora", json={"name": name, "scale": scale,
+    return api.post(f"/style/{soul}/lora", json={"name": name, "scale": scale,
                                                  "lora": base64.b64encode(data).decode()})
 
 
