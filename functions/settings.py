@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import names
+from schemas.safety import ContentPolicy
 from soul_common.delivery import policy
 
 
@@ -62,6 +63,13 @@ class FunctionsSettings(BaseSettings):
     require_auth: bool = False
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
     max_body_bytes: int = 64 * 1024
+    # Admin uploads of a soul's identity (functions/core/uploads.py): the whole body (Cloud Run takes at most 32 MiB
+    # per HTTP/1 request; base64 in JSON adds a third), one reference image, its pixels, one LoRA and its rank.
+    max_upload_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
+    reference_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    reference_max_pixels: int = Field(default=4096 * 4096, ge=64 * 64, le=8192 * 8192)
+    lora_max_bytes: int = Field(default=23 * 1024 * 1024, ge=1024)
+    lora_max_rank: int = Field(default=128, ge=1, le=1024)
     # Deadline of each Firestore call: past it the request answers 503 instead of waiting on retries.
     backend_timeout_s: float = Field(default=10.0, gt=0, le=120)
     public_base_url: str = ""  # prefix of status_url; empty = relative URLs
@@ -87,6 +95,10 @@ class FunctionsSettings(BaseSettings):
     warm_pool_ahead: int = Field(default=1, ge=1, le=16)
     warm_pool_max_ahead: int = Field(default=4, ge=1, le=16)  # bound of POST /image/warm `variants`
     warm_pool_key_cap_per_day: int = Field(default=50, ge=0)  # pre-renders per prompt key per UTC day
+    # Content policy (functions/core/content_policy.py): every tenant's default (the keys file may set a tenant's
+    # own `content_policy`), and blocked terms (comma-separated) screened on every tenant's normalized cues.
+    content_policy: ContentPolicy = ContentPolicy.FLAG
+    blocked_terms: str = Field(default="", max_length=20000)
     # Server-sent events of GET /tasks/{id}/events (functions/http/sse.py).
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=60)
