@@ -298,3 +298,21 @@ def test_fp8_on_a_capable_card_quantizes_the_unet_and_keeps_the_picture(tmp_path
     assert fp8_host.acceleration.quantize == "fp8" and fp16_host.acceleration.quantize == "none"
     assert "quantize" in {p["phase"] for p in fp8_host.startup.snapshot()["phases"]}
     assert (fp8 - fp16).abs().mean() <= 8  # the tiny model's pixels are noise; the same noise, not another
+
+
+def test_a_pipeline_the_runner_compiled_gets_its_loras_hot_swapped(tmp_path):
+    """Regional compilation leaves no `_orig_mod` wrapper; adding a LoRA's layers to compiled blocks would recompile
+    them, so the adapter host must see the runner's own compile mark (unless hot swap is set either way)."""
+    from types import SimpleNamespace
+
+    from gpu_runner.pipelines.adapters import AdapterHost
+
+    def adapters(hotswap):
+        return AdapterHost(cache_dir=tmp_path, ip_adapter_model=None, ip_adapter_weight_name=None, resident=2,
+                           budget_bytes=1 << 20, hotswap=hotswap, hotswap_rank=8)
+
+    compiled = SimpleNamespace(unet=torch.nn.Linear(1, 1), _soul_compiled="regional")
+    eager = SimpleNamespace(unet=torch.nn.Linear(1, 1), _soul_compiled=None)
+    assert adapters(None)._use_hotswap(compiled) is True
+    assert adapters(None)._use_hotswap(eager) is False
+    assert adapters(False)._use_hotswap(compiled) is False
