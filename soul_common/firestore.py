@@ -26,6 +26,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from soul_common.deadlines import deadline
+from soul_common.indexes import IndexMissing
 
 # ---- values with server-side meaning -------------------------------------------------------------------------
 
@@ -321,12 +322,15 @@ class Db:
         return query.shape().collection
 
     def stream(self, query: Query) -> list[Snapshot]:
-        self.ledger.queried(query.shape())
+        shape = query.shape()
+        self.ledger.queried(shape)
         parent = query.parent
         snaps = []
-        for raw in self._query(query).stream(**self._deadline):
-            segments = tuple(raw.reference.path.split("/")) if query.group else (*parent, query.collection, raw.id)
-            snaps.append(self._snapshot(DocRef(segments), raw))
+        with _needs_index(shape):
+            for raw in self._query(query).stream(**self._deadline):
+                segments = (tuple(raw.reference.path.split("/")) if query.group
+                            else (*parent, query.collection, raw.id))
+                snaps.append(self._snapshot(DocRef(segments), raw))
         self.ledger.read(self._scope(query), max(1, len(snaps)), kind="query")  # Firestore bills one for none
         return snaps
 
@@ -346,7 +350,8 @@ class Db:
             else:
                 raise ValueError(f"unknown aggregation {kind!r}")
         assert agg is not None, "aggregate() needs at least one aggregation"
-        results = agg.get(**self._deadline)
+        with _needs_index(query.shape(aggregate=(aggregations[0][0], aggregations[0][1]))):
+            results = agg.get(**self._deadline)
         self.ledger.read(self._scope(query), 1, kind="query")
         return {result.alias: result.value for result in results[0]}
 
@@ -440,6 +445,15 @@ class Batch:
         for ref in self._refs:
             self._db.ledger.wrote(ref)
         return True
+
+
+@contextmanager
+def _needs_index(shape: QueryShape) -> Iterator[None]:
+    """A query's FAILED_PRECONDITION is a missing index (queries have no other precondition): say which shape."""
+    try:
+        yield
+    except gexc.FailedPrecondition as exc:
+        raise IndexMissing(shape, getattr(exc, "message", None) or str(exc)) from exc
 
 
 def _written(result) -> Written:
