@@ -229,7 +229,7 @@ def variants_of_pk(svc: Services, call: Call) -> Reply:
     page = call.query
     assert isinstance(page, PageQuery)
     variants, cursor = svc.prompts.variants_page(call.path["pk_id"], page.page_size, page.cursor)
-    return 200, VariantPage(items=[svc.images.variant_view(v) for v in variants], next_cursor=cursor)
+    return 200, VariantPage(items=svc.images.variant_views(variants), next_cursor=cursor)
 
 
 def seen_of_user(svc: Services, call: Call) -> Reply:
@@ -349,7 +349,7 @@ def static_images(svc: Services, call: Call) -> Reply:
     page = call.query
     assert isinstance(page, PageQuery)
     variants, cursor = svc.prompts.variants_page(None, page.page_size, page.cursor)
-    return 200, StaticListing(items=[svc.images.variant_view(v) for v in variants], next_cursor=cursor)
+    return 200, StaticListing(items=svc.images.variant_views(variants), next_cursor=cursor)
 
 
 TASK = {"task_id": JOB_ID_PATTERN}

@@ -3,6 +3,7 @@ job makes the next one. This is the one code path behind `GET/POST /image`, `/im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,7 +19,7 @@ from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.core.variants import choose_unseen, next_variant_index
 from functions.services import lanes
 from functions.services.jobs import Interest, ensure_job
-from functions.services.links import variant_link
+from functions.services.links import variant_link, variant_links
 from functions.services.quotas import QuotaService
 from functions.services.styles import StyleService
 from functions.services.usage import GpuUsage
@@ -193,3 +194,7 @@ class ImageService:
 
     def variant_view(self, variant: VariantDoc) -> Variant:
         return variant_link(self._signer, variant)
+
+    def variant_views(self, variants: Sequence[VariantDoc]) -> list[Variant]:
+        """A listing page's variants, their URLs signed together (reused when fresh, the rest in parallel)."""
+        return variant_links(self._signer, variants)

@@ -164,8 +164,8 @@ class TaskService:
             return TaskResult(variant=variant_link(self._signer, job.result))
         if isinstance(job.result, VideoResult):
             links = []
-            for output in job.result.outputs:
-                signed = self._signer.sign(output.object)
+            outputs = job.result.outputs
+            for output, signed in zip(outputs, self._signer.sign_many([o.object for o in outputs])):
                 links.append(MediaLink(format=output.format, url=signed.url, expires_at=signed.expires_at,
                                        content_type=output.content_type, bytes=output.bytes))
             return TaskResult(outputs=links)
