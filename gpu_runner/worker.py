@@ -41,7 +41,7 @@ from gpu_runner.adapters.jobstore import JobStore
 from gpu_runner.leasing import ClaimDecision
 from gpu_runner.pipelines.host import ModelHost
 from gpu_runner.stages.progress import JobSignals, ProgressReporter
-from soul_common.reconciler import ReconcilePolicy, Reconciler
+from soul_common.reconciler import PassLease, ReconcilePolicy, Reconciler
 from gpu_runner.stages.render import RenderStage, default_max_batch, gather
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.adapters.clients import RunnerClients
@@ -107,6 +107,9 @@ class Runner:
                 requeue_queued_after=timedelta(seconds=settings.requeue_queued_after_seconds),
             ),
         )
+        # One reconciler pass per interval for the whole fleet: whoever takes the lease runs it.
+        self._reconcile_lease = PassLease(self._db, settings.runner_id,
+                                          timedelta(seconds=settings.reconcile_interval_seconds))
         self._state = WorkerState.NEW
         self._state_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -188,7 +191,7 @@ class Runner:
     def _reconcile_loop(self) -> None:
         while not self._stopping.wait(self._settings.reconcile_interval_seconds):
             try:
-                self._reconciler.run_once()
+                self._reconciler.run_leased(self._reconcile_lease)
             except Exception:  # noqa: BLE001 - a failed pass is retried next interval
                 log.warning("reconcile_failed", exc_info=True)
 

@@ -132,6 +132,7 @@ class Query:
     orders: tuple[tuple[str, str], ...] = ()
     limit_to: int | None = None
     after: Snapshot | None = None
+    after_id: str | None = None  # with order_by("__name__"): start after the document of this id (a cursor)
 
     def where(self, field_name: str, op: Op, value: Any) -> Query:
         return replace(self, filters=(*self.filters, (field_name, op, value)))
@@ -144,6 +145,10 @@ class Query:
 
     def start_after(self, snapshot: Snapshot) -> Query:
         return replace(self, after=snapshot)
+
+    def start_after_id(self, doc_id: str) -> Query:
+        """Resume a scan ordered by `__name__` after the document `doc_id` (which need not exist any more)."""
+        return replace(self, after_id=doc_id)
 
     def shape(self, aggregate: tuple[str, str | None] | None = None) -> QueryShape:
         scope = self.collection if self.group else _pattern((*self.parent, self.collection))
@@ -314,6 +319,8 @@ class Db:
                                    else firestore.Query.ASCENDING)
         if query.after is not None:
             built = built.start_after(query.after._raw)
+        elif query.after_id is not None:
+            built = built.start_after({"__name__": query.after_id})
         if query.limit_to is not None:
             built = built.limit(query.limit_to)
         return built

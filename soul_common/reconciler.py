@@ -18,7 +18,14 @@ The rules (`decide`, pure) for a non-terminal job:
 - a finished job whose completion event was never published (its runner died between the two, and its message
   is gone too) after the same window: publish the event (consumers dedup on the CloudEvent id = job id).
 Every change is a write conditional on the document's update time, so concurrent reconcilers and runners never
-both act on one observation; a publish that fails is undone (published_at cleared) so the next pass retries it."""
+both act on one observation; a publish that fails is undone (published_at cleared) so the next pass retries it.
+
+How it scales: each scan (queued, running, finished-without-event) is ordered by document id and read in pages
+of `page_size` with a cursor, so every job is reached however long the backlog (an unordered `limit` would read
+the same first page forever). One pass at a time for the whole deployment: the runners' loops and the scheduled
+function take `leases/reconciler` first (`PassLease`; held until it expires, so the deployment makes one pass per
+lease period however many runners there are), and a leased pass reads at most `max_pages` pages per scan, keeping
+its cursors in the lease document so the next pass goes on from there and wraps around at the end."""
 
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ from soul_common.delivery import LANES, policy
 
 log = structlog.get_logger(__name__)
 
-SCAN_LIMIT = 500
+PAGE_SIZE = 300
 
 
 def redelivery_window() -> timedelta:
@@ -68,6 +75,9 @@ class ReconcilePolicy:
     undelivered_after: timedelta = timedelta(hours=1)
     max_attempts: int = 5
     max_republishes: int = 10
+    page_size: int = PAGE_SIZE
+    # Pages per scan in one leased pass (the rest on the next pass, from the cursor); None: the whole scan.
+    max_pages: int | None = 20
 
 
 def decide(job: JobDoc, now: datetime, policy: ReconcilePolicy) -> Decision | None:
@@ -122,10 +132,46 @@ class ReconcileReport:
     failed: list[str] = field(default_factory=list)
     announced: list[str] = field(default_factory=list)  # finished jobs whose missing event was published
     errors: list[str] = field(default_factory=list)  # jobs whose handling failed this pass (retried next pass)
+    scanned: int = 0  # job documents read
+    pages: int = 0  # queries made
 
     def to_json(self) -> dict:
         return {"republished": self.republished, "failed": self.failed, "announced": self.announced,
-                "errors": self.errors}
+                "errors": self.errors, "scanned": self.scanned, "pages": self.pages}
+
+
+class PassLease:
+    """`leases/reconciler`: who may run the deployment's reconciler pass now, until when, and where each scan
+    goes on. Taken with a conditional write (one taker wins); not released after a pass, so it also paces the
+    deployment to one pass per `duration`. A holder that died is replaced once its lease expired."""
+
+    def __init__(self, db: fs.Db, holder: str, duration: timedelta, name: str = "reconciler"):
+        self._db = db
+        self.holder = holder
+        self._duration = duration
+        self._ref = fs.doc(names.LEASES, name)
+
+    def take(self, now: datetime | None = None) -> dict[str, str | None] | None:
+        """The scan cursors when this holder now holds the lease; None when another holder does."""
+        now = now or utcnow()
+        snap = self._db.get(self._ref)
+        data = snap.data or {}
+        expires = data.get("expires_at")
+        if snap.exists and data.get("holder") != self.holder and expires is not None and expires > now:
+            return None
+        claim = {"holder": self.holder, "taken_at": now, "expires_at": now + self._duration}
+        if not snap.exists:
+            taken = self._db.create(self._ref, {**claim, "cursors": {}})
+        else:
+            try:
+                taken = self._db.update(self._ref, claim, if_unchanged=snap)
+            except fs.Missing:
+                taken = False
+        return dict(data.get("cursors") or {}) if taken else None
+
+    def keep(self, cursors: dict[str, str | None]) -> None:
+        """Store where each scan goes on (a late pass overwriting them only moves where the next one starts)."""
+        self._db.update(self._ref, {"cursors": cursors})
 
 
 class Reconciler:
@@ -139,39 +185,66 @@ class Reconciler:
         return self.sweep().republished
 
     def sweep(self) -> ReconcileReport:
-        """One pass over every queued and running job. A job whose handling fails is reported and retried on the
-        next pass; it never stops the pass."""
+        """One whole pass over every queued, running and unannounced finished job, page by page (no lease: for
+        tests and tools). A job whose handling fails is reported and retried on the next pass; it never stops the
+        pass."""
+        cursors: dict[str, str | None] = {}
+        return self._pass(cursors, max_pages=None)
+
+    def run_leased(self, lease: PassLease) -> ReconcileReport | None:
+        """The deployment's pass, when `lease` is taken (None when another holder runs it): at most
+        `policy.max_pages` pages per scan, from where the last pass stopped."""
+        cursors = lease.take()
+        if cursors is None:
+            return None
+        report = self._pass(cursors, max_pages=self._policy.max_pages)
+        lease.keep(cursors)
+        return report
+
+    def _pass(self, cursors: dict[str, str | None], max_pages: int | None) -> ReconcileReport:
         report = ReconcileReport()
         for status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            query = fs.collection(names.JOBS).where("status", "==", status.value).limit(SCAN_LIMIT)
-            for snap in self._db.stream(query):
-                try:
-                    self._handle(snap, report)
-                except Exception as exc:  # noqa: BLE001 - one job's trouble must not stall the others
-                    report.errors.append(snap.id)
-                    log.warning("reconcile_job_failed", job_id=snap.id, error=repr(exc))
-        self._announce(report)
+            query = fs.collection(names.JOBS).where("status", "==", status.value)
+            self._scan(status.value, query, cursors, max_pages, report, self._handle)
+        for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
+            query = fs.collection(names.JOBS).where("status", "==", status.value).where("event_published_at", "==", None)
+            self._scan(f"{status.value}_unannounced", query, cursors, max_pages, report, self._announce)
         if report.republished or report.failed or report.errors or report.announced:
             log.info("reconcile_pass", **report.to_json())
         return report
 
-    def _announce(self, report: ReconcileReport) -> None:
-        """Publish the completion event of finished jobs whose runner died before publishing it."""
-        now = utcnow()
-        for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
-            query = (fs.collection(names.JOBS).where("status", "==", status.value)
-                     .where("event_published_at", "==", None).limit(SCAN_LIMIT))
-            for snap in self._db.stream(query):
+    def _scan(self, name: str, query: fs.Query, cursors: dict[str, str | None], max_pages: int | None,
+              report: ReconcileReport, handle) -> None:
+        """Read `query` in id order, a page at a time, from `cursors[name]`; leave there where to go on (None:
+        the scan reached the end, the next one starts from the beginning)."""
+        after = cursors.get(name)
+        pages = 0
+        while max_pages is None or pages < max_pages:
+            page = query.order_by("__name__").limit(self._policy.page_size)
+            snaps = self._db.stream(page.start_after_id(after) if after else page)
+            pages += 1
+            report.pages += 1
+            report.scanned += len(snaps)
+            for snap in snaps:
                 try:
-                    job = JobDoc.model_validate(snap.data)
-                    if not needs_announce(job, now, self._policy):
-                        continue
-                    self._events.job_finished(job)
-                    self._db.update(snap.ref, {"event_published_at": utcnow()})
-                    report.announced.append(job.job_id)
-                except Exception as exc:  # noqa: BLE001 - retried next pass
+                    handle(snap, report)
+                except Exception as exc:  # noqa: BLE001 - one job's trouble must not stall the others
                     report.errors.append(snap.id)
                     log.warning("reconcile_job_failed", job_id=snap.id, error=repr(exc))
+            if len(snaps) < self._policy.page_size:
+                after = None
+                break
+            after = snaps[-1].id
+        cursors[name] = after
+
+    def _announce(self, snap, report: ReconcileReport) -> None:
+        """Publish the completion event of a finished job whose runner died before publishing it."""
+        job = JobDoc.model_validate(snap.data)
+        if not needs_announce(job, utcnow(), self._policy):
+            return
+        self._events.job_finished(job)
+        self._db.update(snap.ref, {"event_published_at": utcnow()})
+        report.announced.append(job.job_id)
 
     def _handle(self, snap, report: ReconcileReport) -> None:
         now = utcnow()

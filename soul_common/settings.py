@@ -25,6 +25,10 @@ class ReconcileSettings(BaseSettings):
     reconcile_undelivered_after_seconds: float = Field(default=3600.0, ge=1.0)
     reconcile_max_attempts: int = Field(default=5, ge=1)
     reconcile_max_republishes: int = Field(default=10, ge=1)
+    # The deployment-wide pass lease (shared with the runners): a little under the scheduler's minute.
+    reconcile_lease_seconds: float = Field(default=55.0, ge=1.0)
+    reconcile_page_size: int = Field(default=300, ge=1, le=1000)
+    reconcile_max_pages: int = Field(default=20, ge=1)
 
     def policy(self) -> ReconcilePolicy:
         return ReconcilePolicy(
@@ -33,4 +37,6 @@ class ReconcileSettings(BaseSettings):
             undelivered_after=timedelta(seconds=self.reconcile_undelivered_after_seconds),
             max_attempts=self.reconcile_max_attempts,
             max_republishes=self.reconcile_max_republishes,
+            page_size=self.reconcile_page_size,
+            max_pages=self.reconcile_max_pages,
         )
