@@ -96,7 +96,8 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
     )
     styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
     usage = GpuUsage(jobs, ShardedCounter(db, names.COUNTER_DEDUP_HITS))
-    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage)
+    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage,
+                        job_retention=timedelta(days=settings.job_retention_days))
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
     return Services(
         settings=settings,

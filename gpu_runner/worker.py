@@ -85,7 +85,8 @@ class Runner:
         self._paths = [clients.subscriber.subscription_path(settings.project_id, sub)
                        for sub in settings.subscription_list]
         self._db = Db(clients.firestore, timeout_s=settings.firestore_timeout_seconds)
-        self._store = JobStore(self._db, settings.runner_id, timedelta(seconds=settings.lease_seconds))
+        self._store = JobStore(self._db, settings.runner_id, timedelta(seconds=settings.lease_seconds),
+                               job_retention=timedelta(days=settings.job_retention_days))
         self._events = EventPublisher(clients.publisher, settings.project_id, settings.pubsub_timeout_seconds)
         self._acks = Acks(clients.subscriber, settings.pubsub_timeout_seconds)
         self._models = models or ModelHost(settings)
@@ -105,6 +106,7 @@ class Runner:
             ReconcilePolicy(
                 unpublished_after=timedelta(seconds=settings.unpublished_after_seconds),
                 requeue_queued_after=timedelta(seconds=settings.requeue_queued_after_seconds),
+                job_retention=timedelta(days=settings.job_retention_days),
             ),
         )
         # One reconciler pass per interval for the whole fleet: whoever takes the lease runs it.

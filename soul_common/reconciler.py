@@ -41,6 +41,7 @@ from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobLane, JobStatus, JobType
 from soul_common import firestore as fs
+from soul_common import retention
 from soul_common.delivery import LANES, policy
 
 log = structlog.get_logger(__name__)
@@ -78,6 +79,8 @@ class ReconcilePolicy:
     page_size: int = PAGE_SIZE
     # Pages per scan in one leased pass (the rest on the next pass, from the cursor); None: the whole scan.
     max_pages: int | None = 20
+    # A job it fails is kept this long, then Firestore's TTL deletes it (soul_common/retention.py).
+    job_retention: timedelta = retention.JOB_RETENTION
 
 
 def decide(job: JobDoc, now: datetime, policy: ReconcilePolicy) -> Decision | None:
@@ -252,7 +255,7 @@ class Reconciler:
             job = JobDoc.model_validate(snap.data)
         except ValidationError as exc:
             error = JobError(type="InvalidJob", message=f"invalid job document: {exc.errors()[0]['msg']}"[:1000])
-            if self._write(snap, _failed(error, now)):
+            if self._write(snap, _failed(error, now, self._policy.job_retention)):
                 report.failed.append(snap.id)
                 log.warning("job_failed_by_reconciler", job_id=snap.id, reason="invalid_document")
             return
@@ -279,7 +282,7 @@ class Reconciler:
 
     def _fail(self, snap, job: JobDoc, reason: str, now: datetime, report: ReconcileReport) -> None:
         error = JobError(type="ReconcilerGaveUp", message=reason)
-        update = _failed(error, now)
+        update = _failed(error, now, self._policy.job_retention)
         if not self._write(snap, update):
             return
         report.failed.append(job.job_id)
@@ -296,6 +299,6 @@ class Reconciler:
             return False
 
 
-def _failed(error: JobError, now: datetime) -> dict:
-    return {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
+def _failed(error: JobError, now: datetime, keep: timedelta) -> dict:
+    return {**retention.expires(names.JOBS, now, keep), "status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
             "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from soul_common import retention
 from soul_common.reconciler import ReconcilePolicy, redelivery_window
 
 
@@ -29,6 +30,7 @@ class ReconcileSettings(BaseSettings):
     reconcile_lease_seconds: float = Field(default=55.0, ge=1.0)
     reconcile_page_size: int = Field(default=300, ge=1, le=1000)
     reconcile_max_pages: int = Field(default=20, ge=1)
+    job_retention_days: float = Field(default=retention.JOB_RETENTION.days, gt=0)
 
     def policy(self) -> ReconcilePolicy:
         return ReconcilePolicy(
@@ -39,4 +41,5 @@ class ReconcileSettings(BaseSettings):
             max_republishes=self.reconcile_max_republishes,
             page_size=self.reconcile_page_size,
             max_pages=self.reconcile_max_pages,
+            job_retention=timedelta(days=self.job_retention_days),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import timedelta
 
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.pubsub import Publisher
@@ -18,6 +19,7 @@ from schemas._base import utcnow
 from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats
 from schemas.api import TaskMetrics
 from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
+from soul_common import retention
 
 STATS_SAMPLE = 500
 
@@ -40,9 +42,10 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 class TaskService:
     def __init__(
         self, store: JobStore, signer: UrlSigner, publisher: Publisher, base_url: str, *,
-        usage: GpuUsage | None = None
+        usage: GpuUsage | None = None, job_retention: timedelta = retention.JOB_RETENTION
     ):
         self._store = store
+        self._job_retention = job_retention  # a canceled job's TTL (soul_common/retention.py)
         self._signer = signer
         self._publisher = publisher
         self._base_url = base_url
@@ -88,7 +91,8 @@ class TaskService:
                 update = JobStore.withdrawal(tenant, others, [k for k in job.requester_keys if k not in mine], now)
             elif job.status == JobStatus.QUEUED:
                 update = {"status": JobStatus.CANCELED.value, "stage": "canceled", "finished_at": now,
-                          "cancel_requested": True, "updated_at": now, "event_published_at": now}
+                          "cancel_requested": True, "updated_at": now, "event_published_at": now,
+                          **retention.expires(names.JOBS, now, self._job_retention)}
             else:
                 update = {"cancel_requested": True, "updated_at": now}
             # Conditional on the read: a runner claiming the job at the same moment wins or loses cleanly.

@@ -21,6 +21,7 @@ from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobMetrics, JobStatus, JobType
 from soul_common import firestore as fs
+from soul_common import retention
 
 _OPTIMISTIC_RETRIES = 5
 # Weight of a new sample in the moving averages of measured pace.
@@ -28,8 +29,10 @@ PACE_WEIGHT = 0.2
 
 
 class JobStore:
-    def __init__(self, db: fs.Db, runner_id: str, lease: timedelta):
+    def __init__(self, db: fs.Db, runner_id: str, lease: timedelta, *,
+                 job_retention: timedelta = retention.JOB_RETENTION):
         self._db = db
+        self._job_retention = job_retention  # a finished job's TTL (soul_common/retention.py)
         self._runner_id = runner_id
         self._lease = lease
         self._held: dict[str, int] = {}  # job id -> lease generation we claimed
@@ -123,6 +126,7 @@ class JobStore:
                 "lease_owner": None,
                 "lease_expires_at": None,
                 "eta_seconds": 0.0,
+                **retention.expires(names.JOBS, now, self._job_retention),
             }
             if status is JobStatus.SUCCEEDED:
                 update["progress"] = 1.0
@@ -151,7 +155,8 @@ class JobStore:
                 return False
             now = utcnow()
             update = {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
-                      "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}
+                      "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None,
+                      **retention.expires(names.JOBS, now, self._job_retention)}
             if self._db.update(snap.ref, update, if_unchanged=snap):
                 self._held.pop(job_id, None)
                 return True

@@ -15,6 +15,7 @@ from schemas._base import firestore_dict, utcnow
 from schemas.documents import RunnerStats
 from schemas.jobs import JobDoc, JobStatus, JobType
 from soul_common import firestore as fs
+from soul_common import retention
 
 GPU_SECONDS = "metrics.gpu_seconds"
 
@@ -93,7 +94,8 @@ class JobStore:
     def advance_head(self, base_job_id: str, next_retry: int, failed_retry: int | None = None) -> None:
         """Point the head past a dead retry. Racing writers write the same value, and a stale lower one only costs
         a later request one extra read, so no precondition is needed."""
-        update: dict = {"next": next_retry, "updated_at": utcnow()}
+        now = utcnow()
+        update: dict = {"next": next_retry, "updated_at": now, **retention.expires(names.JOB_HEADS, now)}
         if failed_retry is not None:
             update["failed"] = fs.array_union([failed_retry])
         self._db.set(fs.doc(names.JOB_HEADS, base_job_id), update, merge=True)
