@@ -51,6 +51,8 @@ from schemas.api import (
     TaskListQuery,
     TaskPage,
     TaskStats,
+    Usage,
+    UsageQuery,
     VariantPage,
     VideoAccepted,
     VideoEstimate,
@@ -293,6 +295,11 @@ def task_list(svc: Services, call: Call) -> Reply:
     return 200, svc.tasks.list(call.query, call.principal.tenant)
 
 
+def usage(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.query, UsageQuery)
+    return 200, svc.usage.usage(call.principal.tenant, call.query.days)
+
+
 def task_stats(svc: Services, call: Call) -> Reply:
     return 200, svc.tasks.stats().model_copy(update={"prerenders": svc.warm_pool.stats()})
 
@@ -395,6 +402,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Delete a stored style (admin; the catalog default applies again); last write wins on updated_at.",
              "style", {200: StyleDeleted}, query=StyleDeleteQuery, path_params={"soul_id": SOUL_ID_PATTERN},
              role="admin"),
+    Endpoint("usage", "GET", "/usage", usage,
+             "Your tenant's images, GPU-seconds and dedup savings by UTC day (the deployment-wide summary is "
+             "/tasks/stats/summary, admin).", "tasks", {200: Usage}, query=UsageQuery),
     Endpoint("task_stats", "GET", "/tasks/stats/summary", task_stats,
              "The deployment's counts by status and type, p50/p95 durations and GPU-seconds (admin: it spans every "
              "tenant).", "tasks", {200: TaskStats}, role="admin"),

@@ -109,7 +109,7 @@ class ImageService:
         self._warm.observe(pk, ask.kind, user)
         if unseen is not None:
             if self._usage is not None:
-                self._usage.record_dedup_hit()
+                self._usage.record_dedup_hit(ask.tenant)
             left = sum(1 for v in variants if v.variant_id not in seen) - 1  # once this one is taken
             self._warm.after_take(pk, unseen.variant_index, left, variants,
                                   partial(self.prerender, tenant=ask.tenant))

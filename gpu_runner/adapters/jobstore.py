@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import structlog
 from pydantic import ValidationError
 
 from gpu_runner.errors import InvalidJob, InvalidMessage, JobNotFound, LeaseLost, TransientError
@@ -21,7 +22,9 @@ from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobMetrics, JobStatus, JobType
 from soul_common import firestore as fs
-from soul_common import retention
+from soul_common import retention, rollups
+
+log = structlog.get_logger(__name__)
 
 _OPTIMISTIC_RETRIES = 5
 # Weight of a new sample in the moving averages of measured pace.
@@ -140,7 +143,20 @@ class JobStore:
         job = self._conditional(job_id, change)
         assert job is not None
         self._held.pop(job_id, None)
+        self._add_to_rollups(job, status, metrics)
         return job
+
+    def _add_to_rollups(self, job: JobDoc, status: JobStatus, metrics: JobMetrics | None) -> None:
+        """The finished job's GPU-seconds into its tenant's day and the deployment's totals (soul_common/rollups.py)
+        on this runner's shard. After the finish: a failure here leaves the job out of the sums, never counts it
+        twice, and never fails the job."""
+        try:
+            rollups.record_job(self._db, tenant=job.tenant, job_type=str(job.type),
+                               succeeded=status is JobStatus.SUCCEEDED,
+                               gpu_seconds=metrics.gpu_seconds if metrics is not None else None,
+                               finished_at=job.finished_at or utcnow(), writer=self._runner_id)
+        except Exception:  # noqa: BLE001 - a statistic never fails a finished job
+            log.warning("usage_rollup_failed", job_id=job.job_id, exc_info=True)
 
     def fail_unowned(self, job_id: str, error: JobError) -> bool:
         """Record a job failed because its (parsed, valid) message is being given up on; returns whether it did.

@@ -66,19 +66,11 @@ locals {
       collection = "jobs"
       fields     = [["status", "ASCENDING"], ["lane", "ASCENDING"], ["created_at", "ASCENDING"]]
     }
-    # GET /tasks/stats/summary: sum/avg of metrics.gpu_seconds over image jobs, and over succeeded ones (usage.py).
-    jobs_type_gpu_seconds = {
-      collection = "jobs"
-      fields     = [["type", "ASCENDING"], ["metrics.gpu_seconds", "ASCENDING"]]
-    }
-    jobs_type_status_gpu_seconds = {
-      collection = "jobs"
-      fields     = [["type", "ASCENDING"], ["status", "ASCENDING"], ["metrics.gpu_seconds", "ASCENDING"]]
-    }
-    # The GPU-seconds quota (functions/services/quotas.py): a tenant's jobs finished today, summed.
-    jobs_tenant_finished_gpu_seconds = {
-      collection = "jobs"
-      fields     = [["tenant", "ASCENDING"], ["finished_at", "ASCENDING"], ["metrics.gpu_seconds", "ASCENDING"]]
+    # The GPU-seconds quota (functions/adapters/firestore/jobs.py gpu_seconds_since, soul_common/rollups.py):
+    # sum(gpu_seconds) over the shards of a tenant's day in usage/{tenant}/days.
+    usage_day_gpu_seconds = {
+      collection = "days"
+      fields     = [["day", "ASCENDING"], ["gpu_seconds", "ASCENDING"]]
     }
   }
 
