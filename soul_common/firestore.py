@@ -181,6 +181,7 @@ class Tally:
     reads: int = 0
     writes: int = 0
     queries: int = 0
+    round_trips: int = 0  # calls to Firestore (a get_all or a batch is one): what sets a request's latency
     by_collection: Counter = field(default_factory=Counter)  # ("read" | "write", collection pattern) -> count
 
     def add(self, kind: str, collection: str, count: int) -> None:
@@ -231,6 +232,12 @@ class Ledger:
         tally = _current_tally.get()
         if tally is not None:
             tally.add("write", ref.collection, 1)
+
+    def called(self) -> None:
+        """One round trip to Firestore (counted per tally: the sequential calls a request makes)."""
+        tally = _current_tally.get()
+        if tally is not None:
+            tally.round_trips += 1
 
     def queried(self, shape: QueryShape) -> None:
         with self._lock:
@@ -291,6 +298,7 @@ class Db:
 
     # reads
     def get(self, ref: DocRef, *, timeout_s: float | None = None) -> Snapshot:
+        self.ledger.called()
         raw = self._ref(ref).get(**self._call(timeout_s))
         self.ledger.read(ref.collection)
         return self._snapshot(ref, raw)
@@ -300,6 +308,7 @@ class Db:
         if not refs:
             return []
         by_path = {ref.path: ref for ref in refs}
+        self.ledger.called()
         found = {raw.reference.path: raw for raw in self._client.get_all([self._ref(r) for r in by_path.values()],
                                                                           **self._deadline)}
         for ref in by_path.values():
@@ -331,6 +340,7 @@ class Db:
     def stream(self, query: Query) -> list[Snapshot]:
         shape = query.shape()
         self.ledger.queried(shape)
+        self.ledger.called()
         parent = query.parent
         snaps = []
         with _needs_index(shape):
@@ -357,6 +367,7 @@ class Db:
             else:
                 raise ValueError(f"unknown aggregation {kind!r}")
         assert agg is not None, "aggregate() needs at least one aggregation"
+        self.ledger.called()
         with _needs_index(query.shape(aggregate=(aggregations[0][0], aggregations[0][1]))):
             results = agg.get(**self._deadline)
         self.ledger.read(self._scope(query), 1, kind="query")
@@ -371,6 +382,7 @@ class Db:
     # writes
     def create(self, ref: DocRef, data: Mapping[str, Any]) -> bool:
         """Create the document; False when it exists already (exactly one creator wins)."""
+        self.ledger.called()
         try:
             self._ref(ref).create(dict(data), **self._deadline)
         except gexc.Conflict:
@@ -380,6 +392,7 @@ class Db:
         return True
 
     def set(self, ref: DocRef, data: Mapping[str, Any], *, merge: bool = False) -> Written:
+        self.ledger.called()
         result = self._ref(ref).set(dict(data), merge=merge, **self._deadline)
         self.ledger.wrote(ref)
         return _written(result)
@@ -388,6 +401,7 @@ class Db:
         """Update fields; with `if_unchanged`, only when the document did not change since that read (False when
         it did). Raises Missing when there is no such document."""
         options = self._precondition(if_unchanged)
+        self.ledger.called()
         try:
             self._ref(ref).update(dict(data), **options, **self._deadline)
         except gexc.FailedPrecondition:
@@ -398,6 +412,7 @@ class Db:
         return True
 
     def delete(self, ref: DocRef, *, if_unchanged: Snapshot | None = None) -> bool:
+        self.ledger.called()
         try:
             self._ref(ref).delete(**self._precondition(if_unchanged), **self._deadline)
         except gexc.FailedPrecondition:
@@ -445,6 +460,7 @@ class Batch:
 
     def commit(self) -> bool:
         """False when a precondition failed (a conditional document changed, or a created one exists)."""
+        self._db.ledger.called()
         try:
             self._batch.commit(**self._db._deadline)
         except (gexc.FailedPrecondition, gexc.Conflict):

@@ -195,4 +195,5 @@ def test_a_query_without_its_index_answers_503_with_a_logged_reason(emulator_sta
     monkeypatch.setattr(api.services.jobs, "page", refused)
     answer = client.get("/tasks", headers=H_ACME)
     assert_error(answer, 503, "unavailable")
-    assert "firestore_index_missing" in capsys.readouterr().out
+    logged = capsys.readouterr()
+    assert "firestore_index_missing" in logged.out + logged.err
