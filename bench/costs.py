@@ -49,6 +49,7 @@ def run(repeats: int) -> dict:
                                     {"tenant": "bench", "role": "admin", "key": ADMIN}]))
         os.environ["SOUL_API_KEYS_FILE"] = str(keys)
         os.environ.pop("SOUL_API_KEYS", None)
+        os.environ.setdefault("SOUL_BACKEND_TIMEOUT_S", "30")
         return _measure(repeats)
     finally:
         stack.stop()
@@ -116,9 +117,12 @@ def _measure(repeats: int) -> dict:
     raw = firestore.Client(project=settings.project_id)
 
     def cost(method: str, path: str, headers=H, **kwargs) -> dict:
-        before_sig, before_pub = counts.signatures, sum(counts.published.values())
-        with ledger.tally() as tally:
-            answer = client.open(path, method=method, headers=headers, **kwargs)
+        for _ in range(3):  # a loaded machine's emulator may miss a deadline: count a request that completed
+            before_sig, before_pub = counts.signatures, sum(counts.published.values())
+            with ledger.tally() as tally:
+                answer = client.open(path, method=method, headers=headers, **kwargs)
+            if answer.status_code != 503:
+                break
         assert answer.status_code < 500, (path, answer.status_code, answer.data[:300])
         return {"status": answer.status_code, "reads": tally.reads, "writes": tally.writes, "queries": tally.queries,
                 "round_trips": tally.round_trips,
@@ -166,7 +170,7 @@ def _measure(repeats: int) -> dict:
     reconciler = Reconciler(gateway, _NoPublish(), ReconcilePolicy(unpublished_after=timedelta(hours=1)))
     with gateway.ledger.tally() as pass_tally:
         report = reconciler.run_leased(PassLease(gateway, "bench", timedelta(seconds=30)))
-    out = {name: {k: statistics.median(r[k]) for k in r[0]} for name, r in rows.items()}
+    out = {name: {k: statistics.median([x[k] for x in r]) for k in r[0]} for name, r in rows.items()}
     out["reconciler: one leased pass"] = {"reads": pass_tally.reads, "writes": pass_tally.writes,
                                           "pages": report.pages if report else 0}
     out["_published_by_topic"] = dict(counts.published)
