@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
+import structlog
+
 from functions.adapters.clients import Clients
 from functions.adapters.firestore.counters import ShardedCounter
 from functions.adapters.firestore.idempotency import IdempotencyRecords
@@ -24,7 +26,7 @@ from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core.estimates import EstimateDefaults
 from functions.core.quota_policy import Quota
-from functions.core.tenants import KeyRing, build_key_ring
+from functions.core.tenants import KeyRing, build_key_ring, check_webhook_secrets
 from functions.services.idempotency import IdempotencyStore
 from functions.services.images import ImageService
 from functions.services.quotas import QuotaService
@@ -37,6 +39,8 @@ from functions.services.webhooks import WebhookRegistry
 from functions.settings import FunctionsSettings
 from schemas import names
 from soul_common.firestore import Db
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class Services:
 def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing | None = None) -> Services:
     if keys is None:  # ConfigError: the deployable does not start
         keys = build_key_ring(settings.api_keys.get_secret_value(), settings.api_keys_file)
+    unsigned = check_webhook_secrets(keys, settings.webhook_secret.get_secret_value())
+    if unsigned and keys:
+        log.warning("webhooks_refused_for_tenants_without_a_secret", tenants=unsigned)
     db = Db(clients.firestore, timeout_s=settings.backend_timeout_s)
     prompts, jobs, webhook_store = PromptStore(db), JobStore(db), WebhookStore(db)
     quotas = QuotaService(

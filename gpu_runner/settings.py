@@ -48,6 +48,18 @@ class RunnerSettings(BaseSettings):
     tiny_svd_max_side: int = Field(default=128, ge=64, le=2048)
     tiny_svd_max_steps: int = Field(default=4, ge=1, le=150)
 
+    # Speed (gpu_runner/pipelines/acceleration.py): `auto` takes what was measured to pay on this card (else off/none).
+    compile: str = Field(default="auto", pattern="^(auto|off|regional|full)$")
+    quantize: str = Field(default="auto", pattern="^(auto|none|fp8)$")
+    # What a missing compile artifact means: compile now (minutes on a big model, once per key) or serve eager.
+    compile_fallback: str = Field(default="compile", pattern="^(compile|eager)$")
+    # The warm-up shapes compiled at start, "WIDTHxHEIGHT:BATCH,..."; empty = the model's native size, batch 1.
+    compile_shapes: str = ""
+    # Compile artifacts (pipelines/compile_cache.py): on the VM's disk (default: under model_cache_dir) and, unless
+    # empty, under this prefix in the bucket, so a new VM starts warm.
+    compile_cache_dir: Path | None = None
+    compile_cache_prefix: str = Field(default="compile-cache/", pattern=r"^([a-z0-9][a-z0-9._-]*/)*$")
+
     # SVD (seed names).
     svd_num_frames: int = Field(default=25, ge=2, le=64, validation_alias=_alias("SVD_NUM_FRAMES"))
     svd_fps: int = Field(default=7, ge=1, le=60, validation_alias=_alias("SVD_FPS"))
@@ -104,6 +116,14 @@ class RunnerSettings(BaseSettings):
         from gpu_runner.failpoints import parse
 
         parse(value)
+        return value
+
+    @field_validator("compile_shapes")
+    @classmethod
+    def _valid_shapes(cls, value: str) -> str:
+        from gpu_runner.pipelines.specs import parse_compile_shapes
+
+        parse_compile_shapes(value)
         return value
 
     @property

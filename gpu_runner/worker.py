@@ -46,7 +46,7 @@ from gpu_runner.stages.render import RenderStage, default_max_batch, gather
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.adapters.clients import RunnerClients
 from gpu_runner.adapters.pubsub import Acks, LanePuller
-from gpu_runner.adapters.storage import MediaStore
+from gpu_runner.adapters.storage import BucketArtifactStore, MediaStore
 from soul_common.firestore import Db
 from schemas import names
 from schemas._base import utcnow
@@ -78,6 +78,14 @@ _ALLOWED = {
 }
 
 
+def bucket_artifact_stores(settings: RunnerSettings, clients: RunnerClients) -> list:
+    """Compile artifacts in the bucket as well as on the VM's disk, unless the prefix is empty."""
+    if not settings.compile_cache_prefix:
+        return []
+    media = MediaStore(clients.storage, settings.bucket, settings.gcs_timeout_seconds)
+    return [BucketArtifactStore(media, settings.compile_cache_prefix)]
+
+
 class Runner:
     def __init__(self, settings: RunnerSettings, clients: RunnerClients, models: ModelHost | None = None):
         self._settings = settings
@@ -89,7 +97,7 @@ class Runner:
                                job_retention=timedelta(days=settings.job_retention_days))
         self._events = EventPublisher(clients.publisher, settings.project_id, settings.pubsub_timeout_seconds)
         self._acks = Acks(clients.subscriber, settings.pubsub_timeout_seconds)
-        self._models = models or ModelHost(settings)
+        self._models = models or ModelHost(settings, artifact_stores=bucket_artifact_stores(settings, clients))
         self._failpoints = Failpoints.from_spec(settings.failpoints, settings.failpoint_seed)
         self._work = WorkContext(settings, self._store,
                                  MediaStore(clients.storage, settings.bucket, settings.gcs_timeout_seconds),
@@ -157,8 +165,12 @@ class Runner:
             signals.shutdown.set()
 
     def warm(self) -> None:
-        """Load the image pipeline now, so the first job does not pay for it."""
-        self._models.sdxl()
+        """Load (quantize, compile) the image pipeline now and render once, so the first job pays for none of it."""
+        self._models.warm_sdxl()
+
+    def startup_report(self) -> dict:
+        """The start-up phases so far (pipelines/startup.py), for the health port."""
+        return self._models.startup.snapshot()
 
     def run(self, *, burst: bool = False, max_jobs: int | None = None) -> None:
         """Serve until stop(); in burst mode, return once the subscriptions are drained (for tests and batch use)."""

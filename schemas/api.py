@@ -306,9 +306,10 @@ class VideoEstimate(Reply):
 class Info(Reply):
     name: str
     version: str
-    backends: dict[str, str]
     model_backend: str
-    configuration: dict[str, str | int | float | bool | None]
+    # Infrastructure (emulator hosts and ports, project, bucket, signing): admin keys only.
+    backends: dict[str, str] | None = None
+    configuration: dict[str, str | int | float | bool | None] | None = None
 
 
 class StaticListing(Reply):

@@ -20,6 +20,7 @@ JOB_HEADS = "job_heads"  # job_heads/{first job id}: which retry of that work is
 WEBHOOKS = "webhooks"  # jobs/{job_id}/webhooks/{webhook_id}: one requester's webhook
 WARM_POOL = "warm_pool"  # warm_pool/{pk} (+ /askers/{user}, /prerenders/{variant_index}): functions/services/warm_pool.py
 LEASES = "leases"  # leases/{name}: who runs a deployment-wide pass now (leases/reconciler), and its scan cursors
+WEBHOOK_SLOTS = "webhook_slots"  # jobs/{job_id}/webhook_slots/{tenant}~{n}: the cap on a tenant's targets per job
 DELIVERIES = "deliveries"  # jobs/{job_id}/webhooks/{webhook_id}/deliveries/{key}: attempts of one event
 
 # Pub/Sub topics.

@@ -155,6 +155,7 @@ class PrerenderDoc(Document):
     job_id: str
     reason: str
     made_at: datetime
+    tenant: str | None = None  # whose demand or POST /image/warm asked for it (and was charged)
     delivered: bool = False
     delivered_at: datetime | None = None
 

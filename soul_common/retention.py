@@ -40,6 +40,8 @@ EXPIRING: tuple[Expiring, ...] = (
     Expiring(names.JOB_HEADS, JOB_RETENTION, "functions/adapters/firestore/jobs.py advance_head"),
     Expiring(names.WEBHOOKS, JOB_RETENTION + timedelta(days=1), "functions/adapters/firestore/webhooks.py register"),
     Expiring(names.DELIVERIES, JOB_RETENTION + timedelta(days=1), "functions/adapters/firestore/webhooks.py"),
+    Expiring(names.WEBHOOK_SLOTS, JOB_RETENTION + timedelta(days=1), "functions/adapters/firestore/webhooks.py "
+             "claim_slot"),
     Expiring("askers", timedelta(days=2), "functions/adapters/firestore/warm_pool.py record_asker"),
 )
 

@@ -182,7 +182,25 @@ def _read_file(path: str) -> list[KeyEntry]:
 
 def webhook_secret(ring: KeyRing | None, tenant: str, deployment_secret: str) -> str:
     """The `whsec_...` secret deliveries to this tenant's webhooks are signed with: the tenant's own from the keys
-    file, else the deployment's (SOUL_WEBHOOK_SECRET, a single-tenant deployment); "" when neither is set."""
+    file; SOUL_WEBHOOK_SECRET is the default tenant's only (plain keys, ingest, platform mode), never shared with
+    the others, so no tenant can forge or verify another's deliveries. "" when the tenant has none."""
     own = ring.tenant_webhook_secret(tenant) if ring is not None else None
-    return own or deployment_secret.strip()
+    if own:
+        return own
+    return deployment_secret.strip() if tenant == DEFAULT_TENANT else ""
 
+
+def check_webhook_secrets(ring: KeyRing, deployment_secret: str) -> list[str]:
+    """Start-up: two tenants with one secret (SOUL_WEBHOOK_SECRET counts as the default tenant's) could forge
+    each other's deliveries: refused. Returns the tenants without a secret (their webhooks are refused)."""
+    owners: dict[str, str] = {}
+    named = {t.name: t.webhook_secret for t in ring.tenants.values()}
+    if deployment_secret.strip() and not named.get(DEFAULT_TENANT):
+        named[DEFAULT_TENANT] = deployment_secret.strip()
+    for tenant, secret in sorted(named.items()):
+        if secret and secret in owners:
+            raise ConfigError(f"tenants '{owners[secret]}' and '{tenant}' have the same webhook secret; each tenant "
+                              "needs its own (SOUL_WEBHOOK_SECRET is the default tenant's)")
+        if secret:
+            owners[secret] = tenant
+    return sorted(t for t, secret in named.items() if not secret)

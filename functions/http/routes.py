@@ -61,7 +61,7 @@ from schemas.api import (
 )
 from schemas.documents import SeenDoc
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN
-from schemas.jobs import JobLane, VideoResult
+from schemas.jobs import JobLane
 from schemas.push import WarmAnswer, WarmRequest
 
 
@@ -156,7 +156,12 @@ def me(svc: Services, call: Call) -> Reply:
 
 
 def info(svc: Services, call: Call) -> Reply:
+    """Version for every key; the infrastructure (emulator hosts and ports, project, bucket) only for admins: in
+    local mode an emulator's address is a target, and nothing a client key does needs it."""
     import os
+
+    if not call.principal.is_admin:
+        return 200, Info(name="soul", version=metadata.version("soul"), model_backend=svc.settings.model_tag)
 
     def backend(env: str) -> str:
         host = os.environ.get(env)
@@ -222,7 +227,8 @@ def mark_seen(svc: Services, call: Call) -> Reply:
     user = scoped_user(call.principal.tenant, query.user_id)
     seen = SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
     doc = svc.prompts.mark_seen(user, seen)
-    svc.warm_pool.after_seen(user, variant, partial(svc.images.prerender, tenant=call.principal.tenant))
+    svc.warm_pool.after_seen(user, variant, partial(svc.images.prerender, tenant=call.principal.tenant),
+                             call.principal.tenant)
     return 200, Seen(variant_id=doc.variant_id, user_id=query.user_id, pk_id=doc.pk, soul_id=doc.soul_id,
                      seen_at=doc.seen_at)
 
@@ -344,19 +350,17 @@ def static_image(svc: Services, call: Call) -> Reply:
 
 def static_video(svc: Services, call: Call) -> Reply:
     job_id, _, fmt = call.path["filename"].rpartition(".")
-    job = svc.jobs.job(job_id)
-    outputs = job.result.outputs if job is not None and isinstance(job.result, VideoResult) else ()
-    for output in outputs:
-        if output.format == fmt:
-            return redirect(svc.signer.sign(output.object).url)
-    raise NotFound(f"no video '{call.path['filename']}'", field="filename")
+    found = svc.tasks.video_output(job_id, fmt, call.principal.tenant)
+    if found is None:
+        raise NotFound(f"no video '{call.path['filename']}'", field="filename")
+    return redirect(svc.signer.sign(found).url)
 
 
 def static_images(svc: Services, call: Call) -> Reply:
     page = call.query
     assert isinstance(page, PageQuery)
-    variants, cursor = svc.prompts.variants_page(None, page.page_size, page.cursor)
-    return 200, StaticListing(items=svc.images.variant_views(variants), next_cursor=cursor)
+    items, cursor = svc.tasks.images(call.principal.tenant, page.page_size, page.cursor)
+    return 200, StaticListing(items=items, next_cursor=cursor)
 
 
 TASK = {"task_id": JOB_ID_PATTERN}
@@ -367,7 +371,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              public=True),
     Endpoint("ready", "GET", "/ready", ready, "Readiness: Firestore, Pub/Sub and GCS are reachable.", "health",
              {200: Health, 503: Health}, public=True),
-    Endpoint("info", "GET", "/info", info, "Version, backends and configuration (no secrets).", "health",
+    Endpoint("info", "GET", "/info", info,
+             "Version; for admin keys also backends and configuration (never secrets).", "health",
              {200: Info}),
     Endpoint("me", "GET", "/me", me, "The caller's tenant and role (what its API key may do).", "health",
              {200: Me}),
@@ -436,6 +441,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("static_video", "GET", "/static/videos/<filename>", static_video,
              "Redirect to a signed URL of an animation ({task_id}.gif|mp4|webp).", "compat", {302: None},
              path_params={"filename": FILENAME_VIDEO}),
-    Endpoint("static_images", "GET", "/static/images", static_images, "Images with signed URLs, oldest first.",
+    Endpoint("static_images", "GET", "/static/images", static_images,
+             "Images of this tenant's finished image tasks with signed URLs, newest first.",
              "compat", {200: StaticListing}, query=PageQuery),
 )

@@ -13,7 +13,7 @@ from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core import estimates, keys
 from functions.core.errors import InvalidInput
-from functions.core.normalize import EmptyCueError, normalize_cue
+from functions.core.normalize import CueError, normalize_cue
 from functions.core.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.core.variants import choose_unseen, next_variant_index
@@ -96,7 +96,7 @@ class ImageService:
     def request(self, ask: ImageAsk) -> ImageReady | ImageQueued:
         try:
             cue = normalize_cue(ask.cue)
-        except EmptyCueError as exc:
+        except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
         style = self._styles.get(ask.soul_id).style  # a stored style wins over the catalog; else 404
         pk = keys.prompt_key(
@@ -106,13 +106,13 @@ class ImageService:
         user = scoped_user(ask.tenant, ask.user_id)
         seen = self._prompts.seen_among(user, [v.variant_id for v in variants])
         unseen = choose_unseen(variants, seen)
-        self._warm.observe(pk, ask.kind, user)
+        self._warm.observe(pk, ask.kind, user, ask.tenant)
         if unseen is not None:
             if self._usage is not None:
                 self._usage.record_dedup_hit(ask.tenant)
             left = sum(1 for v in variants if v.variant_id not in seen) - 1  # once this one is taken
             self._warm.after_take(pk, unseen.variant_index, left, variants,
-                                  partial(self.prerender, tenant=ask.tenant))
+                                  partial(self.prerender, tenant=ask.tenant), ask.tenant)
             return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
         index = next_variant_index(variants)
         if index == 0:
@@ -124,7 +124,7 @@ class ImageService:
                 )
             )
         job = self._ensure_variant_job(ask, pk, cue, style, index)
-        self._warm.after_join(pk, job, partial(self.prerender, tenant=ask.tenant))
+        self._warm.after_join(pk, job, ask.tenant, partial(self.prerender, tenant=ask.tenant))
         return ImageQueued(
             status=job.status,
             task_id=job.job_id,
@@ -180,7 +180,7 @@ class ImageService:
         """`POST /image/warm`: keep `variants` fresh variants of this cue ahead, from now on."""
         try:
             cue = normalize_cue(request.cue)
-        except EmptyCueError as exc:
+        except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
         style = self._styles.get(request.soul_id).style
         pk = keys.prompt_key(kind="image", soul_id=request.soul_id, cue=cue, style=style,
@@ -190,7 +190,7 @@ class ImageService:
                                             style_fingerprint=keys.style_fingerprint(style), created_at=now,
                                             updated_at=now))
         return self._warm.warm(pk, request.variants, self._prompts.variants_of(pk),
-                               partial(self.prerender, tenant=tenant))
+                               partial(self.prerender, tenant=tenant), tenant)
 
     def variant_view(self, variant: VariantDoc) -> Variant:
         return variant_link(self._signer, variant)

@@ -12,11 +12,11 @@ from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core.errors import Conflict, NotFound, Unavailable
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
-from functions.services.links import variant_link
+from functions.services.links import variant_link, variant_links
 from functions.services.usage import GpuUsage
 from schemas import names
 from schemas._base import utcnow
-from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats
+from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats, Variant
 from schemas.api import TaskMetrics
 from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
 from soul_common import retention
@@ -70,6 +70,23 @@ class TaskService:
                     else ("tenants", tenant))
         jobs, cursor = self._store.page(filters, query.page_size, query.cursor, contains=contains)
         return TaskPage(items=[self.view(job, tenant, sign=False) for job in jobs], next_cursor=cursor)
+
+    def images(self, tenant: str, page_size: int, cursor: str | None) -> tuple[list[Variant], str | None]:
+        """`GET /static/images`: the images of this tenant's finished image jobs, newest first, with signed URLs:
+        the visibility of `/tasks` (the same query as `GET /tasks?status=succeeded&type=image`, its cursor a job
+        id within those results)."""
+        filters = {"status": JobStatus.SUCCEEDED.value, "type": JobType.IMAGE.value}
+        jobs, after = self._store.page(filters, page_size, cursor, contains=("tenants", tenant))
+        images = [job.result for job in jobs if isinstance(job.result, ImageResult)]
+        return variant_links(self._signer, images), after  # signed together: reused when fresh, the rest in parallel
+
+    def video_output(self, task_id: str, fmt: str, tenant: str) -> str | None:
+        """`GET /static/videos/{task}.{fmt}`: the object of an animation of a task this tenant may see (the rule
+        of `GET /tasks/{id}`: video task ids are computable from public values), or None."""
+        job = self._store.job(task_id)
+        if job is None or not visible_to(job, tenant) or not isinstance(job.result, VideoResult):
+            return None
+        return next((o.object for o in job.result.outputs if o.format == fmt), None)
 
     def cancel(self, task_id: str, tenant: str) -> tuple[int, Task]:
         """Withdraw `tenant`'s interest. When other tenants still wait, the job goes on for them and this tenant

@@ -1,13 +1,14 @@
 """Delivering job events to webhooks, as the `webhooks` function (a push subscription on soul-events; the same
 code path locally). Each event goes to every target whose filter wants it, signed per the Standard Webhooks
 spec (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>`,
-by the `standardwebhooks` package), and is retried per target with exponential backoff for a bounded time:
+by the `standardwebhooks` package), and is retried per target with exponential backoff for a bounded time
+(targets are delivered independently, in parallel; each attempt has one overall deadline):
 a target that answered 2xx is never sent the event again, even when Pub/Sub redelivers it. Every attempt is
 recorded under the webhook record and listed by `GET /tasks/{id}`.
 
 Targets are vetted after DNS resolution and the connection goes to the vetted IP (functions/core/ssrf.py,
-functions/adapters/webhook_http.py); no redirect is followed, timeouts are short, the response body is never
-read."""
+functions/adapters/webhook_http.py); no redirect is followed, an attempt has one short overall deadline, and only
+the status line of the answer is read."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from itertools import zip_longest
 from datetime import datetime
 
 import structlog
@@ -72,6 +75,16 @@ class Outgoing:
 Sender = Callable[[ssrf.Target, Mapping[str, str], bytes, float], int]
 
 
+def by_turns(pending: list[tuple[WebhookDoc, DeliveryDoc]]) -> list[tuple[WebhookDoc, DeliveryDoc]]:
+    """Targets in turns of their tenants (each tenant's first, then each one's second, ...): when there are more
+    targets than parallel senders, every tenant's first target is among the first to go."""
+    queues: dict[str, list[tuple[WebhookDoc, DeliveryDoc]]] = {}
+    for item in pending:
+        queues.setdefault(item[0].tenant, []).append(item)
+    turns = zip_longest(*queues.values())
+    return [item for turn in turns for item in turn if item is not None]
+
+
 def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> dict[str, str]:
     signature = Webhook(secret).sign(msg_id=message_id, timestamp=now, data=body.decode())
     return {
@@ -103,7 +116,9 @@ class Deliverer:
         return self._store.open_delivery(out.job_id, hook.webhook_id, fresh)
 
     def deliver(self, out: Outgoing) -> dict[str, str]:
-        """Deliver to every target that wants the event; {webhook_id: final status}."""
+        """Deliver to every target that wants the event; {webhook_id: final status}. Each target is delivered on
+        its own (in parallel, with its own retries and backoff), so a slow or hanging target, whoever's it is,
+        delays no other target's delivery by more than the time to start a thread."""
         pending: list[tuple[WebhookDoc, DeliveryDoc]] = []
         final: dict[str, str] = {}
         for hook in self._registry.targets(out.job_id, out.event):
@@ -115,27 +130,30 @@ class Deliverer:
             if doc.status == "pending":
                 pending.append((hook, doc))
             final[hook.webhook_id] = doc.status
+        if not pending:
+            return final
+        workers = min(len(pending), self._settings.webhook_parallel_targets)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook") as pool:
+            futures = {pool.submit(self._deliver_one, out, hook, doc): hook for hook, doc in by_turns(pending)}
+            for future in as_completed(futures):
+                final[futures[future].webhook_id] = future.result()  # Firestore failures propagate: redelivery
+        return final
+
+    def _deliver_one(self, out: Outgoing, hook: WebhookDoc, doc: DeliveryDoc) -> str:
+        """One target's delivery: attempts with exponential backoff until it ends or the retry budget is spent."""
         delay = self._policy.initial_s
         started = time.monotonic()
-        while pending:
-            retry: list[tuple[WebhookDoc, DeliveryDoc]] = []
-            for hook, doc in pending:
-                status, doc = self._attempt(out, hook, doc)
-                final[hook.webhook_id] = status
-                if status == "pending":
-                    retry.append((hook, doc))
-            pending = retry
-            if not pending:
-                break
+        while True:
+            status, doc = self._attempt(out, hook, doc)
+            if status != "pending":
+                return status
             if time.monotonic() - started + delay > self._policy.budget_s:
-                for hook, doc in pending:
-                    self._finish(out, hook, "failed")
-                    final[hook.webhook_id] = "failed"
-                log.warning("webhook_gave_up", job_id=out.job_id, event_type=out.event_type, targets=len(pending))
-                break
+                self._finish(out, hook, "failed")
+                log.warning("webhook_gave_up", job_id=out.job_id, webhook_id=hook.webhook_id,
+                            event_type=out.event_type)
+                return "failed"
             self._sleep(delay)
             delay = min(delay * 2, self._policy.max_s)
-        return final
 
     def _out_of_time(self, doc: DeliveryDoc) -> bool:
         started = doc.first_attempt_at
@@ -153,7 +171,7 @@ class Deliverer:
             if not secret:
                 raise ssrf.UnsafeTarget("no webhook signing secret is configured for this tenant")
             target = ssrf.vet(hook.url, allow_loopback=self._settings.webhook_allow_loopback,
-                              resolver=self._resolver)
+                              loopback_ports=self._settings.loopback_ports, resolver=self._resolver)
             code = self._sender(target, signed_headers(secret, doc.message_id, out.body, now), out.body,
                                 self._settings.webhook_timeout_s)
             status = "delivered" if 200 <= code < 300 else "pending" if code in RETRY_STATUSES else "failed"

@@ -44,3 +44,23 @@ class MediaStore:
             existing = self.existing(name)
             return existing or StoredObject(name=name, size=len(data), created=False)
         return StoredObject(name=name, size=len(data), created=True)
+
+
+class BucketArtifactStore:
+    """Compile artifacts in the bucket under `prefix` (pipelines/compile_cache.py's `ArtifactStore`): a new VM
+    loads what the first VM of its kind compiled. Create-only, like media: racing VMs keep the first artifact."""
+
+    name = "bucket"
+
+    def __init__(self, media: MediaStore, prefix: str):
+        self._media = media
+        self._prefix = prefix
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._media.read(self._prefix + key)
+        except gexc.NotFound:
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        self._media.put_once(self._prefix + key, data, "application/octet-stream")

@@ -80,14 +80,15 @@ locals {
   # after the time in that field (soul_common/retention.py says who writes it; tests check the two agree).
   firestore_fields = {
     # TTL policies: one per short-lived kind in soul_common/retention.py (tests/unit/test_retention.py).
-    idempotency_expires_at = { collection = "idempotency", field = "expires_at", ttl = true, indexes = [] }
-    rate_expires_at        = { collection = "rate", field = "expires_at", ttl = true, indexes = [] }
-    counters_expires_at    = { collection = "counters", field = "expires_at", ttl = true, indexes = [] }
-    jobs_expires_at        = { collection = "jobs", field = "expires_at", ttl = true, indexes = [] }
-    job_heads_expires_at   = { collection = "job_heads", field = "expires_at", ttl = true, indexes = [] }
-    webhooks_expires_at    = { collection = "webhooks", field = "expires_at", ttl = true, indexes = [] }
-    deliveries_expires_at  = { collection = "deliveries", field = "expires_at", ttl = true, indexes = [] }
-    askers_expires_at      = { collection = "askers", field = "expires_at", ttl = true, indexes = [] }
+    idempotency_expires_at   = { collection = "idempotency", field = "expires_at", ttl = true, indexes = [] }
+    rate_expires_at          = { collection = "rate", field = "expires_at", ttl = true, indexes = [] }
+    counters_expires_at      = { collection = "counters", field = "expires_at", ttl = true, indexes = [] }
+    jobs_expires_at          = { collection = "jobs", field = "expires_at", ttl = true, indexes = [] }
+    job_heads_expires_at     = { collection = "job_heads", field = "expires_at", ttl = true, indexes = [] }
+    webhooks_expires_at      = { collection = "webhooks", field = "expires_at", ttl = true, indexes = [] }
+    deliveries_expires_at    = { collection = "deliveries", field = "expires_at", ttl = true, indexes = [] }
+    askers_expires_at        = { collection = "askers", field = "expires_at", ttl = true, indexes = [] }
+    webhook_slots_expires_at = { collection = "webhook_slots", field = "expires_at", ttl = true, indexes = [] }
     # GET /tasks/stats/summary counts delivered pre-renders over every key: a collection-group equality filter.
     prerenders_delivered = {
       collection = "prerenders", field = "delivered", ttl = false,
