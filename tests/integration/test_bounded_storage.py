@@ -87,15 +87,15 @@ def test_every_short_lived_writer_writes_its_ttl_field(emulator_stack, monkeypat
     other = client.get("/image", query_string={**PENGUIN, "cue": "yak"}, headers=H_ACME).json["task_id"]
     assert client.delete(f"/tasks/{other}", headers=H_ACME).status_code == 200  # canceled while queued
     api.services.jobs.advance_head(task_id, 1)
-    WarmPoolStore(Db(db)).record_asker(created.json["pk_id"], "acme:user123")  # (the pool is off by default)
+    WarmPoolStore(Db(db)).record_asker(created.json["pk_id"], "acme", "acme:user123")  # (the pool is off by default)
 
     def ttl_of(collection: str) -> list:
         return [s.to_dict().get(retention.TTL_FIELD) for s in db.collection_group(collection).stream()]
 
     now = utcnow()
     for kind in retention.EXPIRING:
-        if kind.collection in {names.WEBHOOKS, names.DELIVERIES}:
-            continue  # written by webhook registration and delivery: tests/integration/test_webhooks.py flows
+        if kind.collection in {names.WEBHOOKS, names.DELIVERIES, names.WEBHOOK_SLOTS}:
+            continue  # written by webhook registration and delivery: the next test
         values = ttl_of(kind.collection)
         assert values, f"nothing of {kind.collection!r} was written"
         assert all(v is not None and v > now for v in values), (kind.collection, values)
@@ -112,8 +112,11 @@ def test_webhook_records_and_deliveries_carry_their_ttl(emulator_stack, clean_fi
                               events=["completed"], created_at=utcnow()), ["completed"])
     store.open_delivery("img-1", "w1", DeliveryDoc(key="completed", message_id="m1", event="completed",
                                                    event_type=names.EVENT_JOB_SUCCEEDED))
+    assert store.claim_slot("img-1", "acme", "w1", cap=2)
     hook = db.document(f"{names.JOBS}/img-1/{names.WEBHOOKS}/w1")
     assert hook.get().to_dict()["expires_at"] > utcnow() + retention.JOB_RETENTION
+    slot = db.document(f"{names.JOBS}/img-1/{names.WEBHOOK_SLOTS}/acme~0").get().to_dict()
+    assert slot["expires_at"] > utcnow() + retention.JOB_RETENTION
     assert hook.collection(names.DELIVERIES).document("completed").get().to_dict()["expires_at"] > utcnow()
 
 
