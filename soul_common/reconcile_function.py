@@ -34,7 +34,7 @@ def _get() -> tuple[Reconciler, PassLease]:
                 db = Db(firestore.Client(project=settings.project_id))
                 # The same lease the runners take: one pass for the deployment at a time, whoever calls.
                 _lease = PassLease(db, f"reconcile-fn-{uuid.uuid4().hex[:12]}",
-                                   timedelta(seconds=settings.reconcile_lease_seconds))
+                                   timedelta(seconds=settings.reconcile_min_interval_seconds))
                 _reconciler = Reconciler(db, events, settings.policy())
     assert _lease is not None
     return _reconciler, _lease

@@ -23,8 +23,9 @@ both act on one observation; a publish that fails is undone (published_at cleare
 How it scales: each scan (queued, running, finished-without-event) is ordered by document id and read in pages
 of `page_size` with a cursor, so every job is reached however long the backlog (an unordered `limit` would read
 the same first page forever). One pass at a time for the whole deployment: the runners' loops and the scheduled
-function take `leases/reconciler` first (`PassLease`; held until it expires, so the deployment makes one pass per
-lease period however many runners there are), and a leased pass reads at most `max_pages` pages per scan, keeping
+function take `leases/reconciler` first (`PassLease`: held during a pass, and taken only once the taker's
+interval has passed since the last pass ended, so the deployment makes one pass per interval however many
+runners there are), and a leased pass reads at most `max_pages` pages per scan, keeping
 its cursors in the lease document so the next pass goes on from there and wraps around at the end."""
 
 from __future__ import annotations
@@ -144,25 +145,32 @@ class ReconcileReport:
 
 
 class PassLease:
-    """`leases/reconciler`: who may run the deployment's reconciler pass now, until when, and where each scan
-    goes on. Taken with a conditional write (one taker wins); not released after a pass, so it also paces the
-    deployment to one pass per `duration`. A holder that died is replaced once its lease expired."""
+    """`leases/reconciler`: who runs the deployment's reconciler pass now, when the last one finished, and where
+    each scan goes on. Taken with a conditional write (one taker wins) and held for the pass (at most `hold`: a
+    holder that died is replaced after that); released when the pass ends. A taker also waits until `every` has
+    passed since the last pass finished, whoever ran it, so the deployment makes one pass per `every` however
+    many runners try (each runner's loop and the scheduled function bring their own interval)."""
 
-    def __init__(self, db: fs.Db, holder: str, duration: timedelta, name: str = "reconciler"):
+    def __init__(self, db: fs.Db, holder: str, every: timedelta, *, hold: timedelta = timedelta(minutes=5),
+                 name: str = "reconciler"):
         self._db = db
         self.holder = holder
-        self._duration = duration
+        self._every = every
+        self._hold = hold
         self._ref = fs.doc(names.LEASES, name)
 
     def take(self, now: datetime | None = None) -> dict[str, str | None] | None:
-        """The scan cursors when this holder now holds the lease; None when another holder does."""
+        """The scan cursors when this holder now holds the lease; None when a pass runs elsewhere or the last one
+        finished less than `every` ago."""
         now = now or utcnow()
         snap = self._db.get(self._ref)
         data = snap.data or {}
-        expires = data.get("expires_at")
+        expires, finished = data.get("expires_at"), data.get("finished_at")
         if snap.exists and data.get("holder") != self.holder and expires is not None and expires > now:
             return None
-        claim = {"holder": self.holder, "taken_at": now, "expires_at": now + self._duration}
+        if finished is not None and now - finished < self._every:
+            return None
+        claim = {"holder": self.holder, "taken_at": now, "expires_at": now + self._hold}
         if not snap.exists:
             taken = self._db.create(self._ref, {**claim, "cursors": {}})
         else:
@@ -172,9 +180,11 @@ class PassLease:
                 taken = False
         return dict(data.get("cursors") or {}) if taken else None
 
-    def keep(self, cursors: dict[str, str | None]) -> None:
-        """Store where each scan goes on (a late pass overwriting them only moves where the next one starts)."""
-        self._db.update(self._ref, {"cursors": cursors})
+    def release(self, cursors: dict[str, str | None]) -> None:
+        """The pass ended: store where each scan goes on and when it finished (a late pass overwriting them
+        only moves where the next one starts)."""
+        now = utcnow()
+        self._db.update(self._ref, {"cursors": cursors, "finished_at": now, "expires_at": now})
 
 
 class Reconciler:
@@ -200,9 +210,10 @@ class Reconciler:
         cursors = lease.take()
         if cursors is None:
             return None
-        report = self._pass(cursors, max_pages=self._policy.max_pages)
-        lease.keep(cursors)
-        return report
+        try:
+            return self._pass(cursors, max_pages=self._policy.max_pages)
+        finally:
+            lease.release(cursors)
 
     def _pass(self, cursors: dict[str, str | None], max_pages: int | None) -> ReconcileReport:
         report = ReconcileReport()

@@ -26,8 +26,9 @@ class ReconcileSettings(BaseSettings):
     reconcile_undelivered_after_seconds: float = Field(default=3600.0, ge=1.0)
     reconcile_max_attempts: int = Field(default=5, ge=1)
     reconcile_max_republishes: int = Field(default=10, ge=1)
-    # The deployment-wide pass lease (shared with the runners): a little under the scheduler's minute.
-    reconcile_lease_seconds: float = Field(default=55.0, ge=1.0)
+    # The deployment-wide pass lease (shared with the runners): no pass starts sooner than this after the last
+    # one ended, whoever ran it (a little under the scheduler's minute).
+    reconcile_min_interval_seconds: float = Field(default=55.0, ge=0.0)
     reconcile_page_size: int = Field(default=300, ge=1, le=1000)
     reconcile_max_pages: int = Field(default=20, ge=1)
     job_retention_days: float = Field(default=retention.JOB_RETENTION.days, gt=0)

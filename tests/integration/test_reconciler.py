@@ -136,6 +136,7 @@ def test_the_reconcile_function_recovers_jobs_with_no_runner_up(db, events, subs
 
     from tests.conftest import REPO
 
+    monkeypatch.setenv("SOUL_RECONCILE_MIN_INTERVAL_SECONDS", "0")  # calls back to back (the deployed: 55 s)
     job_id = put_job(db, 9, status="running", lease_owner="gone", lease_expires_at=utcnow() - timedelta(seconds=5))
     app = create_app(target="reconcile", source=str(REPO / "functions" / "main.py")).test_client()
     answer = app.post("/")
@@ -177,18 +178,21 @@ def test_leased_passes_go_on_from_their_cursor_and_only_one_holder_runs_a_period
     lost = sorted(put_job(db, n) for n in range(1, 11))
     gateway = Db(db)
     reconciler = Reconciler(gateway, events, PAGED)
-    held = PassLease(gateway, "runner-a", timedelta(minutes=5))
+    held = PassLease(gateway, "runner-a", timedelta(0))  # (an interval of 0: passes back to back)
     other = PassLease(gateway, "runner-b", timedelta(minutes=5))
     first = reconciler.run_leased(held)
     assert first is not None and len(first.republished) == 3  # one page of queued jobs in this pass
-    assert reconciler.run_leased(other) is None  # runner-a holds the period: runner-b makes no pass
+    assert reconciler.run_leased(other) is None  # a pass ended less than runner-b's interval ago: none now
     found = set(first.republished)
     for _ in range(3):  # the holder's next passes go on from the cursor kept in the lease: 3 + 3 + 3 + 1
         found |= set(reconciler.run_leased(held).republished)
     assert sorted(found) == lost
     cursors = db.collection(names.LEASES).document("reconciler").get().to_dict()["cursors"]
     assert cursors["queued"] is None  # reached the end: the next pass starts again from the first job
-    # an expired lease is taken over by the next runner
-    expiring = PassLease(gateway, "runner-a", timedelta(0))
-    assert expiring.take() is not None and other.take() is not None
+    # while a pass runs nobody else starts one; a holder that died is replaced once its hold expired
+    quick = PassLease(gateway, "runner-c", timedelta(0))
+    assert PassLease(gateway, "runner-a", timedelta(0), hold=timedelta(minutes=5)).take() is not None
+    assert quick.take() is None
+    assert PassLease(gateway, "runner-a", timedelta(0), hold=timedelta(0)).take() is not None  # dies at once
+    assert quick.take() is not None
     assert queued_messages(subscriber) == lost
