@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import names
+from schemas.safety import ContentPolicy
 from soul_common.delivery import policy
 
 
@@ -89,6 +90,10 @@ class FunctionsSettings(BaseSettings):
     warm_pool_ahead: int = Field(default=1, ge=1, le=16)
     warm_pool_max_ahead: int = Field(default=4, ge=1, le=16)  # bound of POST /image/warm `variants`
     warm_pool_key_cap_per_day: int = Field(default=50, ge=0)  # pre-renders per prompt key per UTC day
+    # Content policy (functions/core/content_policy.py): every tenant's default (the keys file may set a tenant's
+    # own `content_policy`), and blocked terms (comma-separated) screened on every tenant's normalized cues.
+    content_policy: ContentPolicy = ContentPolicy.FLAG
+    blocked_terms: str = Field(default="", max_length=20000)
     # Server-sent events of GET /tasks/{id}/events (functions/http/sse.py).
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=60)

@@ -28,6 +28,7 @@ from functions.core.estimates import EstimateDefaults
 from functions.core.quota_policy import Quota
 from functions.core.tenants import KeyRing, build_key_ring, check_webhook_secrets
 from functions.services.idempotency import IdempotencyStore
+from functions.services.content import ContentPolicies
 from functions.services.images import ImageService
 from functions.services.quotas import QuotaService
 from functions.services.styles import StyleService
@@ -64,6 +65,7 @@ class Services:
     quotas: QuotaService
     webhooks: WebhookRegistry
     warm_pool: WarmPool
+    content: ContentPolicies
     readiness: Mapping[str, Callable[[], None]]  # backend -> a cheap check that raises when it is unreachable
 
 
@@ -105,7 +107,8 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
     )
     styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
     usage = GpuUsage(ShardedCounter(db, names.COUNTER_DEDUP_HITS), UsageStore(db))
-    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage,
+    content = ContentPolicies(keys, settings)
+    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content,
                         job_retention=timedelta(days=settings.job_retention_days))
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
     return Services(
@@ -120,7 +123,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         usage=usage,
         styles=styles,
         images=ImageService(prompts, jobs, styles, publisher, signer, settings, defaults, quotas, warm_pool,
-                            usage=usage),
+                            usage=usage, content=content),
         tasks=tasks,
         videos=VideoService(prompts, jobs, publisher, tasks, settings, defaults, quotas),
         idempotency=IdempotencyStore(IdempotencyRecords(db), timedelta(seconds=settings.idempotency_ttl_s)),
@@ -129,6 +132,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         quotas=quotas,
         webhooks=WebhookRegistry(webhook_store, jobs, publisher, settings, keys),
         warm_pool=warm_pool,
+        content=content,
         readiness={"firestore": jobs.ping, "pubsub": publisher.ping,
                    "gcs": partial(probe_bucket, clients.storage, settings.bucket)},
     )

@@ -71,6 +71,20 @@ class RunnerSettings(BaseSettings):
     svd_noise_aug_strength: float = Field(default=0.02, ge=0.0, le=1.0,
                                           validation_alias=_alias("SVD_NOISE_AUG_STRENGTH"))
 
+    # Safety checker (gpu_runner/pipelines/safety.py), run on every rendered image before its upload: a local
+    # StableDiffusionSafetyChecker folder, or None = the tiny random one. An image is flagged when its score is above
+    # the threshold (0 = the checker's own line); flagged images also get a blurred rendition of this radius (in
+    # pixels at 1024 px, scaled with the image).
+    safety_model: str | None = None
+    safety_threshold: float = Field(default=0.0, ge=-10.0, le=10.0)
+    safety_blur_radius: float = Field(default=48.0, gt=0.0, le=512.0)
+    # Previews while denoising (gpu_runner/stages/previews.py): every N steps (0 = off), decoded by TAESD-XL from a
+    # local folder when set, else by the linear latent->RGB map; a WebP of at most `preview_max_side` pixels.
+    preview_every: int = Field(default=0, ge=0, le=1000)
+    preview_model: str | None = None
+    preview_max_side: int = Field(default=256, ge=32, le=1024)
+    preview_quality: int = Field(default=60, ge=1, le=100)
+
     # Work distribution. Lanes: the subscriptions in priority order, comma-separated (SOUL_SUBSCRIPTIONS); unset =
     # `subscription` (interactive) then the background lane. A missing subscription is skipped (logged once).
     subscription: str = "soul-jobs-runner"

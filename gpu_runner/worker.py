@@ -165,7 +165,9 @@ class Runner:
             signals.shutdown.set()
 
     def warm(self) -> None:
-        """Load (quantize, compile) the image pipeline now and render once, so the first job pays for none of it."""
+        """Load (quantize, compile) the image pipeline and the safety checker now and render once, so the first job
+        pays for none of it."""
+        self._models.checker()
         self._models.warm_sdxl()
 
     def startup_report(self) -> dict:
@@ -329,7 +331,7 @@ class Runner:
         self._active_signals.add(signals)
         self._count_inflight(+1)
         progress = ProgressReporter(
-            lambda fraction, stage, eta: self._write_progress(job, fraction, stage, eta),
+            lambda fraction, stage, eta, preview=None: self._write_progress(job, fraction, stage, eta, preview),
             signals,
             self._settings.progress_interval_seconds,
             background=True,
@@ -370,12 +372,12 @@ class Runner:
         self._count_inflight(-1)
         return decided
 
-    def _write_progress(self, job: JobDoc, fraction: float, stage: str, eta: float | None) -> None:
+    def _write_progress(self, job: JobDoc, fraction: float, stage: str, eta: float | None, preview=None) -> None:
         """Progress is advisory: a failed tick is logged and skipped; a lost lease stops the work (LeaseLost).
         THE place where progress is reported; a job whose webhooks asked for `progress` also gets a (throttled)
         soul.job.progress event."""
         try:
-            self._store.progress(job.job_id, fraction, stage, eta)
+            self._store.progress(job.job_id, fraction, stage, eta, preview)
         except LeaseLost:
             raise
         except Exception:  # noqa: BLE001 - the next tick or the finish writes the state again
@@ -383,7 +385,7 @@ class Runner:
             return
         if "progress" in job.notify:
             try:
-                self._events.job_progress(job, fraction, stage, eta)
+                self._events.job_progress(job, fraction, stage, eta, preview)
             except Exception:  # noqa: BLE001 - advisory, like the write above
                 log.warning("progress_event_failed", job_id=job.job_id, exc_info=True)
 

@@ -57,5 +57,15 @@ def image_object(soul_id: str, pk: str, variant_id: str) -> str:
     return f"images/{soul_id}/{pk}/{variant_id}.png"
 
 
+def blurred_image_object(soul_id: str, pk: str, variant_id: str) -> str:
+    """The blurred rendition of a flagged image (content policy `blur`), beside the original."""
+    return f"images/{soul_id}/{pk}/{variant_id}.blurred.png"
+
+
+def preview_object(job_id: str, step: int) -> str:
+    """A preview of a job's image while it denoises (a TTL/lifecycle rule may delete these after a day)."""
+    return f"previews/{job_id}/{step}.webp"
+
+
 def video_object(variant_id: str, job_id: str, fmt: str) -> str:
     return f"videos/{variant_id}/{job_id}.{fmt}"

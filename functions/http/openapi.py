@@ -25,7 +25,8 @@ _ERRORS = {
     409: "The request contradicts the current state.",
     413: "The body is too large.",
     415: "The body is not JSON.",
-    422: "An Idempotency-Key was reused with a different request.",
+    422: "An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the "
+         "request (code `content_policy`: a blocked term in the cue, or animating a flagged image).",
     429: "The tenant's rate limit or a quota is used up; `Retry-After` says when to retry.",
     500: "An unexpected failure (details in the logs under the request id).",
     503: "A backing service is unavailable; retry later.",

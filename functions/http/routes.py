@@ -16,7 +16,7 @@ from importlib import metadata
 import flask
 from pydantic import BaseModel
 
-from functions.core import estimates
+from functions.core import content_policy, estimates
 from functions.core.errors import InvalidInput, NotFound
 from functions.core.places import shipped_places
 from functions.core.tenants import LOCAL, Principal, scoped_user
@@ -204,7 +204,8 @@ def image(svc: Services, call: Call) -> Reply:
     assert isinstance(ask, ImageRequest)
     lane = ask.lane if isinstance(ask, ImageOrder) else JobLane.INTERACTIVE
     return _image_reply(svc.images.request(ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id,
-                                                    tenant=call.principal.tenant, lane=lane)))
+                                                    tenant=call.principal.tenant, lane=lane,
+                                                    admin=call.principal.is_admin)))
 
 
 def selfie(svc: Services, call: Call) -> Reply:
@@ -237,7 +238,13 @@ def variants_of_pk(svc: Services, call: Call) -> Reply:
     page = call.query
     assert isinstance(page, PageQuery)
     variants, cursor = svc.prompts.variants_page(call.path["pk_id"], page.page_size, page.cursor)
-    return 200, VariantPage(items=svc.images.variant_views(variants), next_cursor=cursor)
+    return 200, VariantPage(items=_visible_variants(svc, call, variants), next_cursor=cursor)
+
+
+def _visible_variants(svc: Services, call: Call, variants) -> list:
+    """A listing as the caller's content policy lets it see it: withheld variants are left out."""
+    viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
+    return [view for view in svc.images.variant_views(variants, viewer) if view is not None]
 
 
 def seen_of_user(svc: Services, call: Call) -> Reply:
@@ -280,14 +287,14 @@ def style_list(svc: Services, call: Call) -> Reply:
 
 def task_get(svc: Services, call: Call) -> Reply:
     tenant = call.principal.tenant
-    task = svc.tasks.get(call.path["task_id"], tenant)
+    task = svc.tasks.get(call.path["task_id"], tenant, admin=call.principal.is_admin)
     return 200, task.model_copy(update={"deliveries": svc.webhooks.deliveries(task.task_id, tenant)})
 
 
 def task_events(svc: Services, call: Call) -> Reply:
     task_id, tenant = call.path["task_id"], call.principal.tenant
     svc.tasks.get(task_id, tenant)  # 404 (the visibility rule of GET /tasks/{id}) before the stream opens
-    stream = sse.task_events(lambda: svc.tasks.get(task_id, tenant), svc.settings)
+    stream = sse.task_events(lambda: svc.tasks.get(task_id, tenant, admin=call.principal.is_admin), svc.settings)
     return flask.Response(stream, mimetype="text/event-stream",
                           headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -345,21 +352,36 @@ def static_image(svc: Services, call: Call) -> Reply:
     variant = svc.prompts.variant(call.path["filename"].removesuffix(".png"))
     if variant is None:
         raise NotFound(f"no image '{call.path['filename']}'", field="filename")
-    return redirect(svc.signer.sign(variant.object).url)
+    viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
+    view = svc.images.variant_view(variant, viewer)
+    if view is None:  # withheld under this tenant's content policy: as if it did not exist
+        raise NotFound(f"no image '{call.path['filename']}'", field="filename")
+    return redirect(view.url)
 
 
 def static_video(svc: Services, call: Call) -> Reply:
     job_id, _, fmt = call.path["filename"].rpartition(".")
     found = svc.tasks.video_output(job_id, fmt, call.principal.tenant)
-    if found is None:
+    job = svc.jobs.job(job_id) if found is not None else None
+    if found is None or (isinstance(job.result, VideoResult)
+                         and not _animation_visible(svc, call, job.result.variant_id)):
         raise NotFound(f"no video '{call.path['filename']}'", field="filename")
     return redirect(svc.signer.sign(found).url)
+
+
+def _animation_visible(svc: Services, call: Call, variant_id: str) -> bool:
+    """An animation shows its source's pixels: hidden from tenants whose policy blurs or withholds a flagged one."""
+    variant = svc.prompts.variant(variant_id)
+    viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
+    return variant is None or variant.safety is None or not variant.safety.flagged or \
+        content_policy.sees_flagged_originals(viewer)
 
 
 def static_images(svc: Services, call: Call) -> Reply:
     page = call.query
     assert isinstance(page, PageQuery)
-    items, cursor = svc.tasks.images(call.principal.tenant, page.page_size, page.cursor)
+    items, cursor = svc.tasks.images(call.principal.tenant, page.page_size, page.cursor,
+                                     admin=call.principal.is_admin)
     return 200, StaticListing(items=items, next_cursor=cursor)
 
 

@@ -11,13 +11,15 @@ from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.prompts import PromptStore
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
-from functions.core import estimates, keys
+from functions.core import content_policy, estimates, keys
+from functions.core.content_policy import Viewer
 from functions.core.errors import InvalidInput
 from functions.core.normalize import CueError, normalize_cue
 from functions.core.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.core.variants import choose_unseen, next_variant_index
 from functions.services import lanes
+from functions.services.content import ContentPolicies
 from functions.services.jobs import Interest, ensure_job
 from functions.services.links import variant_link, variant_links
 from functions.services.quotas import QuotaService
@@ -44,6 +46,7 @@ class ImageAsk:
     place: str | None = None
     tenant: str = DEFAULT_TENANT
     lane: JobLane = JobLane.INTERACTIVE
+    admin: bool = False  # an admin key asks (content policy `blur`: it also gets the original)
 
 
 class ImageService:
@@ -59,6 +62,7 @@ class ImageService:
         quotas: QuotaService,
         warm_pool: WarmPool,
         usage: GpuUsage | None = None,
+        content: ContentPolicies | None = None,
     ):
         self._prompts = prompts
         self._jobs = jobs
@@ -70,6 +74,7 @@ class ImageService:
         self._quotas = quotas
         self._usage = usage  # counts dedup hits for the GPU-seconds statistics
         self._warm = warm_pool
+        self.content = content or ContentPolicies(None, settings)
 
     def selfie(self, request: SelfieRequest, tenant: str = DEFAULT_TENANT) -> ImageReady | ImageQueued:
         """A selfie is an image whose cue names a place chosen for the city and mood, fresh for this user."""
@@ -98,6 +103,7 @@ class ImageService:
             cue = normalize_cue(ask.cue)
         except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
+        self.content.screen(ask.tenant, cue)  # blocked terms: 422 before any read, job or GPU second
         style = self._styles.get(ask.soul_id).style  # a stored style wins over the catalog; else 404
         pk = keys.prompt_key(
             kind=ask.kind, soul_id=ask.soul_id, cue=cue, style=style, model_tag=self._settings.model_tag
@@ -105,15 +111,19 @@ class ImageService:
         variants = self._prompts.variants_of(pk)
         user = scoped_user(ask.tenant, ask.user_id)
         seen = self._prompts.seen_among(user, [v.variant_id for v in variants])
-        unseen = choose_unseen(variants, seen)
+        viewer = self.content.viewer(ask.tenant, admin=ask.admin)
+        # Variants are shared between tenants: one this tenant's policy withholds is never its dedup hit (the next
+        # variant is made instead, and its own result may be withheld in turn).
+        offered = [v for v in variants if content_policy.deliverable(viewer, v.safety)]
+        unseen = choose_unseen(offered, seen)
         self._warm.observe(pk, ask.kind, user, ask.tenant)
         if unseen is not None:
             if self._usage is not None:
                 self._usage.record_dedup_hit(ask.tenant)
-            left = sum(1 for v in variants if v.variant_id not in seen) - 1  # once this one is taken
+            left = sum(1 for v in offered if v.variant_id not in seen) - 1  # once this one is taken
             self._warm.after_take(pk, unseen.variant_index, left, variants,
                                   partial(self.prerender, tenant=ask.tenant), ask.tenant)
-            return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
+            return ImageReady(pk_id=pk, variant=self.variant_view(unseen, viewer))
         index = next_variant_index(variants)
         if index == 0:
             now = utcnow()
@@ -182,6 +192,7 @@ class ImageService:
             cue = normalize_cue(request.cue)
         except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
+        self.content.screen(tenant, cue)
         style = self._styles.get(request.soul_id).style
         pk = keys.prompt_key(kind="image", soul_id=request.soul_id, cue=cue, style=style,
                              model_tag=self._settings.model_tag)
@@ -192,9 +203,11 @@ class ImageService:
         return self._warm.warm(pk, request.variants, self._prompts.variants_of(pk),
                                partial(self.prerender, tenant=tenant), tenant)
 
-    def variant_view(self, variant: VariantDoc) -> Variant:
-        return variant_link(self._signer, variant)
+    def variant_view(self, variant: VariantDoc, viewer: Viewer = Viewer()) -> Variant | None:
+        """The variant as `viewer` may see it; None when its content policy withholds it."""
+        return variant_link(self._signer, variant, viewer)
 
-    def variant_views(self, variants: Sequence[VariantDoc]) -> list[Variant]:
-        """A listing page's variants, their URLs signed together (reused when fresh, the rest in parallel)."""
-        return variant_links(self._signer, variants)
+    def variant_views(self, variants: Sequence[VariantDoc], viewer: Viewer = Viewer()) -> list[Variant | None]:
+        """A listing page's variants as `viewer` may see them (None where withheld), their URLs signed together
+        (reused when fresh, the rest in parallel)."""
+        return variant_links(self._signer, variants, viewer)

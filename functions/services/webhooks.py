@@ -16,10 +16,12 @@ from functions.adapters.firestore.webhooks import WebhookStore
 from functions.adapters.pubsub import Publisher
 from functions.core import errors, ssrf
 from functions.core.tenants import KeyRing, webhook_secret
+from functions.services.content import ContentPolicies
 from functions.settings import FunctionsSettings
 from schemas import names
 from schemas._base import utcnow
 from schemas.jobs import TERMINAL_STATUSES, JobEvent, JobStatus
+from schemas.safety import ContentPolicy
 from schemas.push import (
     DEFAULT_WEBHOOK_EVENTS,
     Delivery,
@@ -50,6 +52,10 @@ class WebhookRegistry:
         self._publisher = publisher
         self._settings = settings
         self._keys = keys
+
+    def content_policy(self, tenant: str) -> ContentPolicy:
+        """The tenant's content policy: which completion body its webhooks get (functions/core/content_policy.py)."""
+        return ContentPolicies(self._keys, self._settings).policy(tenant)
 
     def secret(self, tenant: str) -> str:
         """The tenant's `whsec_...` signing secret ("" when it has none; only the default tenant may use

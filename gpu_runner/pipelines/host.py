@@ -29,6 +29,8 @@ class ModelHost:
         self._device = None
         self._sdxl: Any = None
         self._svd: Any = None
+        self._checker: Any = None
+        self._preview_decoder: Any = None
         self._extra_stores = list(artifact_stores or [])
         self.startup = StartupReport()
         self.acceleration = None  # acceleration.Acceleration once SDXL is loaded
@@ -54,6 +56,31 @@ class ModelHost:
             if self._sdxl is None:
                 self._sdxl = self._load_sdxl()
             return self._sdxl
+
+    def checker(self):
+        """The safety checker (pipelines/safety.py), on the render device."""
+        with self._lock:
+            if self._checker is None:
+                from gpu_runner.pipelines.safety import load_checker
+
+                self._checker = load_checker(self._settings.safety_model, Path(self._settings.model_cache_dir),
+                                             self.device.device, self.device.dtype)
+                log.info("loaded_safety_checker", model=self._checker.name, device=self.device.name)
+            return self._checker
+
+    def preview_decoder(self):
+        """Latents -> small previews: TAESD-XL when SOUL_PREVIEW_MODEL is set, else the linear approximation."""
+        with self._lock:
+            if self._preview_decoder is None:
+                from gpu_runner.pipelines import previews
+
+                side = self._settings.preview_max_side
+                if self._settings.preview_model:
+                    taesd = previews.load_taesd(self._settings.preview_model, self.device.device, self.device.dtype)
+                    self._preview_decoder = previews.taesd_decoder(taesd, side)
+                else:
+                    self._preview_decoder = previews.linear_decoder(side)
+            return self._preview_decoder
 
     def warm_sdxl(self) -> None:
         """Load (and compile) SDXL now and render once, so the first job pays for neither."""

@@ -66,6 +66,18 @@ resource "google_storage_bucket" "media" {
     }
   }
 
+  # Previews while denoising (previews/{job}/{step}.webp, gpu_runner/stages/previews.py) matter only while a job
+  # runs: gone after a day.
+  lifecycle_rule {
+    condition {
+      age            = 1
+      matches_prefix = ["previews/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   depends_on = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
 }
 

@@ -109,15 +109,15 @@ def test_events_map_to_webhook_events_and_stable_delivery_keys():
     progress = _message(names.EVENT_JOB_PROGRESS, {"job_id": "img-1", "type": "image", "seq": 3, "progress": 0.5,
                                                     "stage": "denoise", "eta_seconds": 1.5,
                                                     "occurred_at": "2026-11-25T20:00:00Z"})
-    out = outgoing(progress, lambda job_id: None)
+    out = outgoing(progress, lambda job_id, policy=None: None)
     assert out is not None and out.key == "progress-3" and out.event == "progress"
     assert json.loads(out.body)["data"] == {"task_id": "img-1", "type": "image", "seq": 3, "progress": 0.5,
                                             "stage": "denoise", "eta_seconds": 1.5,
                                             "occurred_at": "2026-11-25T20:00:00Z"}
-    done = outgoing(_message(names.EVENT_JOB_SUCCEEDED, {"job_id": "img-1"}), lambda job_id: {"task_id": job_id})
+    done = outgoing(_message(names.EVENT_JOB_SUCCEEDED, {"job_id": "img-1"}), lambda job_id, policy=None: {"task_id": job_id})
     assert done is not None and done.key == "completed" and json.loads(done.body)["type"] == "soul.job.succeeded"
-    assert outgoing(_message(names.EVENT_JOB_SUCCEEDED, {"job_id": "gone"}), lambda job_id: None) is None
-    assert outgoing(_message(names.EVENT_REQUEST_ACCEPTED, {"request_id": "r"}), lambda job_id: None) is None
+    assert outgoing(_message(names.EVENT_JOB_SUCCEEDED, {"job_id": "gone"}), lambda job_id, policy=None: None) is None
+    assert outgoing(_message(names.EVENT_REQUEST_ACCEPTED, {"request_id": "r"}), lambda job_id, policy=None: None) is None
     assert outgoing({"attributes": {"ce-type": names.EVENT_JOB_STARTED}, "data": "%%"}, lambda j: None) is None
 
 
