@@ -208,6 +208,8 @@ class Task(Reply):
     eta_seconds: float | None = None
     soul_id: str | None = None
     user_id: str | None = None
+    cue: str | None = Field(default=None, description="The cue of an image task (a selfie's composed cue); None for "
+                            "animations.")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
