@@ -440,7 +440,9 @@ class Card {
     this.bar.hidden = s.done;
     if (fraction === null) this.bar.removeAttribute("value");
     else this.bar.value = fraction;
+    const cancelFocused = document.activeElement === this.cancel;
     this.cancel.hidden = s.done || !t.task_id;
+    if (cancelFocused && this.cancel.hidden) this.el.focus();  // the keyboard stays on this card
     if (t.cancel_requested) setBusy(this.cancel, true);
     if (t.status === "failed" && t.error) this.fail(t.error.message || "The task failed.");
     this.say(s.announcement());

@@ -13,8 +13,9 @@ const POLL_MIN_MS = 500;
 const POLL_MAX_MS = 2000;
 // How often a queued task's place in line is read while the stream carries the rest.
 const POSITION_EVERY_MS = 3000;
-// A stream that says nothing (not even a keep-alive we can see) for this long is dropped for polling.
-const EVENTS_SILENCE_MS = 20000;
+// A stream that says nothing for this long is dropped for polling (its keep-alive comments are invisible to an
+// EventSource, and a runner loading a model may say nothing for half a minute).
+const EVENTS_SILENCE_MS = 60000;
 const EVENT_NAMES = ["update", "preview", "end", "timeout", "error", "message"];
 
 // Watches `taskId`. Callbacks: onUpdate(fields, source) with source "events" | "poll" | "position";
