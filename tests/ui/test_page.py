@@ -202,7 +202,7 @@ def test_cancel_a_job_no_runner_picks_up(ui, ui_stack):
 
 def test_selfie_from_the_cities_and_moods_of_the_api(ui, ui_stack):
     open_page(ui, ui_stack, "?user=selfie-user")
-    ui.page.click("text=Or a selfie of the soul in a city")
+    ui.page.click("text=Or a selfie of the character in a city")
     expect(ui.page.locator("#city option")).not_to_have_count(0)
     ui.page.select_option("#city", "tokyo")
     ui.page.select_option("#mood", "calm")
@@ -269,7 +269,7 @@ def test_320px_no_overflow_keyboard_and_axe(ui, ui_stack):
     ui.page.focus("#cue")
     ui.page.keyboard.press("Enter")  # the keyboard alone submits
     done_image(card(ui))
-    ui.page.click("text=Or a selfie of the soul in a city")
+    ui.page.click("text=Or a selfie of the character in a city")
     ui.shot("320")
     width = ui.page.evaluate("document.documentElement.scrollWidth")
     assert width <= 320, f"horizontal overflow: {width}px"

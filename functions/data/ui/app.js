@@ -412,9 +412,11 @@ class Card {
     else list.prepend(this.el);
     $("tasks-empty").hidden = true;
     cards.add(this);
-    // Where the user acted: the new card comes into view; the keyboard focus stays where it was.
-    this.el.scrollIntoView({block: "nearest"});
   }
+
+  // Where the user acted: the new card comes into view (once the API answered, so that the rest of a double
+  // click does not land on it); the keyboard focus stays where it was.
+  reveal() { this.el.scrollIntoView({block: "nearest"}); }
 
   dispose() {
     if (this.watch) this.watch.stop();
@@ -644,6 +646,7 @@ async function askFor({form = null, button, anchor = null, ask, context, onAnswe
     if (button) setBusy(button, false);
   }
   card.setTrouble(null);
+  card.reveal();
   onAnswer(card, answer);
   await runTask(card, answer, context);
   return card;
@@ -752,6 +755,7 @@ async function startAnimation(source, button, item) {
   try {
     const q = new URLSearchParams({variant_id: item.id, generate_gif: "true", user_id: $("user").value.trim()});
     const answer = await call("POST", `video/generate-from-variant?${q}`, {idempotencyKey: newIdempotencyKey()});
+    card.reveal();
     await runTask(card, answer, context);
   } catch (error) {
     card.fail(error.message);

@@ -94,17 +94,19 @@ export class TaskState {
     return typeof p === "number" ? Math.min(1, Math.max(0, p)) : null;
   }
 
-  // Seconds left, from the server's estimate counted down and the pace measured here, whichever is lower.
+  // Seconds left: the pace measured here (once the task has moved), capped by the server's estimate counted
+  // down. The server's estimate alone only past the first tenth: while a model loads it is far off.
   secondsLeft(nowMs = Date.now()) {
     if (this.status !== "running") return null;
-    const guesses = [];
-    if (this.etaEndMs !== null) guesses.push((this.etaEndMs - nowMs) / 1000);
+    const server = this.etaEndMs !== null ? (this.etaEndMs - nowMs) / 1000 : null;
+    let measured = null;
     if (this.samples.length >= 2) {
       const [t0, p0] = this.samples[0];
       const [t1, p1] = this.samples[this.samples.length - 1];
-      if (p1 > p0 && p1 >= 0.1) guesses.push(((1 - p1) * (t1 - t0)) / (p1 - p0) / 1000 - (nowMs - t1) / 1000);
+      if (p1 > p0 && p1 >= 0.1) measured = ((1 - p1) * (t1 - t0)) / (p1 - p0) / 1000 - (nowMs - t1) / 1000;
     }
-    return guesses.length ? Math.min(...guesses) : null;
+    if (measured !== null) return server !== null ? Math.min(server, measured) : measured;
+    return server !== null && (this.task.progress || 0) >= 0.1 ? server : null;
   }
 
   // What a screen reader is told: one phrase per stage, and the outcome. Never the clock.
