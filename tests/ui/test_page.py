@@ -330,7 +330,8 @@ def test_stage_names_queue_position_and_metrics_read_as_words(ui, ui_stack):
       const v = await import("./ui/views.js");
       const {TaskState} = await import("./ui/state.js");
       const t0 = Date.parse("2026-01-01T00:00:00Z");
-      const queued = pos => ({status: "queued", stage: "queued", created_at: "2026-01-01T00:00:00Z", queue_position: pos});
+      const queued = pos => ({status: "queued", stage: "queued", created_at: "2026-01-01T00:00:00Z",
+                              queue_position: pos});
       const running = new TaskState({status: "running", stage: "denoising", created_at: "2026-01-01T00:00:00Z",
                                      started_at: "2026-01-01T00:00:02Z", eta_seconds: 3.2, progress: 0.5}, t0 + 7000);
       return {

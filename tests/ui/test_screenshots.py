@@ -75,6 +75,7 @@ def test_screenshots_of_each_state(browser, ui_stack):
             expect(first.locator(".result img")).to_be_visible(timeout=90_000)
             ui_stack.runner.pace_s = 0.0
             first.get_by_role("button", name="Next variant").click()
+            expect(page.locator("#tasks > li")).to_have_count(2)
             expect(page.locator("#tasks > li").first.locator(".result img")).to_be_visible(timeout=90_000)
             expect(page.locator("#gallery > li").first).to_be_visible()
             page.locator("#tasks > li").first.scroll_into_view_if_needed()

@@ -90,7 +90,8 @@ def test_the_next_variant_arrives_with_one_click_next_to_its_card(ui, ui_stack):
     assert src.split("?")[0] != first.split("?")[0], "the next variant is the same picture"
     expect(ui.page.locator("#tasks > li").nth(2).get_by_role("button", name="Seen")).to_be_disabled()
     assert ui.page.evaluate("document.activeElement.textContent") == "Next variant"
-    assert ui.page.evaluate("document.activeElement.closest('#tasks > li') === document.querySelectorAll('#tasks > li')[2]")
+    assert ui.page.evaluate(
+        "document.activeElement.closest('#tasks > li') === document.querySelectorAll('#tasks > li')[2]")
     ui.shot("next-variant")
     # The keyboard: N on a card asks for its next variant.
     ui.page.locator("#tasks > li").nth(1).focus()
@@ -211,7 +212,8 @@ def test_phone_targets_are_at_least_44px(browser, ui_stack):
               const r = el.getBoundingClientRect();
               return r.width > 0 && r.height > 0 && r.left >= 0 && getComputedStyle(el).visibility !== "hidden";
             }).filter(el => el.getBoundingClientRect().height < 44)
-              .map(el => `${el.tagName} ${el.id || el.textContent.trim().slice(0, 30)} ${el.getBoundingClientRect().height}`)""")
+              .map(el => `${el.tagName} ${el.id || el.textContent.trim().slice(0, 30)} `
+                         + el.getBoundingClientRect().height)""")
         assert small == [], small
         # The new card comes into view: its actions are on screen without scrolling back.
         box = page.locator("#tasks > li").first.bounding_box()

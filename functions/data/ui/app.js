@@ -648,7 +648,7 @@ async function askFor({form = null, button, anchor = null, ask, context, onAnswe
   card.setTrouble(null);
   card.reveal();
   onAnswer(card, answer);
-  await runTask(card, answer, context);
+  card.running = runTask(card, answer, context);  // the button is free again: the card follows the task
   return card;
 }
 
@@ -756,7 +756,7 @@ async function startAnimation(source, button, item) {
     const q = new URLSearchParams({variant_id: item.id, generate_gif: "true", user_id: $("user").value.trim()});
     const answer = await call("POST", `video/generate-from-variant?${q}`, {idempotencyKey: newIdempotencyKey()});
     card.reveal();
-    await runTask(card, answer, context);
+    card.running = runTask(card, answer, context);
   } catch (error) {
     card.fail(error.message);
   }
