@@ -375,6 +375,15 @@ function noteModel(item) {
   if (item && item.model && /^tiny/i.test(item.model)) $("tiny-note").hidden = false;
 }
 
+// The service's model, from `GET /info` where it has one: the tiny offline model gets its notice up front.
+async function noteBackend() {
+  if (!(await apiFeatures()).has("/info")) return;
+  try {
+    const info = await call("GET", "info", {retries: 0});
+    noteModel({model: info.model_backend});
+  } catch { /* the notice then waits for a result's metrics */ }
+}
+
 function fileName(soulId, id, format) { return `soul-${soulId || "result"}-${id}.${format}`; }
 
 // ---- task cards ---------------------------------------------------------------------------------------------
@@ -1059,6 +1068,7 @@ async function enterStudio(me) {
   keyPanel(me);
   wire();
   features.seed = await seedPinnable();
+  noteBackend();
   await Promise.all([loadSouls(), loadSelfieOptions()]);
   writeUrl();
   await loadGallery({restore: true});
