@@ -114,6 +114,12 @@ function resolve(doc, schema, depth = 0) {
   return merged;
 }
 
+// The paths that answer GET, from the OpenAPI document.
+export async function readablePaths() {
+  const doc = await loadOpenapi();
+  return Object.entries(doc.paths || {}).filter(([, ops]) => ops && ops.get).map(([p]) => p);
+}
+
 export async function seedPinnable() {
   const doc = await loadOpenapi();
   const body = (((doc.paths || {})["/image"] || {}).post || {}).requestBody;

@@ -4,7 +4,8 @@
 // rebuilt from the API on load, the larger viewer with details and previous/next, keyboard shortcuts, and the
 // state kept in the URL (soul, cue, user, task) so that a reload or a shared link restores what was on screen.
 
-import {ApiError, apiFeatures, call, forgetKey, hasKey, newIdempotencyKey, seedPinnable, useKey, whoAmI} from "./api.js";
+import {ApiError, apiFeatures, call, forgetKey, hasKey, newIdempotencyKey, readablePaths, seedPinnable, useKey,
+  whoAmI} from "./api.js";
 import {follow} from "./follow.js";
 import {TERMINAL, TaskState} from "./state.js";
 import {MEDIA, h, mediaElement, metricsLine} from "./views.js";
@@ -290,22 +291,26 @@ function styleForm(s, said) {
   return details;
 }
 
-// References and adapter of a soul, where the API has them (GET paths under the soul naming either).
+// References and adapter of a soul, where the API has them (a GET path under the soul naming its identity,
+// references or adapter: `GET /style/{soul_id}/identity` answers {references, lora, identity_scale}).
 async function extrasFor(s) {
-  const paths = [...(await apiFeatures())].filter(p => /\{soul_id\}/.test(p) && /(reference|adapter|lora)/i.test(p));
+  const paths = (await readablePaths()).filter(p => /\{soul_id\}/.test(p) && /(identity|reference|adapter|lora)/i.test(p));
   if (!paths.length) return null;
   const list = h("dl", {className: "facts"});
+  const row = (k, v) => list.append(h("div", {className: "kv"}, h("dt", {}, k), h("dd", {}, v)));
   for (const p of paths) {
     const url = p.replace(/^\//, "").replace("{soul_id}", encodeURIComponent(s.id));
     try {
       const data = await call("GET", url, {retries: 0});
-      const items = Array.isArray(data.items) ? data.items : [data];
-      const words = items.map(i => i.name || i.reference_id || i.adapter_id || i.filename || i.id || "").filter(Boolean);
-      list.append(h("div", {className: "kv"}, h("dt", {}, /adapter|lora/i.test(p) ? "Adapter" : "References"),
-        h("dd", {}, words.length ? words.join(", ") : "none")));
+      if (Array.isArray(data.references)) {
+        row("References", data.references.length
+          ? data.references.map(r => `${r.width}×${r.height} (${r.ref_id})`).join(", ") : "none");
+        if (typeof data.identity_scale === "number") row("Likeness", String(data.identity_scale));
+      }
+      if ("lora" in data) row("Adapter", data.lora ? `${data.lora.name} ${data.lora.version} at ${data.lora.scale}` : "none");
     } catch { /* not readable by this key: left out */ }
   }
-  return list.children.length ? list : null;
+  return list.children.length ? h("div", {className: "identity"}, h("h4", {}, "Likeness"), list) : null;
 }
 
 function soulName(soulId) { return (souls.get(soulId) || {}).name || soulId || "a character"; }
