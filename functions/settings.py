@@ -65,6 +65,13 @@ class FunctionsSettings(BaseSettings):
     # How long a finished (canceled) job is kept before Firestore's TTL deletes it (soul_common/retention.py).
     job_retention_days: float = Field(default=30.0, gt=0)
     max_body_bytes: int = 64 * 1024
+    # Admin uploads of a soul's identity (functions/core/uploads.py): the whole body (Cloud Run takes at most 32 MiB
+    # per HTTP/1 request; base64 in JSON adds a third), one reference image, its pixels, one LoRA and its rank.
+    max_upload_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
+    reference_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    reference_max_pixels: int = Field(default=4096 * 4096, ge=64 * 64, le=8192 * 8192)
+    lora_max_bytes: int = Field(default=23 * 1024 * 1024, ge=1024)
+    lora_max_rank: int = Field(default=128, ge=1, le=1024)
     # Deadline of each Firestore call: past it the request answers 503 instead of waiting on retries.
     backend_timeout_s: float = Field(default=10.0, gt=0, le=120)
     public_base_url: str = ""  # prefix of status_url; empty = relative URLs

@@ -21,12 +21,15 @@ from functions.adapters.firestore.styles import StyleStore
 from functions.adapters.firestore.usage import UsageStore
 from functions.adapters.firestore.warm_pool import WarmPoolStore
 from functions.adapters.firestore.webhooks import WebhookStore
-from functions.adapters.gcs import probe_bucket
+from functions.adapters.firestore.identities import IdentityStore
+from functions.adapters.gcs import AssetStore, probe_bucket
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core.estimates import EstimateDefaults
 from functions.core.quota_policy import Quota
 from functions.core.tenants import KeyRing, build_key_ring, check_webhook_secrets
+from functions.core.uploads import UploadLimits
+from functions.services.identity import IdentityService
 from functions.services.idempotency import IdempotencyStore
 from functions.services.content import ContentPolicies
 from functions.services.images import ImageService
@@ -65,6 +68,7 @@ class Services:
     quotas: QuotaService
     webhooks: WebhookRegistry
     warm_pool: WarmPool
+    identities: IdentityService
     content: ContentPolicies
     readiness: Mapping[str, Callable[[], None]]  # backend -> a cheap check that raises when it is unreachable
 
@@ -111,6 +115,12 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
     tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content,
                         job_retention=timedelta(days=settings.job_retention_days))
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
+    identities = IdentityService(
+        IdentityStore(db), AssetStore(clients.storage, settings.bucket), styles, settings.model_tag,
+        UploadLimits(reference_max_bytes=settings.reference_max_bytes,
+                     reference_max_pixels=settings.reference_max_pixels, lora_max_bytes=settings.lora_max_bytes,
+                     lora_max_rank=settings.lora_max_rank),
+    )
     return Services(
         settings=settings,
         clients=clients,
@@ -123,7 +133,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         usage=usage,
         styles=styles,
         images=ImageService(prompts, jobs, styles, publisher, signer, settings, defaults, quotas, warm_pool,
-                            usage=usage, content=content),
+                            usage=usage, content=content, identities=identities),
         tasks=tasks,
         videos=VideoService(prompts, jobs, publisher, tasks, settings, defaults, quotas),
         idempotency=IdempotencyStore(IdempotencyRecords(db), timedelta(seconds=settings.idempotency_ttl_s)),
@@ -132,6 +142,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         quotas=quotas,
         webhooks=WebhookRegistry(webhook_store, jobs, publisher, settings, keys),
         warm_pool=warm_pool,
+        identities=identities,
         content=content,
         readiness={"firestore": jobs.ping, "pubsub": publisher.ping,
                    "gcs": partial(probe_bucket, clients.storage, settings.bucket)},

@@ -47,6 +47,14 @@ class RunnerSettings(BaseSettings):
     tiny_max_steps: int = Field(default=4, ge=1, le=150)
     tiny_svd_max_side: int = Field(default=128, ge=64, le=2048)
     tiny_svd_max_steps: int = Field(default=4, ge=1, le=150)
+    # Identity (gpu_runner/pipelines/adapters.py): the IP-Adapter folder (weights file + image_encoder/; None = the
+    # tiny random one), LoRAs kept resident (count and bytes), and hot-swapping (None = when the UNet is compiled).
+    ip_adapter_model: str | None = None
+    ip_adapter_weight_name: str = "ip-adapter.safetensors"
+    lora_resident: int = Field(default=4, ge=1, le=64)
+    lora_budget_mb: float = Field(default=1024.0, gt=0)
+    lora_hotswap: bool | None = None
+    lora_hotswap_rank: int = Field(default=128, ge=1, le=1024)
 
     # Speed (gpu_runner/pipelines/acceleration.py): `auto` takes what was measured to pay on this card (else off/none).
     compile: str = Field(default="auto", pattern="^(auto|off|regional|full)$")

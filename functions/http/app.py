@@ -25,6 +25,7 @@ from functions.http.auth import authenticate_key, platform_principal
 from functions.http.auth_throttle import FailedAuthLimiter, source_of
 from functions.http.headers import add_security_headers
 from functions.http.openapi import openapi_document
+from functions.http.uploads import read_upload
 from functions.http.routes import ENDPOINTS, Call, Endpoint
 from functions.services.idempotency import StoredReply, request_fingerprint
 from functions.settings import FunctionsSettings
@@ -155,7 +156,8 @@ class Api:
             request=request,
             path=params,
             query=parse(endpoint.query, _query_dict(request)) if endpoint.query else None,
-            body=parse_json(endpoint.body, self._json_body(request)) if endpoint.body else None,
+            body=(read_upload(request, endpoint.body, self._settings.max_upload_body_bytes) if endpoint.upload
+                  else parse_json(endpoint.body, self._json_body(request)) if endpoint.body else None),
             principal=principal,
         )
         key = request.headers.get("Idempotency-Key")

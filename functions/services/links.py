@@ -51,7 +51,7 @@ def _variant(image: VariantDoc | ImageResult, viewer: Viewer, blurred: bool, sig
     return Variant(
         variant_id=image.variant_id, pk_id=image.pk, url=signed.url, expires_at=signed.expires_at,
         width=image.width, height=image.height, seed=image.seed, created_at=image.created_at, safety=safety,
-        original_url=original.url if original is not None else None,
+        original_url=original.url if original is not None else None, reproducibility=image.reproducibility,
     )
 
 

@@ -184,6 +184,7 @@ class TaskService:
             eta_seconds=job.eta_seconds,
             soul_id=job.soul_id,
             user_id=_user_seen_by(job, tenant),
+            cue=getattr(job.request, "cue", None),
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,14 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a test secret (the 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("stack")
+    with devstack(tmp_path_factory) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def devstack(tmp_path_factory, label: str = "stack", **extra_env: str):
+    """`python -m emulators.devstack` on free ports, ready; `extra_env` adds to (or overrides) its environment."""
+    workdir = tmp_path_factory.mktemp(label)
     api_port, ingest_port, reconcile_port, webhooks_port, receiver_port = free_ports("127.0.0.1", 5)
     env = {
         **os.environ,
@@ -37,6 +45,7 @@ def stack(tmp_path_factory):
         "SOUL_TINY_MAX_STEPS": "30",
         "SOUL_HEARTBEAT_SECONDS": "0.3",
         "SOUL_PROGRESS_INTERVAL_SECONDS": "0.2",
+        **extra_env,
     }
     for name in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
         env.pop(name, None)
