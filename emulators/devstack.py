@@ -81,7 +81,9 @@ class DevStack:
         # Clients outside the stack (the CLI, tests, a shell) find the stand-ins here and in stack.json.
         (self.emulators.state_dir / "env.json").write_text(json.dumps(self.emulators.env(), indent=2))
         detached.record(self.emulators, extra_env={"SOUL_API_URL": self.base_url})
-        env = {**os.environ, **self.emulators.env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.emulators.env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+               # the `reconcile` function is called every reconcile_interval_s here, not every minute
+               "SOUL_RECONCILE_MIN_INTERVAL_SECONDS": str(self.config.reconcile_interval_s)}
         env.setdefault("SOUL_PUBLIC_BASE_URL", self.base_url)
         env.setdefault("SOUL_WEBHOOK_ALLOW_LOOPBACK", "true")  # local mode: webhooks may go to this machine
         env.setdefault("SOUL_WEBHOOK_SECRET", _local_webhook_secret(self.emulators.state_dir))

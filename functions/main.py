@@ -97,7 +97,8 @@ def reconcile(request: flask.Request) -> flask.Response:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
         return structured_error(500, f"the reconciler is misconfigured: {problems}")
     if report is None:
-        return flask.jsonify({"status": "busy", "detail": "a pass is already running"}), 409
+        # Not a failure for Cloud Scheduler: a runner (or another instance) holds this period's pass.
+        return flask.jsonify({"status": "skipped", "detail": "the deployment's reconciler pass is held elsewhere"})
     return flask.jsonify({"status": "ok", **report.to_json()})
 
 

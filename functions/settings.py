@@ -62,6 +62,8 @@ class FunctionsSettings(BaseSettings):
     # Set in every deployed configuration: refuse to start when auth is off.
     require_auth: bool = False
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # How long a finished (canceled) job is kept before Firestore's TTL deletes it (soul_common/retention.py).
+    job_retention_days: float = Field(default=30.0, gt=0)
     max_body_bytes: int = 64 * 1024
     # Admin uploads of a soul's identity (functions/core/uploads.py): the whole body (Cloud Run takes at most 32 MiB
     # per HTTP/1 request; base64 in JSON adds a third), one reference image, its pixels, one LoRA and its rank.

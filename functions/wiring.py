@@ -18,6 +18,7 @@ from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.prompts import PromptStore
 from functions.adapters.firestore.quotas import QuotaStore
 from functions.adapters.firestore.styles import StyleStore
+from functions.adapters.firestore.usage import UsageStore
 from functions.adapters.firestore.warm_pool import WarmPoolStore
 from functions.adapters.firestore.webhooks import WebhookStore
 from functions.adapters.firestore.identities import IdentityStore
@@ -56,6 +57,7 @@ class Services:
     webhook_store: WebhookStore
     publisher: Publisher
     signer: UrlSigner
+    usage: GpuUsage
     styles: StyleService
     images: ImageService
     tasks: TaskService
@@ -108,9 +110,10 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         encode_seconds_per_frame=settings.estimate_encode_seconds_per_frame,
     )
     styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
-    usage = GpuUsage(jobs, ShardedCounter(db, names.COUNTER_DEDUP_HITS))
+    usage = GpuUsage(ShardedCounter(db, names.COUNTER_DEDUP_HITS), UsageStore(db))
     content = ContentPolicies(keys, settings)
-    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content)
+    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content,
+                        job_retention=timedelta(days=settings.job_retention_days))
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
     identities = IdentityService(
         IdentityStore(db), AssetStore(clients.storage, settings.bucket), styles, settings.model_tag,
@@ -127,6 +130,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         webhook_store=webhook_store,
         publisher=publisher,
         signer=signer,
+        usage=usage,
         styles=styles,
         images=ImageService(prompts, jobs, styles, publisher, signer, settings, defaults, quotas, warm_pool,
                             usage=usage, content=content, identities=identities),

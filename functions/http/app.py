@@ -32,11 +32,12 @@ from functions.settings import FunctionsSettings
 from functions.wiring import build_services
 from schemas.api import ErrorBody, ErrorDetail
 from schemas.ids import new_ulid
+from soul_common.indexes import IndexMissing
 
 log = structlog.get_logger(__name__)
 
 # google-api-core errors that mean "a backend is down or slow", not "the request is wrong".
-_UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.InternalServerError,
+_UNAVAILABLE = (gexc.FailedPrecondition, gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.InternalServerError,
                 gexc.TooManyRequests)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Pages of the service itself: public even when API keys are configured.
@@ -74,6 +75,11 @@ class Api:
         except errors.SoulError as exc:
             response = _json(exc.status, _error_body(exc))
             response.headers.update(exc.headers)
+        except IndexMissing as exc:
+            # A query this deployment has no index for (infra/terraform/firestore.tf): an operator's fix, not
+            # the caller's fault and not a crash. Retryable once the index is built.
+            log.error("firestore_index_missing", shape=repr(exc.shape), reason=exc.reason)
+            response = _json(503, _error_body(errors.Unavailable("a backing service is unavailable; retry later")))
         except _UNAVAILABLE as exc:
             log.warning("backend_unavailable", error=str(exc))
             response = _json(503, _error_body(errors.Unavailable("a backing service is unavailable; retry later")))

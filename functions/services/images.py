@@ -3,6 +3,7 @@ job makes the next one. This is the one code path behind `GET/POST /image`, `/im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -20,8 +21,8 @@ from functions.core.variants import choose_unseen, next_variant_index
 from functions.services import lanes
 from functions.services.content import ContentPolicies
 from functions.services.jobs import Interest, ensure_job
-from functions.services.links import variant_link
 from functions.services.identity import IdentityService
+from functions.services.links import variant_link, variant_links
 from functions.services.quotas import QuotaService
 from functions.services.styles import StyleService
 from functions.services.usage import GpuUsage
@@ -161,7 +162,7 @@ class ImageService:
         self._warm.observe(pk, ask.kind, user, ask.tenant)
         if unseen is not None:
             if self._usage is not None:
-                self._usage.record_dedup_hit()
+                self._usage.record_dedup_hit(ask.tenant)
             left = sum(1 for v in offered if v.variant_id not in seen) - 1  # once this one is taken
             self._warm.after_take(pk, unseen.variant_index, left, variants,
                                   partial(self.prerender, tenant=ask.tenant), ask.tenant)
@@ -258,3 +259,8 @@ class ImageService:
     def variant_view(self, variant: VariantDoc, viewer: Viewer = Viewer()) -> Variant | None:
         """The variant as `viewer` may see it; None when its content policy withholds it."""
         return variant_link(self._signer, variant, viewer)
+
+    def variant_views(self, variants: Sequence[VariantDoc], viewer: Viewer = Viewer()) -> list[Variant | None]:
+        """A listing page's variants as `viewer` may see them (None where withheld), their URLs signed together
+        (reused when fresh, the rest in parallel)."""
+        return variant_links(self._signer, variants, viewer)
