@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
+import structlog
 from google.api_core import exceptions as gexc
 
 from functions.adapters.clients import Clients
@@ -18,17 +19,22 @@ from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.prompts import PromptStore
 from functions.adapters.firestore.quotas import QuotaStore
 from functions.adapters.firestore.styles import StyleStore
+from functions.adapters.firestore.usage import UsageStore
 from functions.adapters.firestore.warm_pool import WarmPoolStore
 from functions.adapters.firestore.webhooks import WebhookStore
-from functions.adapters.gcs import probe_bucket
+from functions.adapters.firestore.identities import IdentityStore
+from functions.adapters.gcs import AssetStore, probe_bucket
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core.estimates import EstimateDefaults
 from functions.core.quota_policy import Quota
-from functions.core.tenants import KeyRing, build_key_ring
+from functions.core.tenants import KeyRing, build_key_ring, check_webhook_secrets
+from functions.core.uploads import UploadLimits
+from functions.services.identity import IdentityService
 from functions.services.idempotency import IdempotencyStore
-from functions.services.progress import ProgressHub, StreamCaps
+from functions.services.content import ContentPolicies
 from functions.services.images import ImageService
+from functions.services.progress import ProgressHub, StreamCaps
 from functions.services.quotas import QuotaService
 from functions.services.styles import StyleService
 from functions.services.tasks import TaskService
@@ -39,6 +45,8 @@ from functions.services.webhooks import WebhookRegistry
 from functions.settings import FunctionsSettings
 from schemas import names
 from soul_common.firestore import Db
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,7 @@ class Services:
     webhook_store: WebhookStore
     publisher: Publisher
     signer: UrlSigner
+    usage: GpuUsage
     styles: StyleService
     images: ImageService
     tasks: TaskService
@@ -62,12 +71,17 @@ class Services:
     webhooks: WebhookRegistry
     warm_pool: WarmPool
     progress: ProgressHub  # live progress: one shared watcher per followed job, stream caps
+    identities: IdentityService
+    content: ContentPolicies
     readiness: Mapping[str, Callable[[], None]]  # backend -> a cheap check that raises when it is unreachable
 
 
 def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing | None = None) -> Services:
     if keys is None:  # ConfigError: the deployable does not start
         keys = build_key_ring(settings.api_keys.get_secret_value(), settings.api_keys_file)
+    unsigned = check_webhook_secrets(keys, settings.webhook_secret.get_secret_value())
+    if unsigned and keys:
+        log.warning("webhooks_refused_for_tenants_without_a_secret", tenants=unsigned)
     db = Db(clients.firestore, timeout_s=settings.backend_timeout_s)
     prompts, jobs, webhook_store = PromptStore(db), JobStore(db), WebhookStore(db)
     quotas = QuotaService(
@@ -99,9 +113,17 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         encode_seconds_per_frame=settings.estimate_encode_seconds_per_frame,
     )
     styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
-    usage = GpuUsage(jobs, ShardedCounter(db, names.COUNTER_DEDUP_HITS))
-    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage)
+    usage = GpuUsage(ShardedCounter(db, names.COUNTER_DEDUP_HITS), UsageStore(db))
+    content = ContentPolicies(keys, settings)
+    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content,
+                        job_retention=timedelta(days=settings.job_retention_days))
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
+    identities = IdentityService(
+        IdentityStore(db), AssetStore(clients.storage, settings.bucket), styles, settings.model_tag,
+        UploadLimits(reference_max_bytes=settings.reference_max_bytes,
+                     reference_max_pixels=settings.reference_max_pixels, lora_max_bytes=settings.lora_max_bytes,
+                     lora_max_rank=settings.lora_max_rank),
+    )
     return Services(
         settings=settings,
         clients=clients,
@@ -111,9 +133,10 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         webhook_store=webhook_store,
         publisher=publisher,
         signer=signer,
+        usage=usage,
         styles=styles,
         images=ImageService(prompts, jobs, styles, publisher, signer, settings, defaults, quotas, warm_pool,
-                            usage=usage),
+                            usage=usage, content=content, identities=identities),
         tasks=tasks,
         videos=VideoService(prompts, jobs, publisher, tasks, settings, defaults, quotas),
         idempotency=IdempotencyStore(IdempotencyRecords(db), timedelta(seconds=settings.idempotency_ttl_s)),
@@ -127,6 +150,8 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
                                              per_tenant=settings.sse_max_streams_per_tenant,
                                              retry_after_s=settings.sse_retry_after_s),
                              transient=(gexc.GoogleAPICallError, gexc.RetryError)),
+        identities=identities,
+        content=content,
         readiness={"firestore": jobs.ping, "pubsub": publisher.ping,
                    "gcs": partial(probe_bucket, clients.storage, settings.bucket)},
     )

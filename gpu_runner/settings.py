@@ -12,6 +12,8 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import names
+from soul_common import retention
+from soul_common.reconciler import redelivery_window
 
 
 def _default_runner_id() -> str:
@@ -45,6 +47,26 @@ class RunnerSettings(BaseSettings):
     tiny_max_steps: int = Field(default=4, ge=1, le=150)
     tiny_svd_max_side: int = Field(default=128, ge=64, le=2048)
     tiny_svd_max_steps: int = Field(default=4, ge=1, le=150)
+    # Identity (gpu_runner/pipelines/adapters.py): the IP-Adapter folder (weights file + image_encoder/; None = the
+    # tiny random one), LoRAs kept resident (count and bytes), and hot-swapping (None = when the UNet is compiled).
+    ip_adapter_model: str | None = None
+    ip_adapter_weight_name: str = "ip-adapter.safetensors"
+    lora_resident: int = Field(default=4, ge=1, le=64)
+    lora_budget_mb: float = Field(default=1024.0, gt=0)
+    lora_hotswap: bool | None = None
+    lora_hotswap_rank: int = Field(default=128, ge=1, le=1024)
+
+    # Speed (gpu_runner/pipelines/acceleration.py): `auto` takes what was measured to pay on this card (else off/none).
+    compile: str = Field(default="auto", pattern="^(auto|off|regional|full)$")
+    quantize: str = Field(default="auto", pattern="^(auto|none|fp8)$")
+    # What a missing compile artifact means: compile now (minutes on a big model, once per key) or serve eager.
+    compile_fallback: str = Field(default="compile", pattern="^(compile|eager)$")
+    # The warm-up shapes compiled at start, "WIDTHxHEIGHT:BATCH,..."; empty = the model's native size, batch 1.
+    compile_shapes: str = ""
+    # Compile artifacts (pipelines/compile_cache.py): on the VM's disk (default: under model_cache_dir) and, unless
+    # empty, under this prefix in the bucket, so a new VM starts warm.
+    compile_cache_dir: Path | None = None
+    compile_cache_prefix: str = Field(default="compile-cache/", pattern=r"^([a-z0-9][a-z0-9._-]*/)*$")
 
     # SVD (seed names).
     svd_num_frames: int = Field(default=25, ge=2, le=64, validation_alias=_alias("SVD_NUM_FRAMES"))
@@ -56,6 +78,20 @@ class RunnerSettings(BaseSettings):
     svd_motion_bucket_id: int = Field(default=127, ge=0, le=1023, validation_alias=_alias("SVD_MOTION_BUCKET_ID"))
     svd_noise_aug_strength: float = Field(default=0.02, ge=0.0, le=1.0,
                                           validation_alias=_alias("SVD_NOISE_AUG_STRENGTH"))
+
+    # Safety checker (gpu_runner/pipelines/safety.py), run on every rendered image before its upload: a local
+    # StableDiffusionSafetyChecker folder, or None = the tiny random one. An image is flagged when its score is above
+    # the threshold (0 = the checker's own line); flagged images also get a blurred rendition of this radius (in
+    # pixels at 1024 px, scaled with the image).
+    safety_model: str | None = None
+    safety_threshold: float = Field(default=0.0, ge=-10.0, le=10.0)
+    safety_blur_radius: float = Field(default=48.0, gt=0.0, le=512.0)
+    # Previews while denoising (gpu_runner/stages/previews.py): every N steps (0 = off), decoded by TAESD-XL from a
+    # local folder when set, else by the linear latent->RGB map; a WebP of at most `preview_max_side` pixels.
+    preview_every: int = Field(default=0, ge=0, le=1000)
+    preview_model: str | None = None
+    preview_max_side: int = Field(default=256, ge=32, le=1024)
+    preview_quality: int = Field(default=60, ge=1, le=100)
 
     # Work distribution. Lanes: the subscriptions in priority order, comma-separated (SOUL_SUBSCRIPTIONS); unset =
     # `subscription` (interactive) then the background lane. A missing subscription is skipped (logged once).
@@ -76,7 +112,10 @@ class RunnerSettings(BaseSettings):
     # Reconciler: re-publishes jobs whose message may be lost (never published, lease expired, stuck queued).
     reconcile_interval_seconds: float = Field(default=30.0, ge=0.5)
     unpublished_after_seconds: float = Field(default=30.0, ge=0.0)
-    requeue_queued_after_seconds: float = Field(default=600.0, ge=1.0)
+    # From the deployed delivery policy (soul_common/delivery.py, checked equal to Terraform), as the function's.
+    requeue_queued_after_seconds: float = Field(default=redelivery_window().total_seconds(), ge=1.0)
+    # How long a finished job is kept before Firestore's TTL deletes it (soul_common/retention.py).
+    job_retention_days: float = Field(default=retention.JOB_RETENTION.days, gt=0)
 
     # Overall deadlines of the runner's own backend calls (soul_common/deadlines.py).
     firestore_timeout_seconds: float = Field(default=10.0, gt=0.0)
@@ -99,6 +138,14 @@ class RunnerSettings(BaseSettings):
         from gpu_runner.failpoints import parse
 
         parse(value)
+        return value
+
+    @field_validator("compile_shapes")
+    @classmethod
+    def _valid_shapes(cls, value: str) -> str:
+        from gpu_runner.pipelines.specs import parse_compile_shapes
+
+        parse_compile_shapes(value)
         return value
 
     @property

@@ -10,7 +10,9 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from schemas._base import Contract, Document
+from schemas.identity import MAX_REFERENCES, AdapterUsed, LoraRef, ReferenceRef, Reproducibility
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, VARIANT_ID_PATTERN
+from schemas.safety import SafetyVerdict
 
 SCHEMA_VERSION = 1
 
@@ -68,6 +70,13 @@ class ImageJobSpec(Contract):
     seed: int = Field(ge=0, lt=2**32)
     style_fingerprint: str
     place: str | None = None
+    # Identity and reproducibility (schemas/identity.py); defaults for jobs made before them.
+    references: tuple[ReferenceRef, ...] = Field(default=(), max_length=MAX_REFERENCES)
+    reference_set_version: str | None = None
+    identity_scale: float = Field(default=0.0, ge=0.0, le=2.0)
+    lora: LoraRef | None = None
+    scheduler: str | None = None
+    seed_pinned: bool = False
 
 
 class VideoJobSpec(Contract):
@@ -102,6 +111,8 @@ class ImageResult(Contract):
     bytes: int
     render_seconds: float
     created_at: datetime
+    reproducibility: Reproducibility | None = None
+    safety: SafetyVerdict | None = None  # None: rendered before the checker existed
 
 
 class VideoOutput(Contract):
@@ -135,6 +146,20 @@ class JobMetrics(Contract):
     model: str
     device: str
     batch_size: int = Field(default=1, ge=1)
+    adapter_load_seconds: float = Field(default=0.0, ge=0.0)  # loading this job's LoRA/IP-Adapter (0: resident)
+    adapters: tuple[AdapterUsed, ...] = ()
+    # The safety checker's share of the batch's device time (it scores the whole batch in one call).
+    safety_seconds: float = Field(default=0.0, ge=0.0)
+    safety_model: str | None = None
+
+
+class JobPreview(Contract):
+    """A small WebP of the forming image (`previews/{job_id}/{step}.webp`), every `SOUL_PREVIEW_EVERY` steps."""
+
+    object: str
+    step: int = Field(ge=1)
+    steps: int = Field(ge=1)
+    variant_index: int = Field(default=0, ge=0)
 
 
 class JobDoc(Document):
@@ -164,6 +189,8 @@ class JobDoc(Document):
     # Live events a requester's webhook asked for ("start", "progress"): the runner publishes them only then.
     notify: list[str] = []
     metrics: JobMetrics | None = None
+    # The latest preview while denoising (runner, at most with each throttled progress write; cleared at the finish).
+    preview: JobPreview | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     # Bumped at each claim: a runner's writes are fenced on (owner, generation), so a runner that paused past its

@@ -3,8 +3,8 @@ ASGI mode: uvicorn under gunicorn): one event loop owns every connection, the sy
 (functions/http/app.py) runs on a bounded pool of threads, and event streams are sent from the loop, so a
 waiting stream holds no thread and a thousand followers leave the threads to everyone else.
 
-Per request: the body is read here, before any thread is taken, and at most `max_body_bytes` + 1 bytes of it,
-chunked or not (413, the connection closed); a body that stalls for `body_idle_timeout_s` between two reads is a
+Per request: the body is read here, before any thread is taken, and at most `max_body_bytes` + 1 bytes of it
+(`max_upload_body_bytes` for the identity uploads), chunked or not (413, the connection closed); a body that stalls for `body_idle_timeout_s` between two reads is a
 408. The request then becomes a WSGI environ for the router; its answer goes back as it is, except a body that
 is an `EventStream`, which is iterated asynchronously until it ends or the client leaves."""
 
@@ -18,9 +18,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import flask
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
 
 from functions.core import errors
 from functions.http.app import error_response
+from functions.http.routes import ENDPOINTS
 from functions.http.sse import EventStream
 from functions.settings import FunctionsSettings
 
@@ -38,6 +41,10 @@ class AsgiApi:
     def __init__(self, handler: Handler, settings: FunctionsSettings):
         self._handler = handler
         self._limit = settings.max_body_bytes
+        self._upload_limit = settings.max_upload_body_bytes
+        # The identity uploads (`upload` in the endpoint table) take larger bodies than every other endpoint.
+        self._uploads = Map([Rule(ep.rule, endpoint=ep.name, methods=[ep.method]) for ep in ENDPOINTS if ep.upload],
+                            strict_slashes=False).bind("localhost")
         self._idle = settings.body_idle_timeout_s
         self._pool = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="api")
         sys.setswitchinterval(SWITCH_INTERVAL_S)  # this process serves the api and nothing else
@@ -46,7 +53,7 @@ class AsgiApi:
         if scope["type"] != "http":
             return
         try:
-            body = await self._read_body(receive)
+            body = await self._read_body(receive, self._limit_for(scope))
         except errors.SoulError as exc:
             await _send_plain(send, error_response(exc), close=True)
             return
@@ -62,8 +69,15 @@ class AsgiApi:
             return
         await _send_stream(stream, send, receive)
 
-    async def _read_body(self, receive: Callable) -> bytes | None:
-        """The whole body, never more than the limit + 1 bytes of it; None on a disconnect."""
+    def _limit_for(self, scope: dict) -> int:
+        try:
+            self._uploads.match(scope["path"], method=scope["method"])
+        except HTTPException:
+            return self._limit
+        return self._upload_limit
+
+    async def _read_body(self, receive: Callable, limit: int) -> bytes | None:
+        """The whole body, never more than `limit` + 1 bytes of it; None on a disconnect."""
         parts, size = [], 0
         while True:
             try:
@@ -74,8 +88,8 @@ class AsgiApi:
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self._limit:
-                raise errors.PayloadTooLarge(f"the body exceeds {self._limit} bytes")
+            if size > limit:
+                raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
             parts.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(parts)

@@ -16,7 +16,7 @@ from importlib import metadata
 import flask
 from pydantic import BaseModel
 
-from functions.core import estimates
+from functions.core import content_policy, estimates
 from functions.core.errors import InvalidInput, NotFound
 from functions.core.places import shipped_places
 from functions.core.tenants import LOCAL, Principal, scoped_user
@@ -51,6 +51,8 @@ from schemas.api import (
     TaskListQuery,
     TaskPage,
     TaskStats,
+    Usage,
+    UsageQuery,
     VariantPage,
     VideoAccepted,
     VideoEstimate,
@@ -58,6 +60,7 @@ from schemas.api import (
     VideoGenerateRequest,
 )
 from schemas.documents import SeenDoc
+from schemas.identity import VERSION_PATTERN, IdentityOut, LoraUpload, ReferenceUpload
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN
 from schemas.jobs import JobLane, VideoResult
 from schemas.push import WarmAnswer, WarmRequest
@@ -94,6 +97,7 @@ class Endpoint:
     creates_work: bool = False  # honours Idempotency-Key
     role: str = "client"  # "admin": only admin keys (styles); every non-public endpoint needs at least a client key
     media_type: str = "application/json"
+    upload: bool = False  # the body may be multipart or JSON up to the upload limit (functions/http/uploads.py)
 
 
 # Path parameter formats.
@@ -154,7 +158,12 @@ def me(svc: Services, call: Call) -> Reply:
 
 
 def info(svc: Services, call: Call) -> Reply:
+    """Version for every key; the infrastructure (emulator hosts and ports, project, bucket) only for admins: in
+    local mode an emulator's address is a target, and nothing a client key does needs it."""
     import os
+
+    if not call.principal.is_admin:
+        return 200, Info(name="soul", version=metadata.version("soul"), model_backend=svc.settings.model_tag)
 
     def backend(env: str) -> str:
         host = os.environ.get(env)
@@ -197,7 +206,9 @@ def image(svc: Services, call: Call) -> Reply:
     assert isinstance(ask, ImageRequest)
     lane = ask.lane if isinstance(ask, ImageOrder) else JobLane.INTERACTIVE
     return _image_reply(svc.images.request(ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id,
-                                                    tenant=call.principal.tenant, lane=lane)))
+                                                    tenant=call.principal.tenant, lane=lane,
+                                                    admin=call.principal.is_admin, seed=ask.seed,
+                                                    scheduler=ask.scheduler)))
 
 
 def selfie(svc: Services, call: Call) -> Reply:
@@ -220,7 +231,8 @@ def mark_seen(svc: Services, call: Call) -> Reply:
     user = scoped_user(call.principal.tenant, query.user_id)
     seen = SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
     doc = svc.prompts.mark_seen(user, seen)
-    svc.warm_pool.after_seen(user, variant, partial(svc.images.prerender, tenant=call.principal.tenant))
+    svc.warm_pool.after_seen(user, variant, partial(svc.images.prerender, tenant=call.principal.tenant),
+                             call.principal.tenant)
     return 200, Seen(variant_id=doc.variant_id, user_id=query.user_id, pk_id=doc.pk, soul_id=doc.soul_id,
                      seen_at=doc.seen_at)
 
@@ -229,7 +241,13 @@ def variants_of_pk(svc: Services, call: Call) -> Reply:
     page = call.query
     assert isinstance(page, PageQuery)
     variants, cursor = svc.prompts.variants_page(call.path["pk_id"], page.page_size, page.cursor)
-    return 200, VariantPage(items=[svc.images.variant_view(v) for v in variants], next_cursor=cursor)
+    return 200, VariantPage(items=_visible_variants(svc, call, variants), next_cursor=cursor)
+
+
+def _visible_variants(svc: Services, call: Call, variants) -> list:
+    """A listing as the caller's content policy lets it see it: withheld variants are left out."""
+    viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
+    return [view for view in svc.images.variant_views(variants, viewer) if view is not None]
 
 
 def seen_of_user(svc: Services, call: Call) -> Reply:
@@ -267,19 +285,45 @@ def style_list(svc: Services, call: Call) -> Reply:
     return 200, svc.styles.list(page.page_size, page.cursor)
 
 
+# ---- a soul's identity: reference images and LoRA (admin) -------------------------------------------------------
+
+
+def identity_get(svc: Services, call: Call) -> Reply:
+    return 200, svc.identities.get(call.path["soul_id"])
+
+
+def reference_add(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.body, ReferenceUpload)
+    return 201, svc.identities.add_reference(call.path["soul_id"], call.body.image)
+
+
+def reference_delete(svc: Services, call: Call) -> Reply:
+    return 200, svc.identities.delete_reference(call.path["soul_id"], call.path["ref_id"])
+
+
+def lora_put(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.body, LoraUpload)
+    return 200, svc.identities.put_lora(call.path["soul_id"], call.body)
+
+
+def lora_delete(svc: Services, call: Call) -> Reply:
+    return 200, svc.identities.delete_lora(call.path["soul_id"])
+
+
 # ---- tasks -----------------------------------------------------------------------------------------------------
 
 
 def task_get(svc: Services, call: Call) -> Reply:
     tenant = call.principal.tenant
-    task = svc.tasks.get(call.path["task_id"], tenant)
+    task = svc.tasks.get(call.path["task_id"], tenant, admin=call.principal.is_admin)
     return 200, task.model_copy(update={"deliveries": svc.webhooks.deliveries(task.task_id, tenant)})
 
 
 def task_events(svc: Services, call: Call) -> Reply:
     # 429 when this tenant's or this instance's streams are at their cap, 404 (the visibility rule of
     # GET /tasks/{id}) before the stream opens; the stream follows the instance's shared watcher of the job.
-    stream = sse.open_stream(svc.progress, call.path["task_id"], call.principal.tenant, svc.settings)
+    stream = sse.open_stream(svc.progress, call.path["task_id"], call.principal.tenant, svc.settings,
+                             admin=call.principal.is_admin)
     return flask.Response(stream, mimetype="text/event-stream",
                           headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -291,6 +335,11 @@ def task_cancel(svc: Services, call: Call) -> Reply:
 def task_list(svc: Services, call: Call) -> Reply:
     assert isinstance(call.query, TaskListQuery)
     return 200, svc.tasks.list(call.query, call.principal.tenant)
+
+
+def usage(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.query, UsageQuery)
+    return 200, svc.usage.usage(call.principal.tenant, call.query.days)
 
 
 def task_stats(svc: Services, call: Call) -> Reply:
@@ -332,24 +381,37 @@ def static_image(svc: Services, call: Call) -> Reply:
     variant = svc.prompts.variant(call.path["filename"].removesuffix(".png"))
     if variant is None:
         raise NotFound(f"no image '{call.path['filename']}'", field="filename")
-    return redirect(svc.signer.sign(variant.object).url)
+    viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
+    view = svc.images.variant_view(variant, viewer)
+    if view is None:  # withheld under this tenant's content policy: as if it did not exist
+        raise NotFound(f"no image '{call.path['filename']}'", field="filename")
+    return redirect(view.url)
 
 
 def static_video(svc: Services, call: Call) -> Reply:
     job_id, _, fmt = call.path["filename"].rpartition(".")
-    job = svc.jobs.job(job_id)
-    outputs = job.result.outputs if job is not None and isinstance(job.result, VideoResult) else ()
-    for output in outputs:
-        if output.format == fmt:
-            return redirect(svc.signer.sign(output.object).url)
-    raise NotFound(f"no video '{call.path['filename']}'", field="filename")
+    found = svc.tasks.video_output(job_id, fmt, call.principal.tenant)
+    job = svc.jobs.job(job_id) if found is not None else None
+    if found is None or (isinstance(job.result, VideoResult)
+                         and not _animation_visible(svc, call, job.result.variant_id)):
+        raise NotFound(f"no video '{call.path['filename']}'", field="filename")
+    return redirect(svc.signer.sign(found).url)
+
+
+def _animation_visible(svc: Services, call: Call, variant_id: str) -> bool:
+    """An animation shows its source's pixels: hidden from tenants whose policy blurs or withholds a flagged one."""
+    variant = svc.prompts.variant(variant_id)
+    viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
+    return variant is None or variant.safety is None or not variant.safety.flagged or \
+        content_policy.sees_flagged_originals(viewer)
 
 
 def static_images(svc: Services, call: Call) -> Reply:
     page = call.query
     assert isinstance(page, PageQuery)
-    variants, cursor = svc.prompts.variants_page(None, page.page_size, page.cursor)
-    return 200, StaticListing(items=[svc.images.variant_view(v) for v in variants], next_cursor=cursor)
+    items, cursor = svc.tasks.images(call.principal.tenant, page.page_size, page.cursor,
+                                     admin=call.principal.is_admin)
+    return 200, StaticListing(items=items, next_cursor=cursor)
 
 
 TASK = {"task_id": JOB_ID_PATTERN}
@@ -360,7 +422,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              public=True),
     Endpoint("ready", "GET", "/ready", ready, "Readiness: Firestore, Pub/Sub and GCS are reachable.", "health",
              {200: Health, 503: Health}, public=True),
-    Endpoint("info", "GET", "/info", info, "Version, backends and configuration (no secrets).", "health",
+    Endpoint("info", "GET", "/info", info,
+             "Version; for admin keys also backends and configuration (never secrets).", "health",
              {200: Info}),
     Endpoint("me", "GET", "/me", me, "The caller's tenant and role (what its API key may do).", "health",
              {200: Me}),
@@ -395,6 +458,27 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Delete a stored style (admin; the catalog default applies again); last write wins on updated_at.",
              "style", {200: StyleDeleted}, query=StyleDeleteQuery, path_params={"soul_id": SOUL_ID_PATTERN},
              role="admin"),
+    Endpoint("usage", "GET", "/usage", usage,
+             "Your tenant's images, GPU-seconds and dedup savings by UTC day (the deployment-wide summary is "
+             "/tasks/stats/summary, admin).", "tasks", {200: Usage}, query=UsageQuery),
+    Endpoint("identity_get", "GET", "/style/<soul_id>/identity", identity_get,
+             "A soul's reference images and LoRA adapter (admin).", "style", {200: IdentityOut},
+             path_params={"soul_id": SOUL_ID_PATTERN}, role="admin"),
+    Endpoint("reference_add", "POST", "/style/<soul_id>/references", reference_add,
+             "Add a reference image (admin; PNG, JPEG or WebP bytes as multipart `image` or base64 JSON; 1-4 per "
+             "soul): validated, re-encoded, stored create-only; renders are conditioned on it (IP-Adapter).",
+             "style", {201: IdentityOut}, body=ReferenceUpload, path_params={"soul_id": SOUL_ID_PATTERN},
+             role="admin", upload=True),
+    Endpoint("reference_delete", "DELETE", "/style/<soul_id>/references/<ref_id>", reference_delete,
+             "Remove a reference image (admin).", "style", {200: IdentityOut},
+             path_params={"soul_id": SOUL_ID_PATTERN, "ref_id": VERSION_PATTERN}, role="admin"),
+    Endpoint("lora_put", "POST", "/style/<soul_id>/lora", lora_put,
+             "Attach a LoRA (admin; diffusers/peft .safetensors as multipart `lora` + `name`, `scale`, or base64 "
+             "JSON): checked against the model's layers, stored create-only; it replaces the soul's adapter.",
+             "style", {200: IdentityOut}, body=LoraUpload, path_params={"soul_id": SOUL_ID_PATTERN}, role="admin",
+             upload=True),
+    Endpoint("lora_delete", "DELETE", "/style/<soul_id>/lora", lora_delete, "Detach the soul's LoRA (admin).",
+             "style", {200: IdentityOut}, path_params={"soul_id": SOUL_ID_PATTERN}, role="admin"),
     Endpoint("task_stats", "GET", "/tasks/stats/summary", task_stats,
              "The deployment's counts by status and type, p50/p95 durations and GPU-seconds (admin: it spans every "
              "tenant).", "tasks", {200: TaskStats}, role="admin"),
@@ -426,6 +510,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("static_video", "GET", "/static/videos/<filename>", static_video,
              "Redirect to a signed URL of an animation ({task_id}.gif|mp4|webp).", "compat", {302: None},
              path_params={"filename": FILENAME_VIDEO}),
-    Endpoint("static_images", "GET", "/static/images", static_images, "Images with signed URLs, oldest first.",
+    Endpoint("static_images", "GET", "/static/images", static_images,
+             "Images of this tenant's finished image tasks with signed URLs, newest first.",
              "compat", {200: StaticListing}, query=PageQuery),
 )

@@ -1,6 +1,8 @@
 """Live progress of a task as server-sent events (`GET /tasks/{id}/events`): the same view GET /tasks/{id}
 gives (and the same visibility), sent as `event: update` each time status, stage, progress or eta changes,
-ending at a terminal state with the result (`event: end`).
+ending at a terminal state with the result (`event: end`); while an image renders with previews on,
+`event: preview` `{task_id, step, steps, url}` each time the view's preview moves to a later step (the task view
+signs it only for content policies that show previews).
 
 A stream does not read the job itself: it follows the instance's shared watcher (functions/services/progress.py),
 so a thousand followers of one job cost the reads of one. `EventStream` is both an iterator (WSGI: the
@@ -41,12 +43,15 @@ def frame(event: str, data: str, event_id: int | None = None) -> str:
     return f"{head}event: {event}\ndata: {data}\n\n"
 
 
-def _render(task: Task | None) -> tuple[TaskUpdate | None, str | None]:
-    """A view's update and its JSON, made once per change and tenant (functions/services/progress.py)."""
+def _render(task: Task | None) -> tuple[TaskUpdate | None, str | None, int, str | None]:
+    """A view's update and its JSON, and its preview's step and JSON, made once per change and viewer
+    (functions/services/progress.py)."""
     if task is None:
-        return None, None
+        return None, None, 0, None
     update = update_of(task)
-    return update, update.model_dump_json()
+    preview = task.preview
+    return (update, update.model_dump_json(), preview.step if preview is not None else 0,
+            preview.model_dump_json() if preview is not None else None)
 
 
 def _error(message: str) -> str:
@@ -63,6 +68,7 @@ class EventStream:
         self._settings = settings
         self._clock = clock
         self._last: TaskUpdate | None = None
+        self._last_preview_step = 0  # previews come with the view while running, at most one per step
         self._sent = 0
         self.done = False
 
@@ -71,7 +77,7 @@ class EventStream:
         if snap.failed:
             self.done = True
             return [_error("the task could not be read; reconnect to resume")]
-        current, data = self._follow.rendered(snap, _render)
+        current, data, preview_step, preview = self._follow.rendered(snap, _render)
         if current is None:  # no longer visible to this tenant (withdrawn) or gone
             self.done = True
             return [_error("the task is no longer available")]
@@ -79,6 +85,9 @@ class EventStream:
         if current is not self._last and current != self._last:
             out.append(f"id: {self._sent}\nevent: update\ndata: {data}\n\n")
             self._sent, self._last = self._sent + 1, current
+        if preview is not None and preview_step > self._last_preview_step:
+            out.append(f"id: {self._sent}\nevent: preview\ndata: {preview}\n\n")
+            self._sent, self._last_preview_step = self._sent + 1, preview_step
         if JobStatus(current.status) in TERMINAL_STATUSES:
             self.done = True
             out.append(frame("end", json.dumps({"status": current.status})))
@@ -149,7 +158,8 @@ class EventStream:
         self._follow.close()
 
 
-def open_stream(hub: ProgressHub, task_id: str, tenant: str, settings: FunctionsSettings) -> EventStream:
+def open_stream(hub: ProgressHub, task_id: str, tenant: str, settings: FunctionsSettings, *,
+                admin: bool = False) -> EventStream:
     """A stream of `task_id` for `tenant`: 429 when the caps are full, 404 when it does not show to `tenant`."""
-    follow, first = hub.follow(task_id, tenant)
+    follow, first = hub.follow(task_id, tenant, admin=admin)
     return EventStream(follow, first, settings)

@@ -81,10 +81,8 @@ class Watch:
         # Futures of coroutines waiting, per event loop; settled (and the lists dropped) at each publish. A waiter
         # that timed out stays listed until then: at most one per follower per heartbeat.
         self._loops: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
-        self._result_lock = threading.Lock()
-        self._result: tuple[int, object] | None = None
-        self._views_lock = threading.Lock()  # not the result's: rendering a finished job makes its result
-        self._views: tuple[int, dict[str, object]] = (0, {})
+        self._views_lock = threading.Lock()
+        self._views: tuple[int, dict[object, object]] = (0, {})
 
     def publish(self, job: JobDoc | None, queue_position: int | None = None, *, failed: bool = False) -> bool:
         """Store a new snapshot and wake every waiter; False (nothing sent) when nothing changed."""
@@ -129,24 +127,17 @@ class Watch:
         snap = self.snapshot
         return snap if snap is not None and snap.version > after else None
 
-    def rendered(self, snap: Snapshot, tenant: str, make: Callable[[], object]) -> object:
-        """What `make()` gives for `snap` as `tenant` sees it, made once per snapshot and tenant: followers of one
-        tenant share one rendering of each change."""
+    def rendered(self, snap: Snapshot, viewer: object, make: Callable[[], object]) -> object:
+        """What `make()` gives for `snap` as `viewer` (tenant, admin) sees it, made once per snapshot and viewer:
+        followers of one tenant share one rendering (and one signing) of each change."""
         with self._views_lock:
             version, views = self._views
             if version != snap.version:
                 views = {}
                 self._views = (snap.version, views)
-            if tenant not in views:
-                views[tenant] = make()
-            return views[tenant]
-
-    def result(self, snap: Snapshot, make: Callable[[JobDoc], object]) -> object:
-        """The finished job's signed result, made once per snapshot and shared by every follower."""
-        with self._result_lock:
-            if self._result is None or self._result[0] != snap.version:
-                self._result = (snap.version, make(snap.job))
-            return self._result[1]
+            if viewer not in views:
+                views[viewer] = make()
+            return views[viewer]
 
 
 # Followers woken per turn of an event loop: a thousand followers of one job wake in batches, so the loop serves
@@ -169,11 +160,12 @@ class Follow:
     hub: ProgressHub
     watch: Watch
     tenant: str
+    admin: bool = False  # the content policy's viewer differs for admins
     closed: bool = field(default=False)
 
     def view(self, snap: Snapshot) -> Task:
         """`snap` as this follower's tenant sees it (NotFound once the job no longer shows to it)."""
-        return self.hub.view(self.watch, snap, self.tenant)
+        return self.hub.view(snap, self.tenant, admin=self.admin)
 
     def rendered(self, snap: Snapshot, render: Callable[[Task | None], object]) -> object:
         """`render(view)` of `snap` for this tenant (`render(None)` when it no longer shows), shared by its
@@ -183,7 +175,7 @@ class Follow:
                 return render(self.view(snap))
             except errors.NotFound:
                 return render(None)
-        return self.watch.rendered(snap, self.tenant, make)
+        return self.watch.rendered(snap, (self.tenant, self.admin), make)
 
     def close(self) -> None:
         self.hub._release(self)
@@ -206,7 +198,7 @@ class ProgressHub:
 
     # ---- followers ---------------------------------------------------------------------------------------
 
-    def follow(self, task_id: str, tenant: str) -> tuple[Follow, Snapshot]:
+    def follow(self, task_id: str, tenant: str, *, admin: bool = False) -> tuple[Follow, Snapshot]:
         """A slot and a hold on `task_id`'s watch, with its current snapshot. TooManyRequests when a cap is full
         (nothing read); NotFound when the task does not show to `tenant` (the slot is given back)."""
         with self._lock:
@@ -220,7 +212,7 @@ class ProgressHub:
             if seed:
                 watch = self._watches[task_id] = Watch(task_id)
             watch.followers += 1
-        follow = Follow(self, watch, tenant)
+        follow = Follow(self, watch, tenant, admin)
         try:
             if seed:
                 self._read(watch, raise_errors=True)  # the first follower's read seeds the watch for all
@@ -231,21 +223,21 @@ class ProgressHub:
             assert snap is not None
             if snap.failed:
                 raise errors.Unavailable("the task could not be read; retry later")
-            follow.view(snap)  # the visibility rule of GET /tasks/{id}, on the shared snapshot
+            if snap.job is None or not visible_to(snap.job, tenant):  # GET /tasks/{id}'s rule, on the snapshot
+                raise errors.NotFound(f"no task '{task_id}'", field="task_id")
         except BaseException:
             follow.close()
             raise
         return follow, snap
 
-    def view(self, watch: Watch, snap: Snapshot, tenant: str) -> Task:
+    def view(self, snap: Snapshot, tenant: str, *, admin: bool = False) -> Task:
+        """`snap` as GET /tasks/{id} would show it to `tenant` (signed result and preview included)."""
         job = snap.job
         if job is None or not visible_to(job, tenant):
-            raise errors.NotFound(f"no task '{watch.task_id}'", field="task_id")
-        task = self._tasks.view(job, tenant, sign=False)
-        update: dict = {"queue_position": snap.queue_position} if snap.queue_position is not None else {}
-        if snap.terminal:
-            update["result"] = watch.result(snap, self._tasks.result_of)
-        return task.model_copy(update=update) if update else task
+            raise errors.NotFound("the task does not show to this tenant", field="task_id")
+        task = self._tasks.view(job, tenant, admin=admin)
+        return task.model_copy(update={"queue_position": snap.queue_position}) \
+            if snap.queue_position is not None else task
 
     def open_streams(self) -> dict[str, int]:
         with self._lock:

@@ -1,7 +1,7 @@
 """The shared progress watcher (functions/services/progress.py) and the event stream on it (functions/http/sse.py):
 the reads of a followed job do not grow with its followers, streams are admitted within their caps, a slot
 comes back when a stream closes, and a stream sends heartbeats and ends at its maximum duration. The task
-service here shares the real one's interface (`snapshot`, `view`, `result_of`) and counts its reads."""
+service here shares the real one's interface (`snapshot`, `view`) and counts its reads."""
 
 from __future__ import annotations
 
@@ -42,12 +42,9 @@ class CountingTasks:
             self.reads += 1
         return self.current, None
 
-    def view(self, job, tenant, *, sign=True):
+    def view(self, job, tenant, *, sign=True, admin=False):
         return Task(task_id=job.job_id, type=job.type, status=job.status, progress=job.progress, stage=job.stage,
                     created_at=job.created_at, actions=TaskActions(self=f"/tasks/{job.job_id}"))
-
-    def result_of(self, job):
-        return None
 
 
 def hub_of(tasks, *, per_instance=1000, per_tenant=1000, interval=0.02) -> ProgressHub:
