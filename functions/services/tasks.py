@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import timedelta
 
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.pubsub import Publisher
@@ -14,7 +15,7 @@ from functions.core.content_policy import Viewer
 from functions.core.errors import Conflict, NotFound, Unavailable
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.services.content import ContentPolicies
-from functions.services.links import variant_link, withheld_view
+from functions.services.links import variant_link, variant_links, withheld_view
 from functions.services.usage import GpuUsage
 from schemas import names
 from schemas._base import utcnow
@@ -22,6 +23,7 @@ from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQue
 from schemas.api import TaskMetrics
 from schemas.push import TaskPreview
 from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
+from soul_common import retention
 
 STATS_SAMPLE = 500
 
@@ -44,9 +46,11 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 class TaskService:
     def __init__(
         self, store: JobStore, signer: UrlSigner, publisher: Publisher, base_url: str, *,
-        usage: GpuUsage | None = None, content: ContentPolicies | None = None
+        usage: GpuUsage | None = None, content: ContentPolicies | None = None,
+        job_retention: timedelta = retention.JOB_RETENTION
     ):
         self._store = store
+        self._job_retention = job_retention  # a canceled job's TTL (soul_common/retention.py)
         self._signer = signer
         self._publisher = publisher
         self._base_url = base_url
@@ -61,6 +65,13 @@ class TaskService:
         if job.status == JobStatus.QUEUED:
             view = view.model_copy(update={"queue_position": self._store.count_queued_before(job)})
         return view
+
+    def snapshot(self, task_id: str) -> tuple[JobDoc | None, int | None]:
+        """The job as stored, and its place in line while queued (for the shared progress watcher)."""
+        job = self._store.job(task_id)
+        position = self._store.count_queued_before(job) if job is not None and job.status == JobStatus.QUEUED \
+            else None
+        return job, position
 
     def list(self, query: TaskListQuery, tenant: str) -> TaskPage:
         filters = {
@@ -81,8 +92,9 @@ class TaskService:
         filters = {"status": JobStatus.SUCCEEDED.value, "type": JobType.IMAGE.value}
         jobs, after = self._store.page(filters, page_size, cursor, contains=("tenants", tenant))
         viewer = self.viewer(tenant, admin=admin)  # withheld images are left out (content policy)
-        views = (variant_link(self._signer, job.result, viewer) for job in jobs if isinstance(job.result, ImageResult))
-        return [view for view in views if view is not None], after
+        images = [job.result for job in jobs if isinstance(job.result, ImageResult)]
+        # signed together: reused when fresh, the rest in parallel
+        return [view for view in variant_links(self._signer, images, viewer) if view is not None], after
 
     def video_output(self, task_id: str, fmt: str, tenant: str) -> str | None:
         """`GET /static/videos/{task}.{fmt}`: the object of an animation of a task this tenant may see (the rule
@@ -112,7 +124,8 @@ class TaskService:
                 update = JobStore.withdrawal(tenant, others, [k for k in job.requester_keys if k not in mine], now)
             elif job.status == JobStatus.QUEUED:
                 update = {"status": JobStatus.CANCELED.value, "stage": "canceled", "finished_at": now,
-                          "cancel_requested": True, "updated_at": now, "event_published_at": now}
+                          "cancel_requested": True, "updated_at": now, "event_published_at": now,
+                          **retention.expires(names.JOBS, now, self._job_retention)}
             else:
                 update = {"cancel_requested": True, "updated_at": now}
             # Conditional on the read: a runner claiming the job at the same moment wins or loses cleanly.
@@ -178,6 +191,7 @@ class TaskService:
             eta_seconds=job.eta_seconds,
             soul_id=job.soul_id,
             user_id=_user_seen_by(job, tenant),
+            cue=getattr(job.request, "cue", None),
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -205,8 +219,8 @@ class TaskService:
             return TaskResult(variant=variant_link(self._signer, job.result, viewer))
         if isinstance(job.result, VideoResult):
             links = []
-            for output in job.result.outputs:
-                signed = self._signer.sign(output.object)
+            outputs = job.result.outputs
+            for output, signed in zip(outputs, self._signer.sign_many([o.object for o in outputs])):
                 links.append(MediaLink(format=output.format, url=signed.url, expires_at=signed.expires_at,
                                        content_type=output.content_type, bytes=output.bytes))
             return TaskResult(outputs=links)
