@@ -255,6 +255,14 @@ OPERATIONS: dict[str, Operation] = {
         responses={200: '<stream>'},
         idempotency_key=False, public=False,
     ),
+    'usage': Operation(
+        'usage', 'GET', '/usage',
+        path_params=(),
+        query=('days',),
+        body=None,
+        responses={200: models.Usage},
+        idempotency_key=False, public=False,
+    ),
     'video_estimate': Operation(
         'video_estimate', 'GET', '/video/estimate',
         path_params=(),
@@ -662,6 +670,16 @@ class Operations:
             OPERATIONS['task_events'],
             {'task_id': task_id},
             {},
+            None,
+            timeout=timeout,
+        )
+
+    def usage(self, *, days: int | None = None, timeout: float | None = None) -> models.Usage:
+        """`GET /usage`: Your tenant's images, GPU-seconds and dedup savings by UTC day (the deployment-wide summary is /tasks/stats/summary, admin)."""
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['usage'],
+            {},
+            {'days': days},
             None,
             timeout=timeout,
         )
@@ -1100,6 +1118,16 @@ class AsyncOperations:
             OPERATIONS['task_events'],
             {'task_id': task_id},
             {},
+            None,
+            timeout=timeout,
+        )
+
+    async def usage(self, *, days: int | None = None, timeout: float | None = None) -> models.Usage:
+        """`GET /usage`: Your tenant's images, GPU-seconds and dedup savings by UTC day (the deployment-wide summary is /tasks/stats/summary, admin)."""
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['usage'],
+            {},
+            {'days': days},
             None,
             timeout=timeout,
         )

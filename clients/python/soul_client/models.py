@@ -539,6 +539,36 @@ class TaskUpdate(BaseModel):
     task_id: str = Field(..., title="Task Id")
 
 
+class UsageDay(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    day: str = Field(..., title="Day")
+    """
+    UTC day, YYYY-MM-DD.
+    """
+    dedup_hits: int = Field(..., title="Dedup Hits")
+    """
+    Image requests answered with an existing variant.
+    """
+    gpu_seconds: float = Field(..., title="Gpu Seconds")
+    gpu_seconds_saved_by_dedup: float | None = Field(
+        ..., title="Gpu Seconds Saved By Dedup"
+    )
+    """
+    dedup_hits x the deployment's mean GPU-seconds per rendered image (None before any).
+    """
+    image_gpu_seconds: float = Field(..., title="Image Gpu Seconds")
+    images: int = Field(..., title="Images")
+    """
+    Image jobs that succeeded.
+    """
+    jobs: int = Field(..., title="Jobs")
+    """
+    Jobs of this tenant the runners finished that day.
+    """
+
+
 class Variant(BaseModel):
     model_config = ConfigDict(
         extra="allow",
@@ -829,6 +859,21 @@ class TaskResult(BaseModel):
     """
 
 
+class Usage(BaseModel):
+    """
+    `GET /usage`: the caller's own tenant, by day, from rollups written as work finishes.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    days: list[UsageDay] = Field(..., title="Days")
+    dedup_hits: int = Field(..., title="Dedup Hits")
+    gpu_seconds: float = Field(..., title="Gpu Seconds")
+    images: int = Field(..., title="Images")
+    tenant: str = Field(..., title="Tenant")
+
+
 class VideoAccepted(BaseModel):
     """
     The animation job for this (variant, frames, fps, formats): new, running, or already done.
@@ -891,6 +936,10 @@ class Task(BaseModel):
     attempts: int | None = Field(0, title="Attempts")
     cancel_requested: bool | None = Field(False, title="Cancel Requested")
     created_at: AwareDatetime = Field(..., title="Created At")
+    cue: str | None = Field(None, title="Cue")
+    """
+    The cue of an image task (a selfie's composed cue); None for animations.
+    """
     deliveries: list[Delivery] | None = Field(None, title="Deliveries")
     """
     This tenant's webhook deliveries.

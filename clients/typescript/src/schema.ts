@@ -435,6 +435,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Your tenant's images, GPU-seconds and dedup savings by UTC day (the deployment-wide summary is /tasks/stats/summary, admin). */
+        get: operations["usage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/video/estimate": {
         parameters: {
             query?: never;
@@ -1203,6 +1220,12 @@ export interface components {
              */
             created_at: string;
             /**
+             * Cue
+             * @description The cue of an image task (a selfie's composed cue); None for animations.
+             * @default null
+             */
+            cue?: string | null;
+            /**
              * Deliveries
              * @description This tenant's webhook deliveries.
              */
@@ -1397,6 +1420,54 @@ export interface components {
             status: components["schemas"]["JobStatus"];
             /** Task Id */
             task_id: string;
+        };
+        /**
+         * Usage
+         * @description `GET /usage`: the caller's own tenant, by day, from rollups written as work finishes.
+         */
+        Usage: {
+            /** Days */
+            days: components["schemas"]["UsageDay"][];
+            /** Dedup Hits */
+            dedup_hits: number;
+            /** Gpu Seconds */
+            gpu_seconds: number;
+            /** Images */
+            images: number;
+            /** Tenant */
+            tenant: string;
+        };
+        /** UsageDay */
+        UsageDay: {
+            /**
+             * Day
+             * @description UTC day, YYYY-MM-DD.
+             */
+            day: string;
+            /**
+             * Dedup Hits
+             * @description Image requests answered with an existing variant.
+             */
+            dedup_hits: number;
+            /** Gpu Seconds */
+            gpu_seconds: number;
+            /**
+             * Gpu Seconds Saved By Dedup
+             * @description dedup_hits x the deployment's mean GPU-seconds per rendered image (None before any).
+             */
+            gpu_seconds_saved_by_dedup: number | null;
+            /** Image Gpu Seconds */
+            image_gpu_seconds: number;
+            /**
+             * Images
+             * @description Image jobs that succeeded.
+             */
+            images: number;
+            /**
+             * Jobs
+             * @description Jobs of this tenant the runners finished that day.
+             */
+            jobs: number;
         };
         /** Variant */
         Variant: {
@@ -5401,6 +5472,137 @@ export interface operations {
                 };
                 content: {
                     "text/event-stream": string;
+                };
+            };
+            /** @description The request is malformed or out of bounds. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No API key was sent (when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The API key is not valid, or its role may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The soul, variant, task or style does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The path does not take this method. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request contradicts the current state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit or a quota is used up; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (details in the logs under the request id). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing service is unavailable; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    usage: {
+        parameters: {
+            query?: {
+                /** @description How many UTC days back, today included. */
+                days?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description `GET /usage`: the caller's own tenant, by day, from rollups written as work finishes. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Usage"];
                 };
             };
             /** @description The request is malformed or out of bounds. */
