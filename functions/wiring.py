@@ -10,7 +10,7 @@ from datetime import timedelta
 from functools import partial
 
 from functions.adapters.clients import Clients
-from functions.adapters.firestore.counters import ShardedCounter
+from functions.adapters.firestore.counters import BufferedCounter, ShardedCounter
 from functions.adapters.firestore.idempotency import IdempotencyRecords
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.prompts import PromptStore
@@ -95,7 +95,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         encode_seconds_per_frame=settings.estimate_encode_seconds_per_frame,
     )
     styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
-    usage = GpuUsage(jobs, ShardedCounter(db, names.COUNTER_DEDUP_HITS))
+    usage = GpuUsage(jobs, BufferedCounter(ShardedCounter(db, names.COUNTER_DEDUP_HITS)))
     tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage)
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
     return Services(

@@ -3,11 +3,12 @@ job makes the next one. This is the one code path behind `GET/POST /image`, `/im
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 from functions.adapters.firestore.jobs import JobStore
-from functions.adapters.firestore.prompts import PromptStore
+from functions.adapters.firestore.prompts import PromptIndex, PromptStore
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core import estimates, keys
@@ -15,7 +16,8 @@ from functions.core.errors import InvalidInput
 from functions.core.normalize import EmptyCueError, normalize_cue
 from functions.core.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
-from functions.core.variants import choose_unseen, next_variant_index
+from functions.core.memo import TtlMemo
+from functions.core.variants import next_index_of
 from functions.services import lanes
 from functions.services.jobs import Interest, ensure_job
 from functions.services.links import variant_link
@@ -30,6 +32,10 @@ from schemas.documents import PromptDoc, Style, VariantDoc
 from schemas.push import WarmAnswer, WarmRequest
 from schemas.ids import new_ulid
 from schemas.jobs import ImageJobSpec, JobDoc, JobLane, JobType
+
+_PACE_TTL_S = 10.0
+_MAX_MISSING_VARIANTS = 2
+
 
 @dataclass(frozen=True)
 class ImageAsk:
@@ -69,6 +75,7 @@ class ImageService:
         self._quotas = quotas
         self._usage = usage  # counts dedup hits for the GPU-seconds statistics
         self._warm = warm_pool
+        self._pace = TtlMemo(_PACE_TTL_S, max_entries=1)
 
     def selfie(self, request: SelfieRequest, tenant: str = DEFAULT_TENANT) -> ImageReady | ImageQueued:
         """A selfie is an image whose cue names a place chosen for the city and mood, fresh for this user."""
@@ -101,38 +108,54 @@ class ImageService:
         pk = keys.prompt_key(
             kind=ask.kind, soul_id=ask.soul_id, cue=cue, style=style, model_tag=self._settings.model_tag
         )
-        variants = self._prompts.variants_of(pk)
         user = scoped_user(ask.tenant, ask.user_id)
-        seen = self._prompts.seen_among(user, [v.variant_id for v in variants])
-        unseen = choose_unseen(variants, seen)
+        index_now = self._prompts.index_of(pk, user)  # one round trip, whatever the number of variants
         self._warm.observe(pk, ask.kind, user)
+        unseen = self._first_unseen(index_now)
         if unseen is not None:
             if self._usage is not None:
-                self._usage.record_dedup_hit()
-            left = sum(1 for v in variants if v.variant_id not in seen) - 1  # once this one is taken
-            self._warm.after_take(pk, unseen.variant_index, left, variants,
+                self._usage.record_dedup_hit()  # in memory; flushed off the request path
+            left = len(index_now.unseen) - 1  # once this one is taken
+            self._warm.after_take(pk, unseen.variant_index, left,
+                                  next_index_of(index_now.variant_indices, index_now.variant_ids),
                                   partial(self.prerender, tenant=ask.tenant))
             return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
-        index = next_variant_index(variants)
+        index = next_index_of(index_now.variant_indices, index_now.variant_ids)
+        describe = None
         if index == 0:
             now = utcnow()
-            self._prompts.ensure_prompt(
-                PromptDoc(
-                    pk=pk, kind=ask.kind, soul_id=ask.soul_id, cue=cue,
-                    style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now,
-                )
-            )
-        job = self._ensure_variant_job(ask, pk, cue, style, index)
+            prompt = PromptDoc(pk=pk, kind=ask.kind, soul_id=ask.soul_id, cue=cue,
+                               style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now)
+            describe = partial(self._prompts.ensure_prompt, prompt)  # by the job's creator only, once
+        job = self._ensure_variant_job(ask, pk, cue, style, index, on_created=describe)
         self._warm.after_join(pk, job, partial(self.prerender, tenant=ask.tenant))
         return ImageQueued(
             status=job.status,
             task_id=job.job_id,
             pk_id=pk,
             status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",
-            estimated_seconds=estimates.image_seconds(self._jobs.runner_stats(), self._defaults),
+            estimated_seconds=estimates.image_seconds(self._runner_stats(), self._defaults),
         )
 
-    def _ensure_variant_job(self, ask: ImageAsk, pk: str, cue: str, style: Style, index: int) -> JobDoc:
+    def _first_unseen(self, index: PromptIndex) -> VariantDoc | None:
+        """The first variant of the index the user has not seen: one read (a few more only when an indexed
+        variant document is missing, which the runner's atomic batch never leaves)."""
+        for variant_id in index.unseen[:_MAX_MISSING_VARIANTS + 1]:
+            variant = self._prompts.variant(variant_id)
+            if variant is not None:
+                return variant
+        return None
+
+    def _runner_stats(self) -> list:
+        """The runners' pace for estimates, read at most once per `_PACE_TTL_S` per instance (it changes per job)."""
+        stats = self._pace.get("stats")
+        if stats is None:
+            stats = self._jobs.runner_stats()
+            self._pace.put("stats", stats)
+        return stats  # type: ignore[return-value]
+
+    def _ensure_variant_job(self, ask: ImageAsk, pk: str, cue: str, style: Style, index: int,
+                            on_created: Callable[[], None] | None = None) -> JobDoc:
         """The job making variant `index` of `pk` (created once, whoever asks first; promoted when waited on)."""
         spec = ImageJobSpec(
             soul_id=ask.soul_id,
@@ -161,6 +184,7 @@ class ImageService:
             ),
             Interest(ask.tenant, ask.user_id),
             admit=lambda: self._quotas.admit_job(ask.tenant, user_key=user, pk=pk),
+            on_created=(lambda _job: on_created()) if on_created is not None else None,
         )
         return lanes.promote_if_waited_on(self._jobs, self._publisher, job, ask.lane)
 

@@ -58,7 +58,7 @@ class Interest:
 
 def ensure_job(
     store: JobStore, publisher: Publisher, build: Callable[[int], JobDoc], interest: Interest,
-    admit: Admit | None = None,
+    admit: Admit | None = None, on_created: Callable[[JobDoc], None] | None = None,
 ) -> JobDoc:
     """`build(retry)` makes the job document for that retry number; returns the job that does the work (or, once
     the failure budget is spent, the last failed one)."""
@@ -70,6 +70,8 @@ def ensure_job(
         if existing is None:
             refund = admit() if admit else None
             if store.create(job):
+                if on_created is not None:
+                    on_created(job)  # e.g. the prompt index entry: written by the creator, once
                 _publish(store, publisher, job)
                 return job
             if refund:

@@ -2,14 +2,15 @@
 
 The runner writes each job's `metrics.gpu_seconds` (its share of a batch); Firestore sums and averages them in
 aggregation queries, so the totals cover every job without reading one. A dedup hit (an image request answered
-with an existing variant) is a render the GPU did not do: counted in a sharded counter, and valued at the
+with an existing variant) is a render the GPU did not do: counted in memory per instance and flushed to a sharded counter off the request
+path (`BufferedCounter`), and valued at the
 measured mean GPU-seconds of an image job. The arithmetic is `gpu_stats`, a pure function."""
 
 from __future__ import annotations
 
 import structlog
 
-from functions.adapters.firestore.counters import ShardedCounter
+from functions.adapters.firestore.counters import BufferedCounter, ShardedCounter
 from functions.adapters.firestore.jobs import JobStore
 from schemas.api import GpuStats
 
@@ -32,7 +33,7 @@ def gpu_stats(
 
 
 class GpuUsage:
-    def __init__(self, store: JobStore, dedup_hits: ShardedCounter):
+    def __init__(self, store: JobStore, dedup_hits: BufferedCounter | ShardedCounter):
         self._store = store
         self._hits = dedup_hits
 

@@ -28,11 +28,14 @@ PACE_WEIGHT = 0.2
 
 
 class JobStore:
-    def __init__(self, db: fs.Db, runner_id: str, lease: timedelta):
+    def __init__(self, db: fs.Db, runner_id: str, lease: timedelta, *, renew_every: timedelta | None = None):
         self._db = db
         self._runner_id = runner_id
         self._lease = lease
+        # A beat writes when the lease was last extended this long ago (default a sixth of the lease: 10 s of 60).
+        self._renew_every = renew_every if renew_every is not None else lease / 6
         self._held: dict[str, int] = {}  # job id -> lease generation we claimed
+        self._pace: dict | None = None  # this runner's pace document as last written
 
     @staticmethod
     def _ref(job_id: str) -> fs.DocRef:
@@ -93,10 +96,15 @@ class JobStore:
         return decided["d"], job
 
     def renew(self, job_id: str) -> bool:
-        """Extend our lease; returns whether a cancel was requested. Raises LeaseLost if the job is not ours."""
+        """Keep our lease; returns whether a cancel was requested. Raises LeaseLost if the job is not ours.
+        Coalesced with progress: every progress write extends the lease too, so a beat writes only when no write
+        of ours extended it for `renew_every` (a beat always reads, which is how a cancel is noticed)."""
 
         def change(job: JobDoc, now: datetime) -> dict | None:
             self._assert_owner(job)
+            extended = job.lease_expires_at
+            if extended is not None and extended - now > self._lease - self._renew_every:
+                return None  # a recent write of ours (progress, stage) already renewed it
             return {"lease_expires_at": now + self._lease}
 
         job = self._conditional(job_id, change)
@@ -104,11 +112,13 @@ class JobStore:
 
     def progress(self, job_id: str, progress: float, stage: str, eta_seconds: float | None) -> None:
         """Fenced like every other write: a progress tick landing after the finish (or after another runner took
-        the job) raises LeaseLost instead of making a finished job look half done."""
+        the job) raises LeaseLost instead of making a finished job look half done. It renews the lease in the
+        same write (one write per tick, not a progress write and a renewal)."""
 
         def change(job: JobDoc, now: datetime) -> dict | None:
             self._assert_owner(job)
-            return {"progress": round(min(max(progress, 0.0), 1.0), 4), "stage": stage, "eta_seconds": eta_seconds}
+            return {"progress": round(min(max(progress, 0.0), 1.0), 4), "stage": stage, "eta_seconds": eta_seconds,
+                    "lease_expires_at": now + self._lease}
 
         self._conditional(job_id, change)
 
@@ -198,15 +208,21 @@ class JobStore:
             )
 
     def record_pace(self, device: str, **measured: float) -> None:
-        """Fold measured figures (e.g. image_seconds_per_step) into this device's moving averages, for estimates.
-        A transaction-free read-modify-write: a lost race only loses one sample of an average."""
-        ref = fs.doc(names.RUNNER_STATS, _device_key(device))
-        current = self._db.get(ref).data or {}
-        update = {"device": device, "samples": int(current.get("samples", 0)) + 1, "updated_at": utcnow()}
+        """Fold measured figures (e.g. image_seconds_per_step) into this runner's moving averages, for estimates.
+        One document per runner (`runner_stats/{runner id}`, with its device), written by that runner alone: a
+        fleet of one device type never shares a hot pace document. The runner keeps its averages in memory after
+        the first read, so a sample costs one write."""
+        ref = fs.doc(names.RUNNER_STATS, _device_key(self._runner_id))
+        if self._pace is None:
+            self._pace = dict(self._db.get(ref).data or {})
+        current = self._pace
+        update = {"device": device, "runner_id": self._runner_id, "samples": int(current.get("samples", 0)) + 1,
+                  "updated_at": utcnow()}
         for field, value in measured.items():
             previous = current.get(field)
             update[field] = value if previous is None else round(previous + PACE_WEIGHT * (value - previous), 6)
         self._db.set(ref, update, merge=True)
+        current.update(update)
 
     # results the runner owns
     def save_variant(self, job_id: str, variant: VariantDoc) -> None:
@@ -228,7 +244,8 @@ def add_variant_writes(batch: fs.Batch, variant: VariantDoc, now: datetime) -> N
     """The variant document and its place in the prompt index, added to `batch` (one atomic commit)."""
     batch.set(fs.doc(names.VARIANTS, variant.variant_id), firestore_dict(variant))
     batch.set(fs.doc(names.PROMPTS, variant.pk),
-              {"variant_ids": fs.array_union([variant.variant_id]), "updated_at": now}, merge=True)
+              {"variant_ids": fs.array_union([variant.variant_id]),
+               "variant_indices": fs.array_union([variant.variant_index]), "updated_at": now}, merge=True)
 
 
 def _held_by_other(raw: dict, runner_id: str, now: datetime) -> bool:
