@@ -78,6 +78,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         ),
         keys,
         shards=settings.quota_shards,
+        rate_lease_s=settings.quota_rate_lease_s,
         enabled=settings.quotas_enabled,
     )
     publisher = Publisher(clients.publisher, settings.project_id)

@@ -17,6 +17,7 @@ from schemas import names
 from soul_common.firestore import Db
 from schemas._base import firestore_dict, utcnow
 from schemas.jobs import ImageJobSpec, ImageResult, JobDoc, JobLane, JobMetrics, JobStatus, JobType, VideoJobSpec
+from functions.adapters.firestore.interest import InterestRecord, interest_id
 from tests.integration.test_api_surface import seed_variants
 
 PENGUIN = {"soul_id": "nova", "cue": "penguin", "user_id": "user123"}
@@ -55,8 +56,13 @@ def video_job(gpu: float) -> JobDoc:
 
 
 def save(db, *jobs: JobDoc) -> None:
+    """Jobs as their creator leaves them: the document and, for a tenant's job, its interest marker."""
     for job in jobs:
-        db.collection(names.JOBS).document(job.job_id).set(firestore_dict(job))
+        ref = db.collection(names.JOBS).document(job.job_id)
+        ref.set(firestore_dict(job))
+        if job.tenant is not None:
+            ref.collection(names.INTEREST).document(interest_id(job.tenant, None)).set(
+                InterestRecord(job.tenant).document(job, job.created_at))
 
 
 # --- GET /tasks/{id}: metrics -------------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""Per-tenant request rate, enforced in memory per instance (issue 17): no Firestore call on the request path in
+the steady state.
+
+Each instance leases tokens from the tenant's shared token bucket (`tenants/{t}/rate/{shard}`, GCRA, updated
+conditionally: `functions/adapters/firestore/quotas.py`) and spends them locally. A lease holds what this instance
+expects to spend within `lease_s` at its observed rate (one token for a slow tenant, so a quiet instance hoards
+nothing), expires after `lease_s`, and is topped up by a background refill when half of it is spent; only an
+instance that ran dry waits for a lease, and a refused lease is remembered until its `Retry-After`, so a tenant
+over its limit costs the store nothing more. The tenant's rate and burst hold summed over every instance because
+every token comes out of the shared bucket; a token an instance leased and did not spend is lost (at most one
+lease per instance per `lease_s`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from functions.core.quota_policy import lease_size
+
+log = structlog.get_logger(__name__)
+
+# (tenant, tokens wanted) -> (tokens granted, seconds until one more fits when none was)
+Lease = Callable[[str, int], tuple[int, float]]
+
+RATE_HALF_LIFE_S = 2.0
+
+
+@dataclass
+class _Local:
+    tokens: int = 0
+    expires: float = 0.0
+    denied_until: float = 0.0
+    retry_after: float = 1.0
+    rate: float = 0.0  # requests/s seen by this instance (exponentially weighted)
+    last: float | None = None
+    refilling: bool = False
+
+
+class LocalRateLimiter:
+    def __init__(self, lease: Lease, *, lease_s: float = 2.0, max_lease: int = 1000, clock=time.monotonic):
+        self._lease = lease
+        self._lease_s = lease_s
+        self._max_lease = max_lease
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tenants: dict[str, _Local] = {}
+
+    def allow(self, tenant: str, cap: int) -> float | None:
+        """Spend one token of `tenant`'s; None when allowed, else the seconds until one is due. `cap`: the most
+        tokens one lease may take (the bucket's burst)."""
+        now = self._clock()
+        with self._lock:
+            local = self._tenants.setdefault(tenant, _Local())
+            self._observe(local, now)
+            if local.tokens > 0 and local.expires > now:
+                local.tokens -= 1
+                self._maybe_refill(tenant, local, cap, now)
+                return None
+            if local.denied_until > now:
+                return local.denied_until - now
+            want = lease_size(local.rate, self._lease_s, min(cap, self._max_lease))
+        granted, retry_after = self._lease(tenant, want)  # ran dry: this request waits for the lease
+        with self._lock:
+            now = self._clock()
+            if granted <= 0:
+                local.denied_until = now + retry_after
+                return retry_after
+            local.tokens, local.expires = granted - 1, now + self._lease_s
+            return None
+
+    def _observe(self, local: _Local, now: float) -> None:
+        if local.last is not None:
+            gap = max(now - local.last, 1e-3)
+            weight = 1 - 0.5 ** (gap / RATE_HALF_LIFE_S)
+            local.rate += weight * (1.0 / gap - local.rate)
+        local.last = now
+
+    def _maybe_refill(self, tenant: str, local: _Local, cap: int, now: float) -> None:
+        want = lease_size(local.rate, self._lease_s, min(cap, self._max_lease))
+        if local.refilling or want <= 1 or local.tokens > want // 2:
+            return
+        local.refilling = True
+        threading.Thread(target=self._refill, args=(tenant, local, want), name="rate-refill", daemon=True).start()
+
+    def _refill(self, tenant: str, local: _Local, want: int) -> None:
+        try:
+            granted, _ = self._lease(tenant, want)
+        except Exception:  # noqa: BLE001 - the next request that runs dry leases synchronously
+            log.warning("rate_refill_failed", tenant=tenant, exc_info=True)
+            granted = 0
+        with self._lock:
+            local.refilling = False
+            if granted > 0:
+                now = self._clock()
+                local.tokens = (local.tokens if local.expires > now else 0) + granted
+                local.expires = now + self._lease_s
