@@ -4,7 +4,8 @@ the steady state.
 Each instance leases tokens from the tenant's shared token bucket (`tenants/{t}/rate/{shard}`, GCRA, updated
 conditionally: `functions/adapters/firestore/quotas.py`) and spends them locally. A lease holds what this instance
 expects to spend within `lease_s` at its observed rate (one token for a slow tenant, so a quiet instance hoards
-nothing), expires after `lease_s`, and is topped up by a background refill when half of it is spent; only an
+nothing; doubled, like a slow start, each time a lease ran dry before it ended), expires after `lease_s`, and
+is topped up by a background refill when half of it is spent; only an
 instance that ran dry waits for a lease, and a refused lease is remembered until its `Retry-After`, so a tenant
 over its limit costs the store nothing more. The tenant's rate and burst hold summed over every instance because
 every token comes out of the shared bucket; a token an instance leased and did not spend is lost (at most one
@@ -34,7 +35,7 @@ class _Local:
     tokens: int = 0
     expires: float = 0.0
     denied_until: float = 0.0
-    retry_after: float = 1.0
+    want: int = 1  # the next lease's size: doubles when a lease ran dry early, halves when one expired unspent
     rate: float = 0.0  # requests/s seen by this instance (exponentially weighted)
     last: float | None = None
     refilling: bool = False
@@ -62,7 +63,12 @@ class LocalRateLimiter:
                 return None
             if local.denied_until > now:
                 return local.denied_until - now
-            want = lease_size(local.rate, self._lease_s, min(cap, self._max_lease))
+            cap = min(cap, self._max_lease)
+            if local.expires > now:  # ran dry before the lease ended: lease more next time
+                local.want = min(cap, local.want * 2)
+            elif local.expires:  # the last lease expired: shrink towards the observed need
+                local.want = max(1, min(local.want // 2, lease_size(local.rate, self._lease_s, cap)))
+            want = max(local.want, lease_size(local.rate, self._lease_s, cap))
         granted, retry_after = self._lease(tenant, want)  # ran dry: this request waits for the lease
         with self._lock:
             now = self._clock()
@@ -80,7 +86,7 @@ class LocalRateLimiter:
         local.last = now
 
     def _maybe_refill(self, tenant: str, local: _Local, cap: int, now: float) -> None:
-        want = lease_size(local.rate, self._lease_s, min(cap, self._max_lease))
+        want = max(local.want, lease_size(local.rate, self._lease_s, min(cap, self._max_lease)))
         if local.refilling or want <= 1 or local.tokens > want // 2:
             return
         local.refilling = True

@@ -41,7 +41,7 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
         *,
         background: bool = False,
-        min_gap_s: float = 0.25,
+        min_gap_s: float = 0.5,
     ):
         self._write = write
         self._signals = signals
