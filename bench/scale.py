@@ -28,7 +28,9 @@ import json
 import math
 import os
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -120,9 +122,10 @@ class LatencyProxy:
 class Harness:
     """Emulators, the proxy, one api (in-process) and one runner thread, all on one shared ledger."""
 
-    def __init__(self, latency_ms: float, work: Path):
+    def __init__(self, latency_ms: float, work: Path, code: Path | None = None):
         from emulators import EmulatorStack, StackConfig
 
+        self.code = code
         self.stack = EmulatorStack(StackConfig(state_dir=work / "emulators", retry_min_backoff_s=0,
                                                retry_max_backoff_s=0))
         self.latency_ms = latency_ms
@@ -146,7 +149,7 @@ class Harness:
         os.environ.pop("SOUL_API_KEYS", None)
         os.environ.setdefault("SOUL_TINY_MAX_SIDE", "256")
         os.environ.setdefault("SOUL_TINY_MAX_STEPS", "10")
-        self.ledger = Ledger()
+        self.ledger = Ledger(keep_timeline=True)
         self.client = self._api()
         return self
 
@@ -169,35 +172,23 @@ class Harness:
         self.api = api
         return app.test_client()
 
-    def start_runner(self, lost_races: Counter):
-        from gpu_runner.adapters import jobstore
-        from gpu_runner.adapters.clients import make_clients
-        from gpu_runner.pipelines.host import ModelHost
-        from gpu_runner.settings import RunnerSettings
-        from gpu_runner.worker import Runner
+    def start_runner(self) -> subprocess.Popen:
+        """One runner process (as deployed: its own interpreter), accounting into its own ledger, which it
+        writes to a file when stopped (`_runner_process`)."""
+        out = self.work / f"runner-{time.time_ns()}.json"
+        env = {**os.environ, "SOUL_PULL_TIMEOUT_SECONDS": "1", "SOUL_RECONCILE_INTERVAL_SECONDS": "600",
+               "SOUL_MODEL_CACHE_DIR": str(self.work / "models")}
+        code = [str(self.code)] if self.code else []
+        process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--runner-process", str(out),
+                                    *(["--code", *code] if code else [])], env=env, start_new_session=True)
+        process.ledger_file = out  # type: ignore[attr-defined]
+        return process
 
-        settings = RunnerSettings(model_cache_dir=self.work / "models", pull_timeout_seconds=1.0,
-                                  reconcile_interval_seconds=600)
-        if getattr(self, "models", None) is None:
-            self.models = ModelHost(settings)  # loaded once for every scenario
-        runner = Runner(settings, make_clients(settings), self.models)
-        # One ledger for the api and the runner (per-document rates across both); the runner's refusals are also
-        # counted on their own, and so is each write it gave up on after its optimistic retries.
-        runner._db.ledger = _Tagged(self.ledger, lost_races)
-        original = jobstore.JobStore._conditional
-
-        def counted(store, job_id, change):
-            try:
-                return original(store, job_id, change)
-            except jobstore.TransientError as exc:
-                if "kept changing" in str(exc):
-                    lost_races["runner_gave_up"] += 1
-                raise
-
-        jobstore.JobStore._conditional = counted
-        thread = threading.Thread(target=runner.run, name="runner", daemon=True)
-        thread.start()
-        return runner, thread
+    @staticmethod
+    def stop_runner(process: subprocess.Popen) -> dict:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
+        return json.loads(Path(process.ledger_file).read_text())  # type: ignore[attr-defined]
 
     def reset(self) -> None:
         """Empty Firestore between scenarios (the emulator's reset endpoint) and start a fresh ledger."""
@@ -210,29 +201,13 @@ class Harness:
         request = urllib.request.Request(f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents",
                                          method="DELETE")
         urllib.request.urlopen(request, timeout=30).read()
-        self.ledger = Ledger()
-        self.api.services.db.ledger = self.ledger
+        self.fresh_ledger()
 
-    def fresh_ledger(self, runner) -> None:
+    def fresh_ledger(self) -> None:
         from soul_common.firestore import Ledger
 
-        self.ledger = Ledger()
+        self.ledger = Ledger(keep_timeline=True)
         self.api.services.db.ledger = self.ledger
-        runner._db.ledger._ledger = self.ledger
-
-
-class _Tagged:
-    """The shared ledger, counting the runner's refused writes on the side."""
-
-    def __init__(self, ledger, counts: Counter):
-        self._ledger, self._counts = ledger, counts
-
-    def contended(self, ref) -> None:
-        self._counts["runner_refused"] += 1
-        self._ledger.contended(ref)
-
-    def __getattr__(self, name):
-        return getattr(self._ledger, name)
 
 
 # ---- one request, accounted ----------------------------------------------------------------------------------
@@ -363,12 +338,13 @@ def mixed(h: Harness, users: int, seconds: float, cues: int, pool: ThreadPoolExe
 
 
 def _render_seconds(h: Harness) -> float | None:
-    """The mean GPU-seconds the runner recorded on succeeded image jobs (the render time to compare with)."""
+    """The mean GPU-seconds the runner recorded on the scenario's succeeded image jobs (the render time)."""
     from google.cloud import firestore
 
     db = firestore.Client(project=os.environ["GCS_PROJECT_ID"])
     values = [d.to_dict().get("metrics", {}).get("gpu_seconds") for d in
-              db.collection("jobs").where(filter=firestore.FieldFilter("status", "==", "succeeded")).stream()]
+              db.collection("jobs").where(filter=firestore.FieldFilter("status", "==", "succeeded")).stream()
+              if not d.to_dict().get("request", {}).get("cue", "").startswith("warm-up")]
     values = [v for v in values if v]
     return round(statistics.mean(values), 2) if values else None
 
@@ -385,12 +361,12 @@ def _runner_failures(h: Harness) -> dict:
 
 def run_scenario(h: Harness, name: str, args) -> dict:
     h.reset()
-    counts: Counter = Counter()
-    runner, thread = h.start_runner(counts)
     # A first image makes the runner load its model: time to an image then measures serving, not start-up.
+    runner = h.start_runner()
     _ask_until_ready(Recorder(h), f"warm-up {random.randrange(10**9)}", "warm-up-user", time.perf_counter() + 600)
-    h.fresh_ledger(runner)
-    counts.clear()
+    time.sleep(2)
+    h.fresh_ledger()
+    mark = time.time()
     pool = ThreadPoolExecutor(max_workers=max(64, args.users + 8))
     started = time.perf_counter()
     try:
@@ -401,26 +377,69 @@ def run_scenario(h: Harness, name: str, args) -> dict:
         else:
             result = mixed(h, args.users, args.seconds, args.cues, pool)
     finally:
-        runner.stop()
-        thread.join(timeout=60)
+        runner_ledger = h.stop_runner(runner)
         pool.shutdown(wait=False)
     rec: Recorder = result.pop("recorder")
     times = result.pop("times")
-    summary = h.ledger.summary(top=5)
+    timeline = Counter(h.ledger.timeline)
+    for second, path, n in runner_ledger["timeline"]:
+        if second >= int(mark):  # the warm-up's writes are not the scenario's
+            timeline[(second, path)] += n
+    peaks: dict[str, int] = {}
+    for (_, path), n in timeline.items():
+        peaks[path] = max(peaks.get(path, 0), n)
+    hottest = sorted(peaks.items(), key=lambda pn: -pn[1])[:6]
+    job_docs = {p: n for p, n in peaks.items() if p.count("/") == 1 and p.startswith("jobs/")}
     render = _render_seconds(h)
-    contention = summary.get("contention", {})
     return {
         "scenario": name, **result, "wall_s": round(time.perf_counter() - started, 1),
         "firestore_latency_ms_each_way": h.latency_ms,
         "per_request": rec.report(),
-        "peak_writes_per_second": summary["peak_writes_per_second"],
-        "refused_writes": {"api": rec.api_refused, "all_by_collection": contention},
-        "runner": {"refused_writes": counts["runner_refused"], "lost_races_gave_up": counts["runner_gave_up"]},
+        "peak_writes_per_second": [{"doc": p, "writes": n} for p, n in hottest],
+        "peak_writes_per_second_on_a_job_document": max(job_docs.values(), default=0),
+        "refused_writes": {"api": rec.api_refused, "api_by_collection": dict(h.ledger.contention),
+                           "runner": sum(runner_ledger["contention"].values()),
+                           "runner_by_collection": runner_ledger["contention"]},
+        "runner_lost_races": runner_ledger["gave_up"],
         "time_to_image_s": {"p50": pct(times, 50), "p95": pct(times, 95), "max": pct(times, 100)},
         "render_seconds": render, "status_5xx": sum(n for s, n in rec.statuses.items() if s >= 500),
         "statuses": {str(k): v for k, v in sorted(rec.statuses.items())},
         "jobs": _runner_failures(h),
     }
+
+
+def _runner_process(out: Path) -> int:
+    """Inside the runner process: a real Runner, its ledger kept per second, written to `out` on SIGTERM; every
+    write it gave up on after its optimistic retries ("kept changing under us") is counted."""
+    from gpu_runner.adapters import jobstore
+    from gpu_runner.adapters.clients import make_clients
+    from gpu_runner.settings import RunnerSettings
+    from gpu_runner.worker import Runner
+    from soul_common.firestore import Ledger
+    from soul_common.logs import configure_logging
+
+    configure_logging("WARNING", component="bench-runner")
+    settings = RunnerSettings()
+    runner = Runner(settings, make_clients(settings))
+    ledger = Ledger(keep_timeline=True)
+    runner._db.ledger = ledger
+    gave_up = Counter()
+    original = jobstore.JobStore._conditional
+
+    def counted(store, job_id, change):
+        try:
+            return original(store, job_id, change)
+        except jobstore.TransientError as exc:
+            if "kept changing" in str(exc):
+                gave_up["n"] += 1
+            raise
+
+    jobstore.JobStore._conditional = counted
+    signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+    runner.run()
+    out.write_text(json.dumps({"timeline": [[s, p, n] for (s, p), n in ledger.timeline.items()],
+                               "contention": dict(ledger.contention), "gave_up": gave_up["n"]}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,18 +452,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--firestore-latency-ms", type=float, default=15.0)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--code", type=Path, default=None, help="import functions/gpu_runner/schemas from here")
+    parser.add_argument("--runner-process", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.code is not None:
         sys.path.insert(0, str(args.code.resolve()))
     else:
         sys.path.insert(0, str(REPO))
+    if args.runner_process is not None:
+        return _runner_process(args.runner_process)
     from soul_common.logs import configure_logging
 
     configure_logging("WARNING", component="bench")
     work = Path(tempfile.mkdtemp(prefix="soul-bench-scale-"))
     names = ["hot-cue", "tenant-flood", "mixed"] if args.scenario == "all" else [args.scenario]
     results = []
-    with Harness(args.firestore_latency_ms, work) as harness:
+    with Harness(args.firestore_latency_ms, work, args.code) as harness:
         for name in names:
             results.append(run_scenario(harness, name, args))
             print(json.dumps(results[-1], indent=1), flush=True)

@@ -195,8 +195,10 @@ class Ledger:
     """Per-process accounting of Firestore calls. Bounded: per-document rates are kept for at most `max_docs`
     documents (then started afresh); shapes are bounded by the code's own queries."""
 
-    def __init__(self, *, max_docs: int = 100_000, clock=time.time):
+    def __init__(self, *, max_docs: int = 100_000, clock=time.time, keep_timeline: bool = False):
         self._lock = threading.Lock()
+        # (second, document path) -> write attempts, for merging several processes' ledgers (bench/scale.py)
+        self.timeline: Counter | None = Counter() if keep_timeline else None
         self._clock = clock
         self._max_docs = max_docs
         self.reads: Counter = Counter()  # collection pattern -> documents read (an aggregation counts 1)
@@ -233,6 +235,8 @@ class Ledger:
     def _attempt(self, ref: DocRef) -> None:
         second = int(self._clock())
         with self._lock:
+            if self.timeline is not None:
+                self.timeline[(second, ref.path)] += 1
             if len(self._rate) >= self._max_docs and ref.path not in self._rate:
                 self._rate.clear()
             entry = self._rate.setdefault(ref.path, [second, 0, 0, second])

@@ -75,15 +75,18 @@ def ensure_job(
         job = build(retry).model_copy(update=interest.fields())
         existing = store.job(job.job_id)
         if existing is None:
-            refund = admit() if admit else None
-            if store.create(job, interest.record()):
-                if on_created is not None:
-                    on_created(job)  # e.g. the prompt index entry: written by the creator, once
-                _publish(store, publisher, job)
-                return job
-            if refund:
-                refund()
-            continue  # another creator won this id a moment ago: look at its job
+            with store.creation_lock(job.job_id):  # this instance's other askers wait, then find the job
+                existing = store.job(job.job_id)
+                if existing is None:
+                    refund = admit() if admit else None
+                    if store.create(job, interest.record()):
+                        if on_created is not None:
+                            on_created(job)  # e.g. the prompt index entry: written by the creator, once
+                        _publish(store, publisher, job)
+                        return job
+                    if refund:
+                        refund()
+                    continue  # another instance created this id a moment ago: look at its job
         if _live(existing):
             joined = _join(store, existing, interest)
             if joined is not None:

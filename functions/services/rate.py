@@ -39,15 +39,19 @@ class _Local:
     rate: float = 0.0  # requests/s seen by this instance (exponentially weighted)
     last: float | None = None
     refilling: bool = False
+    leasing: bool = False  # a synchronous lease is in flight: other requests of this tenant wait for it
 
 
 class LocalRateLimiter:
-    def __init__(self, lease: Lease, *, lease_s: float = 2.0, max_lease: int = 1000, clock=time.monotonic):
+    def __init__(self, lease: Lease, *, lease_s: float = 2.0, max_lease: int = 1000, clock=time.monotonic,
+                 max_wait_s: float = 5.0):
         self._lease = lease
         self._lease_s = lease_s
         self._max_lease = max_lease
         self._clock = clock
+        self._max_wait = max_wait_s
         self._lock = threading.Lock()
+        self._landed = threading.Condition(self._lock)
         self._tenants: dict[str, _Local] = {}
 
     def allow(self, tenant: str, cap: int) -> float | None:
@@ -57,26 +61,42 @@ class LocalRateLimiter:
         with self._lock:
             local = self._tenants.setdefault(tenant, _Local())
             self._observe(local, now)
-            if local.tokens > 0 and local.expires > now:
-                local.tokens -= 1
-                self._maybe_refill(tenant, local, cap, now)
-                return None
-            if local.denied_until > now:
-                return local.denied_until - now
+            waited_until = now + self._max_wait
+            while True:
+                if local.tokens > 0 and local.expires > now:
+                    local.tokens -= 1
+                    self._maybe_refill(tenant, local, cap, now)
+                    return None
+                if local.denied_until > now:
+                    return local.denied_until - now
+                if not (local.leasing or local.refilling) or now >= waited_until:
+                    break
+                # One lease at a time per tenant and instance: a burst of requests that found the instance dry
+                # waits for the lease in flight instead of all contending for the shared bucket.
+                self._landed.wait(timeout=waited_until - now)
+                now = self._clock()
             cap = min(cap, self._max_lease)
             if local.expires > now:  # ran dry before the lease ended: lease more next time
                 local.want = min(cap, local.want * 2)
             elif local.expires:  # the last lease expired: shrink towards the observed need
                 local.want = max(1, min(local.want // 2, lease_size(local.rate, self._lease_s, cap)))
             want = max(local.want, lease_size(local.rate, self._lease_s, cap))
-        granted, retry_after = self._lease(tenant, want)  # ran dry: this request waits for the lease
-        with self._lock:
-            now = self._clock()
-            if granted <= 0:
-                local.denied_until = now + retry_after
-                return retry_after
-            local.tokens, local.expires = granted - 1, now + self._lease_s
-            return None
+            local.leasing = True
+        granted, retry_after, failed = 0, 1.0, True
+        try:
+            granted, retry_after = self._lease(tenant, want)  # ran dry: this request waits for the lease
+            failed = False
+        finally:
+            with self._lock:
+                local.leasing = False
+                now = self._clock()
+                if granted > 0:
+                    local.tokens = (local.tokens if local.expires > now else 0) + granted - 1
+                    local.expires = now + self._lease_s
+                elif not failed:
+                    local.denied_until = now + retry_after
+                self._landed.notify_all()
+        return None if granted > 0 else retry_after
 
     def _observe(self, local: _Local, now: float) -> None:
         if local.last is not None:
@@ -104,3 +124,4 @@ class LocalRateLimiter:
                 now = self._clock()
                 local.tokens = (local.tokens if local.expires > now else 0) + granted
                 local.expires = now + self._lease_s
+            self._landed.notify_all()

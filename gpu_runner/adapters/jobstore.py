@@ -9,6 +9,8 @@ job's status, stage, progress and result never change again."""
 from __future__ import annotations
 
 import re
+import threading
+import zlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -36,6 +38,7 @@ class JobStore:
         self._renew_every = renew_every if renew_every is not None else lease / 6
         self._held: dict[str, int] = {}  # job id -> lease generation we claimed
         self._pace: dict | None = None  # this runner's pace document as last written
+        self._locks = [threading.RLock() for _ in range(16)]  # per job (striped): our writers take turns
 
     @staticmethod
     def _ref(job_id: str) -> fs.DocRef:
@@ -52,7 +55,15 @@ class JobStore:
 
     def _conditional(self, job_id: str, change: Callable[[JobDoc, datetime], dict | None]) -> JobDoc | None:
         """Read the job, let `change` compute the update (None = nothing to do), write it only if the document
-        did not change in between; retry a few times on a lost race."""
+        did not change in between; retry a few times on a lost race. This runner's own writers of one job (the
+        progress thread, the heartbeat, the finish) take turns, so they never make each other retry."""
+        with self._job_lock(job_id):
+            return self._conditional_unlocked(job_id, change)
+
+    def _job_lock(self, job_id: str) -> threading.RLock:
+        return self._locks[zlib.crc32(job_id.encode()) % len(self._locks)]
+
+    def _conditional_unlocked(self, job_id: str, change: Callable[[JobDoc, datetime], dict | None]) -> JobDoc | None:
         for _ in range(_OPTIMISTIC_RETRIES):
             snap, job = self._read(job_id)
             now = utcnow()
@@ -228,6 +239,10 @@ class JobStore:
     def save_variant(self, job_id: str, variant: VariantDoc) -> None:
         """Idempotent: the variant id was fixed when the job was created, so a re-run writes the same document.
         Fenced: one atomic batch with a conditional touch of the job we hold, so a stale runner writes nothing."""
+        with self._job_lock(job_id):
+            self._save_variant(job_id, variant)
+
+    def _save_variant(self, job_id: str, variant: VariantDoc) -> None:
         for _ in range(_OPTIMISTIC_RETRIES):
             snap, job = self._read(job_id)
             self._assert_owner(job)

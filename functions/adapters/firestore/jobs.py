@@ -6,6 +6,8 @@ runners write (`runner_stats`). The runner's own writes to a job are in gpu_runn
 
 from __future__ import annotations
 
+import threading
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +21,7 @@ from schemas.jobs import JobDoc, JobStatus, JobType
 from soul_common import firestore as fs
 
 GPU_SECONDS = "metrics.gpu_seconds"
+_CREATION_STRIPES = 64
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,12 @@ class JobStore:
     def __init__(self, db: fs.Db):
         self._db = db
         self.interest = InterestStore(db)  # who waits on a job: its own documents, never the job's
+        self._creating = [threading.Lock() for _ in range(_CREATION_STRIPES)]
+
+    def creation_lock(self, job_id: str) -> threading.Lock:
+        """Held around "read the job, create it if absent": requests of one instance asking for the same new
+        job at once make one create() attempt, not one each (a conflict is a write attempt on that document)."""
+        return self._creating[zlib.crc32(job_id.encode()) % _CREATION_STRIPES]
 
     @staticmethod
     def _ref(job_id: str) -> fs.DocRef:
