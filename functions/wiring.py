@@ -79,6 +79,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         keys,
         shards=settings.quota_shards,
         rate_lease_s=settings.quota_rate_lease_s,
+        job_counter_shards=settings.quota_job_counter_shards,
         enabled=settings.quotas_enabled,
     )
     publisher = Publisher(clients.publisher, settings.project_id)

@@ -6,10 +6,12 @@ conditionally: `functions/adapters/firestore/quotas.py`) and spends them locally
 expects to spend within `lease_s` at its observed rate (one token for a slow tenant, so a quiet instance hoards
 nothing; doubled, like a slow start, each time a lease ran dry before it ended), expires after `lease_s`, and
 is topped up by a background refill when half of it is spent; only an
-instance that ran dry waits for a lease, and a refused lease is remembered until its `Retry-After`, so a tenant
-over its limit costs the store nothing more. The tenant's rate and burst hold summed over every instance because
+instance that ran dry waits for a lease (one lease in flight per tenant: the others wait for it), and a refused
+lease is remembered, so a tenant over its limit costs the store little more. The tenant's rate and burst hold summed over every instance because
 every token comes out of the shared bucket; a token an instance leased and did not spend is lost (at most one
-lease per instance per `lease_s`)."""
+lease per instance per `lease_s`). An instance refused a lease asks again only after `lease_s / 4` or the
+`Retry-After`, whichever is later, so a tenant far over its limit costs a few bucket writes per second per
+instance, not one per request."""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ class _Local:
     last: float | None = None
     refilling: bool = False
     leasing: bool = False  # a synchronous lease is in flight: other requests of this tenant wait for it
+    refill_after: float = 0.0  # a refill that found the bucket (nearly) empty is not tried again before this
 
 
 class LocalRateLimiter:
@@ -69,6 +72,8 @@ class LocalRateLimiter:
                     return None
                 if local.denied_until > now:
                     return local.denied_until - now
+                if local.refill_after > now:  # the bucket was nearly empty a moment ago: the tenant is at its limit
+                    return local.refill_after - now
                 if not (local.leasing or local.refilling) or now >= waited_until:
                     break
                 # One lease at a time per tenant and instance: a burst of requests that found the instance dry
@@ -93,8 +98,10 @@ class LocalRateLimiter:
                 if granted > 0:
                     local.tokens = (local.tokens if local.expires > now else 0) + granted - 1
                     local.expires = now + self._lease_s
-                elif not failed:
-                    local.denied_until = now + retry_after
+                    if granted < want // 2:  # nearly empty: spend these, then let it refill before asking again
+                        local.refill_after = now + self._lease_s / 4
+                elif not failed:  # over the limit: ask the shared bucket again only after a while (it refills)
+                    local.denied_until = now + max(retry_after, self._lease_s / 4)
                 self._landed.notify_all()
         return None if granted > 0 else retry_after
 
@@ -107,7 +114,7 @@ class LocalRateLimiter:
 
     def _maybe_refill(self, tenant: str, local: _Local, cap: int, now: float) -> None:
         want = max(local.want, lease_size(local.rate, self._lease_s, min(cap, self._max_lease)))
-        if local.refilling or want <= 1 or local.tokens > want // 2:
+        if local.refilling or want <= 1 or local.tokens > want // 2 or now < local.refill_after:
             return
         local.refilling = True
         threading.Thread(target=self._refill, args=(tenant, local, want), name="rate-refill", daemon=True).start()
@@ -120,8 +127,10 @@ class LocalRateLimiter:
             granted = 0
         with self._lock:
             local.refilling = False
+            now = self._clock()
             if granted > 0:
-                now = self._clock()
                 local.tokens = (local.tokens if local.expires > now else 0) + granted
                 local.expires = now + self._lease_s
+            if granted < want // 2:  # the bucket is nearly empty: let it refill before asking again
+                local.refill_after = now + self._lease_s / 4
             self._landed.notify_all()
