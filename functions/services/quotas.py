@@ -16,6 +16,7 @@ Firestore TTL policy."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ class QuotaService:
         # The jobs-per-hour counter is written at each creation: one tenant creating 50 jobs/s puts ~3 writes/s
         # on each of 16 shards (each creation reads them all in one round trip).
         self._job_shards = max(1, job_counter_shards)
+        self._job_turn = itertools.count(random.randrange(self._job_shards))
 
     def quota(self, tenant: str) -> Quota:
         return self._defaults.with_overrides(self._ring.quota_overrides(tenant))
@@ -112,7 +114,7 @@ class QuotaService:
     def _reserve_job(self, tenant: str, quota: Quota, now: datetime) -> Refund:
         hour, left = hour_window(now)
         shards = [f"jobs-{hour}-{i}" for i in range(self._job_shards)]
-        mine = random.choice(shards)
+        mine = shards[next(self._job_turn) % len(shards)]  # round robin: an even spread, not random peaks
         self._counters.add(tenant, mine, 1, expires_at=now + timedelta(hours=2))
         total = self._counters.total(tenant, shards)
 
