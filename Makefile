@@ -6,16 +6,38 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.soul-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast test-e2e test-ui browser bench lint clean
+.PHONY: setup run test test-fast test-e2e test-ui browser bench lint clean clients clients-setup node
 
-setup: $(STAMP)
+setup: $(STAMP) clients-setup
 
 # Re-installs whenever pyproject.toml changes. torch==2.13.0 is pinned: pip takes the CPU wheel on this image.
-$(STAMP): pyproject.toml
+# The Python client (clients/python, its own package) is installed beside it: the `soul` CLI uses it.
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]' -e ./clients/python
 	touch $@
+
+# The TypeScript client's toolchain (typescript, openapi-typescript, standardwebhooks) from package-lock.json;
+# node and npm from Debian when the machine has none (needs root, as on CI).
+TS_CLIENT := clients/typescript
+TS_STAMP := $(TS_CLIENT)/node_modules/.package-lock.json
+clients-setup: $(TS_STAMP)
+
+$(TS_STAMP): $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	$(MAKE) node
+	cd $(TS_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node:
+	command -v node >/dev/null && command -v npm >/dev/null || \
+	  (apt-get update && apt-get install -y --no-install-recommends nodejs npm)
+
+# Regenerates both clients from the current endpoint table (clients/openapi.json, the Python models and
+# operations, the TypeScript types and operations); commit the result. `make test` fails while they are stale.
+clients: setup
+	$(PY) clients/generate.py
+	cd $(TS_CLIENT) && npm run --silent build
 
 # `make run RUNNERS=3` starts three runners; `make run AUTOSCALE=0:4` lets the local autoscaler size them.
 RUNNERS ?= 1
@@ -45,4 +67,4 @@ bench: setup
 	HF_HUB_OFFLINE=1 $(PY) -m bench
 
 clean:
-	rm -rf .soul .pytest_cache
+	rm -rf .soul .pytest_cache $(TS_CLIENT)/dist

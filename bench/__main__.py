@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["pipeline.py", "encoders.py", "quota.py", "fresh.py", "scale.py"]
+BENCHMARKS = ["pipeline.py", "encoders.py", "quota.py", "fresh.py", "safety.py", "clients.py", "scale.py"]
 
 
 def main() -> int:

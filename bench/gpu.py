@@ -5,6 +5,7 @@ weight values), timed under each optimisation side by side in one run.
     python bench/gpu.py                      # on a CUDA machine: every variant, markdown table on stdout
     python bench/gpu.py --json out.json      # also write the figures
     python bench/gpu.py --tiny --device cpu  # the same harness on the tiny models (CI checks it still runs)
+    python bench/gpu.py --cold-start         # process start -> first image, with and without saved artifacts
 
 For each variant: seconds per generation, peak GPU memory, the share of the measured 790 TFLOP/s peak (SDXL 30
 steps with CFG = 416 TFLOP, SVD-XT 25x25 = 4,174 TFLOP), and the largest pixel difference from the SDPA output
@@ -142,6 +143,29 @@ def _compiled(pipe) -> None:
     pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
 
 
+def _regional(pipe) -> None:
+    """What the runner does with SOUL_COMPILE=regional (gpu_runner/pipelines/acceleration.py)."""
+    from gpu_runner.pipelines.acceleration import compile_module
+
+    _channels_last(pipe)
+    compile_module(pipe.unet, "regional")
+
+
+def _fp8(pipe) -> None:
+    """What the runner does with SOUL_QUANTIZE=fp8: torchao's dynamic fp8 on the UNet's linear layers."""
+    from gpu_runner.pipelines.acceleration import quantize_fp8
+
+    _channels_last(pipe)
+    quantize_fp8(pipe.unet)
+
+
+def _fp8_regional(pipe) -> None:
+    from gpu_runner.pipelines.acceleration import compile_module
+
+    _fp8(pipe)
+    compile_module(pipe.unet, "regional")
+
+
 def _channels_last_fused_qkv(pipe) -> None:
     _channels_last(pipe)
     pipe.fuse_qkv_projections()
@@ -162,12 +186,16 @@ SDXL_VARIANTS: list[Variant] = [
     ("SDPA + VAE tiling", _vae_tiling),
     ("fp16 + SDPA, built again (control: same weights, same seed)", _sdpa),
     ("SDPA + channels_last + torch.compile", _compiled),
+    ("SDPA + channels_last + regional compile", _regional),
+    ("SDPA + channels_last + fp8", _fp8),
+    ("SDPA + channels_last + fp8 + regional compile", _fp8_regional),
 ]
 SVD_VARIANTS: list[Variant] = [
     ("fp16, classic attention", _classic_attention),
     ("fp16 + SDPA", _sdpa),
     ("SDPA + channels_last", _channels_last),
     ("SDPA + channels_last + torch.compile", _compiled),
+    ("SDPA + channels_last + regional compile", _regional),
 ]
 
 
@@ -265,7 +293,19 @@ def measure_batches(device: str, tiny: bool, cache: Path, batches: list[int], si
     return rows
 
 
-def _select(variants: list[Variant], compile_mode: str) -> list[Variant]:
+def fp8_capable(device: str) -> bool:
+    """fp8 variants run only where the runner would use them: CUDA compute capability >= 8.9 with torchao."""
+    import importlib.util
+
+    from gpu_runner.pipelines.acceleration import FP8_MIN_CAPABILITY
+
+    return (device.startswith("cuda") and torch.cuda.get_device_capability() >= FP8_MIN_CAPABILITY
+            and importlib.util.find_spec("torchao") is not None)
+
+
+def _select(variants: list[Variant], compile_mode: str, device: str = "cpu") -> list[Variant]:
+    if not fp8_capable(device):
+        variants = [v for v in variants if "fp8" not in v[0]]
     if compile_mode == "skip":
         return [v for v in variants if "compile" not in v[0]]
     if compile_mode == "only":
@@ -283,13 +323,13 @@ def run(device: str, tiny: bool, cache: Path, pipelines: tuple[str, ...] = ("sdx
     rows: list[Row] = []
     if "sdxl" in pipelines:
         rows += _measure(
-            "SDXL", _select(SDXL_VARIANTS, compile_mode), lambda: build_sdxl(device, dtype, tiny, cache),
+            "SDXL", _select(SDXL_VARIANTS, compile_mode, device), lambda: build_sdxl(device, dtype, tiny, cache),
             lambda pipe, warmup: _run_sdxl(pipe, size, 2 if warmup else steps, device),
             None if tiny else SDXL_TFLOP, device, sink,
         )
     if "svd" in pipelines:
         rows += _measure(
-            "SVD-XT", _select(SVD_VARIANTS, compile_mode), lambda: build_svd(device, dtype, tiny, cache),
+            "SVD-XT", _select(SVD_VARIANTS, compile_mode, device), lambda: build_svd(device, dtype, tiny, cache),
             lambda pipe, warmup: _run_svd(pipe, svd_size, frames, 2 if warmup else svd_steps, 8, device),
             None if tiny else SVD_TFLOP, device, sink,
         )
@@ -308,6 +348,105 @@ def report(rows: list[Row], device_name: str) -> str:
     return "\n".join(lines)
 
 
+# --- cold start: process start -> first image -----------------------------------------------------------------------
+
+# One start of the runner's own loading code (ModelHost: load, quantize, compile or load artifacts, warm-up) in a
+# fresh process, then the first image a job would get. Settings come from the environment, as on a VM.
+COLD_CHILD = """
+import json, sys, time
+from gpu_runner.pipelines.host import ModelHost
+from gpu_runner.pipelines.sdxl import render_images
+from gpu_runner.pipelines.specs import RenderSpec
+from gpu_runner.settings import RunnerSettings
+size, steps = int(sys.argv[1]), int(sys.argv[2])
+host = ModelHost(RunnerSettings())
+host.warm_sdxl()
+render_images(host.sdxl(), [RenderSpec("portrait of nova, penguin", "blurry", size, size, steps, 7.0, 0)])
+print(json.dumps({"first_image_at": time.time(), "startup": host.startup.snapshot(),
+                  "acceleration": host.acceleration.as_dict()}))
+"""
+
+# name -> (SOUL_COMPILE, SOUL_QUANTIZE, artifacts: "fresh" = an empty folder, "saved" = the previous start's)
+COLD_STARTS = {
+    "eager": ("off", "none", "fresh"),
+    "regional-fresh": ("regional", "none", "fresh"),
+    "regional-saved": ("regional", "none", "saved"),
+    "fp8-regional-fresh": ("regional", "fp8", "fresh"),
+    "fp8-regional-saved": ("regional", "fp8", "saved"),
+}
+
+
+@dataclass
+class ColdRow:
+    scenario: str
+    seconds_to_first_image: float
+    phases: dict
+    artifacts: str
+    acceleration: dict
+
+
+def measure_cold_starts(device: str, tiny: bool, cache: Path, scenarios: list[str],
+                        sink: Callable[[ColdRow], None] = lambda row: None) -> list[ColdRow]:
+    import os
+    import subprocess
+
+    size, steps = (64, 2) if tiny else (1024, 30)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SOUL_MODEL_CACHE_DIR": str(cache),
+           "SOUL_COMPILE_SHAPES": f"{size}x{size}:1", "FORCE_CPU": "false" if device.startswith("cuda") else "true"}
+    if tiny:
+        from gpu_runner.pipelines.tiny import ensure_tiny_sdxl
+
+        ensure_tiny_sdxl(cache)  # built once here, so no start pays for it
+        env.pop("SDXL_MODEL", None)
+    else:  # the full-size configs with random weights, written once like real weights on the VM's disk
+        folder = cache / "sdxl-random-fp16"
+        if not (folder / "model_index.json").exists():
+            torch.manual_seed(0)
+            build_sdxl(device, torch.float16, False, cache).save_pretrained(folder)
+            gc.collect()
+            torch.cuda.empty_cache()
+        env["SDXL_MODEL"] = str(folder)
+    rows: list[ColdRow] = []
+    root = Path(tempfile.mkdtemp(prefix="soul-cold-"))
+    for index, name in enumerate(scenarios):
+        compile_mode, quantize, artifacts = COLD_STARTS[name]
+        if quantize == "fp8" and not fp8_capable(device):
+            continue
+        folder = root / f"artifacts-{compile_mode}-{quantize}"
+        if artifacts == "fresh":
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+        child_env = {**env, "SOUL_COMPILE": compile_mode, "SOUL_QUANTIZE": quantize,
+                     "SOUL_COMPILE_CACHE_DIR": str(folder),
+                     "TORCHINDUCTOR_CACHE_DIR": str(root / f"inductor-{index}")}  # nothing but our artifacts carries over
+        started = time.time()
+        done = subprocess.run([sys.executable, "-c", COLD_CHILD, str(size), str(steps)], env=child_env,
+                              capture_output=True, text=True, timeout=3600, cwd=Path(__file__).resolve().parents[1])
+        if done.returncode != 0:
+            raise RuntimeError(f"cold start {name!r} failed:\n{done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        row = ColdRow(name, round(result["first_image_at"] - started, 2),
+                      {p["phase"]: p["seconds"] for p in result["startup"]["phases"]},
+                      result["startup"].get("artifacts", ""), result["acceleration"])
+        rows.append(row)
+        print(f"  cold start {name:34s} {row.seconds_to_first_image:8.1f} s  {row.phases}", file=sys.stderr)
+        sink(row)
+    return rows
+
+
+def cold_report(rows: list[ColdRow], device_name: str, tiny: bool) -> str:
+    what = "tiny SDXL 64x64, 2 steps" if tiny else "SDXL 1024x1024, 30 steps, CFG"
+    lines = [f"### Cold start on {device_name}: process start -> first image ({what})", "",
+             "| scenario | s to first image | load | load artifacts | compile | save artifacts | warm-up | artifacts |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        cells = [f"{r.phases[p]:.1f}" if p in r.phases else "-"
+                 for p in ("load", "load_artifacts", "compile", "save_artifacts", "warmup")]
+        lines.append(f"| {r.scenario} | {r.seconds_to_first_image:.1f} | {' | '.join(cells)} | {r.artifacts} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else None)
@@ -318,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", choices=("all", "skip", "only"), default="all",
                         help="skip: every variant but torch.compile; only: the torch.compile variants alone")
     parser.add_argument("--batches", default="", help="e.g. 1,2,4: SDXL throughput per batch size, runner settings")
+    parser.add_argument("--cold-start", nargs="?", const=",".join(COLD_STARTS), default="",
+                        help=f"process start -> first image; optionally a comma-separated subset of: "
+                             f"{', '.join(COLD_STARTS)} (fresh = no saved artifacts)")
     args = parser.parse_args(argv)
     if args.device is None:
         print("no CUDA device: run with --tiny --device cpu to check the harness", file=sys.stderr)
@@ -325,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU (tiny models)"
-    figures: dict = {"device": name, "rows": [], "batches": []}
+    figures: dict = {"device": name, "rows": [], "batches": [], "cold_starts": []}
 
     def save() -> None:  # after every figure, so a run stopped at its time limit keeps what it measured
         if args.json:
@@ -334,6 +476,16 @@ def main(argv: list[str] | None = None) -> int:
     def keep(key: str):
         return lambda row: (figures[key].append(asdict(row)), save())
 
+    if args.cold_start:
+        scenarios = [s.strip() for s in args.cold_start.split(",") if s.strip()]
+        unknown = [s for s in scenarios if s not in COLD_STARTS]
+        if unknown:
+            parser.error(f"unknown cold-start scenario(s) {unknown}; known: {list(COLD_STARTS)}")
+        cold = measure_cold_starts(args.device, args.tiny, args.cache, scenarios, keep("cold_starts"))
+        figures["cold_starts"] = [asdict(r) for r in cold]
+        save()
+        print(cold_report(cold, name, args.tiny))
+        return 0
     pipelines = tuple(p for p in args.pipelines.split(",") if p)
     rows = run(args.device, args.tiny, args.cache, pipelines, args.compile, keep("rows"))
     if rows:

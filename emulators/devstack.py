@@ -85,6 +85,15 @@ class DevStack:
         env.setdefault("SOUL_PUBLIC_BASE_URL", self.base_url)
         env.setdefault("SOUL_WEBHOOK_ALLOW_LOOPBACK", "true")  # local mode: webhooks may go to this machine
         env.setdefault("SOUL_WEBHOOK_SECRET", _local_webhook_secret(self.emulators.state_dir))
+        # Webhooks to loopback only on the ports test receivers declare; never one of the stack's own functions
+        # (a POST to ingest would be a forged Pub/Sub push). The emulators' ports are refused by the settings.
+        from functions.settings import parse_ports
+
+        own = {self.config.port, self.config.ingest_port, self.config.webhooks_port, self.config.reconcile_port}
+        clash = sorted(parse_ports(env.get("SOUL_WEBHOOK_LOOPBACK_PORTS", "")) & own)
+        if clash:
+            raise SystemExit(f"SOUL_WEBHOOK_LOOPBACK_PORTS names port {clash[0]}, where a function of this stack "
+                             "listens; declare only your test receivers' ports")
         checks = []
         for target, port, extra in (("api", self.config.port, []),
                                     ("ingest", self.config.ingest_port, ["--signature-type", "cloudevent"]),
@@ -233,7 +242,8 @@ Soul is running (tiny offline models; logs in {stack.emulators.state_dir / 'logs
   reconcile    {stack.reconcile_url}   (called every {stack.config.reconcile_interval_s:g} s, like Cloud Scheduler)
   gpu_runner   {_runners(stack)}   (python -m gpu_runner on soul-jobs, restarted if they die)
   webhooks     {stack.webhooks_url}   (CloudEvent target, pushed by the soul-events-webhooks subscription;
-               signing secret in {stack.emulators.state_dir / 'webhook_secret'} unless SOUL_WEBHOOK_SECRET is set)
+               signing secret in {stack.emulators.state_dir / 'webhook_secret'} unless SOUL_WEBHOOK_SECRET is set;
+               loopback webhooks only to SOUL_WEBHOOK_LOOPBACK_PORTS: {os.environ.get('SOUL_WEBHOOK_LOOPBACK_PORTS') or 'none declared'})
   emulators    Pub/Sub {stack.emulators.env()['PUBSUB_EMULATOR_HOST']}, Firestore {stack.emulators.env()['FIRESTORE_EMULATOR_HOST']}, GCS {stack.emulators.env()['STORAGE_EMULATOR_HOST']}
 
 Try:

@@ -59,7 +59,7 @@ def _adapt_flask_app() -> None:
     Its built-in `/static/<path>` view would serve files from local disk and shadow the original app's
     `/static/...` paths, which answer with signed-URL redirects: the view is handed to the API. Its fixed
     `/favicon.ico` rule answers 404 (a console error on every page load): that path goes to the API too, before
-    Flask dispatches. And requests no
+    Flask dispatches, and so does every `OPTIONS` (Flask's automatic answer skips the API). And requests no
     Flask rule matches (e.g. a path with an encoded newline) would get Flask's HTML error pages: they get the
     API's structured error instead."""
     if not flask.has_app_context():
@@ -67,7 +67,9 @@ def _adapt_flask_app() -> None:
     app = flask.current_app
     if "static" in app.view_functions:
         app.view_functions["static"] = lambda filename: api(flask.request)
-    app.before_request(lambda: api(flask.request) if flask.request.path == "/favicon.ico" else None)
+    # OPTIONS too: Flask would answer it itself (200, an HTML-less empty body without the API's headers).
+    app.before_request(lambda: api(flask.request) if flask.request.path == "/favicon.ico"
+                       or flask.request.method == "OPTIONS" else None)
     for status in (400, 404, 405):
         app.register_error_handler(status, lambda exc: structured_error(exc.code, exc.description))
 

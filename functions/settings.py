@@ -9,6 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import names
+from schemas.safety import ContentPolicy
 from soul_common.delivery import policy
 
 
@@ -43,6 +44,11 @@ class FunctionsSettings(BaseSettings):
     auth_mode: Literal["none", "api_key", "platform"] = "none"
     # Platform mode: verified identities (ID token email or sub), comma-separated, that get the admin role.
     platform_admins: str = ""
+    # Wrong API keys, per source address, in memory (functions/http/auth_throttle.py): a burst, then a steady rate.
+    auth_failure_burst: int = Field(default=20, ge=1, le=10_000)
+    auth_failures_per_minute: float = Field(default=30.0, gt=0)
+    auth_failure_sources: int = Field(default=10_000, ge=100)  # sources remembered per instance (bounded memory)
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=5)  # proxies whose X-Forwarded-For entry names the source
     # Default quotas of every tenant (overridable per tenant in the keys file), counted in Firestore.
     quotas_enabled: bool = True
     quota_requests_per_second: float = Field(default=50.0, gt=0)
@@ -68,7 +74,13 @@ class FunctionsSettings(BaseSettings):
     # local mode (http to loopback allowed), and the bounded retry schedule of each delivery.
     webhook_secret: SecretStr = SecretStr("")
     webhook_allow_loopback: bool = False
+    # Local mode: the loopback ports webhooks may go to ("8801,8802" or "8800-8809"), those of the stack's own test
+    # receivers; never an emulator's or a function's (refused at start-up). Empty: no loopback target at all.
+    webhook_loopback_ports: str = ""
+    # One attempt's overall deadline (connect, send, status line): a receiver dripping bytes cannot stretch it.
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    webhook_targets_per_tenant_per_job: int = Field(default=5, ge=1, le=100)
+    webhook_parallel_targets: int = Field(default=64, ge=1, le=256)  # targets of one event delivered at once
     # Below the push subscription's ack deadline (with one attempt's timeout): checked in `_webhooks_fit_one_push`.
     webhook_retry_budget_s: float = Field(default=120.0, ge=0)
     webhook_backoff_initial_s: float = Field(default=1.0, gt=0, le=60)
@@ -80,10 +92,18 @@ class FunctionsSettings(BaseSettings):
     warm_pool_ahead: int = Field(default=1, ge=1, le=16)
     warm_pool_max_ahead: int = Field(default=4, ge=1, le=16)  # bound of POST /image/warm `variants`
     warm_pool_key_cap_per_day: int = Field(default=50, ge=0)  # pre-renders per prompt key per UTC day
+    # Content policy (functions/core/content_policy.py): every tenant's default (the keys file may set a tenant's
+    # own `content_policy`), and blocked terms (comma-separated) screened on every tenant's normalized cues.
+    content_policy: ContentPolicy = ContentPolicy.FLAG
+    blocked_terms: str = Field(default="", max_length=20000)
     # Server-sent events of GET /tasks/{id}/events (functions/http/sse.py).
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=60)
     sse_max_duration_s: float = Field(default=300.0, gt=0, le=3600)
+    # Where the emulators are (local only; set by emulators/): their ports are never webhook targets.
+    firestore_emulator_host: str | None = Field(default=None, validation_alias=AliasChoices("FIRESTORE_EMULATOR_HOST"))
+    pubsub_emulator_host: str | None = Field(default=None, validation_alias=AliasChoices("PUBSUB_EMULATOR_HOST"))
+    storage_emulator_host: str | None = Field(default=None, validation_alias=AliasChoices("STORAGE_EMULATOR_HOST"))
 
     @model_validator(mode="after")
     def _webhooks_fit_one_push(self) -> FunctionsSettings:
@@ -97,6 +117,40 @@ class FunctionsSettings(BaseSettings):
                 f"{names.SUB_EVENTS_WEBHOOKS}"
             )
         return self
+
+    @property
+    def loopback_ports(self) -> frozenset[int]:
+        return parse_ports(self.webhook_loopback_ports)
+
+    @model_validator(mode="after")
+    def _loopback_ports_spare_the_stack(self) -> FunctionsSettings:
+        """A declared receiver port must not be one the stack's own services listen on."""
+        try:
+            declared = self.loopback_ports
+        except ValueError as exc:
+            raise ValueError(f"SOUL_WEBHOOK_LOOPBACK_PORTS: {exc}") from None
+        taken: dict[int, str] = {}
+        for name, port in self.infrastructure_ports().items():
+            taken.setdefault(port, name)
+        clash = sorted(p for p in declared if p in taken)
+        if clash:
+            raise ValueError(
+                f"SOUL_WEBHOOK_LOOPBACK_PORTS names port {clash[0]}, where {taken[clash[0]]} listens; webhooks may "
+                "only go to the stack's test receivers"
+            )
+        return self
+
+    def infrastructure_ports(self) -> dict[str, int]:
+        """The ports of the emulators (and the signed-URL endpoint) this process talks to: never webhook targets."""
+        found: dict[str, int] = {}
+        for name, address in (("the Firestore emulator", self.firestore_emulator_host),
+                              ("the Pub/Sub emulator", self.pubsub_emulator_host),
+                              ("the storage emulator", self.storage_emulator_host),
+                              ("the signed-URL endpoint", self.signed_url_endpoint)):
+            port = _port_of(address)
+            if port is not None:
+                found[name] = port
+        return found
 
     @model_validator(mode="after")
     def _auth_is_consistent(self) -> FunctionsSettings:
@@ -116,3 +170,31 @@ class FunctionsSettings(BaseSettings):
                 "Cloud Run invoker IAM"
             )
         return self
+
+
+def parse_ports(text: str) -> frozenset[int]:
+    """"8801, 8802" or "8800-8809" (or both, comma-separated) as a set of ports; ValueError names a bad part."""
+    ports: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"'{part}' is not a port or a range of ports")
+        first, last = int(low), int(high or low)
+        if not 1 <= first <= last <= 65535 or last - first > 1000:
+            raise ValueError(f"'{part}' is not a port range within 1-65535 (at most 1000 ports)")
+        ports.update(range(first, last + 1))
+    return frozenset(ports)
+
+
+def _port_of(address: str | None) -> int | None:
+    if not address:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(address if "//" in address else f"//{address}")
+        return parts.port or (443 if parts.scheme == "https" else 80 if parts.scheme == "http" else None)
+    except ValueError:
+        return None

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
+import structlog
+
 from functions.adapters.clients import Clients
 from functions.adapters.firestore.counters import BufferedCounter, ShardedCounter
 from functions.adapters.firestore.idempotency import IdempotencyRecords
@@ -23,8 +25,9 @@ from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core.estimates import EstimateDefaults
 from functions.core.quota_policy import Quota
-from functions.core.tenants import KeyRing, build_key_ring
+from functions.core.tenants import KeyRing, build_key_ring, check_webhook_secrets
 from functions.services.idempotency import IdempotencyStore
+from functions.services.content import ContentPolicies
 from functions.services.images import ImageService
 from functions.services.quotas import QuotaService
 from functions.services.styles import StyleService
@@ -36,6 +39,8 @@ from functions.services.webhooks import WebhookRegistry
 from functions.settings import FunctionsSettings
 from schemas import names
 from soul_common.firestore import Db
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,12 +63,16 @@ class Services:
     quotas: QuotaService
     webhooks: WebhookRegistry
     warm_pool: WarmPool
+    content: ContentPolicies
     readiness: Mapping[str, Callable[[], None]]  # backend -> a cheap check that raises when it is unreachable
 
 
 def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing | None = None) -> Services:
     if keys is None:  # ConfigError: the deployable does not start
         keys = build_key_ring(settings.api_keys.get_secret_value(), settings.api_keys_file)
+    unsigned = check_webhook_secrets(keys, settings.webhook_secret.get_secret_value())
+    if unsigned and keys:
+        log.warning("webhooks_refused_for_tenants_without_a_secret", tenants=unsigned)
     db = Db(clients.firestore, timeout_s=settings.backend_timeout_s)
     prompts, jobs, webhook_store = PromptStore(db), JobStore(db), WebhookStore(db)
     quotas = QuotaService(
@@ -98,7 +107,8 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
     )
     styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
     usage = GpuUsage(jobs, BufferedCounter(ShardedCounter(db, names.COUNTER_DEDUP_HITS)))
-    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage)
+    content = ContentPolicies(keys, settings)
+    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content)
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
     return Services(
         settings=settings,
@@ -111,7 +121,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         signer=signer,
         styles=styles,
         images=ImageService(prompts, jobs, styles, publisher, signer, settings, defaults, quotas, warm_pool,
-                            usage=usage),
+                            usage=usage, content=content),
         tasks=tasks,
         videos=VideoService(prompts, jobs, publisher, tasks, settings, defaults, quotas),
         idempotency=IdempotencyStore(IdempotencyRecords(db), timedelta(seconds=settings.idempotency_ttl_s)),
@@ -120,6 +130,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         quotas=quotas,
         webhooks=WebhookRegistry(webhook_store, jobs, publisher, settings, keys),
         warm_pool=warm_pool,
+        content=content,
         readiness={"firestore": jobs.ping, "pubsub": publisher.ping,
                    "gcs": partial(probe_bucket, clients.storage, settings.bucket)},
     )

@@ -4,6 +4,9 @@ autohealing and for `docker ps`/HEALTHCHECK.
 - `GET /healthz`: 200 while the runner is alive, 503 when not. Alive = its intake loop ticked recently, or a job
   is running (a long render blocks the loop), or it is still starting within its start-up grace.
 - `GET /readyz`: 200 when it is ready = model loaded and pulling work (state READY or PROCESSING), 503 otherwise.
+- Both answers carry `startup`: the runner's start-up phases so far (load, compile or load artifacts, warm-up, each
+  with its seconds: `gpu_runner/pipelines/startup.py`) and the speed settings in force, so a slow cold start is a
+  number an operator can read from the VM.
 
 The decisions are pure functions over a `Vitals` snapshot, so they are tested without a server or a GPU; the
 server only asks two callables (`is_alive`, `is_ready`) and answers. It never touches the runner's work: a
@@ -65,7 +68,8 @@ def is_ready(v: Vitals, policy: HealthPolicy) -> bool:
 class HealthServer:
     """`/healthz` and `/readyz` on `host:port` (port 0 picks a free one, see `.port`), served on a daemon thread."""
 
-    def __init__(self, is_alive: Callable[[], bool], is_ready: Callable[[], bool], *, host: str, port: int):
+    def __init__(self, is_alive: Callable[[], bool], is_ready: Callable[[], bool], *, host: str, port: int,
+                 details: Callable[[], dict] | None = None):
         checks = {"/healthz": ("alive", is_alive), "/readyz": ("ready", is_ready)}
 
         class Handler(BaseHTTPRequestHandler):
@@ -80,7 +84,13 @@ class HealthServer:
                 except Exception:  # noqa: BLE001 - a failing probe means "not healthy", said as a 503
                     log.warning("health_probe_failed", check=name, exc_info=True)
                     ok = False
-                self._answer(200 if ok else 503, {"status": "ok" if ok else f"not {name}"})
+                body = {"status": "ok" if ok else f"not {name}"}
+                if details is not None:
+                    try:
+                        body["startup"] = details()
+                    except Exception:  # noqa: BLE001 - the report is extra: never turn a health answer into an error
+                        log.warning("health_details_failed", exc_info=True)
+                self._answer(200 if ok else 503, body)
 
             def _answer(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()
@@ -114,8 +124,9 @@ class HealthServer:
 
 
 def serve_runner(runner, *, host: str, port: int, policy: HealthPolicy, clock: Callable[[], float]) -> HealthServer:
-    """Start the responder for a `gpu_runner.worker.Runner`: reads `runner.state` and, where the runner has it,
-    `runner.last_tick` (time.monotonic() of its last intake loop iteration) at each probe."""
+    """Start the responder for a `gpu_runner.worker.Runner`: reads `runner.state` and, where the runner has them,
+    `runner.last_tick` (time.monotonic() of its last intake loop iteration) and `runner.startup_report()` at each
+    probe."""
     started_at = clock()
     ticks_known = hasattr(runner, "last_tick")
 
@@ -124,4 +135,4 @@ def serve_runner(runner, *, host: str, port: int, policy: HealthPolicy, clock: C
                       last_tick=getattr(runner, "last_tick", None), ticks_known=ticks_known)
 
     return HealthServer(lambda: is_alive(vitals(), policy), lambda: is_ready(vitals(), policy),
-                        host=host, port=port).start()
+                        host=host, port=port, details=getattr(runner, "startup_report", None)).start()

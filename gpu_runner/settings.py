@@ -46,6 +46,18 @@ class RunnerSettings(BaseSettings):
     tiny_svd_max_side: int = Field(default=128, ge=64, le=2048)
     tiny_svd_max_steps: int = Field(default=4, ge=1, le=150)
 
+    # Speed (gpu_runner/pipelines/acceleration.py): `auto` takes what was measured to pay on this card (else off/none).
+    compile: str = Field(default="auto", pattern="^(auto|off|regional|full)$")
+    quantize: str = Field(default="auto", pattern="^(auto|none|fp8)$")
+    # What a missing compile artifact means: compile now (minutes on a big model, once per key) or serve eager.
+    compile_fallback: str = Field(default="compile", pattern="^(compile|eager)$")
+    # The warm-up shapes compiled at start, "WIDTHxHEIGHT:BATCH,..."; empty = the model's native size, batch 1.
+    compile_shapes: str = ""
+    # Compile artifacts (pipelines/compile_cache.py): on the VM's disk (default: under model_cache_dir) and, unless
+    # empty, under this prefix in the bucket, so a new VM starts warm.
+    compile_cache_dir: Path | None = None
+    compile_cache_prefix: str = Field(default="compile-cache/", pattern=r"^([a-z0-9][a-z0-9._-]*/)*$")
+
     # SVD (seed names).
     svd_num_frames: int = Field(default=25, ge=2, le=64, validation_alias=_alias("SVD_NUM_FRAMES"))
     svd_fps: int = Field(default=7, ge=1, le=60, validation_alias=_alias("SVD_FPS"))
@@ -56,6 +68,20 @@ class RunnerSettings(BaseSettings):
     svd_motion_bucket_id: int = Field(default=127, ge=0, le=1023, validation_alias=_alias("SVD_MOTION_BUCKET_ID"))
     svd_noise_aug_strength: float = Field(default=0.02, ge=0.0, le=1.0,
                                           validation_alias=_alias("SVD_NOISE_AUG_STRENGTH"))
+
+    # Safety checker (gpu_runner/pipelines/safety.py), run on every rendered image before its upload: a local
+    # StableDiffusionSafetyChecker folder, or None = the tiny random one. An image is flagged when its score is above
+    # the threshold (0 = the checker's own line); flagged images also get a blurred rendition of this radius (in
+    # pixels at 1024 px, scaled with the image).
+    safety_model: str | None = None
+    safety_threshold: float = Field(default=0.0, ge=-10.0, le=10.0)
+    safety_blur_radius: float = Field(default=48.0, gt=0.0, le=512.0)
+    # Previews while denoising (gpu_runner/stages/previews.py): every N steps (0 = off), decoded by TAESD-XL from a
+    # local folder when set, else by the linear latent->RGB map; a WebP of at most `preview_max_side` pixels.
+    preview_every: int = Field(default=0, ge=0, le=1000)
+    preview_model: str | None = None
+    preview_max_side: int = Field(default=256, ge=32, le=1024)
+    preview_quality: int = Field(default=60, ge=1, le=100)
 
     # Work distribution. Lanes: the subscriptions in priority order, comma-separated (SOUL_SUBSCRIPTIONS); unset =
     # `subscription` (interactive) then the background lane. A missing subscription is skipped (logged once).
@@ -99,6 +125,14 @@ class RunnerSettings(BaseSettings):
         from gpu_runner.failpoints import parse
 
         parse(value)
+        return value
+
+    @field_validator("compile_shapes")
+    @classmethod
+    def _valid_shapes(cls, value: str) -> str:
+        from gpu_runner.pipelines.specs import parse_compile_shapes
+
+        parse_compile_shapes(value)
         return value
 
     @property

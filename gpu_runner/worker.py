@@ -46,7 +46,7 @@ from gpu_runner.stages.render import RenderStage, default_max_batch, gather
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.adapters.clients import RunnerClients
 from gpu_runner.adapters.pubsub import Acks, LanePuller
-from gpu_runner.adapters.storage import MediaStore
+from gpu_runner.adapters.storage import BucketArtifactStore, MediaStore
 from soul_common.firestore import Db
 from schemas import names
 from schemas._base import utcnow
@@ -78,6 +78,14 @@ _ALLOWED = {
 }
 
 
+def bucket_artifact_stores(settings: RunnerSettings, clients: RunnerClients) -> list:
+    """Compile artifacts in the bucket as well as on the VM's disk, unless the prefix is empty."""
+    if not settings.compile_cache_prefix:
+        return []
+    media = MediaStore(clients.storage, settings.bucket, settings.gcs_timeout_seconds)
+    return [BucketArtifactStore(media, settings.compile_cache_prefix)]
+
+
 class Runner:
     def __init__(self, settings: RunnerSettings, clients: RunnerClients, models: ModelHost | None = None):
         self._settings = settings
@@ -88,7 +96,7 @@ class Runner:
         self._store = JobStore(self._db, settings.runner_id, timedelta(seconds=settings.lease_seconds))
         self._events = EventPublisher(clients.publisher, settings.project_id, settings.pubsub_timeout_seconds)
         self._acks = Acks(clients.subscriber, settings.pubsub_timeout_seconds)
-        self._models = models or ModelHost(settings)
+        self._models = models or ModelHost(settings, artifact_stores=bucket_artifact_stores(settings, clients))
         self._failpoints = Failpoints.from_spec(settings.failpoints, settings.failpoint_seed)
         self._work = WorkContext(settings, self._store,
                                  MediaStore(clients.storage, settings.bucket, settings.gcs_timeout_seconds),
@@ -152,8 +160,14 @@ class Runner:
             signals.shutdown.set()
 
     def warm(self) -> None:
-        """Load the image pipeline now, so the first job does not pay for it."""
-        self._models.sdxl()
+        """Load (quantize, compile) the image pipeline and the safety checker now and render once, so the first job
+        pays for none of it."""
+        self._models.checker()
+        self._models.warm_sdxl()
+
+    def startup_report(self) -> dict:
+        """The start-up phases so far (pipelines/startup.py), for the health port."""
+        return self._models.startup.snapshot()
 
     def run(self, *, burst: bool = False, max_jobs: int | None = None) -> None:
         """Serve until stop(); in burst mode, return once the subscriptions are drained (for tests and batch use)."""
@@ -312,7 +326,7 @@ class Runner:
         self._active_signals.add(signals)
         self._count_inflight(+1)
         progress = ProgressReporter(
-            lambda fraction, stage, eta: self._write_progress(job, fraction, stage, eta),
+            lambda fraction, stage, eta, preview=None: self._write_progress(job, fraction, stage, eta, preview),
             signals,
             self._settings.progress_interval_seconds,
             background=True,
@@ -353,12 +367,12 @@ class Runner:
         self._count_inflight(-1)
         return decided
 
-    def _write_progress(self, job: JobDoc, fraction: float, stage: str, eta: float | None) -> None:
+    def _write_progress(self, job: JobDoc, fraction: float, stage: str, eta: float | None, preview=None) -> None:
         """Progress is advisory: a failed tick is logged and skipped; a lost lease stops the work (LeaseLost).
         THE place where progress is reported; a job whose webhooks asked for `progress` also gets a (throttled)
         soul.job.progress event."""
         try:
-            self._store.progress(job.job_id, fraction, stage, eta)
+            self._store.progress(job.job_id, fraction, stage, eta, preview)
         except LeaseLost:
             raise
         except Exception:  # noqa: BLE001 - the next tick or the finish writes the state again
@@ -366,7 +380,7 @@ class Runner:
             return
         if "progress" in job.notify:
             try:
-                self._events.job_progress(job, fraction, stage, eta)
+                self._events.job_progress(job, fraction, stage, eta, preview)
             except Exception:  # noqa: BLE001 - advisory, like the write above
                 log.warning("progress_event_failed", job_id=job.job_id, exc_info=True)
 

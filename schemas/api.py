@@ -11,7 +11,8 @@ from schemas._base import Contract, Reply
 from schemas.documents import Style
 from schemas.ids import SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
 from schemas.jobs import JobError, JobStatus, JobType
-from schemas.push import Delivery, LaneOption, PrerenderStats, WebhookOptions
+from schemas.push import Delivery, LaneOption, PrerenderStats, TaskPreview, WebhookOptions
+from schemas.safety import Safety, Withheld
 
 CUE_MAX_CHARS = 200
 
@@ -37,6 +38,10 @@ class Variant(Reply):
     height: int
     seed: int
     created_at: datetime
+    safety: Safety | None = Field(default=None, description="The safety checker's verdict (content policies "
+                                  "`flag` and `blur`; absent under `off`).")
+    original_url: str | None = Field(default=None, description="Policy `blur`, admin keys only: a signed URL of "
+                                     "the original when `url` serves the blurred rendition.")
 
 
 class Place(Reply):
@@ -181,6 +186,8 @@ class MediaLink(Reply):
 class TaskResult(Reply):
     variant: Variant | None = None
     outputs: list[MediaLink] = []
+    withheld: Withheld | None = Field(default=None, description="Content policy `withhold`: the image was flagged, "
+                                      "so no URL is given (`variant` is absent).")
 
 
 class TaskActions(Reply):
@@ -195,6 +202,8 @@ class TaskMetrics(Reply):
     model: str
     device: str
     batch_size: int = 1
+    safety_seconds: float = Field(default=0.0, description="The safety checker's share of the batch's device time.")
+    safety_model: str | None = None
 
 
 class Task(Reply):
@@ -223,6 +232,8 @@ class Task(Reply):
         "before this one (0: next). None when not queued, and in listings.",
     )
     deliveries: list[Delivery] = Field(default_factory=list, description="This tenant's webhook deliveries.")
+    preview: TaskPreview | None = Field(default=None, description="Running image tasks with previews on "
+                                        "(SOUL_PREVIEW_EVERY): the latest preview of the forming image.")
 
 
 class TaskPage(Reply):
@@ -281,9 +292,10 @@ class VideoEstimate(Reply):
 class Info(Reply):
     name: str
     version: str
-    backends: dict[str, str]
     model_backend: str
-    configuration: dict[str, str | int | float | bool | None]
+    # Infrastructure (emulator hosts and ports, project, bucket, signing): admin keys only.
+    backends: dict[str, str] | None = None
+    configuration: dict[str, str | int | float | bool | None] | None = None
 
 
 class StaticListing(Reply):

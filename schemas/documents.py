@@ -8,6 +8,7 @@ from pydantic import Field
 
 from schemas._base import Contract, Document
 from schemas.ids import SOUL_ID_PATTERN
+from schemas.safety import SafetyVerdict
 
 
 class Style(Contract):
@@ -76,6 +77,8 @@ class VariantDoc(Document):
     cue: str
     place: str | None = None
     created_at: datetime
+    # The checker's verdict (shared by every tenant; each tenant's policy decides what it gets). None: older.
+    safety: SafetyVerdict | None = None
 
 
 class SeenDoc(Document):

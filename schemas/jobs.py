@@ -11,6 +11,7 @@ from pydantic import Field
 
 from schemas._base import Contract, Document
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, VARIANT_ID_PATTERN
+from schemas.safety import SafetyVerdict
 
 SCHEMA_VERSION = 1
 
@@ -102,6 +103,7 @@ class ImageResult(Contract):
     bytes: int
     render_seconds: float
     created_at: datetime
+    safety: SafetyVerdict | None = None  # None: rendered before the checker existed
 
 
 class VideoOutput(Contract):
@@ -135,6 +137,18 @@ class JobMetrics(Contract):
     model: str
     device: str
     batch_size: int = Field(default=1, ge=1)
+    # The safety checker's share of the batch's device time (it scores the whole batch in one call).
+    safety_seconds: float = Field(default=0.0, ge=0.0)
+    safety_model: str | None = None
+
+
+class JobPreview(Contract):
+    """A small WebP of the forming image (`previews/{job_id}/{step}.webp`), every `SOUL_PREVIEW_EVERY` steps."""
+
+    object: str
+    step: int = Field(ge=1)
+    steps: int = Field(ge=1)
+    variant_index: int = Field(default=0, ge=0)
 
 
 class JobDoc(Document):
@@ -164,6 +178,8 @@ class JobDoc(Document):
     # Live events a requester's webhook asked for ("start", "progress"): the runner publishes them only then.
     notify: list[str] = []
     metrics: JobMetrics | None = None
+    # The latest preview while denoising (runner, at most with each throttled progress write; cleared at the finish).
+    preview: JobPreview | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     # Bumped at each claim: a runner's writes are fenced on (owner, generation), so a runner that paused past its

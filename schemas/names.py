@@ -21,6 +21,7 @@ COUNTER_DEDUP_HITS = "image_dedup_hits"  # image requests answered with an exist
 JOB_HEADS = "job_heads"  # job_heads/{first job id}: which retry of that work is current, which retries failed
 WEBHOOKS = "webhooks"  # jobs/{job_id}/webhooks/{webhook_id}: one requester's webhook
 WARM_POOL = "warm_pool"  # warm_pool/{pk} (+ /askers/{user}, /prerenders/{variant_index}): functions/services/warm_pool.py
+WEBHOOK_SLOTS = "webhook_slots"  # jobs/{job_id}/webhook_slots/{tenant}~{n}: the cap on a tenant's targets per job
 DELIVERIES = "deliveries"  # jobs/{job_id}/webhooks/{webhook_id}/deliveries/{key}: attempts of one event
 
 # Pub/Sub topics.
@@ -55,6 +56,16 @@ EVENT_REQUEST_REJECTED = "soul.request.rejected"
 
 def image_object(soul_id: str, pk: str, variant_id: str) -> str:
     return f"images/{soul_id}/{pk}/{variant_id}.png"
+
+
+def blurred_image_object(soul_id: str, pk: str, variant_id: str) -> str:
+    """The blurred rendition of a flagged image (content policy `blur`), beside the original."""
+    return f"images/{soul_id}/{pk}/{variant_id}.blurred.png"
+
+
+def preview_object(job_id: str, step: int) -> str:
+    """A preview of a job's image while it denoises (a TTL/lifecycle rule may delete these after a day)."""
+    return f"previews/{job_id}/{step}.webp"
 
 
 def video_object(variant_id: str, job_id: str, fmt: str) -> str:

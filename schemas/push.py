@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from schemas._base import Contract, Document, Reply
 from schemas.ids import SOUL_ID_PATTERN
-from schemas.jobs import JobLane, JobStatus, JobType
+from schemas.jobs import JobLane, JobPreview, JobStatus, JobType
 
 SCHEMA_VERSION = 1
 WEBHOOK_URL_MAX = 2000
@@ -119,6 +119,19 @@ class JobProgress(Contract):
     stage: str
     eta_seconds: float | None = None
     occurred_at: datetime
+    # The latest preview when one came with this tick (SOUL_PREVIEW_EVERY); webhooks get it signed, per policy.
+    preview: JobPreview | None = None
+
+
+class TaskPreview(Reply):
+    """A preview of the forming image: `event: preview` of `GET /tasks/{id}/events`, and `Task.preview`. The URL is a
+    short-lived V4 signed URL of a small WebP (never an inline data URL); not sent to tenants whose content policy is
+    `blur` or `withhold` (a preview is shown before the checker has scored the image)."""
+
+    task_id: str
+    step: int
+    steps: int
+    url: str
 
 
 class TaskUpdate(Reply):
@@ -155,6 +168,7 @@ class PrerenderDoc(Document):
     job_id: str
     reason: str
     made_at: datetime
+    tenant: str | None = None  # whose demand or POST /image/warm asked for it (and was charged)
     delivered: bool = False
     delivered_at: datetime | None = None
 

@@ -1,6 +1,7 @@
 """The CLI's error family and what each means for the exit status. Every failure a user can meet (a refused
 request, an unreachable service, a failed task) is a `CliError`; the app prints its message on one line and
-exits with its `exit_code`, never with a traceback. `retryable` says whether a polling loop may ask again."""
+exits with its `exit_code`, never with a traceback. The Python client's errors (retries included, decided in
+soul_client) become these in `main._cli_error`."""
 
 from __future__ import annotations
 
@@ -18,14 +19,10 @@ class CliError(Exception):
     """Base: a failure reported in one line."""
 
     exit_code = ExitCode.ERROR
-    retryable = False
 
 
 class ApiError(CliError):
     """The API answered 4xx/5xx; `code`, `message` and `field` come from its `{"error": {...}}` body."""
-
-    # Answers that mean "busy or briefly down", not "the request is wrong": a poll may ask again.
-    RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None):
         super().__init__(message)
@@ -33,10 +30,6 @@ class ApiError(CliError):
         self.code = code
         self.message = message
         self.field = field
-
-    @property
-    def retryable(self) -> bool:  # type: ignore[override]
-        return self.status in self.RETRYABLE_STATUSES
 
     def __str__(self) -> str:
         where = f" (field: {self.field})" if self.field else ""
@@ -46,12 +39,9 @@ class ApiError(CliError):
 class ApiUnreachable(CliError):
     """No HTTP answer at all: connection refused, DNS, timeout."""
 
-    retryable = True
-
 
 class BadResponse(CliError):
-    """A 2xx answer whose body is not the contract in `schemas.api`: a wrong --api-url, or an API newer than
-    this CLI."""
+    """A 2xx answer whose body is not the API's document: a wrong --api-url, or an API newer than this CLI."""
 
 
 class BusError(CliError):

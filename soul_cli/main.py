@@ -15,14 +15,15 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+import soul_client
 from soul_cli import bus, dead_letters, render
-from soul_cli.client import SoulClient
 from soul_cli.local import apply as apply_local_stack
-from soul_cli.errors import BadResponse, BusError, CliError, TaskUnsuccessful
+from soul_cli.errors import ApiError, ApiUnreachable, BadResponse, BusError, CliError, TaskUnsuccessful
 from soul_cli.waiting import wait_for_task
+from soul_client import Client, TaskHandle
+from soul_client.models import ImageReady, JobStatus, JobType, Task
 from schemas import names
-from schemas.api import ImageQueued, ImageReady, Task
-from schemas.jobs import JobStatus, JobType
+from soul_cli import __version__
 
 DEFAULT_API_URL = "http://localhost:8080"
 DEFAULT_PROJECT_ID = "soul-local"  # as the deployables default
@@ -36,19 +37,37 @@ class Settings:
     api_key: str | None
     project_id: str
 
-    def client(self) -> SoulClient:
-        return SoulClient(self.api_url, self.api_key)
+    def client(self) -> Client:
+        return Client(self.api_url, self.api_key, user_agent=f"soul-cli/{__version__}")
 
 
 class _SoulGroup(TyperGroup):
-    """Reports every CliError, from any subcommand, as `error: <message>` and its exit status."""
+    """Reports every CliError, from any subcommand, as `error: <message>` and its exit status; the client's
+    errors become CliErrors here (`_cli_error`)."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except soul_client.SoulError as exc:
+                raise _cli_error(exc, ctx.find_object(Settings)) from None
         except CliError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+
+
+def _cli_error(exc: soul_client.SoulError, settings: Settings | None) -> CliError:
+    """The client's error as the CLI reports it (and the exit status that goes with it)."""
+    if isinstance(exc, soul_client.ApiError):
+        return ApiError(exc.status, exc.code, exc.message, exc.field)
+    if isinstance(exc, soul_client.TransportError):
+        where = settings.api_url if settings else "its URL"
+        reason = "no answer in time" if "in time" in str(exc) else (
+            "connection failed (is the API running? `make run` starts it locally)")
+        return ApiUnreachable(f"cannot reach the Soul API at {where}: {reason}")
+    if isinstance(exc, soul_client.BadResponse):
+        return BadResponse(str(exc))
+    return CliError(str(exc))
 
 
 app = typer.Typer(
@@ -114,8 +133,8 @@ def image(
 ) -> None:
     """Get an image of SOUL_ID for CUE and print its signed URL (or, with --no-wait, the queued task's id)."""
     with _settings(ctx).client() as client:
-        answer = client.request_image(soul_id, cue, user)
-        _deliver(client, answer, wait=wait, timeout_s=timeout, poll_interval_s=poll_interval)
+        answer = TaskHandle(client, client.image_get(soul_id=soul_id, cue=cue, user_id=user))
+        _deliver(answer, wait=wait, timeout_s=timeout, poll_interval_s=poll_interval)
 
 
 @app.command()
@@ -131,13 +150,12 @@ def selfie(
 ) -> None:
     """Get a selfie of SOUL_ID in a place of CITY and print its signed URL; the place goes to stderr."""
     with _settings(ctx).client() as client:
-        answer = client.request_selfie(soul_id, city, mood, user)
-        _deliver(client, answer, wait=wait, timeout_s=timeout, poll_interval_s=poll_interval)
+        answer = client.selfie(soul_id, city, mood, user)
+        _deliver(answer, wait=wait, timeout_s=timeout, poll_interval_s=poll_interval)
 
 
-def _deliver(
-    client: SoulClient, answer: ImageReady | ImageQueued, *, wait: bool, timeout_s: float, poll_interval_s: float
-) -> None:
+def _deliver(handle: TaskHandle, *, wait: bool, timeout_s: float, poll_interval_s: float) -> None:
+    answer = handle.answer
     if answer.place is not None:
         typer.echo(f"place: {answer.place.name}, {answer.place.city_name}", err=True)
     if isinstance(answer, ImageReady):
@@ -148,19 +166,18 @@ def _deliver(
                    f"follow it with `soul task {answer.task_id}`", err=True)
         typer.echo(answer.task_id)
         return
-    task = wait_for_task(client, answer.task_id, timeout_s=timeout_s, poll_interval_s=poll_interval_s,
-                         console=Console(stderr=True))
+    task = wait_for_task(handle, timeout_s=timeout_s, poll_interval_s=poll_interval_s, console=Console(stderr=True))
     typer.echo(_image_url(task))
 
 
 def _image_url(task: Task) -> str:
     """The URL of a finished task's variant, or the reason there is none."""
-    if task.status == JobStatus.SUCCEEDED:
+    if task.status == JobStatus.succeeded:
         url = render.task_url(task)
         if url is None:
             raise BadResponse(f"task {task.task_id} succeeded but its result names no variant")
         return url
-    if task.status == JobStatus.FAILED:
+    if task.status == JobStatus.failed:
         detail = f": {task.error.type}: {task.error.message}" if task.error else ""
         raise TaskUnsuccessful(f"task {task.task_id} failed{detail}")
     raise TaskUnsuccessful(f"task {task.task_id} was canceled")
@@ -179,7 +196,7 @@ def show_task(
 ) -> None:
     """Show one task: status, progress, stage, ETA, and its result or error."""
     with _settings(ctx).client() as client:
-        task = client.task(task_id)
+        task = client.task_get(task_id)
     if as_json:
         typer.echo(task.model_dump_json(indent=2))
     else:
@@ -198,7 +215,7 @@ def list_tasks(
 ) -> None:
     """List tasks, newest first, following the API's pages up to --limit."""
     with _settings(ctx).client() as client:
-        tasks = list(client.iter_tasks(limit=limit, status=status, job_type=job_type, soul_id=soul, user_id=user))
+        tasks = list(client.tasks(limit=limit, status=status, type_=job_type, soul_id=soul, user_id=user))
     if as_json:
         for task in tasks:
             typer.echo(task.model_dump_json())
@@ -212,8 +229,8 @@ def list_tasks(
 def cancel(ctx: typer.Context, task_id: Annotated[str, typer.Argument(help="The task to cancel.")]) -> None:
     """Cancel a queued task at once, or ask the runner to stop a running one at its next step."""
     with _settings(ctx).client() as client:
-        task = client.cancel(task_id)
-    if task.status == JobStatus.CANCELED:
+        task = client.task_cancel(task_id)
+    if task.status == JobStatus.canceled:
         typer.echo(f"canceled {task.task_id}")
     else:
         typer.echo(f"cancel requested for {task.task_id} ({task.status}); the runner stops it at its next step")

@@ -1,5 +1,5 @@
 """How the CLI shows things: tables for people, one line per event, JSON for scripts. Pure functions of the
-contract models and received messages; nothing here does I/O. Cell values are `Text`, never markup, so a
+client's models (soul_client.models) and received messages; nothing here does I/O. Cell values are `Text`, never markup, so a
 `[...]` in a server message prints as it is."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from rich.text import Text
 
 from soul_cli.bus import Received
 from soul_cli.dead_letters import DeadLetter
-from schemas.api import Task
-from schemas.jobs import TERMINAL_STATUSES
+from soul_client._handles import TERMINAL as TERMINAL_STATUSES
+from soul_client.models import Task
 
 NONE = "-"
 

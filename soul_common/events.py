@@ -74,20 +74,21 @@ class EventPublisher:
         self._publish_cloud_event(names.EVENT_JOB_STARTED, f"{job.job_id}:started", event.model_dump_json().encode(),
                                   event.occurred_at.isoformat(), wait=False)
 
-    def job_progress(self, job: JobDoc, progress: float, stage: str, eta: float | None) -> bool:
+    def job_progress(self, job: JobDoc, progress: float, stage: str, eta: float | None, preview=None) -> bool:
         """Publish progress unless one went out for this job less than `progress_interval_s` ago (the last
-        step, progress 1.0, always goes). True when published."""
+        step, progress 1.0, always goes, and so does a tick carrying a preview: those are already bounded by the
+        runner's progress writes). True when published."""
         now = time.monotonic()
         with self._progress_lock:
             last_at, last_seq = self._progress_sent.get(job.job_id, (float("-inf"), -1))
-            if progress < 1.0 and now - last_at < self._progress_interval_s:
+            if progress < 1.0 and now - last_at < self._progress_interval_s and preview is None:
                 return False
             seq = last_seq + 1
             self._progress_sent[job.job_id] = (now, seq)
             if progress >= 1.0:
                 self._progress_sent.pop(job.job_id, None)
         event = JobProgress(job_id=job.job_id, type=job.type, seq=seq, progress=min(max(progress, 0.0), 1.0),
-                            stage=stage, eta_seconds=eta, occurred_at=utcnow())
+                            stage=stage, eta_seconds=eta, occurred_at=utcnow(), preview=preview)
         self._publish_cloud_event(names.EVENT_JOB_PROGRESS, f"{job.job_id}:progress:{seq}",
                                   event.model_dump_json().encode(), event.occurred_at.isoformat(), wait=False)
         return True

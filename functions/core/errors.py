@@ -80,6 +80,13 @@ class IdempotencyMismatch(SoulError):
     code = "idempotency_key_reused"
 
 
+class ContentRefused(SoulError):
+    """The tenant's content policy refuses this request (a blocked term in the cue); nothing was queued."""
+
+    status = 422
+    code = "content_policy"
+
+
 class TooManyRequests(SoulError):
     """A tenant's rate limit or quota is used up; `Retry-After` says when to come back."""
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from schemas.api import CUE_MAX_CHARS
+
 # Apostrophes join the word they sit in ("don't" -> "dont"); other punctuation separates words.
 _APOSTROPHES = frozenset("'\u2018\u2019\u02bc\uff07`")
 _MAX_PASSES = 4
@@ -32,8 +34,21 @@ def is_invisible(ch: str) -> bool:
     return unicodedata.category(ch) == "Cf" or any(lo <= code <= hi for lo, hi in _INVISIBLE_RANGES)
 
 
-class EmptyCueError(ValueError):
+# A cue's bound holds on what is keyed and rendered, not only on what was sent: NFKC expands some characters
+# (U+FDFA is 18 characters, U+3300 is 4), so 28 characters sent can be 504 normalized.
+MAX_NORMALIZED_CHARS = CUE_MAX_CHARS
+
+
+class CueError(ValueError):
+    """The cue cannot be used; the message says why (a 400 on the `cue` field)."""
+
+
+class EmptyCueError(CueError):
     """The cue has no characters left after normalization (only punctuation, spaces or invisible marks)."""
+
+
+class CueTooLongError(CueError):
+    """The normalized cue is longer than the bound (compatibility characters expand under NFKC)."""
 
 
 def _map_char(ch: str, before: str, after: str) -> str:
@@ -64,13 +79,19 @@ def _normalize_once(text: str) -> str:
 
 
 def normalize_cue(cue: str) -> str:
-    """Return the canonical form of `cue`; raise EmptyCueError when nothing meaningful is left."""
+    """Return the canonical form of `cue`; raise EmptyCueError when nothing meaningful is left, CueTooLongError
+    when the normalized form is over the bound (before and after every pass: expansion is bounded too)."""
     text = cue
     for _ in range(_MAX_PASSES):
+        if len(text) > 4 * MAX_NORMALIZED_CHARS:  # never normalize an unbounded expansion further
+            break
         again = _normalize_once(text)
         if again == text:
             break
         text = again
+    if len(text) > MAX_NORMALIZED_CHARS:
+        raise CueTooLongError(f"cue is {len(text)} characters once normalized (compatibility characters expand); "
+                              f"at most {MAX_NORMALIZED_CHARS}")
     if not text:
         raise EmptyCueError("cue has no letters, digits or symbols after normalization")
     return text

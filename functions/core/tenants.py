@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from functions.core.quota_policy import QuotaOverrides
+from schemas.safety import ContentPolicy
 
 Role = Literal["client", "admin"]
 DEFAULT_TENANT = "default"
@@ -66,6 +67,10 @@ class KeyEntry(BaseModel):
     key_sha256: str | None = None
     quota: QuotaOverrides = QuotaOverrides()
     webhook_secret: str | None = Field(default=None, pattern=r"^whsec_[A-Za-z0-9_+/=-]{16,}$")
+    # Content policy (functions/core/content_policy.py): None = the deployment's SOUL_CONTENT_POLICY (default flag);
+    # blocked terms refuse a cue (422) before any job exists, added to the deployment's SOUL_BLOCKED_TERMS.
+    content_policy: ContentPolicy | None = None
+    blocked_terms: list[str] = Field(default_factory=list, max_length=1000)
 
     @model_validator(mode="after")
     def _one_key(self) -> KeyEntry:
@@ -96,6 +101,8 @@ class Tenant:
     name: str
     quota: QuotaOverrides
     webhook_secret: str | None
+    content_policy: ContentPolicy | None = None
+    blocked_terms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,15 @@ class KeyRing:
         known = self.tenants.get(tenant)
         return known.quota if known else QuotaOverrides()
 
+    def content_policy(self, tenant: str) -> ContentPolicy | None:
+        """The tenant's own content policy from the keys file; None = the deployment's default."""
+        known = self.tenants.get(tenant)
+        return known.content_policy if known else None
+
+    def blocked_terms(self, tenant: str) -> tuple[str, ...]:
+        known = self.tenants.get(tenant)
+        return known.blocked_terms if known else ()
+
 
 def build_key_ring(plain_keys: str, keys_file: str | None) -> KeyRing:
     """Plain `SOUL_API_KEYS=k1,k2` are client keys of tenant "default"; the file adds tenants and roles."""
@@ -146,13 +162,20 @@ def build_key_ring(plain_keys: str, keys_file: str | None) -> KeyRing:
                               "two roles")
         keys[entry.digest] = (entry.tenant, entry.role)
         known = tenants.get(entry.tenant)
+        policy = ContentPolicy(entry.content_policy) if entry.content_policy else None
         if known is None:
-            tenants[entry.tenant] = Tenant(entry.tenant, entry.quota, entry.webhook_secret)
+            tenants[entry.tenant] = Tenant(entry.tenant, entry.quota, entry.webhook_secret, policy,
+                                           tuple(entry.blocked_terms))
             continue
         if entry.webhook_secret and known.webhook_secret and entry.webhook_secret != known.webhook_secret:
             raise ConfigError(f"tenant '{entry.tenant}' has two different webhook secrets; give one (or the same)")
+        if policy and known.content_policy and policy != known.content_policy:
+            raise ConfigError(f"tenant '{entry.tenant}' has two different content policies ('{known.content_policy}'"
+                              f" and '{policy}'); give one (or the same)")
         merged = known.quota.model_copy(update=entry.quota.model_dump(exclude_unset=True))
-        tenants[entry.tenant] = Tenant(entry.tenant, merged, known.webhook_secret or entry.webhook_secret)
+        terms = known.blocked_terms + tuple(t for t in entry.blocked_terms if t not in known.blocked_terms)
+        tenants[entry.tenant] = Tenant(entry.tenant, merged, known.webhook_secret or entry.webhook_secret,
+                                       known.content_policy or policy, terms)
     return KeyRing(keys=keys, tenants=tenants)
 
 
@@ -182,7 +205,25 @@ def _read_file(path: str) -> list[KeyEntry]:
 
 def webhook_secret(ring: KeyRing | None, tenant: str, deployment_secret: str) -> str:
     """The `whsec_...` secret deliveries to this tenant's webhooks are signed with: the tenant's own from the keys
-    file, else the deployment's (SOUL_WEBHOOK_SECRET, a single-tenant deployment); "" when neither is set."""
+    file; SOUL_WEBHOOK_SECRET is the default tenant's only (plain keys, ingest, platform mode), never shared with
+    the others, so no tenant can forge or verify another's deliveries. "" when the tenant has none."""
     own = ring.tenant_webhook_secret(tenant) if ring is not None else None
-    return own or deployment_secret.strip()
+    if own:
+        return own
+    return deployment_secret.strip() if tenant == DEFAULT_TENANT else ""
 
+
+def check_webhook_secrets(ring: KeyRing, deployment_secret: str) -> list[str]:
+    """Start-up: two tenants with one secret (SOUL_WEBHOOK_SECRET counts as the default tenant's) could forge
+    each other's deliveries: refused. Returns the tenants without a secret (their webhooks are refused)."""
+    owners: dict[str, str] = {}
+    named = {t.name: t.webhook_secret for t in ring.tenants.values()}
+    if deployment_secret.strip() and not named.get(DEFAULT_TENANT):
+        named[DEFAULT_TENANT] = deployment_secret.strip()
+    for tenant, secret in sorted(named.items()):
+        if secret and secret in owners:
+            raise ConfigError(f"tenants '{owners[secret]}' and '{tenant}' have the same webhook secret; each tenant "
+                              "needs its own (SOUL_WEBHOOK_SECRET is the default tenant's)")
+        if secret:
+            owners[secret] = tenant
+    return sorted(t for t, secret in named.items() if not secret)

@@ -22,6 +22,7 @@ from functions.core.tenants import LOCAL, KeyRing, Principal
 from functions.core.validation import parse, parse_json
 from functions.http import webpage
 from functions.http.auth import authenticate_key, platform_principal
+from functions.http.auth_throttle import FailedAuthLimiter, source_of
 from functions.http.headers import add_security_headers
 from functions.http.openapi import openapi_document
 from functions.http.routes import ENDPOINTS, Call, Endpoint
@@ -48,6 +49,8 @@ class Api:
     def __init__(self, settings: FunctionsSettings, clients: Clients, keys: KeyRing | None = None):
         self._settings = settings
         self._services = build_services(settings, clients, keys)
+        self._auth_failures = FailedAuthLimiter(settings.auth_failure_burst, settings.auth_failures_per_minute,
+                                                settings.auth_failure_sources)
         self._platform_admins = frozenset(a.strip() for a in settings.platform_admins.split(",") if a.strip())
         self._endpoints = {ep.name: ep for ep in ENDPOINTS}
         self._routes = Map(
@@ -84,7 +87,31 @@ class Api:
                  latency_ms=round((time.perf_counter() - started) * 1000, 2))
         return response
 
+    def _options(self, request: flask.Request) -> flask.Response:
+        """`OPTIONS` on any path: what the path allows (204 + Allow, as the endpoint table and OpenAPI say), in the
+        router like every other answer (security headers, request id, the error shape for an unknown path). No
+        CORS headers: the API has no browser origin of its own besides its pages, so a cross-origin preflight
+        fails closed."""
+        allowed = set(self._routes.bind("localhost").allowed_methods(request.path))
+        if not allowed:
+            raise errors.NotFound(f"no endpoint {request.path}")
+        head = "GET" in allowed and self._public_path(request.path)  # HEAD only where GET is a page or probe
+        methods = [m for m in allowed if m != "HEAD" or head] + ["OPTIONS"]
+        response = flask.Response(status=204)
+        response.headers["Allow"] = ", ".join(sorted(set(methods)))
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def _public_path(self, path: str) -> bool:
+        try:
+            name, _ = self._routes.bind("localhost").match(path, method="GET")
+        except (WzMethodNotAllowed, WzNotFound):
+            return False
+        return name in _PUBLIC_PAGES.values() or self._endpoints[name].public
+
     def _dispatch(self, request: flask.Request) -> flask.Response:
+        if request.method == "OPTIONS":
+            return self._options(request)
         try:
             name, params = self._routes.bind("localhost").match(request.path, method=request.method)
         except WzMethodNotAllowed as exc:
@@ -148,7 +175,16 @@ class Api:
         """The caller: tenant and role of their API key; in platform mode the verified identity; with auth off
         (local development only) the default tenant as admin."""
         if self._settings.auth_mode == "api_key":
-            return authenticate_key(self._services.keys, request.headers)
+            source = source_of(request.remote_addr, request.headers, self._settings.trusted_proxy_hops)
+            wait = self._auth_failures.wait(source)
+            if wait > 0:  # before any key is compared: a right guess looks like a wrong one meanwhile
+                raise errors.TooManyRequests("too many requests with a wrong API key from this address; retry later",
+                                             retry_after=wait, code="auth_rate_limited")
+            try:
+                return authenticate_key(self._services.keys, request.headers)
+            except errors.PermissionDenied:
+                self._auth_failures.failed(source)
+                raise
         if self._settings.auth_mode == "platform":
             return platform_principal(request.headers, self._platform_admins)
         return LOCAL

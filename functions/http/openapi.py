@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from functions.http.routes import ENDPOINTS, Endpoint
 from schemas.api import ErrorBody
+from schemas.push import TaskUpdate
 
 REF = "#/components/schemas/{model}"
 _ERRORS = {
@@ -25,7 +26,8 @@ _ERRORS = {
     409: "The request contradicts the current state.",
     413: "The body is too large.",
     415: "The body is not JSON.",
-    422: "An Idempotency-Key was reused with a different request.",
+    422: "An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the "
+         "request (code `content_policy`: a blocked term in the cue, or animating a flagged image).",
     429: "The tenant's rate limit or a quota is used up; `Retry-After` says when to retry.",
     500: "An unexpected failure (details in the logs under the request id).",
     503: "A backing service is unavailable; retry later.",
@@ -63,6 +65,8 @@ def _query_parameters(model: type[BaseModel]) -> list[dict]:
 def _models(endpoints: Sequence[Endpoint]) -> list[tuple[type[BaseModel], str]]:
     pairs: set[tuple[type[BaseModel], str]] = {(ErrorBody, "serialization")}
     for ep in endpoints:
+        if ep.media_type == "text/event-stream":
+            pairs.add((TaskUpdate, "serialization"))  # the data of each `update` event (see `_operation`)
         if ep.body is not None:
             pairs.add((ep.body, "validation"))
         for model in ep.responses.values():
@@ -96,6 +100,8 @@ def _operation(ep: Endpoint, refs: dict) -> dict:
             responses[str(status)] = {
                 "description": "A stream of server-sent events (`update`, `end`, `timeout`, `error`).",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                # The JSON in each event's `data`, by event name: the clients generate their types from it.
+                "x-event-data": {"update": refs[(TaskUpdate, "serialization")]},
             }
         elif model is None:
             responses[str(status)] = {

@@ -16,7 +16,7 @@ from importlib import metadata
 import flask
 from pydantic import BaseModel
 
-from functions.core import estimates
+from functions.core import content_policy, estimates
 from functions.core.errors import InvalidInput, NotFound
 from functions.core.places import shipped_places
 from functions.core.tenants import LOCAL, Principal, scoped_user
@@ -59,7 +59,7 @@ from schemas.api import (
 )
 from schemas.documents import SeenDoc
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN
-from schemas.jobs import JobLane, VideoResult
+from schemas.jobs import JobLane
 from schemas.push import WarmAnswer, WarmRequest
 
 
@@ -154,7 +154,12 @@ def me(svc: Services, call: Call) -> Reply:
 
 
 def info(svc: Services, call: Call) -> Reply:
+    """Version for every key; the infrastructure (emulator hosts and ports, project, bucket) only for admins: in
+    local mode an emulator's address is a target, and nothing a client key does needs it."""
     import os
+
+    if not call.principal.is_admin:
+        return 200, Info(name="soul", version=metadata.version("soul"), model_backend=svc.settings.model_tag)
 
     def backend(env: str) -> str:
         host = os.environ.get(env)
@@ -197,7 +202,8 @@ def image(svc: Services, call: Call) -> Reply:
     assert isinstance(ask, ImageRequest)
     lane = ask.lane if isinstance(ask, ImageOrder) else JobLane.INTERACTIVE
     return _image_reply(svc.images.request(ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id,
-                                                    tenant=call.principal.tenant, lane=lane)))
+                                                    tenant=call.principal.tenant, lane=lane,
+                                                    admin=call.principal.is_admin)))
 
 
 def selfie(svc: Services, call: Call) -> Reply:
@@ -220,7 +226,8 @@ def mark_seen(svc: Services, call: Call) -> Reply:
     user = scoped_user(call.principal.tenant, query.user_id)
     seen = SeenDoc(variant_id=variant.variant_id, pk=variant.pk, soul_id=variant.soul_id, seen_at=utcnow())
     doc = svc.prompts.mark_seen(user, seen)
-    svc.warm_pool.after_seen(user, variant, partial(svc.images.prerender, tenant=call.principal.tenant))
+    svc.warm_pool.after_seen(user, variant, partial(svc.images.prerender, tenant=call.principal.tenant),
+                             call.principal.tenant)
     return 200, Seen(variant_id=doc.variant_id, user_id=query.user_id, pk_id=doc.pk, soul_id=doc.soul_id,
                      seen_at=doc.seen_at)
 
@@ -229,7 +236,13 @@ def variants_of_pk(svc: Services, call: Call) -> Reply:
     page = call.query
     assert isinstance(page, PageQuery)
     variants, cursor = svc.prompts.variants_page(call.path["pk_id"], page.page_size, page.cursor)
-    return 200, VariantPage(items=[svc.images.variant_view(v) for v in variants], next_cursor=cursor)
+    return 200, VariantPage(items=_visible_variants(svc, call, variants), next_cursor=cursor)
+
+
+def _visible_variants(svc: Services, call: Call, variants) -> list:
+    """A listing as the caller's content policy lets it see it: withheld variants are left out."""
+    viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
+    return [view for view in (svc.images.variant_view(v, viewer) for v in variants) if view is not None]
 
 
 def seen_of_user(svc: Services, call: Call) -> Reply:
@@ -272,14 +285,14 @@ def style_list(svc: Services, call: Call) -> Reply:
 
 def task_get(svc: Services, call: Call) -> Reply:
     tenant = call.principal.tenant
-    task = svc.tasks.get(call.path["task_id"], tenant)
+    task = svc.tasks.get(call.path["task_id"], tenant, admin=call.principal.is_admin)
     return 200, task.model_copy(update={"deliveries": svc.webhooks.deliveries(task.task_id, tenant)})
 
 
 def task_events(svc: Services, call: Call) -> Reply:
     task_id, tenant = call.path["task_id"], call.principal.tenant
     svc.tasks.get(task_id, tenant)  # 404 (the visibility rule of GET /tasks/{id}) before the stream opens
-    stream = sse.task_events(lambda: svc.tasks.get(task_id, tenant), svc.settings)
+    stream = sse.task_events(lambda: svc.tasks.get(task_id, tenant, admin=call.principal.is_admin), svc.settings)
     return flask.Response(stream, mimetype="text/event-stream",
                           headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -332,24 +345,37 @@ def static_image(svc: Services, call: Call) -> Reply:
     variant = svc.prompts.variant(call.path["filename"].removesuffix(".png"))
     if variant is None:
         raise NotFound(f"no image '{call.path['filename']}'", field="filename")
-    return redirect(svc.signer.sign(variant.object).url)
+    viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
+    view = svc.images.variant_view(variant, viewer)
+    if view is None:  # withheld under this tenant's content policy: as if it did not exist
+        raise NotFound(f"no image '{call.path['filename']}'", field="filename")
+    return redirect(view.url)
 
 
 def static_video(svc: Services, call: Call) -> Reply:
     job_id, _, fmt = call.path["filename"].rpartition(".")
-    job = svc.jobs.job(job_id)
-    outputs = job.result.outputs if job is not None and isinstance(job.result, VideoResult) else ()
-    for output in outputs:
-        if output.format == fmt:
-            return redirect(svc.signer.sign(output.object).url)
-    raise NotFound(f"no video '{call.path['filename']}'", field="filename")
+    found = svc.tasks.video_output(job_id, fmt, call.principal.tenant)
+    job = svc.jobs.job(job_id) if found is not None else None
+    if found is None or (isinstance(job.result, VideoResult)
+                         and not _animation_visible(svc, call, job.result.variant_id)):
+        raise NotFound(f"no video '{call.path['filename']}'", field="filename")
+    return redirect(svc.signer.sign(found).url)
+
+
+def _animation_visible(svc: Services, call: Call, variant_id: str) -> bool:
+    """An animation shows its source's pixels: hidden from tenants whose policy blurs or withholds a flagged one."""
+    variant = svc.prompts.variant(variant_id)
+    viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
+    return variant is None or variant.safety is None or not variant.safety.flagged or \
+        content_policy.sees_flagged_originals(viewer)
 
 
 def static_images(svc: Services, call: Call) -> Reply:
     page = call.query
     assert isinstance(page, PageQuery)
-    variants, cursor = svc.prompts.variants_page(None, page.page_size, page.cursor)
-    return 200, StaticListing(items=[svc.images.variant_view(v) for v in variants], next_cursor=cursor)
+    items, cursor = svc.tasks.images(call.principal.tenant, page.page_size, page.cursor,
+                                     admin=call.principal.is_admin)
+    return 200, StaticListing(items=items, next_cursor=cursor)
 
 
 TASK = {"task_id": JOB_ID_PATTERN}
@@ -360,7 +386,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              public=True),
     Endpoint("ready", "GET", "/ready", ready, "Readiness: Firestore, Pub/Sub and GCS are reachable.", "health",
              {200: Health, 503: Health}, public=True),
-    Endpoint("info", "GET", "/info", info, "Version, backends and configuration (no secrets).", "health",
+    Endpoint("info", "GET", "/info", info,
+             "Version; for admin keys also backends and configuration (never secrets).", "health",
              {200: Info}),
     Endpoint("me", "GET", "/me", me, "The caller's tenant and role (what its API key may do).", "health",
              {200: Me}),
@@ -426,6 +453,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("static_video", "GET", "/static/videos/<filename>", static_video,
              "Redirect to a signed URL of an animation ({task_id}.gif|mp4|webp).", "compat", {302: None},
              path_params={"filename": FILENAME_VIDEO}),
-    Endpoint("static_images", "GET", "/static/images", static_images, "Images with signed URLs, oldest first.",
+    Endpoint("static_images", "GET", "/static/images", static_images,
+             "Images of this tenant's finished image tasks with signed URLs, newest first.",
              "compat", {200: StaticListing}, query=PageQuery),
 )

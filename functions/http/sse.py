@@ -1,6 +1,8 @@
 """Live progress of a task as server-sent events (`GET /tasks/{id}/events`): the same view GET /tasks/{id}
 gives (and the same visibility: the first read goes through the task service), sent as `event: update` each
-time status, stage, progress or eta changes, ending at a terminal state with the result (`event: end`).
+time status, stage, progress or eta changes, ending at a terminal state with the result (`event: end`); while an
+image renders with previews on, `event: preview` `{task_id, step, steps, url}` each time the view's preview moves
+to a later step (the task view signs it only for content policies that show previews).
 
 It polls the job document (one read per `sse_poll_interval_s`) rather than holding a Firestore listener: a
 listener keeps a gRPC stream and a thread per open connection, while polling costs nothing between reads and
@@ -50,11 +52,13 @@ def task_events(read: Callable[[], Task], settings: FunctionsSettings, *,
     """The event stream of one task; `read()` gives its current view (raises NotFound when it is gone)."""
     started = last_write = clock()
     last: TaskUpdate | None = None
+    last_preview_step = 0  # previews (`event: preview`) come with the view while running, at most one per step
     sent = 0
     yield f"retry: {RECONNECT_MS}\n\n"
     while True:
         try:
-            current = update_of(read())
+            task = read()
+            current = update_of(task)
         except (errors.SoulError, gexc.GoogleAPICallError, gexc.RetryError) as exc:
             log.warning("sse_read_failed", error=str(exc))
             yield frame("error", json.dumps({"message": "the task could not be read; reconnect to resume"}))
@@ -62,6 +66,9 @@ def task_events(read: Callable[[], Task], settings: FunctionsSettings, *,
         if current != last:
             yield frame("update", current.model_dump_json(), sent)
             sent, last, last_write = sent + 1, current, clock()
+        if task.preview is not None and task.preview.step > last_preview_step:
+            yield frame("preview", task.preview.model_dump_json(), sent)
+            sent, last_preview_step, last_write = sent + 1, task.preview.step, clock()
         if JobStatus(current.status) in TERMINAL_STATUSES:
             yield frame("end", json.dumps({"status": current.status}))
             return

@@ -11,14 +11,16 @@ from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.prompts import PromptIndex, PromptStore
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
-from functions.core import estimates, keys
+from functions.core import content_policy, estimates, keys
+from functions.core.content_policy import Viewer
 from functions.core.errors import InvalidInput
-from functions.core.normalize import EmptyCueError, normalize_cue
+from functions.core.normalize import CueError, normalize_cue
 from functions.core.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.core.memo import TtlMemo
 from functions.core.variants import next_index_of
 from functions.services import lanes
+from functions.services.content import ContentPolicies
 from functions.services.jobs import Interest, ensure_job
 from functions.services.links import variant_link
 from functions.services.quotas import QuotaService
@@ -34,7 +36,7 @@ from schemas.ids import new_ulid
 from schemas.jobs import ImageJobSpec, JobDoc, JobLane, JobType
 
 _PACE_TTL_S = 10.0
-_MAX_MISSING_VARIANTS = 2
+_MAX_SKIPPED_VARIANTS = 2
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ImageAsk:
     place: str | None = None
     tenant: str = DEFAULT_TENANT
     lane: JobLane = JobLane.INTERACTIVE
+    admin: bool = False  # an admin key asks (content policy `blur`: it also gets the original)
 
 
 class ImageService:
@@ -64,6 +67,7 @@ class ImageService:
         quotas: QuotaService,
         warm_pool: WarmPool,
         usage: GpuUsage | None = None,
+        content: ContentPolicies | None = None,
     ):
         self._prompts = prompts
         self._jobs = jobs
@@ -76,6 +80,7 @@ class ImageService:
         self._usage = usage  # counts dedup hits for the GPU-seconds statistics
         self._warm = warm_pool
         self._pace = TtlMemo(_PACE_TTL_S, max_entries=1)
+        self.content = content or ContentPolicies(None, settings)
 
     def selfie(self, request: SelfieRequest, tenant: str = DEFAULT_TENANT) -> ImageReady | ImageQueued:
         """A selfie is an image whose cue names a place chosen for the city and mood, fresh for this user."""
@@ -102,24 +107,28 @@ class ImageService:
     def request(self, ask: ImageAsk) -> ImageReady | ImageQueued:
         try:
             cue = normalize_cue(ask.cue)
-        except EmptyCueError as exc:
+        except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
+        self.content.screen(ask.tenant, cue)  # blocked terms: 422 before any read, job or GPU second
         style = self._styles.get(ask.soul_id).style  # a stored style wins over the catalog; else 404
         pk = keys.prompt_key(
             kind=ask.kind, soul_id=ask.soul_id, cue=cue, style=style, model_tag=self._settings.model_tag
         )
         user = scoped_user(ask.tenant, ask.user_id)
         index_now = self._prompts.index_of(pk, user)  # one round trip, whatever the number of variants
-        self._warm.observe(pk, ask.kind, user)
-        unseen = self._first_unseen(index_now)
+        viewer = self.content.viewer(ask.tenant, admin=ask.admin)
+        self._warm.observe(pk, ask.kind, user, ask.tenant)
+        # Variants are shared between tenants: one this tenant's policy withholds is never its dedup hit (the next
+        # variant is made instead, and its own result may be withheld in turn).
+        unseen = self._first_unseen(index_now, viewer)
         if unseen is not None:
             if self._usage is not None:
                 self._usage.record_dedup_hit()  # in memory; flushed off the request path
             left = len(index_now.unseen) - 1  # once this one is taken
             self._warm.after_take(pk, unseen.variant_index, left,
                                   next_index_of(index_now.variant_indices, index_now.variant_ids),
-                                  partial(self.prerender, tenant=ask.tenant))
-            return ImageReady(pk_id=pk, variant=self.variant_view(unseen))
+                                  partial(self.prerender, tenant=ask.tenant), ask.tenant)
+            return ImageReady(pk_id=pk, variant=self.variant_view(unseen, viewer))
         index = next_index_of(index_now.variant_indices, index_now.variant_ids)
         describe = None
         if index == 0:
@@ -128,7 +137,7 @@ class ImageService:
                                style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now)
             describe = partial(self._prompts.ensure_prompt, prompt)  # by the job's creator only, once
         job = self._ensure_variant_job(ask, pk, cue, style, index, on_created=describe)
-        self._warm.after_join(pk, job, partial(self.prerender, tenant=ask.tenant))
+        self._warm.after_join(pk, job, ask.tenant, partial(self.prerender, tenant=ask.tenant))
         return ImageQueued(
             status=job.status,
             task_id=job.job_id,
@@ -137,12 +146,13 @@ class ImageService:
             estimated_seconds=estimates.image_seconds(self._runner_stats(), self._defaults),
         )
 
-    def _first_unseen(self, index: PromptIndex) -> VariantDoc | None:
-        """The first variant of the index the user has not seen: one read (a few more only when an indexed
-        variant document is missing, which the runner's atomic batch never leaves)."""
-        for variant_id in index.unseen[:_MAX_MISSING_VARIANTS + 1]:
+    def _first_unseen(self, index: PromptIndex, viewer: Viewer) -> VariantDoc | None:
+        """The first variant of the index the user has not seen and may be given: one read, a few more only when
+        the tenant's content policy withholds the first ones (at most `_MAX_SKIPPED_VARIANTS` are stepped over,
+        so reads stay bounded; past them a new variant is made)."""
+        for variant_id in index.unseen[:_MAX_SKIPPED_VARIANTS + 1]:
             variant = self._prompts.variant(variant_id)
-            if variant is not None:
+            if variant is not None and content_policy.deliverable(viewer, variant.safety):
                 return variant
         return None
 
@@ -203,8 +213,9 @@ class ImageService:
         """`POST /image/warm`: keep `variants` fresh variants of this cue ahead, from now on."""
         try:
             cue = normalize_cue(request.cue)
-        except EmptyCueError as exc:
+        except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
+        self.content.screen(tenant, cue)
         style = self._styles.get(request.soul_id).style
         pk = keys.prompt_key(kind="image", soul_id=request.soul_id, cue=cue, style=style,
                              model_tag=self._settings.model_tag)
@@ -213,7 +224,8 @@ class ImageService:
                                             style_fingerprint=keys.style_fingerprint(style), created_at=now,
                                             updated_at=now))
         return self._warm.warm(pk, request.variants, self._prompts.variants_of(pk),
-                               partial(self.prerender, tenant=tenant))
+                               partial(self.prerender, tenant=tenant), tenant)
 
-    def variant_view(self, variant: VariantDoc) -> Variant:
-        return variant_link(self._signer, variant)
+    def variant_view(self, variant: VariantDoc, viewer: Viewer = Viewer()) -> Variant | None:
+        """The variant as `viewer` may see it; None when its content policy withholds it."""
+        return variant_link(self._signer, variant, viewer)

@@ -14,15 +14,19 @@ from collections.abc import Sequence
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
+from functions.core import content_policy
+from functions.core.content_policy import Viewer
 from functions.core.errors import Conflict, NotFound, Unavailable
 from functions.core.memo import TtlMemo
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
-from functions.services.links import variant_link
+from functions.services.content import ContentPolicies
+from functions.services.links import variant_link, withheld_view
 from functions.services.usage import GpuUsage
 from schemas import names
 from schemas._base import utcnow
-from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats
+from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQuery, TaskPage, TaskResult, TaskStats, Variant
 from schemas.api import TaskMetrics
+from schemas.push import TaskPreview
 from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
 
 STATS_SAMPLE = 500
@@ -48,13 +52,14 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 class TaskService:
     def __init__(
         self, store: JobStore, signer: UrlSigner, publisher: Publisher, base_url: str, *,
-        usage: GpuUsage | None = None
+        usage: GpuUsage | None = None, content: ContentPolicies | None = None
     ):
         self._store = store
         self._signer = signer
         self._publisher = publisher
         self._base_url = base_url
         self._usage = usage
+        self._content = content  # None: every tenant sees results as under the default policy (`flag`)
         self._positions = TtlMemo(QUEUE_POSITION_TTL_S)
         self._interest = TtlMemo(INTEREST_TTL_S)
 
@@ -82,12 +87,12 @@ class TaskService:
             self._positions.put(key, position)
         return position  # type: ignore[return-value]
 
-    def get(self, task_id: str, tenant: str) -> Task:
+    def get(self, task_id: str, tenant: str, *, admin: bool = False) -> Task:
         version = self._store.read(task_id)
         job = version.job
         if job is None or not self._visible(job, tenant):
             raise NotFound(f"no task '{task_id}'", field="task_id")
-        view = self.view(job, tenant)
+        view = self.view(job, tenant, admin=admin)
         if job.status == JobStatus.QUEUED:
             view = view.model_copy(update={"queue_position": self._queue_position(job, version.snapshot.update_time)})
         return view
@@ -103,6 +108,25 @@ class TaskService:
         jobs = [job for job in self._store.jobs(ids) if query.status is None or str(job.status) == str(query.status)]
         return TaskPage(items=[self.view(job, tenant, sign=False, user_id=query.user_id) for job in jobs],
                         next_cursor=cursor)
+
+    def images(self, tenant: str, page_size: int, cursor: str | None, *,
+               admin: bool = False) -> tuple[list[Variant], str | None]:
+        """`GET /static/images`: the images of this tenant's finished image jobs, newest first, with signed URLs:
+        the visibility of `/tasks` (the same query as `GET /tasks?status=succeeded&type=image`, its cursor a job
+        id within those results), as the tenant's content policy lets it see them."""
+        ids, after = self._store.interest.page(tenant, None, {"type": JobType.IMAGE.value}, page_size, cursor)
+        jobs = [job for job in self._store.jobs(ids) if job.status == JobStatus.SUCCEEDED]
+        viewer = self.viewer(tenant, admin=admin)  # withheld images are left out (content policy)
+        views = (variant_link(self._signer, job.result, viewer) for job in jobs if isinstance(job.result, ImageResult))
+        return [view for view in views if view is not None], after
+
+    def video_output(self, task_id: str, fmt: str, tenant: str) -> str | None:
+        """`GET /static/videos/{task}.{fmt}`: the object of an animation of a task this tenant may see (the rule
+        of `GET /tasks/{id}`: video task ids are computable from public values), or None."""
+        job = self._store.job(task_id)
+        if job is None or not self._visible(job, tenant) or not isinstance(job.result, VideoResult):
+            return None
+        return next((o.object for o in job.result.outputs if o.format == fmt), None)
 
     def cancel(self, task_id: str, tenant: str) -> tuple[int, Task]:
         """Withdraw `tenant`'s interest. When other tenants still wait, the job goes on for them and this tenant
@@ -178,8 +202,14 @@ class TaskService:
             gpu=self._usage.summary() if self._usage is not None else None,
         )
 
-    def view(self, job: JobDoc, tenant: str, *, sign: bool = True, user_id: str | None = None) -> Task:
-        """The job as `tenant` sees it: only its own end users, never another tenant's."""
+    def viewer(self, tenant: str, *, admin: bool = False) -> Viewer:
+        return self._content.viewer(tenant, admin=admin) if self._content is not None else Viewer(admin=admin)
+
+    def view(self, job: JobDoc, tenant: str, *, sign: bool = True, admin: bool = False,
+             viewer: Viewer | None = None, user_id: str | None = None) -> Task:
+        """The job as `tenant` sees it: only its own end users, never another tenant's, and its result as the
+        tenant's content policy lets it see it (`viewer` overrides the tenant's, e.g. for a webhook body)."""
+        viewer = viewer or self.viewer(tenant, admin=admin)
         user_id = user_id or _user_seen_by(job, tenant)
         if user_id is None and sign and tenant and job.tenant is not None and tenant not in job.tenants:
             user_id = self._joined(job, tenant)[1]  # a joiner: its user is on its interest record
@@ -199,15 +229,26 @@ class TaskService:
             finished_at=job.finished_at,
             attempts=job.attempts,
             cancel_requested=job.cancel_requested,
-            result=self._result(job) if sign else None,
+            result=self._result(job, viewer) if sign else None,
             error=job.error,
             actions=TaskActions(self=url, cancel=url if active else None),
             metrics=TaskMetrics(**job.metrics.model_dump()) if job.metrics is not None else None,
+            preview=self._preview(job, viewer) if sign and active else None,
         )
 
-    def _result(self, job: JobDoc) -> TaskResult | None:
+    def _preview(self, job: JobDoc, viewer: Viewer) -> TaskPreview | None:
+        """The latest preview of a running job, signed, for policies that show previews (core/content_policy.py)."""
+        if job.preview is None or not content_policy.shows_previews(viewer):
+            return None
+        signed = self._signer.sign(job.preview.object)
+        return TaskPreview(task_id=job.job_id, step=job.preview.step, steps=job.preview.steps, url=signed.url)
+
+    def _result(self, job: JobDoc, viewer: Viewer) -> TaskResult | None:
         if isinstance(job.result, ImageResult):
-            return TaskResult(variant=variant_link(self._signer, job.result))
+            withheld = withheld_view(job.result, viewer)
+            if withheld is not None:
+                return TaskResult(withheld=withheld)
+            return TaskResult(variant=variant_link(self._signer, job.result, viewer))
         if isinstance(job.result, VideoResult):
             links = []
             for output in job.result.outputs:

@@ -13,8 +13,8 @@ import re
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.prompts import PromptStore
 from functions.adapters.pubsub import Publisher
-from functions.core import estimates
-from functions.core.errors import InvalidInput, NotFound
+from functions.core import content_policy, estimates
+from functions.core.errors import ContentRefused, InvalidInput, NotFound
 from functions.core.tenants import DEFAULT_TENANT
 from functions.services.jobs import Interest, ensure_job
 from functions.services.quotas import QuotaService
@@ -75,9 +75,18 @@ class VideoService:
             raise NotFound(f"no variant '{variant_id}'", field="variant_id")
         return self._animate(variant, num_frames, generate_gif, user_id, tenant)
 
+    def _refuse_flagged_source(self, variant: VariantDoc, tenant: str) -> None:
+        """An animation shows the source image's pixels: a tenant whose policy blurs or withholds a flagged image
+        may not animate one (422), whoever else may."""
+        viewer = self._tasks.viewer(tenant)
+        if variant.safety is not None and variant.safety.flagged and not content_policy.sees_flagged_originals(viewer):
+            raise ContentRefused(f"the variant was flagged by the safety checker and this tenant's content policy "
+                                 f"is '{viewer.policy}': it cannot be animated", field="variant_id")
+
     def _animate(
         self, variant: VariantDoc, num_frames: int | None, generate_gif: bool, user_id: str | None, tenant: str
     ) -> tuple[int, VideoAccepted]:
+        self._refuse_flagged_source(variant, tenant)
         frames = num_frames or self._settings.svd_num_frames
         fps = self._settings.svd_fps
         formats = ("gif", "mp4", "webp") if generate_gif else ("mp4", "webp")

@@ -1,12 +1,16 @@
-"""The warm pool: answers before they are asked. For a prompt key that shows demand (at least
-`warm_pool_min_users` distinct users within `warm_pool_window_s`, or an explicit `POST /image/warm`), keep
+"""The warm pool: answers before they are asked. For a prompt key that shows a tenant's demand (at least
+`warm_pool_min_users` distinct users of that tenant within `warm_pool_window_s`, or that tenant's explicit
+`POST /image/warm`), keep
 `ahead` variants that the asking user has not seen rendered or rendering, in the background lane. The moment a
 user takes its last unseen variant (or joins the job making it), the next one is queued, so the next time they
 ask it is usually there already.
 
-Pre-renders are bounded by `ahead` (at most `warm_pool_max_ahead`), by a per-key daily cap, and by the GPU
-quota of the tenant whose demand or `POST /image/warm` asked for them (they are admitted and charged like its own
-jobs; a refusal only means no pre-render, never a failed answer). Each one is recorded with the reason it was
+The shared cache shares images, not control: demand, `ahead` and the daily cap are kept per tenant, and a
+pre-render is made only for the tenant whose own demand or `POST /image/warm` asked for it, charged to it alone
+(admitted like its own jobs; a refusal only means no pre-render, never a failed answer), and shown only in its
+`/tasks`. Another tenant's user taking the image still gets it (images are shared) but triggers nothing for a
+tenant that did not ask. Pre-renders are bounded by `ahead` (at most `warm_pool_max_ahead`) and a per-key,
+per-tenant daily cap. Each one is recorded with the reason it was
 made under `warm_pool/{pk}/prerenders/{variant_index}`, and marked delivered when someone first takes it;
 `/tasks/stats/summary` reports made vs. delivered (the waste).
 
@@ -59,53 +63,53 @@ class WarmPool:
         self._jobs = jobs
         self._prompts = prompts
         self._settings = settings
-        self._demand = TtlMemo(ttl_s=10.0)  # pk -> ahead, for keys that show demand
-        self._askers = TtlMemo(ttl_s=min(60.0, settings.warm_pool_window_s / 10))  # (pk, user) recorded lately
+        self._demand = TtlMemo(ttl_s=10.0)  # (pk, tenant) -> ahead, for keys that show the tenant's demand
+        self._askers = TtlMemo(ttl_s=min(60.0, settings.warm_pool_window_s / 10))  # (pk, tenant, user) lately
         self._delivered = TtlMemo(ttl_s=3600.0)  # (pk, index) whose pre-render record needs no more writes
 
     # ---- documents -----------------------------------------------------------------------------------------------
 
-    def _ahead(self, pk: str) -> int | None:
-        """The key's `ahead` when it shows demand, else None (no pre-renders for it)."""
-        remembered = self._demand.get(pk)
+    def _ahead(self, pk: str, tenant: str) -> int | None:
+        """The key's `ahead` for the tenant when it shows the tenant's demand, else None (no pre-renders)."""
+        remembered = self._demand.get((pk, tenant))
         if remembered is not None:
             return int(remembered)
-        ahead = self._read_ahead(pk)
+        ahead = self._read_ahead(pk, tenant)
         if ahead:  # only demand is remembered: a key without it may gain it with the next asker
-            self._demand.put(pk, ahead)
+            self._demand.put((pk, tenant), ahead)
         return ahead
 
-    def _read_ahead(self, pk: str) -> int | None:
-        explicit = int(self._pool.key_state(pk).get("explicit_ahead") or 0)
+    def _read_ahead(self, pk: str, tenant: str) -> int | None:
+        explicit = int(self._pool.key_state(pk, tenant).get("explicit_ahead") or 0)
         if explicit:
             return explicit
         since = utcnow() - timedelta(seconds=self._settings.warm_pool_window_s)
-        recent = self._pool.count_askers_since(pk, since)
+        recent = self._pool.count_askers_since(pk, tenant, since)
         return self._settings.warm_pool_ahead if recent >= self._settings.warm_pool_min_users else None
 
     # ---- hooks called by the image service -----------------------------------------------------------------------
 
-    def observe(self, pk: str, kind: str, user_id: str) -> None:
-        """A user asked for this key: remember them, for the demand rule."""
+    def observe(self, pk: str, kind: str, user_id: str, tenant: str) -> None:
+        """A user of `tenant` asked for this key: remember them, for the tenant's demand."""
         if not self._settings.warm_pool_enabled or kind != "image" or user_id == WARM_POOL_USER:
             return
-        if self._askers.get((pk, user_id)):
+        if self._askers.get((pk, tenant, user_id)):
             return
-        self._pool.record_asker(pk, user_id)
-        self._askers.put((pk, user_id), True)
+        self._pool.record_asker(pk, tenant, user_id)
+        self._askers.put((pk, tenant, user_id), True)
 
     def after_take(self, pk: str, taken_index: int, unseen_left: int, next_index: int,
-                   prerender: Prerender) -> list[str]:
+                   prerender: Prerender, tenant: str) -> list[str]:
         """A user was given variant `taken_index` and has `unseen_left` others: top up what waits for them."""
         if not self._settings.warm_pool_enabled:
             return []
         self._mark_delivered(pk, taken_index)
         if unseen_left >= self._settings.warm_pool_max_ahead:
             return []
-        return self._replenish(pk, next_index, unseen_left, prerender,
+        return self._replenish(pk, tenant, next_index, unseen_left, prerender,
                                f"a user took variant {taken_index} with {unseen_left} unseen left")
 
-    def after_join(self, pk: str, job: JobDoc, prerender: Prerender | None = None) -> list[str]:
+    def after_join(self, pk: str, job: JobDoc, tenant: str, prerender: Prerender | None = None) -> list[str]:
         """A user waits on `job` (it may be a pre-render: then it is delivered); its variant will be their last."""
         if not self._settings.warm_pool_enabled:
             return []
@@ -113,9 +117,9 @@ class WarmPool:
         self._mark_delivered(pk, index)
         if prerender is None:
             return []
-        return self._replenish(pk, index + 1, 0, prerender, f"a user waits on variant {index}, its last")
+        return self._replenish(pk, tenant, index + 1, 0, prerender, f"a user waits on variant {index}, its last")
 
-    def after_seen(self, user_id: str, variant: VariantDoc, prerender: Prerender) -> list[str]:
+    def after_seen(self, user_id: str, variant: VariantDoc, prerender: Prerender, tenant: str) -> list[str]:
         """A user marked a variant seen: when it was their last unseen one, queue the next before they ask."""
         if not self._settings.warm_pool_enabled:
             return []
@@ -123,28 +127,32 @@ class WarmPool:
         left = len(index.unseen)
         if left >= self._settings.warm_pool_max_ahead:
             return []
-        return self._replenish(variant.pk, next_index_of(index.variant_indices, index.variant_ids), left, prerender,
+        return self._replenish(variant.pk, tenant, next_index_of(index.variant_indices, index.variant_ids), left,
+                               prerender,
                                f"a user marked variant {variant.variant_index} seen with {left} unseen left")
 
-    def warm(self, pk: str, variants: int, existing: Sequence[VariantDoc], prerender: Prerender) -> WarmAnswer:
-        """`POST /image/warm`: from now on keep `variants` ahead for this key; queue what is missing now."""
+    def warm(self, pk: str, variants: int, existing: Sequence[VariantDoc], prerender: Prerender,
+             tenant: str) -> WarmAnswer:
+        """`POST /image/warm`: from now on keep `variants` ahead of this key for `tenant` (and for no other
+        tenant); queue what is missing now, charged to `tenant`."""
         if variants > self._settings.warm_pool_max_ahead:
             limit = self._settings.warm_pool_max_ahead
             raise InvalidInput(f"variants may be at most {limit} (SOUL_WARM_POOL_MAX_AHEAD)", field="variants")
         if not self._settings.warm_pool_enabled:
             raise InvalidInput("the warm pool is off in this deployment (SOUL_WARM_POOL_ENABLED)", field="variants")
-        self._pool.set_explicit_ahead(pk, variants)
-        self._demand.put(pk, variants)
+        self._pool.set_explicit_ahead(pk, tenant, variants)
+        self._demand.put((pk, tenant), variants)
         # Nobody has seen anything yet from the pool's point of view: existing variants count as fresh.
-        queued = self._replenish(pk, next_variant_index(existing), len(existing), prerender,
+        queued = self._replenish(pk, tenant, next_variant_index(existing), len(existing), prerender,
                                  f"POST /image/warm asked for {variants} ahead", ahead=variants)
         return WarmAnswer(pk_id=pk, ahead=variants, queued=queued)
 
     # ---- the work ------------------------------------------------------------------------------------------------
 
-    def _replenish(self, pk: str, start: int, unseen_left: int, prerender: Prerender, why: str,
+    def _replenish(self, pk: str, tenant: str, start: int, unseen_left: int, prerender: Prerender, why: str,
                    ahead: int | None = None) -> list[str]:
-        ahead = ahead if ahead is not None else self._ahead(pk)
+        """Queue what `tenant`'s own `ahead` lacks (`prerender` is bound to that tenant: admitted and charged)."""
+        ahead = ahead if ahead is not None else self._ahead(pk, tenant)
         if ahead is None or unseen_left >= ahead:
             return []
         index, in_flight = start, 0
@@ -161,7 +169,7 @@ class WarmPool:
             return []
         queued: list[str] = []
         for target in range(index, index + missing):
-            if not self._within_cap(pk):
+            if not self._within_cap(pk, tenant):
                 log.info("prerender_capped", pk=pk)
                 break
             try:
@@ -172,22 +180,23 @@ class WarmPool:
             if job is None:
                 break
             if job.requested_by == WARM_POOL_USER and JobLane(job.lane) is JobLane.BACKGROUND:
-                self._record(pk, target, job, why)
+                self._record(pk, tenant, target, job, why)
             queued.append(job.job_id)
         return queued
 
-    def _within_cap(self, pk: str) -> bool:
+    def _within_cap(self, pk: str, tenant: str) -> bool:
         today = utcnow().date().isoformat()
-        data = self._pool.key_state(pk)
+        data = self._pool.key_state(pk, tenant)
         made = int(data.get("made_today", 0)) if data.get("made_day") == today else 0
         return made < self._settings.warm_pool_key_cap_per_day
 
-    def _record(self, pk: str, index: int, job: JobDoc, why: str) -> None:
-        doc = PrerenderDoc(pk=pk, variant_index=index, job_id=job.job_id, reason=why, made_at=utcnow())
+    def _record(self, pk: str, tenant: str, index: int, job: JobDoc, why: str) -> None:
+        doc = PrerenderDoc(pk=pk, variant_index=index, job_id=job.job_id, reason=why, made_at=utcnow(),
+                           tenant=tenant)
         if not self._pool.record_prerender(doc):
             return  # another trigger recorded this very pre-render
-        self._pool.count_made(pk, utcnow().date().isoformat())
-        log.info("prerender_queued", pk=pk, variant_index=index, job_id=job.job_id, reason=why)
+        self._pool.count_made(pk, tenant, utcnow().date().isoformat())
+        log.info("prerender_queued", pk=pk, tenant=tenant, variant_index=index, job_id=job.job_id, reason=why)
 
     def _mark_delivered(self, pk: str, index: int) -> None:
         if self._delivered.get((pk, index)):

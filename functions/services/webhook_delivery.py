@@ -1,13 +1,14 @@
 """Delivering job events to webhooks, as the `webhooks` function (a push subscription on soul-events; the same
 code path locally). Each event goes to every target whose filter wants it, signed per the Standard Webhooks
 spec (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>`,
-by the `standardwebhooks` package), and is retried per target with exponential backoff for a bounded time:
+by the `standardwebhooks` package), and is retried per target with exponential backoff for a bounded time
+(targets are delivered independently, in parallel; each attempt has one overall deadline):
 a target that answered 2xx is never sent the event again, even when Pub/Sub redelivers it. Every attempt is
 recorded under the webhook record and listed by `GET /tasks/{id}`.
 
 Targets are vetted after DNS resolution and the connection goes to the vetted IP (functions/core/ssrf.py,
-functions/adapters/webhook_http.py); no redirect is followed, timeouts are short, the response body is never
-read."""
+functions/adapters/webhook_http.py); no redirect is followed, an attempt has one short overall deadline, and only
+the status line of the answer is read."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from itertools import zip_longest
 from datetime import datetime
 
 import structlog
@@ -27,11 +30,14 @@ from standardwebhooks import Webhook
 from functions.adapters.firestore.webhooks import WebhookStore
 from functions.adapters.webhook_http import USER_AGENT, SendFailed, post
 from functions.core import ssrf
+from functions.core.content_policy import Viewer, shows_previews
 from functions.services.webhooks import WebhookRegistry
 from functions.settings import FunctionsSettings
 from schemas import names
 from schemas._base import utcnow
-from schemas.push import DeliveryAttempt, DeliveryDoc, JobProgress, JobStarted, WebhookDoc, WebhookEvent
+from schemas.jobs import JobDoc
+from schemas.push import DeliveryAttempt, DeliveryDoc, JobProgress, JobStarted, TaskPreview, WebhookDoc, WebhookEvent
+from schemas.safety import DEFAULT_POLICY, ContentPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -67,9 +73,25 @@ class Outgoing:
     event_type: str
     key: str
     body: bytes
+    # Completion events: the body as each content policy lets its tenants see the result (a withheld image has no
+    # URL in a `withhold` tenant's body); a policy not listed gets `body`.
+    bodies: Mapping[str, bytes] = field(default_factory=dict)
+
+    def body_for(self, policy: str) -> bytes:
+        return self.bodies.get(str(policy), self.body)
 
 
 Sender = Callable[[ssrf.Target, Mapping[str, str], bytes, float], int]
+
+
+def by_turns(pending: list[tuple[WebhookDoc, DeliveryDoc]]) -> list[tuple[WebhookDoc, DeliveryDoc]]:
+    """Targets in turns of their tenants (each tenant's first, then each one's second, ...): when there are more
+    targets than parallel senders, every tenant's first target is among the first to go."""
+    queues: dict[str, list[tuple[WebhookDoc, DeliveryDoc]]] = {}
+    for item in pending:
+        queues.setdefault(item[0].tenant, []).append(item)
+    turns = zip_longest(*queues.values())
+    return [item for turn in turns for item in turn if item is not None]
 
 
 def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> dict[str, str]:
@@ -103,7 +125,9 @@ class Deliverer:
         return self._store.open_delivery(out.job_id, hook.webhook_id, fresh)
 
     def deliver(self, out: Outgoing) -> dict[str, str]:
-        """Deliver to every target that wants the event; {webhook_id: final status}."""
+        """Deliver to every target that wants the event; {webhook_id: final status}. Each target is delivered on
+        its own (in parallel, with its own retries and backoff), so a slow or hanging target, whoever's it is,
+        delays no other target's delivery by more than the time to start a thread."""
         pending: list[tuple[WebhookDoc, DeliveryDoc]] = []
         final: dict[str, str] = {}
         for hook in self._registry.targets(out.job_id, out.event):
@@ -115,27 +139,30 @@ class Deliverer:
             if doc.status == "pending":
                 pending.append((hook, doc))
             final[hook.webhook_id] = doc.status
+        if not pending:
+            return final
+        workers = min(len(pending), self._settings.webhook_parallel_targets)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook") as pool:
+            futures = {pool.submit(self._deliver_one, out, hook, doc): hook for hook, doc in by_turns(pending)}
+            for future in as_completed(futures):
+                final[futures[future].webhook_id] = future.result()  # Firestore failures propagate: redelivery
+        return final
+
+    def _deliver_one(self, out: Outgoing, hook: WebhookDoc, doc: DeliveryDoc) -> str:
+        """One target's delivery: attempts with exponential backoff until it ends or the retry budget is spent."""
         delay = self._policy.initial_s
         started = time.monotonic()
-        while pending:
-            retry: list[tuple[WebhookDoc, DeliveryDoc]] = []
-            for hook, doc in pending:
-                status, doc = self._attempt(out, hook, doc)
-                final[hook.webhook_id] = status
-                if status == "pending":
-                    retry.append((hook, doc))
-            pending = retry
-            if not pending:
-                break
+        while True:
+            status, doc = self._attempt(out, hook, doc)
+            if status != "pending":
+                return status
             if time.monotonic() - started + delay > self._policy.budget_s:
-                for hook, doc in pending:
-                    self._finish(out, hook, "failed")
-                    final[hook.webhook_id] = "failed"
-                log.warning("webhook_gave_up", job_id=out.job_id, event_type=out.event_type, targets=len(pending))
-                break
+                self._finish(out, hook, "failed")
+                log.warning("webhook_gave_up", job_id=out.job_id, webhook_id=hook.webhook_id,
+                            event_type=out.event_type)
+                return "failed"
             self._sleep(delay)
             delay = min(delay * 2, self._policy.max_s)
-        return final
 
     def _out_of_time(self, doc: DeliveryDoc) -> bool:
         started = doc.first_attempt_at
@@ -153,8 +180,9 @@ class Deliverer:
             if not secret:
                 raise ssrf.UnsafeTarget("no webhook signing secret is configured for this tenant")
             target = ssrf.vet(hook.url, allow_loopback=self._settings.webhook_allow_loopback,
-                              resolver=self._resolver)
-            code = self._sender(target, signed_headers(secret, doc.message_id, out.body, now), out.body,
+                              loopback_ports=self._settings.loopback_ports, resolver=self._resolver)
+            body = out.body_for(self._registry.content_policy(hook.tenant))
+            code = self._sender(target, signed_headers(secret, doc.message_id, body, now), body,
                                 self._settings.webhook_timeout_s)
             status = "delivered" if 200 <= code < 300 else "pending" if code in RETRY_STATUSES else "failed"
         except ssrf.UnsafeTarget as exc:
@@ -178,9 +206,12 @@ class Deliverer:
         self._store.close_delivery(out.job_id, hook.webhook_id, out.key, status)
 
 
-def outgoing(message: Mapping, job_data: Callable[[str], dict | None]) -> Outgoing | None:
+def outgoing(message: Mapping, job_data: Callable[[str, ContentPolicy], dict | None],
+             sign: Callable[[str], str] | None = None) -> Outgoing | None:
     """The webhook event a soul-events message is, or None when it is none (e.g. request outcomes) or the job
-    is gone. `job_data(job_id)` gives the task view sent with completion events."""
+    is gone. `job_data(job_id, policy)` gives the task view sent with completion events, as each content policy
+    lets its tenants see it; `sign(object)` signs a progress event's preview (sent only to policies that show
+    previews, functions/core/content_policy.py)."""
     attributes = message.get("attributes") or {}
     event_type = str(attributes.get("ce-type", ""))
     kind = EVENT_KINDS.get(event_type)
@@ -193,8 +224,9 @@ def outgoing(message: Mapping, job_data: Callable[[str], dict | None]) -> Outgoi
     except (binascii.Error, ValueError, KeyError, TypeError):
         log.warning("webhook_event_unreadable", event_type=event_type)
         return None
+    parsed: JobStarted | JobProgress | None = None
     if kind is WebhookEvent.COMPLETED:
-        key, view = "completed", job_data(job_id)
+        key, view = "completed", job_data(job_id, DEFAULT_POLICY)
         if view is None:
             return None
     else:
@@ -204,26 +236,40 @@ def outgoing(message: Mapping, job_data: Callable[[str], dict | None]) -> Outgoi
             log.warning("webhook_event_unreadable", event_type=event_type)
             return None
         key = "start" if isinstance(parsed, JobStarted) else f"progress-{parsed.seq}"
-        view = {"task_id": job_id, **parsed.model_dump(mode="json", exclude={"job_id", "schema_version"})}
+        view = {"task_id": job_id, **parsed.model_dump(mode="json", exclude={"job_id", "schema_version", "preview"})}
     # The event's own time, so a redelivered event is the same message (the same body under the same webhook-id).
     occurred = str(attributes.get("ce-time") or data.get("occurred_at") or utcnow().isoformat())
-    body = json.dumps({"type": event_type, "timestamp": occurred, "data": view},
-                      separators=(",", ":")).encode()
-    return Outgoing(job_id=job_id, event=kind, event_type=event_type, key=key, body=body)
+    def encode(data: dict) -> bytes:
+        return json.dumps({"type": event_type, "timestamp": occurred, "data": data}, separators=(",", ":")).encode()
+
+    bodies = {}
+    if kind is WebhookEvent.COMPLETED:
+        bodies = {policy.value: encode(job_data(job_id, policy) or view) for policy in ContentPolicy}
+    elif isinstance(parsed, JobProgress) and parsed.preview is not None and sign is not None:
+        preview = TaskPreview(task_id=job_id, step=parsed.preview.step, steps=parsed.preview.steps,
+                              url=sign(parsed.preview.object)).model_dump(mode="json")
+        bodies = {policy.value: encode({**view, "preview": preview}) for policy in ContentPolicy
+                  if shows_previews(Viewer(policy=policy))}
+    return Outgoing(job_id=job_id, event=kind, event_type=event_type, key=key, body=encode(view), bodies=bodies)
 
 
 def handle_event(svc, message: Mapping, **deliverer_options) -> dict[str, str]:
     """The `webhooks` function's body: one soul-events message. Raises only when Firestore fails (Pub/Sub then
     redelivers, and targets already served are skipped)."""
 
-    def task_view(job_id: str) -> dict | None:
-        job = svc.jobs.job(job_id)
+    jobs: dict[str, JobDoc | None] = {}
+
+    def task_view(job_id: str, policy: ContentPolicy = DEFAULT_POLICY) -> dict | None:
+        if job_id not in jobs:
+            jobs[job_id] = svc.jobs.job(job_id)  # one read for every policy's body
+        job = jobs[job_id]
         if job is None:
             return None
-        # One body for every target (targets may be of several tenants): no tenant's end users in it.
-        return svc.tasks.view(job, tenant="").model_dump(mode="json", exclude={"user_id", "actions", "deliveries"})
+        # One body per content policy for every target (targets may be of several tenants): no end users in it.
+        view = svc.tasks.view(job, tenant="", viewer=Viewer(policy=policy))
+        return view.model_dump(mode="json", exclude={"user_id", "actions", "deliveries"})
 
-    out = outgoing(message, task_view)
+    out = outgoing(message, task_view, sign=lambda name: svc.signer.sign(name).url)
     if out is None:
         return {}
     deliverer = Deliverer(svc.webhook_store, svc.webhooks, svc.settings, **deliverer_options)

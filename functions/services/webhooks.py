@@ -16,10 +16,12 @@ from functions.adapters.firestore.webhooks import WebhookStore
 from functions.adapters.pubsub import Publisher
 from functions.core import errors, ssrf
 from functions.core.tenants import KeyRing, webhook_secret
+from functions.services.content import ContentPolicies
 from functions.settings import FunctionsSettings
 from schemas import names
 from schemas._base import utcnow
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobEvent, JobStatus
+from schemas.safety import ContentPolicy
 from schemas.push import (
     DEFAULT_WEBHOOK_EVENTS,
     Delivery,
@@ -51,26 +53,42 @@ class WebhookRegistry:
         self._settings = settings
         self._keys = keys
 
+    def content_policy(self, tenant: str) -> ContentPolicy:
+        """The tenant's content policy: which completion body its webhooks get (functions/core/content_policy.py)."""
+        return ContentPolicies(self._keys, self._settings).policy(tenant)
+
     def secret(self, tenant: str) -> str:
-        """The tenant's `whsec_...` signing secret ("" when it has none)."""
+        """The tenant's `whsec_...` signing secret ("" when it has none; only the default tenant may use
+        SOUL_WEBHOOK_SECRET: one shared secret would let each tenant forge deliveries to the others)."""
         return webhook_secret(self._keys, tenant, self._settings.webhook_secret.get_secret_value())
 
     def check(self, url: str, tenant: str) -> None:
         """Before any work is created: a 400 for a URL that may never be called or a tenant that cannot sign."""
         try:
-            ssrf.check_syntax(url, allow_loopback=self._settings.webhook_allow_loopback)
+            ssrf.check_syntax(url, allow_loopback=self._settings.webhook_allow_loopback,
+                              loopback_ports=self._settings.loopback_ports)
         except ssrf.UnsafeTarget as exc:
             raise errors.InvalidInput(f"webhook: {exc}", field="webhook") from None
         if not self.secret(tenant):
             raise errors.InvalidInput(
-                "webhook: this deployment has no webhook signing secret (SOUL_WEBHOOK_SECRET or the tenant's "
-                "webhook_secret)", field="webhook",
+                "webhook: this deployment has no webhook signing secret (SOUL_WEBHOOK_SECRET)" if tenant == "default"
+                else f"webhook: tenant '{tenant}' has no webhook signing secret: give it its own webhook_secret in "
+                "the keys file (secrets are per tenant; SOUL_WEBHOOK_SECRET signs only the default tenant's)",
+                field="webhook",
             )
 
     def register(self, job_id: str, tenant: str, url: str, events: list[WebhookEvent] | None) -> WebhookDoc:
+        """Record the target (a 409 past the cap on this tenant's targets for this job: the work itself stands)."""
         wanted = [WebhookEvent(e) for e in (events or DEFAULT_WEBHOOK_EVENTS)]
         doc = WebhookDoc(webhook_id=webhook_id(tenant, url), job_id=job_id, tenant=tenant, url=url,
                          events=wanted, created_at=utcnow())
+        cap = self._settings.webhook_targets_per_tenant_per_job
+        if not self._hooks.claim_slot(job_id, tenant, doc.webhook_id, cap):
+            raise errors.Conflict(
+                f"webhook: task '{job_id}' already has {cap} webhooks of this tenant (the limit, "
+                "SOUL_WEBHOOK_TARGETS_PER_TENANT_PER_JOB); the task goes on, this URL is not registered; follow "
+                f"it with GET /tasks/{job_id} or an existing webhook", field="webhook",
+            )
         self._hooks.register(doc, [e.value for e in wanted])
         job = self._jobs.job(job_id)  # read after the record exists: a completion before it is caught up below
         live = [e.value for e in wanted if e is not WebhookEvent.COMPLETED]

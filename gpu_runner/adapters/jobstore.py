@@ -21,7 +21,7 @@ from gpu_runner.leasing import ClaimDecision, decide_claim, lease_expired
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
-from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobMetrics, JobStatus, JobType
+from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobMetrics, JobPreview, JobStatus, JobType
 from soul_common import firestore as fs
 
 _OPTIMISTIC_RETRIES = 5
@@ -121,15 +121,19 @@ class JobStore:
         job = self._conditional(job_id, change)
         return bool(job and job.cancel_requested)
 
-    def progress(self, job_id: str, progress: float, stage: str, eta_seconds: float | None) -> None:
+    def progress(self, job_id: str, progress: float, stage: str, eta_seconds: float | None,
+                 preview: JobPreview | None = None) -> None:
         """Fenced like every other write: a progress tick landing after the finish (or after another runner took
-        the job) raises LeaseLost instead of making a finished job look half done. It renews the lease in the
-        same write (one write per tick, not a progress write and a renewal)."""
+        the job) raises LeaseLost instead of making a finished job look half done. A preview rides on the tick.
+        It renews the lease in the same write (one write per tick, not a progress write and a renewal)."""
 
         def change(job: JobDoc, now: datetime) -> dict | None:
             self._assert_owner(job)
-            return {"progress": round(min(max(progress, 0.0), 1.0), 4), "stage": stage, "eta_seconds": eta_seconds,
-                    "lease_expires_at": now + self._lease}
+            update = {"progress": round(min(max(progress, 0.0), 1.0), 4), "stage": stage, "eta_seconds": eta_seconds,
+                      "lease_expires_at": now + self._lease}
+            if preview is not None:
+                update["preview"] = firestore_dict(preview)
+            return update
 
         self._conditional(job_id, change)
 
@@ -144,6 +148,7 @@ class JobStore:
                 "lease_owner": None,
                 "lease_expires_at": None,
                 "eta_seconds": 0.0,
+                "preview": None,  # the finished image (or its absence) replaces any preview
             }
             if status is JobStatus.SUCCEEDED:
                 update["progress"] = 1.0

@@ -18,6 +18,7 @@ class StoredObject:
     name: str
     size: int
     created: bool  # False when the object already existed from an earlier attempt
+    metadata: dict[str, str] | None = None  # the object's custom metadata (e.g. the safety verdict of an image)
 
 
 class MediaStore:
@@ -29,13 +30,20 @@ class MediaStore:
 
     def existing(self, name: str) -> StoredObject | None:
         blob = self._bucket.get_blob(name, timeout=self._timeout, retry=self._retry)
-        return None if blob is None else StoredObject(name=name, size=blob.size or 0, created=False)
+        if blob is None:
+            return None
+        return StoredObject(name=name, size=blob.size or 0, created=False, metadata=dict(blob.metadata or {}))
 
     def read(self, name: str) -> bytes:
         return self._bucket.blob(name).download_as_bytes(timeout=self._timeout, retry=self._retry)
 
-    def put_once(self, name: str, data: bytes, content_type: str) -> StoredObject:
+    def put_once(self, name: str, data: bytes, content_type: str,
+                 metadata: dict[str, str] | None = None) -> StoredObject:
+        """Create `name` unless it exists; `metadata` travels in the same single request, so an object never
+        exists without it."""
         blob = self._bucket.blob(name)
+        if metadata:
+            blob.metadata = metadata
         # chunk_size=None with bytes below the resumable threshold means a multipart (single request) upload.
         try:
             blob.upload_from_string(data, content_type=content_type, if_generation_match=0,
@@ -43,4 +51,24 @@ class MediaStore:
         except gexc.PreconditionFailed:
             existing = self.existing(name)
             return existing or StoredObject(name=name, size=len(data), created=False)
-        return StoredObject(name=name, size=len(data), created=True)
+        return StoredObject(name=name, size=len(data), created=True, metadata=metadata)
+
+
+class BucketArtifactStore:
+    """Compile artifacts in the bucket under `prefix` (pipelines/compile_cache.py's `ArtifactStore`): a new VM
+    loads what the first VM of its kind compiled. Create-only, like media: racing VMs keep the first artifact."""
+
+    name = "bucket"
+
+    def __init__(self, media: MediaStore, prefix: str):
+        self._media = media
+        self._prefix = prefix
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._media.read(self._prefix + key)
+        except gexc.NotFound:
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        self._media.put_once(self._prefix + key, data, "application/octet-stream")

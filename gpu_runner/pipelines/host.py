@@ -1,5 +1,7 @@
 """Holds the loaded pipelines of this runner: built or loaded on first use, then kept for the process's life.
-Loading is serialized so two workers never load the same weights twice."""
+Loading is serialized so two workers never load the same weights twice. Loading SDXL includes making it fast
+(quantize, compile from saved artifacts: `startup.prepare_sdxl`), each phase timed in `self.startup`, the report
+the health port shows."""
 
 from __future__ import annotations
 
@@ -9,18 +11,29 @@ from typing import Any
 
 import structlog
 
+from gpu_runner.pipelines.startup import StartupReport
 from gpu_runner.settings import RunnerSettings
 
 log = structlog.get_logger(__name__)
 
 
+# The shape SDXL renders unless a job asks otherwise: what is compiled at start when SOUL_COMPILE_SHAPES is unset.
+NATIVE_SDXL_SIDE = 1024
+
+
 class ModelHost:
-    def __init__(self, settings: RunnerSettings):
+    def __init__(self, settings: RunnerSettings, artifact_stores: list | None = None):
+        """`artifact_stores`: where compile artifacts are kept beyond the VM's disk (the bucket), tried after it."""
         self._settings = settings
         self._lock = threading.Lock()
         self._device = None
         self._sdxl: Any = None
         self._svd: Any = None
+        self._checker: Any = None
+        self._preview_decoder: Any = None
+        self._extra_stores = list(artifact_stores or [])
+        self.startup = StartupReport()
+        self.acceleration = None  # acceleration.Acceleration once SDXL is loaded
 
     @property
     def device(self):
@@ -41,12 +54,76 @@ class ModelHost:
     def sdxl(self):
         with self._lock:
             if self._sdxl is None:
-                from gpu_runner.pipelines.sdxl import load_sdxl
-
-                log.info("loading_sdxl", model=self._settings.sdxl_model or "tiny", device=self.device.name)
-                self._sdxl = load_sdxl(self._settings.sdxl_model, Path(self._settings.model_cache_dir), self.device)
-                self._sdxl.set_progress_bar_config(disable=True)  # progress goes to the job document
+                self._sdxl = self._load_sdxl()
             return self._sdxl
+
+    def checker(self):
+        """The safety checker (pipelines/safety.py), on the render device."""
+        with self._lock:
+            if self._checker is None:
+                from gpu_runner.pipelines.safety import load_checker
+
+                self._checker = load_checker(self._settings.safety_model, Path(self._settings.model_cache_dir),
+                                             self.device.device, self.device.dtype)
+                log.info("loaded_safety_checker", model=self._checker.name, device=self.device.name)
+            return self._checker
+
+    def preview_decoder(self):
+        """Latents -> small previews: TAESD-XL when SOUL_PREVIEW_MODEL is set, else the linear approximation."""
+        with self._lock:
+            if self._preview_decoder is None:
+                from gpu_runner.pipelines import previews
+
+                side = self._settings.preview_max_side
+                if self._settings.preview_model:
+                    taesd = previews.load_taesd(self._settings.preview_model, self.device.device, self.device.dtype)
+                    self._preview_decoder = previews.taesd_decoder(taesd, side)
+                else:
+                    self._preview_decoder = previews.linear_decoder(side)
+            return self._preview_decoder
+
+    def warm_sdxl(self) -> None:
+        """Load (and compile) SDXL now and render once, so the first job pays for neither."""
+        from gpu_runner.pipelines.sdxl import render_images
+        from gpu_runner.pipelines.startup import warm_up
+
+        pipe = self.sdxl()
+        if self.acceleration is not None and self.acceleration.compile == "off":  # compiled ones warmed up already
+            with self.startup.phase("warmup"):
+                warm_up(pipe, self.compile_shapes()[:1], render_images)
+        self.startup.note(ready=True)
+
+    def compile_shapes(self) -> list[tuple[int, int, int]]:
+        from gpu_runner.pipelines.specs import parse_compile_shapes
+
+        shapes = parse_compile_shapes(self._settings.compile_shapes)
+        if shapes:
+            return shapes
+        side = self._settings.tiny_max_side if self.tiny_sdxl else NATIVE_SDXL_SIDE
+        return [(side, side, 1)]
+
+    def artifact_stores(self) -> list:
+        from gpu_runner.pipelines.compile_cache import LocalArtifactStore
+
+        folder = self._settings.compile_cache_dir or Path(self._settings.model_cache_dir) / "compile"
+        return [LocalArtifactStore(Path(folder)), *self._extra_stores]
+
+    def _load_sdxl(self):
+        from gpu_runner.pipelines.sdxl import load_sdxl, render_images
+        from gpu_runner.pipelines.startup import CompilePlan, prepare_sdxl
+
+        with self.startup.phase("device"):
+            device = self.device
+        log.info("loading_sdxl", model=self._settings.sdxl_model or "tiny", device=device.name)
+        with self.startup.phase("load", model=self._settings.sdxl_model and Path(self._settings.sdxl_model).name
+                                or "tiny"):
+            pipe = load_sdxl(self._settings.sdxl_model, Path(self._settings.model_cache_dir), device)
+            pipe.set_progress_bar_config(disable=True)  # progress goes to the job document
+        plan = CompilePlan(compile=self._settings.compile, quantize=self._settings.quantize,
+                           fallback=self._settings.compile_fallback, shapes=self.compile_shapes(),
+                           stores=self.artifact_stores())
+        self.acceleration = prepare_sdxl(pipe, device, plan, self.startup, render_images)
+        return pipe
 
     def svd(self):
         """Loaded into host memory first; then resident on the GPU beside SDXL when free memory holds it with

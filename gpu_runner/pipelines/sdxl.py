@@ -15,6 +15,7 @@ from PIL import Image
 
 from gpu_runner.pipelines.clip import sdxl_config_folder
 from gpu_runner.pipelines.device import DeviceChoice
+from gpu_runner.pipelines.previews import Previews
 from gpu_runner.pipelines.prompts import encode_prompts, window_count
 from gpu_runner.pipelines.specs import RenderSpec, batch_key
 
@@ -38,12 +39,14 @@ def prompt_arguments(pipe: StableDiffusionXLPipeline, specs: list[RenderSpec]) -
 
 
 def render_images(
-    pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None = None
+    pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None = None,
+    previews: Previews | None = None,
 ) -> list[Image.Image]:
     """Render several specs with as few pipeline calls as keep each image independent of its partners (they must
     share `batch_key`). Each item has its own seeded generator, so item i is the image its spec renders alone.
     Items whose prompts need a different number of 77-token windows go in separate calls: padding a shorter
-    prompt with empty windows would change its conditioning."""
+    prompt with empty windows would change its conditioning. With `previews`, every `previews.every` steps each
+    item's latents are decoded to a small preview and emitted under the item's index in `specs`."""
     assert specs and len({batch_key(spec) for spec in specs}) == 1, "a batch needs one size, steps and guidance"
     images: dict[int, Image.Image] = {}
     # One render at a time per pipeline: a render mutates what it shares with any other (the scheduler's
@@ -55,13 +58,14 @@ def render_images(
             groups.setdefault(window_count(pipe, spec.prompt, spec.negative_prompt), []).append(index)
         for indexes in groups.values():
             group = [specs[i] for i in indexes]
-            for i, image in zip(indexes, _render_call(pipe, group, on_step), strict=True):
+            for i, image in zip(indexes, _render_call(pipe, group, on_step, previews, indexes), strict=True):
                 images[i] = image
     return [images[i] for i in range(len(specs))]
 
 
 def _render_call(
-    pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None
+    pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None,
+    previews: Previews | None = None, indexes: list[int] | None = None,
 ) -> list[Image.Image]:
     first = specs[0]
     device = pipe.device if pipe.device.type == "cuda" else "cpu"
@@ -70,6 +74,9 @@ def _render_call(
     def step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
         if on_step is not None:
             on_step(step_index + 1, pipeline.num_timesteps)
+        if previews is not None and previews.due(step_index + 1, pipeline.num_timesteps):
+            for item, image in enumerate(previews.decode(callback_kwargs["latents"])):
+                previews.emit(indexes[item] if indexes else item, step_index + 1, pipeline.num_timesteps, image)
         return callback_kwargs
 
     result = pipe(

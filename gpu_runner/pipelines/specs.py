@@ -51,6 +51,24 @@ def batch_key(spec: RenderSpec) -> tuple:
     return (spec.width, spec.height, spec.steps, float(spec.guidance), bool(spec.negative_prompt))
 
 
+def parse_compile_shapes(text: str) -> list[tuple[int, int, int]]:
+    """`"1024x1024:1,1024x1024:4"` -> [(1024, 1024, 1), (1024, 1024, 4)]; ValueError that names the bad item."""
+    shapes = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            size, _, batch = item.partition(":")
+            width, height = (int(side) for side in size.lower().split("x"))
+            count = int(batch or 1)
+        except ValueError:
+            raise ValueError(f"compile shape {item!r} is not WIDTHxHEIGHT[:BATCH]") from None
+        if width % 8 or height % 8 or not (64 <= width <= 4096 and 64 <= height <= 4096) or not 1 <= count <= 16:
+            raise ValueError(f"compile shape {item!r}: sides a multiple of 8 in [64, 4096], batch in [1, 16]")
+        shapes.append((width, height, count))
+    return shapes
+
+
 @dataclass(frozen=True)
 class AnimationSpec:
     image: Image.Image

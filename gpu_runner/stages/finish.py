@@ -10,6 +10,7 @@ from gpu_runner import failpoints
 from soul_common.events import EventPublisher
 from gpu_runner.stages.image_job import WorkContext, store_image
 from gpu_runner.stages.intake import Ticket
+from gpu_runner.stages.safety import SafetyStage, verdict_for
 from gpu_runner.adapters.jobstore import JobStore
 from schemas.jobs import JobDoc, JobMetrics, JobStatus, JobType
 
@@ -22,6 +23,7 @@ class FinishStage:
         self._store = store
         self._events = events
         self._model_tag = model_tag
+        self._safety = SafetyStage(work)
 
     def succeed(self, ticket: Ticket) -> JobDoc:
         job = ticket.job
@@ -29,10 +31,17 @@ class FinishStage:
             if ticket.image is not None:
                 self._record_pace(ticket)
             ticket.progress.stage("uploading", 0.92)
-            result = store_image(job, ticket.plan, ticket.image, self._work, ticket.render_seconds)
+            result = store_image(job, ticket.plan, ticket.image, self._work, ticket.render_seconds, ticket.safety,
+                                 rescore=lambda image: self._rescore(ticket, image))
         else:
             result = ticket.outcome
         return self._finish(ticket, JobStatus.SUCCEEDED, result)
+
+    def _rescore(self, ticket: Ticket, image):
+        """An earlier attempt's object without a verdict: score it now (rare: uploads before the checker)."""
+        scores, name, elapsed = self._safety.score([image])
+        ticket.safety_seconds += elapsed
+        return verdict_for(scores[0], self._work.settings.safety_threshold, name, ticket.job.request)
 
     def _record_pace(self, ticket: Ticket) -> None:
         """Measured pace for the estimates; here, not in the render stage, so its round trips overlap renders."""
@@ -48,8 +57,11 @@ class FinishStage:
 
     def _finish(self, ticket: Ticket, status: JobStatus, result) -> JobDoc:
         stop_keepalive(ticket)  # no progress tick or renewal may follow the finish (they are fenced anyway)
-        metrics = JobMetrics(gpu_seconds=round(ticket.gpu_seconds, 4), model=self._model_tag,
-                             device=self._work.models.device.name, batch_size=ticket.batch_size)
+        verdict = getattr(result, "safety", None)
+        metrics = JobMetrics(gpu_seconds=round(ticket.gpu_seconds + ticket.safety_seconds, 4), model=self._model_tag,
+                             device=self._work.models.device.name, batch_size=ticket.batch_size,
+                             safety_seconds=round(ticket.safety_seconds, 4),
+                             safety_model=verdict.model if verdict is not None else None)
         finished = self._store.finish(ticket.job.job_id, status, result=result, metrics=metrics)
         log.info("job_finished", job_id=finished.job_id, status=finished.status, attempts=finished.attempts,
                  gpu_seconds=metrics.gpu_seconds, batch_size=metrics.batch_size)

@@ -13,10 +13,12 @@ from gpu_runner.pipelines.host import ModelHost
 from gpu_runner.pipelines.specs import RenderSpec
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.stages.records import ImagePlan, WorkContext
+from gpu_runner.stages.safety import blurred, verdict_from_metadata, verdict_metadata
 from schemas import names
 from schemas._base import utcnow
 from schemas.documents import VariantDoc
 from schemas.jobs import ImageJobSpec, ImageResult, JobDoc
+from schemas.safety import SafetyVerdict
 
 
 def capped(width: int, height: int, steps: int, max_side: int, max_steps: int) -> tuple[int, int, int]:
@@ -42,17 +44,37 @@ def plan_image(job: JobDoc, ctx: WorkContext) -> ImagePlan:
     return ImagePlan(object_name=object_name, render=render, stored=ctx.media.existing(object_name))
 
 
-def store_image(job: JobDoc, plan: ImagePlan, image, ctx: WorkContext, render_seconds: float) -> ImageResult:
-    """Encode and upload (create-only) a rendered image, or take the earlier attempt's object; record the variant
-    (fenced on the job's lease)."""
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def store_image(job: JobDoc, plan: ImagePlan, image, ctx: WorkContext, render_seconds: float,
+                safety: SafetyVerdict | None = None, rescore=None) -> ImageResult:
+    """Encode and upload (create-only) a rendered image with its safety verdict, or take the earlier attempt's
+    object and its verdict; record the variant (fenced on the job's lease). A flagged image's blurred rendition
+    goes up first, so an original never exists without it. `rescore(image) -> verdict` scores an earlier
+    attempt's object that carries no verdict (uploaded before the checker existed)."""
     spec = job.request
     assert isinstance(spec, ImageJobSpec)
     stored = plan.stored
     if stored is None:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        stored = ctx.media.put_once(plan.object_name, buffer.getvalue(), "image/png")
+        assert safety is not None, "an image is never uploaded unscored"
+        if safety.flagged:
+            ctx.media.put_once(safety.blurred_object, _png(blurred(image, ctx.settings.safety_blur_radius)),
+                               "image/png")
+        stored = ctx.media.put_once(plan.object_name, _png(image), "image/png", verdict_metadata(safety))
         ctx.failpoints.hit(failpoints.AFTER_UPLOAD, job_id=job.job_id)
+    safety = verdict_from_metadata(stored.metadata) or safety
+    if safety is None and rescore is not None:
+        from PIL import Image
+
+        earlier = Image.open(io.BytesIO(ctx.media.read(plan.object_name)))
+        safety = rescore(earlier)
+        if safety.flagged:
+            ctx.media.put_once(safety.blurred_object, _png(blurred(earlier, ctx.settings.safety_blur_radius)),
+                               "image/png")
     width, height = plan.render.width, plan.render.height
     created_at = utcnow()
     ctx.store.save_variant(
@@ -60,11 +82,11 @@ def store_image(job: JobDoc, plan: ImagePlan, image, ctx: WorkContext, render_se
         VariantDoc(
             variant_id=spec.variant_id, pk=spec.pk, soul_id=spec.soul_id, variant_index=spec.variant_index,
             object=plan.object_name, width=width, height=height, seed=spec.seed, bytes=stored.size,
-            job_id=job.job_id, cue=spec.cue, place=spec.place, created_at=created_at,
+            job_id=job.job_id, cue=spec.cue, place=spec.place, created_at=created_at, safety=safety,
         ),
     )
     ctx.failpoints.hit(failpoints.AFTER_VARIANT_WRITE, job_id=job.job_id)
     return ImageResult(
         variant_id=spec.variant_id, pk=spec.pk, object=plan.object_name, width=width, height=height, seed=spec.seed,
-        bytes=stored.size, render_seconds=round(render_seconds, 4), created_at=created_at,
+        bytes=stored.size, render_seconds=round(render_seconds, 4), created_at=created_at, safety=safety,
     )

@@ -52,7 +52,9 @@ class ProgressReporter:
         self._closed = False
         self._background = background
         self._min_gap = min_gap_s  # writer thread: stage changes closer than this are coalesced (latest wins)
-        self._pending: tuple[float, str, float | None] | None = None
+        self._pending: tuple | None = None
+        self._preview = None  # the latest preview not yet written: rides on the next (throttled) write
+        self._last: tuple[float, str] | None = None
         self._cond = threading.Condition()
         self._writer: threading.Thread | None = None
 
@@ -77,9 +79,18 @@ class ProgressReporter:
         low, high = span
         self._emit(low + (high - low) * (done / max(total, 1)), stage, force=False)
 
+    def preview(self, preview) -> None:
+        """A new preview of the forming image: written with the next progress write, never more often (the writes
+        stay about one per second per job however often previews come). `write` then gets it as a 4th argument."""
+        with self._cond:
+            self._preview = preview
+        if self._last is not None:
+            self._emit(*self._last, force=False)
+
     def _emit(self, fraction: float, stage: str, *, force: bool) -> None:
         if self._closed:
             return
+        self._last = (fraction, stage)
         now = self._clock()
         if not force and now - self._last_write < self._min_interval:
             return
@@ -87,10 +98,15 @@ class ProgressReporter:
         eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
         self._last_write = now
         value = (fraction, stage, None if eta is None else round(eta, 2))
+        with self._cond:
+            if self._preview is not None:
+                value, self._preview = (*value, self._preview), None
         if not self._background:
             self._write(*value)
             return
         with self._cond:
+            if self._pending is not None and len(self._pending) == 4 and len(value) == 3:
+                value = (*value, self._pending[3])  # a newer tick keeps the unwritten preview
             self._pending = value
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, name="progress", daemon=True)

@@ -17,6 +17,7 @@ from gpu_runner.settings import RunnerSettings
 from gpu_runner.stages.heartbeat import Heartbeat
 from gpu_runner.stages.progress import JobSignals, ProgressReporter
 from schemas.jobs import JobDoc, JobRequested, VideoResult
+from schemas.safety import SafetyVerdict
 
 if TYPE_CHECKING:
     from google.pubsub_v1.types import ReceivedMessage
@@ -69,5 +70,7 @@ class Ticket:
     render_seconds: float = 0.0
     gpu_seconds: float = 0.0  # this job's share of its batch's device time
     batch_size: int = 1
+    safety: SafetyVerdict | None = None  # the checker's verdict on `image` (safety stage -> finish stage)
+    safety_seconds: float = 0.0  # this job's share of the checker's call
     error: BaseException | None = None  # set when this job dropped out (its partners go on)
     sequence: int = 0  # arrival order in the look-ahead

@@ -16,6 +16,8 @@ from gpu_runner import failpoints
 from gpu_runner.errors import JobCanceled, LeaseLost, TransientError
 from gpu_runner.stages.image_job import WorkContext
 from gpu_runner.stages.intake import LookAhead, Ticket
+from gpu_runner.stages.previews import PreviewPublisher
+from gpu_runner.stages.safety import SafetyStage
 from schemas.jobs import JobDoc, JobType
 
 log = structlog.get_logger(__name__)
@@ -62,11 +64,15 @@ class RenderStage:
         self._work = work
         self.model_tag = model_tag
         self._announce_start = announce_start  # soul.job.started, for jobs whose webhooks asked for `start`
+        self.safety = SafetyStage(work)  # after the render, before the finish stage uploads anything
+        self.previews = PreviewPublisher(work)
 
     def prepare(self, first: Ticket) -> None:
-        """Load the pipeline `first` needs before its batch is gathered (partners keep arriving meanwhile)."""
+        """Load the pipeline `first` needs before its batch is gathered (partners keep arriving meanwhile), and the
+        safety checker that scores its images."""
         if batchable(first):
             try:
+                self._work.models.checker()
                 self._work.models.sdxl()
             except Exception as exc:  # noqa: BLE001 - settled by the coordinator, like a failed render
                 first.error = exc
@@ -83,6 +89,7 @@ class RenderStage:
         todo = [t for t in live if t.plan.needs_render]
         if todo:
             self._render_images(todo)
+            self.safety.check(todo)
 
     def _start(self, ticket: Ticket) -> bool:
         """THE place where a job starts on the device (job_started events hook in here)."""
@@ -128,8 +135,9 @@ class RenderStage:
 
         try:
             pipe = self._work.models.sdxl()
+            previews = self._previews_for(batch)
             started = time.perf_counter()
-            images = render_images(pipe, [t.plan.render for t in batch], on_step)
+            images = render_images(pipe, [t.plan.render for t in batch], on_step, previews)
             elapsed = time.perf_counter() - started
         except Exception as exc:  # noqa: BLE001 - the whole call failed: every job still in it gets the error
             for ticket in batch:
@@ -140,3 +148,16 @@ class RenderStage:
             ticket.image, ticket.batch_size = image, len(batch)
             ticket.gpu_seconds = ticket.render_seconds = share
         log.info("batch_rendered", jobs=[t.job.job_id for t in batch], seconds=round(elapsed, 3))
+
+    def _previews_for(self, batch: list[Ticket]):
+        """The render call's preview hook (SOUL_PREVIEW_EVERY steps; None when off): each item's preview goes to
+        the publisher thread, so the device only pays for the latent decode."""
+        every = self._work.settings.preview_every
+        if every <= 0:
+            return None
+        from gpu_runner.pipelines.previews import Previews  # deferred: loads torch
+
+        def emit(index: int, step: int, steps: int, image) -> None:
+            self.previews.offer(batch[index], step, steps, image)
+
+        return Previews(every=every, decode=self._work.models.preview_decoder(), emit=emit)

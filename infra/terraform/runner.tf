@@ -21,6 +21,14 @@ locals {
       MAX_CONCURRENT_TASKS        = "1" # one job at a time per GPU; one container per GPU
       SOUL_SHUTDOWN_GRACE_SECONDS = tostring(var.runner_shutdown_grace_seconds)
       SOUL_HEALTH_PORT            = tostring(var.runner_health_port) # gpu_runner/health.py
+      # Speed (gpu_runner/pipelines/acceleration.py): compile artifacts kept on the VM's stateful disk (mounted by
+      # cloud-init, survives container restarts) and under compile-cache/ in the bucket, so a new VM starts warm.
+      SOUL_COMPILE            = var.runner_compile
+      SOUL_QUANTIZE           = var.runner_quantize
+      SOUL_COMPILE_FALLBACK   = var.runner_compile_fallback
+      SOUL_COMPILE_SHAPES     = var.runner_compile_shapes
+      SOUL_COMPILE_CACHE_DIR  = "/var/cache/soul/compile"
+      TORCHINDUCTOR_CACHE_DIR = "/var/cache/soul/compile/inductor"
     },
     var.runner_env,
   )

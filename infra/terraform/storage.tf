@@ -42,6 +42,18 @@ resource "google_storage_bucket" "media" {
     max_age_seconds = 3600
   }
 
+  # Compile artifacts of the runners (gpu_runner/pipelines/compile_cache.py): keyed by torch, card and model, so
+  # old ones are dead weight after an upgrade; a VM that misses one compiles and saves it again.
+  lifecycle_rule {
+    condition {
+      age            = var.compile_cache_delete_after_days
+      matches_prefix = ["compile-cache/"]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
   dynamic "lifecycle_rule" {
     for_each = var.media_delete_after_days > 0 ? [var.media_delete_after_days] : []
     content {
@@ -51,6 +63,18 @@ resource "google_storage_bucket" "media" {
       action {
         type = "Delete"
       }
+    }
+  }
+
+  # Previews while denoising (previews/{job}/{step}.webp, gpu_runner/stages/previews.py) matter only while a job
+  # runs: gone after a day.
+  lifecycle_rule {
+    condition {
+      age            = 1
+      matches_prefix = ["previews/"]
+    }
+    action {
+      type = "Delete"
     }
   }
 

@@ -319,6 +319,48 @@ variable "runner_shutdown_grace_seconds" {
   default     = 30
 }
 
+variable "runner_compile" {
+  description = "SOUL_COMPILE of the runners: auto (what bench/gpu.py measured to pay on the card, else off), off, regional (the UNet's repeated blocks) or full."
+  type        = string
+  default     = "auto"
+  validation {
+    condition     = contains(["auto", "off", "regional", "full"], var.runner_compile)
+    error_message = "runner_compile must be auto, off, regional or full."
+  }
+}
+
+variable "runner_quantize" {
+  description = "SOUL_QUANTIZE of the runners: auto, none, or fp8 (torchao, compute capability >= 8.9 only; elsewhere it runs unquantized)."
+  type        = string
+  default     = "auto"
+  validation {
+    condition     = contains(["auto", "none", "fp8"], var.runner_quantize)
+    error_message = "runner_quantize must be auto, none or fp8."
+  }
+}
+
+variable "runner_compile_fallback" {
+  description = "What a runner does when no saved compile artifact matches: compile (once per key; later VMs load it) or eager."
+  type        = string
+  default     = "compile"
+  validation {
+    condition     = contains(["compile", "eager"], var.runner_compile_fallback)
+    error_message = "runner_compile_fallback must be compile or eager."
+  }
+}
+
+variable "runner_compile_shapes" {
+  description = "Shapes compiled at start, WIDTHxHEIGHT:BATCH comma-separated (empty: 1024x1024:1)."
+  type        = string
+  default     = ""
+}
+
+variable "compile_cache_delete_after_days" {
+  description = "Compile artifacts in the bucket (compile-cache/) older than this are deleted; a VM that misses one compiles and saves it again."
+  type        = number
+  default     = 30
+}
+
 variable "runner_env" {
   description = "Extra environment of the runner containers (e.g. DEVICE_MEMORY_FRACTION, SVD_NUM_FRAMES, SOUL_LEASE_SECONDS). Overrides the defaults set here."
   type        = map(string)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,8 +22,15 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a test secret (the 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("stack")
-    api_port, ingest_port, reconcile_port, webhooks_port = free_ports("127.0.0.1", 4)
+    with devstack(tmp_path_factory) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def devstack(tmp_path_factory, label: str = "stack", **extra_env: str):
+    """`python -m emulators.devstack` on free ports, ready; `extra_env` adds to (or overrides) its environment."""
+    workdir = tmp_path_factory.mktemp(label)
+    api_port, ingest_port, reconcile_port, webhooks_port, receiver_port = free_ports("127.0.0.1", 5)
     env = {
         **os.environ,
         "PORT": str(api_port),
@@ -31,11 +39,13 @@ def stack(tmp_path_factory):
         "RECONCILE_INTERVAL_S": "2",
         "WEBHOOKS_PORT": str(webhooks_port),
         "SOUL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "SOUL_WEBHOOK_LOOPBACK_PORTS": str(receiver_port),  # the one test receiver webhooks may reach
         "SOUL_MODEL_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "models"),
         # Slow the tiny model down to the catalog's step count so a job is visibly running for a while.
         "SOUL_TINY_MAX_STEPS": "30",
         "SOUL_HEARTBEAT_SECONDS": "0.3",
         "SOUL_PROGRESS_INTERVAL_SECONDS": "0.2",
+        **extra_env,
     }
     for name in ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST"):
         env.pop(name, None)
@@ -61,7 +71,7 @@ def stack(tmp_path_factory):
         time.sleep(0.3)
     emulator_env = json.loads((workdir / ".soul" / "emulators" / "env.json").read_text())
     yield {"base": base, "env": emulator_env, "workdir": workdir, "process": process,
-           "reconcile": f"http://127.0.0.1:{reconcile_port}/"}
+           "reconcile": f"http://127.0.0.1:{reconcile_port}/", "receiver_port": receiver_port}
     os.killpg(process.pid, signal.SIGTERM)
     try:
         assert process.wait(timeout=60) == 0

@@ -30,7 +30,7 @@ def test_a_webhook_is_told_when_the_runner_finishes_and_the_event_stream_follows
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    server = ThreadingHTTPServer(("127.0.0.1", stack["receiver_port"]), Hook)  # the port the stack declares
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         base = stack["base"]

@@ -136,3 +136,65 @@ def test_the_pool_is_off_unless_enabled(api):
         api.get("/image", query_string={**PENGUIN, "user_id": user})
     assert prerender_jobs() == []
     assert api.get("/tasks/stats/summary").json["prerenders"] == {"made": 0, "delivered": 0, "waste_ratio": None}
+
+
+# ---- issue 19: the shared cache shares images, not control --------------------------------------------------------
+
+
+def _two_tenants(tmp_path, monkeypatch, pool, **env: str):
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps([
+        {"tenant": "acme", "role": "admin", "key": "acme-warm-admin-01"},
+        {"tenant": "acme", "role": "client", "key": "acme-warm-key-0001"},
+        {"tenant": "globex", "role": "client", "key": "globex-warm-key-01", "quota": {"jobs_per_hour": 40}},
+    ]))
+    monkeypatch.delenv("SOUL_API_KEYS", raising=False)
+    client = pool(SOUL_API_KEYS_FILE=str(keys), **env)
+    return client, {"X-API-Key": "acme-warm-admin-01"}, {"X-API-Key": "acme-warm-key-0001"}, \
+        {"X-API-Key": "globex-warm-key-01"}
+
+
+def _jobs_created_by(tenant: str) -> int:
+    """Jobs this tenant created (what its jobs/hour and GPU-seconds quotas are charged for)."""
+    return sum(1 for s in db().collection(names.JOBS).stream() if s.to_dict().get("tenant") == tenant)
+
+
+def test_one_tenants_warm_settings_never_make_or_charge_pre_renders_for_another(pool, tmp_path, monkeypatch):
+    client, admin, _, globex = _two_tenants(tmp_path, monkeypatch, pool)
+    warmed = client.post("/image/warm", json={**PENGUIN, "variants": 4}, headers=admin)
+    assert warmed.status_code == 200 and len(warmed.json["queued"]) == 4, warmed.json
+    made_for_acme = {j["job_id"] for j in prerender_jobs()}
+    assert {j["tenant"] for j in prerender_jobs()} == {"acme"}
+    for job_id in sorted(made_for_acme):
+        render(job_id)
+    before = len(prerender_jobs())
+    charged_before = _jobs_created_by("globex")
+    for user in ("gina", "gus", "gail"):  # globex's users take the shared images: that is what sharing is for
+        took = client.get("/image", query_string={**PENGUIN, "user_id": user}, headers=globex)
+        assert took.status_code == 200, took.json
+        variant = took.json["variant"]["variant_id"]
+        assert client.post(f"/image/mark-seen?variant_id={variant}&user_id={user}", headers=globex).status_code == 200
+    # ... but acme's `ahead` is acme's: nothing was queued for globex, nor charged to it, nor shown in its /tasks.
+    assert len(prerender_jobs()) == before
+    assert _jobs_created_by("globex") == charged_before == 0
+    listed = client.get("/tasks", headers=globex).json["items"]
+    assert [t for t in listed if t["task_id"] in made_for_acme] == []
+    for job_id in made_for_acme:
+        assert client.get(f"/tasks/{job_id}", headers=globex).status_code == 404
+
+
+def test_demand_is_per_tenant_and_pre_renders_charge_only_the_tenant_that_showed_it(pool, tmp_path, monkeypatch):
+    client, _, acme, globex = _two_tenants(tmp_path, monkeypatch, pool, SOUL_WARM_POOL_MIN_USERS="2")
+    first = client.get("/image", query_string={**PENGUIN, "user_id": "ann"}, headers=acme).json
+    # One user of acme and one of globex: no tenant has two, so there is no demand and no pre-render.
+    assert client.get("/image", query_string={**PENGUIN, "user_id": "bob"}, headers=globex).json["task_id"] \
+        == first["task_id"]
+    assert prerender_jobs() == []
+    # Globex invents a second user: that is globex's demand, made for and charged to globex alone.
+    client.get("/image", query_string={**PENGUIN, "user_id": "invented-2"}, headers=globex)
+    [pre] = prerender_jobs()
+    assert pre["tenant"] == "globex" and pre["tenants"] == ["globex"]
+    assert client.get(f"/tasks/{pre['job_id']}", headers=acme).status_code == 404
+    assert [t for t in client.get("/tasks", headers=acme).json["items"] if t["task_id"] == pre["job_id"]] == []
+    record = db().collection(names.WARM_POOL).document(first["pk_id"]).collection("prerenders").document("1")
+    assert record.get().to_dict()["tenant"] == "globex"

@@ -26,22 +26,42 @@ from schemas.jobs import JobEvent, JobStatus, JobType
 from schemas.push import JobStarted
 from tests.support import api_client_with
 
-SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()  # alpha's own
+DEFAULT_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()  # the default tenant's (ingest)
+BETA_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 ALPHA, BETA = {"X-API-Key": "alpha-key"}, {"X-API-Key": "beta-key"}
 PENGUIN = {"soul_id": "nova", "cue": "penguin", "user_id": "user123"}
+POOL_SIZE = 8
 
 
 class Receiver:
-    """A local webhook endpoint answering a scripted list of statuses (the last one repeats)."""
+    """A local webhook endpoint answering a scripted list of statuses (the last one repeats), or hanging (accepts
+    and never answers), or dripping its status line one byte at a time. Receivers are made once per session on
+    fixed ports, which the app under test declares as its local receivers (SOUL_WEBHOOK_LOOPBACK_PORTS)."""
 
-    def __init__(self, statuses: list[int]):
-        self.statuses, self.calls = list(statuses), []
+    def __init__(self):
+        self.statuses: list[int] = [200]
+        self.calls: list[tuple[dict, bytes]] = []
+        self.arrived: list[float] = []  # time.monotonic() of each request
+        self.mode = "answer"
+        self.release = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.calls.append((dict(self.headers), body))
+                outer.arrived.append(time.monotonic())
+                if outer.mode == "hang":
+                    outer.release.wait(30)
+                    return
+                if outer.mode == "drip":
+                    for byte in b"HTTP/1.1 200 OK\r\n":
+                        if outer.release.wait(0.4):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                    return
                 status = outer.statuses.pop(0) if len(outer.statuses) > 1 else outer.statuses[0]
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
@@ -52,46 +72,70 @@ class Receiver:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.server.daemon_threads = True
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
+    def reset(self, statuses: list[int], mode: str = "answer") -> Receiver:
+        self.release.set()  # free any handler still hanging from an earlier test
+        self.release = threading.Event()
+        self.statuses, self.calls, self.arrived, self.mode = list(statuses), [], [], mode
+        return self
+
     def close(self):
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
 
-@pytest.fixture
-def receivers():
-    made: list[Receiver] = []
-
-    def make(statuses: list[int]) -> Receiver:
-        made.append(Receiver(statuses))
-        return made[-1]
-
-    yield make
-    for receiver in made:
+@pytest.fixture(scope="session")
+def receiver_pool():
+    pool = [Receiver() for _ in range(POOL_SIZE)]
+    yield pool
+    for receiver in pool:
         receiver.close()
 
 
-def _keys_file() -> str:
-    """Two client tenants, so one tenant's deliveries stay hidden from the other."""
+@pytest.fixture
+def receivers(receiver_pool):
+    free = list(receiver_pool)
+
+    def make(statuses: list[int], mode: str = "answer") -> Receiver:
+        return free.pop(0).reset(statuses, mode)
+
+    yield make
+    for receiver in receiver_pool:
+        receiver.release.set()
+
+
+def _keys_file(**secrets_by_tenant: str | None) -> str:
+    """Two client tenants, so one tenant's deliveries stay hidden from the other, each with its own secret."""
+    secrets_by_tenant = secrets_by_tenant or {"alpha": SECRET, "beta": BETA_SECRET}
     handle, path = tempfile.mkstemp(prefix="soul-keys-", suffix=".json")
+    entries = []
+    for tenant in ("alpha", "beta"):
+        entry = {"tenant": tenant, "role": "client", "key": f"{tenant}-key"}
+        if secrets_by_tenant.get(tenant):
+            entry["webhook_secret"] = secrets_by_tenant[tenant]
+        entries.append(entry)
     with os.fdopen(handle, "w") as out:
-        json.dump([{"tenant": "alpha", "role": "client", "key": "alpha-key"},
-                   {"tenant": "beta", "role": "client", "key": "beta-key"}], out)
+        json.dump(entries, out)
     return path
 
 
-def _app(monkeypatch, **env: str):
-    api, client = api_client_with(monkeypatch, "webhooks", SOUL_API_KEYS_FILE=_keys_file(),
-                                  SOUL_WEBHOOK_SECRET=SECRET, SOUL_WEBHOOK_BACKOFF_INITIAL_S="0.05", **env)
+def _app(monkeypatch, receiver_pool=(), keys_file: str | None = None, **env: str):
+    ports = ",".join(str(r.port) for r in receiver_pool)
+    api, client = api_client_with(monkeypatch, "webhooks", SOUL_API_KEYS_FILE=keys_file or _keys_file(),
+                                  SOUL_WEBHOOK_BACKOFF_INITIAL_S="0.05", SOUL_WEBHOOK_LOOPBACK_PORTS=ports,
+                                  **{"SOUL_WEBHOOK_SECRET": DEFAULT_SECRET, **env})
     return api.services, client
 
 
 @pytest.fixture
-def local(emulator_stack, clean_firestore, drain_jobs, monkeypatch):
-    return _app(monkeypatch, SOUL_WEBHOOK_ALLOW_LOOPBACK="true", SOUL_WEBHOOK_RETRY_BUDGET_S="5")
+def local(emulator_stack, clean_firestore, drain_jobs, monkeypatch, receiver_pool):
+    return _app(monkeypatch, receiver_pool, SOUL_WEBHOOK_ALLOW_LOOPBACK="true", SOUL_WEBHOOK_RETRY_BUDGET_S="5")
 
 
 def finish(job_id: str) -> dict:
@@ -123,6 +167,9 @@ def test_signed_delivery_retries_on_500_then_succeeds_and_is_listed_for_its_tena
     assert [len(receiver.calls), len(other.calls)] == [2, 1]
     (first_headers, first_body), (headers, body) = receiver.calls
     payload = Webhook(SECRET).verify(body, headers)  # the Standard Webhooks algorithm, from its own library
+    Webhook(BETA_SECRET).verify(other.calls[0][1], other.calls[0][0])  # beta's delivery: signed with beta's own
+    with pytest.raises(Exception):
+        Webhook(BETA_SECRET).verify(body, headers)
     assert payload["type"] == "soul.job.succeeded" and payload["data"]["task_id"] == task_id
     assert payload["data"]["status"] == "succeeded" and "user_id" not in payload["data"]
     assert first_headers["webhook-id"] == headers["webhook-id"]  # a retry is the same message
@@ -152,8 +199,9 @@ def test_start_events_go_only_to_targets_that_asked_for_them(local, receivers):
 
 
 def test_gives_up_after_the_bound_without_resending_to_a_target_that_succeeded(
-        emulator_stack, clean_firestore, drain_jobs, monkeypatch, receivers):
-    svc, client = _app(monkeypatch, SOUL_WEBHOOK_ALLOW_LOOPBACK="true", SOUL_WEBHOOK_RETRY_BUDGET_S="0.4")
+        emulator_stack, clean_firestore, drain_jobs, monkeypatch, receivers, receiver_pool):
+    svc, client = _app(monkeypatch, receiver_pool, SOUL_WEBHOOK_ALLOW_LOOPBACK="true",
+                       SOUL_WEBHOOK_RETRY_BUDGET_S="0.4")
     failing, fine = receivers([500]), receivers([200])
     task_id = client.post("/image", json={**PENGUIN, "webhook": failing.url}, headers=ALPHA).json["task_id"]
     client.post("/image", json={**PENGUIN, "webhook": fine.url, "user_id": "u2"}, headers=ALPHA)
@@ -282,3 +330,104 @@ def _app_services_with_budget(svc, budget_s: float):
 def db_hooks(job_id: str) -> list:
     db = firestore.Client(project=os.environ["GCS_PROJECT_ID"])
     return list(db.collection(names.JOBS).document(job_id).collection(names.WEBHOOKS).stream())
+
+
+# ---- isolation (issue 19): one tenant's targets never hold another's delivery -----------------------------------
+
+
+def test_one_tenants_hanging_targets_never_delay_another_tenants_delivery(
+        emulator_stack, clean_firestore, drain_jobs, monkeypatch, receivers, receiver_pool):
+    timeout_s = 2.0
+    svc, client = _app(monkeypatch, receiver_pool, SOUL_WEBHOOK_ALLOW_LOOPBACK="true",
+                       SOUL_WEBHOOK_RETRY_BUDGET_S="3", SOUL_WEBHOOK_TIMEOUT_S=str(timeout_s),
+                       SOUL_WEBHOOK_TARGETS_PER_TENANT_PER_JOB="20")
+    from functions.services.webhooks import webhook_id
+
+    hanging, prompt = receivers([200], mode="hang"), receivers([200])
+    beta_url = next(f"{prompt.url}/{n}" for n in range(1000) if webhook_id("beta", f"{prompt.url}/{n}") > "c")
+    # Twelve URLs of one tenant (distinct paths: twelve targets), all hanging, whose records sort before beta's.
+    alpha_urls = [u for u in (f"{hanging.url}/{n}" for n in range(1000))
+                  if webhook_id("alpha", u) < webhook_id("beta", beta_url)][:12]
+    task_id = None
+    for url in alpha_urls:
+        asked = client.post("/image", json={**PENGUIN, "webhook": url}, headers=ALPHA)
+        assert asked.status_code == 202, asked.json
+        task_id = asked.json["task_id"]
+    joined = client.post("/image", json={**PENGUIN, "user_id": "u2", "webhook": beta_url}, headers=BETA)
+    assert joined.json["task_id"] == task_id
+
+    started = time.monotonic()
+    outcome = handle_event(svc, finish(task_id))
+    # Served one after another, beta's target would wait for 12 attempts of 2 s; alone, it is told at once.
+    assert len(prompt.calls) == 1 and prompt.arrived[0] - started < timeout_s
+    assert len(hanging.calls) >= 12  # every hanging target was tried, in parallel, each within its own deadline
+    by_status = sorted(outcome.values())
+    assert by_status == ["delivered"] + ["failed"] * 12
+    [theirs] = client.get(f"/tasks/{task_id}", headers=BETA).json["deliveries"]
+    assert theirs["status"] == "delivered"
+    for delivery in client.get(f"/tasks/{task_id}", headers=ALPHA).json["deliveries"]:
+        assert all(a["duration_ms"] < (timeout_s + 1) * 1000 for a in delivery["attempts"])
+
+
+def test_a_dripping_receiver_cannot_stretch_an_attempt_past_its_deadline(receivers):
+    from functions.adapters.webhook_http import SendFailed, post
+    from functions.core import ssrf
+
+    drip = receivers([200], mode="drip")  # one byte of the status line every 0.4 s: 7 s for all of it
+    target = ssrf.vet(drip.url, allow_loopback=True, loopback_ports=frozenset({drip.port}))
+    began = time.monotonic()
+    with pytest.raises(SendFailed, match="deadline"):
+        post(target, {"content-type": "application/json"}, b"{}", 1.0)
+    assert time.monotonic() - began < 3.0  # the deadline is the attempt's, not each read's
+
+
+def test_targets_per_tenant_per_job_are_capped(emulator_stack, clean_firestore, drain_jobs, monkeypatch,
+                                                receivers, receiver_pool):
+    svc, client = _app(monkeypatch, receiver_pool, SOUL_WEBHOOK_ALLOW_LOOPBACK="true",
+                       SOUL_WEBHOOK_TARGETS_PER_TENANT_PER_JOB="2")
+    hook = receivers([200])
+    first = client.post("/image", json={**PENGUIN, "webhook": f"{hook.url}/a"}, headers=ALPHA)
+    task_id = first.json["task_id"]
+    assert client.post("/image", json={**PENGUIN, "webhook": f"{hook.url}/b"}, headers=ALPHA).status_code == 202
+    again = client.post("/image", json={**PENGUIN, "webhook": f"{hook.url}/a"}, headers=ALPHA)
+    assert again.status_code == 202  # the same target again takes no new slot
+    over = client.post("/image", json={**PENGUIN, "webhook": f"{hook.url}/c"}, headers=ALPHA)
+    assert over.status_code == 409 and over.json["error"]["field"] == "webhook", over.json
+    assert task_id in over.json["error"]["message"]
+    assert client.post("/image", json={**PENGUIN, "webhook": f"{hook.url}/d"}, headers=BETA).status_code == 202
+    assert len(db_hooks(task_id)) == 3  # alpha's two, beta's one: the refused URL left no record
+
+
+def test_a_tenant_without_its_own_secret_cannot_register_webhooks(emulator_stack, clean_firestore, drain_jobs,
+                                                                   monkeypatch, receivers, receiver_pool):
+    svc, client = _app(monkeypatch, receiver_pool, keys_file=_keys_file(alpha=SECRET, beta=None),
+                       SOUL_WEBHOOK_ALLOW_LOOPBACK="true")
+    hook = receivers([200])
+    refused = client.post("/image", json={**PENGUIN, "webhook": hook.url}, headers=BETA)
+    assert refused.status_code == 400 and "beta" in refused.json["error"]["message"]  # never the default's secret
+    assert client.get("/tasks", headers=BETA).json["items"] == []
+    assert client.post("/image", json={**PENGUIN, "webhook": hook.url}, headers=ALPHA).status_code == 202
+
+
+def test_local_mode_refuses_loopback_ports_no_receiver_declared(emulator_stack, clean_firestore, drain_jobs,
+                                                                 monkeypatch, receiver_pool):
+    svc, client = _app(monkeypatch, receiver_pool[:1], SOUL_WEBHOOK_ALLOW_LOOPBACK="true")
+    storage = os.environ["STORAGE_EMULATOR_HOST"].rstrip("/")
+    upload = f"{storage}/upload/storage/v1/b/{os.environ['GCS_BUCKET_NAME']}/o?uploadType=media&name=images/x.png"
+    for url in (upload, f"http://{os.environ['FIRESTORE_EMULATOR_HOST']}/v1/projects/x",
+                f"http://{os.environ['PUBSUB_EMULATOR_HOST']}/v1/projects/x/topics/t:publish",
+                f"http://127.0.0.1:{receiver_pool[1].port}/hook"):
+        refused = client.post("/image", json={**PENGUIN, "webhook": url}, headers=ALPHA)
+        assert refused.status_code == 400 and "SOUL_WEBHOOK_LOOPBACK_PORTS" in refused.json["error"]["message"], url
+    assert client.get("/tasks", headers=ALPHA).json["items"] == []
+
+
+def test_an_emulator_port_can_never_be_declared_a_receiver(emulator_stack, monkeypatch):
+    from pydantic import ValidationError
+
+    from functions.settings import FunctionsSettings
+
+    port = os.environ["STORAGE_EMULATOR_HOST"].rsplit(":", 1)[1].strip("/")
+    monkeypatch.setenv("SOUL_WEBHOOK_LOOPBACK_PORTS", f"1,{port}")
+    with pytest.raises(ValidationError, match="storage emulator"):
+        FunctionsSettings()

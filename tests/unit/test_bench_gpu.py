@@ -39,3 +39,23 @@ def test_gpu_benchmark_measures_batch_sizes_with_the_runner_settings(tmp_path, c
     assert figures["batches"][0]["speedup_vs_batch_1"] == 1.0
     assert all(b["images_per_s"] > 0 for b in figures["batches"])
     assert "| 2 |" in capsys.readouterr().out
+
+
+def test_gpu_benchmark_measures_a_cold_start_through_the_runners_loading_code(tmp_path, capsys):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(BENCH))
+    out = tmp_path / "out.json"
+    assert gpu.main(["--tiny", "--device", "cpu", "--cold-start", "eager", "--json", str(out),
+                     "--cache", str(tmp_path / "cache")]) == 0
+    [row] = json.loads(out.read_text())["cold_starts"]
+    assert row["scenario"] == "eager" and row["seconds_to_first_image"] > 0
+    assert {"device", "load", "warmup"} <= set(row["phases"]) and row["artifacts"] == "not compiling"
+    assert row["acceleration"]["compile"] == "off"
+    assert "| eager |" in capsys.readouterr().out
+    # the real-card scenarios (fp8 needs compute capability >= 8.9) are skipped here, never faked
+    assert gpu.main(["--tiny", "--device", "cpu", "--cold-start", "fp8-regional-saved", "--json", str(out),
+                     "--cache", str(tmp_path / "cache")]) == 0
+    assert json.loads(out.read_text())["cold_starts"] == []

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typer.testing import CliRunner
 
 from soul_cli.errors import ExitCode
-from soul_cli.events import parse_stream
+from soul_client._sse import parse_events
 from soul_cli.main import app
 from tests.unit.test_cli import TASK_ID, URL, queued, task
 
@@ -84,4 +84,4 @@ def test_a_stream_that_ends_early_falls_back_to_polling():
 
 def test_stream_parsing_skips_comments_and_joins_data_lines():
     lines = ["retry: 10", "", ": ping", "event: update", "data: {\"a\":", "data: 1}", "", "data: x", ""]
-    assert list(parse_stream(iter(lines))) == [("update", "{\"a\":\n1}"), ("message", "x")]
+    assert [(e.event, e.data) for e in parse_events(lines)] == [("update", "{\"a\":\n1}"), ("message", "x")]

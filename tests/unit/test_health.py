@@ -79,3 +79,31 @@ def test_server_answers_each_probe_from_its_callable():
         assert get(failing.port, "/healthz") == (503, {"status": "not alive"})
     finally:
         failing.close()
+
+
+def test_both_answers_carry_the_start_up_report_and_a_failing_report_changes_no_answer():
+    from gpu_runner.pipelines.startup import StartupReport
+
+    ticks = iter(range(100))
+    report = StartupReport(clock=lambda: float(next(ticks)))
+    with report.phase("load", model="tiny"):
+        pass
+    report.note(artifacts="loaded")
+    server = HealthServer(lambda: True, lambda: False, host="127.0.0.1", port=0, details=report.snapshot).start()
+    try:
+        status, body = get(server.port, "/healthz")
+        assert status == 200
+        assert body["startup"]["phases"] == [{"phase": "load", "seconds": 1.0, "outcome": "ok", "model": "tiny"}]
+        assert body["startup"]["artifacts"] == "loaded"
+        assert get(server.port, "/readyz")[1]["startup"]["phases"][0]["phase"] == "load"
+    finally:
+        server.close()
+
+    def broken() -> dict:
+        raise RuntimeError("report blew up")
+
+    server = HealthServer(lambda: True, lambda: True, host="127.0.0.1", port=0, details=broken).start()
+    try:
+        assert get(server.port, "/healthz") == (200, {"status": "ok"})
+    finally:
+        server.close()

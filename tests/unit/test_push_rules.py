@@ -45,12 +45,51 @@ def test_a_public_target_is_connected_by_its_vetted_ip():
 
 
 def test_local_mode_allows_http_to_loopback_only():
-    assert ssrf.vet("http://127.0.0.1:9000/h", allow_loopback=True).ip == "127.0.0.1"
-    assert ssrf.vet("http://localhost:9000/h", allow_loopback=True, resolver=lambda h, p: ["127.0.0.1"]).port == 9000
+    receivers = frozenset({9000})
+    assert ssrf.vet("http://127.0.0.1:9000/h", allow_loopback=True, loopback_ports=receivers).ip == "127.0.0.1"
+    assert ssrf.vet("http://localhost:9000/h", allow_loopback=True, loopback_ports=receivers,
+                    resolver=lambda h, p: ["127.0.0.1"]).port == 9000
     with pytest.raises(ssrf.UnsafeTarget):
         ssrf.vet("http://hooks.example.com/", allow_loopback=True, resolver=public)
     with pytest.raises(ssrf.UnsafeTarget):
         ssrf.vet("http://169.254.169.254/", allow_loopback=True)
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:9001/h", "http://localhost:4443/", "http://[::1]:8085/", "http://127.0.0.1/",
+    "https://[::ffff:127.0.0.1]:8080/",
+])
+def test_local_mode_reaches_only_the_declared_receiver_ports(url):
+    with pytest.raises(ssrf.UnsafeTarget, match="SOUL_WEBHOOK_LOOPBACK_PORTS"):
+        ssrf.vet(url, allow_loopback=True, loopback_ports=frozenset({9000}), resolver=lambda h, p: ["127.0.0.1"])
+    with pytest.raises(ssrf.UnsafeTarget, match="SOUL_WEBHOOK_LOOPBACK_PORTS"):
+        ssrf.check_syntax(url, allow_loopback=True, loopback_ports=frozenset({9000}))
+    with pytest.raises(ssrf.UnsafeTarget, match="SOUL_WEBHOOK_LOOPBACK_PORTS"):  # a name that resolves to loopback
+        ssrf.vet("https://hooks.example.com:9001/", allow_loopback=True, loopback_ports=frozenset({9000}),
+                 resolver=lambda h, p: ["127.0.0.1"])
+
+
+@pytest.mark.parametrize("address", [
+    "2002:7f00:1::", "2002:a00:1::1", "2002:5db8:d822::1",  # 6to4: loopback, private, even public IPv4 inside
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+    "64:ff9b:1::a00:1", "64:ff9b::7f00:1", "::7f00:1", "100::1", "2001:db8::1", "3fff::1", "5f00::1",
+    "2001:20::1", "2620:4f:8000::1", "fec0::1", "fd00::1",
+    "192.0.0.8", "192.0.0.170", "192.88.99.1", "198.18.0.1", "198.51.100.7", "203.0.113.9", "192.31.196.1",
+    "192.52.193.1", "192.175.48.1", "100.64.0.1", "0.1.2.3", "240.0.0.1", "255.255.255.255",
+])
+def test_special_purpose_ranges_are_refused(address):
+    literal = f"[{address}]" if ":" in address else address
+    with pytest.raises(ssrf.UnsafeTarget):
+        ssrf.vet(f"https://{literal}/h", allow_loopback=False)
+    with pytest.raises(ssrf.UnsafeTarget):  # and behind a name
+        ssrf.vet("https://hooks.example.com/h", allow_loopback=False, resolver=lambda h, p: [address])
+    with pytest.raises(ssrf.UnsafeTarget):  # local mode allows loopback itself, never a tunnel to it
+        ssrf.vet(f"https://{literal}/h", allow_loopback=True, loopback_ports=frozenset({443}))
+
+
+def test_port_zero_is_not_taken_as_the_default_port():
+    with pytest.raises(ssrf.UnsafeTarget, match="port 0"):
+        ssrf.vet("https://hooks.example.com:0/", allow_loopback=False, resolver=public)
 
 
 def test_signature_matches_the_standard_webhooks_test_vector():
@@ -70,15 +109,15 @@ def test_events_map_to_webhook_events_and_stable_delivery_keys():
     progress = _message(names.EVENT_JOB_PROGRESS, {"job_id": "img-1", "type": "image", "seq": 3, "progress": 0.5,
                                                     "stage": "denoise", "eta_seconds": 1.5,
                                                     "occurred_at": "2026-11-25T20:00:00Z"})
-    out = outgoing(progress, lambda job_id: None)
+    out = outgoing(progress, lambda job_id, policy=None: None)
     assert out is not None and out.key == "progress-3" and out.event == "progress"
     assert json.loads(out.body)["data"] == {"task_id": "img-1", "type": "image", "seq": 3, "progress": 0.5,
                                             "stage": "denoise", "eta_seconds": 1.5,
                                             "occurred_at": "2026-11-25T20:00:00Z"}
-    done = outgoing(_message(names.EVENT_JOB_SUCCEEDED, {"job_id": "img-1"}), lambda job_id: {"task_id": job_id})
+    done = outgoing(_message(names.EVENT_JOB_SUCCEEDED, {"job_id": "img-1"}), lambda job_id, policy=None: {"task_id": job_id})
     assert done is not None and done.key == "completed" and json.loads(done.body)["type"] == "soul.job.succeeded"
-    assert outgoing(_message(names.EVENT_JOB_SUCCEEDED, {"job_id": "gone"}), lambda job_id: None) is None
-    assert outgoing(_message(names.EVENT_REQUEST_ACCEPTED, {"request_id": "r"}), lambda job_id: None) is None
+    assert outgoing(_message(names.EVENT_JOB_SUCCEEDED, {"job_id": "gone"}), lambda job_id, policy=None: None) is None
+    assert outgoing(_message(names.EVENT_REQUEST_ACCEPTED, {"request_id": "r"}), lambda job_id, policy=None: None) is None
     assert outgoing({"attributes": {"ce-type": names.EVENT_JOB_STARTED}, "data": "%%"}, lambda j: None) is None
 
 

@@ -130,3 +130,42 @@ def test_user_ids_are_namespaced_one_to_one():
     assert scoped_user("acme", "user123") == "acme~user123" != scoped_user("globex", "user123")
     # A bare id can never look like another tenant's scoped one: '~' is not allowed in user ids.
     assert not re.fullmatch(USER_ID_PATTERN, "acme~user123")
+
+
+# ---- issue 19: webhook secrets are per tenant -------------------------------------------------------------------
+
+
+def test_webhook_secrets_are_never_shared_between_tenants(tmp_path):
+    from functions.core.tenants import check_webhook_secrets, webhook_secret
+
+    shared = "whsec_" + "A" * 32
+    ring = build_key_ring("", write(tmp_path, [
+        {"tenant": "a", "key": "k-a-000000000001", "webhook_secret": "whsec_" + "B" * 32},
+        {"tenant": "b", "key": "k-b-000000000001"},
+    ]))
+    # SOUL_WEBHOOK_SECRET signs the default tenant's deliveries only: tenant b without its own has none at all.
+    assert webhook_secret(ring, "b", shared) == "" and webhook_secret(ring, "default", shared) == shared
+    assert webhook_secret(ring, "a", shared) == "whsec_" + "B" * 32
+    assert check_webhook_secrets(ring, shared) == ["b"]  # logged at start-up; b's webhooks are refused
+    with pytest.raises(ConfigError, match="'a' and 'default' have the same webhook secret"):
+        check_webhook_secrets(ring, "whsec_" + "B" * 32)
+    twins = build_key_ring("", write(tmp_path, [
+        {"tenant": "a", "key": "k-a-000000000001", "webhook_secret": shared},
+        {"tenant": "b", "key": "k-b-000000000001", "webhook_secret": shared},
+    ]))
+    with pytest.raises(ConfigError, match="same webhook secret"):
+        check_webhook_secrets(twins, "")
+
+
+def test_the_functions_refuse_to_start_with_a_shared_webhook_secret(tmp_path, monkeypatch):
+    shared = "whsec_" + "C" * 32
+    monkeypatch.setenv("SOUL_API_KEYS_FILE", write(tmp_path, [
+        {"tenant": "a", "key": "k-a-000000000001", "webhook_secret": shared},
+        {"tenant": "b", "key": "k-b-000000000001", "webhook_secret": shared},
+    ]))
+    monkeypatch.setattr(functions_main, "_api", None)
+    monkeypatch.setattr(functions_main, "make_clients", lambda project: None)
+    with flask.Flask("t").test_request_context("/me"):
+        response = functions_main.api(flask.request)
+    assert response.status_code == 500
+    assert "same webhook secret" in response.get_json()["error"]["message"]

@@ -125,7 +125,13 @@ class JobStore:
         if contains is not None:
             query = query.where(contains[0], "array_contains", contains[1])
         query = query.order_by("created_at", descending=True).order_by("__name__", descending=True)
-        snaps, after = page(self._db, query, self._ref(cursor) if cursor else None, page_size)
+
+        def member(data: dict) -> bool:  # the cursor's job must be one this very query returns
+            if any(str(data.get(f)) != v for f, v in filters.items()):
+                return False
+            return contains is None or contains[1] in (data.get(contains[0]) or [])
+
+        snaps, after = page(self._db, query, self._ref(cursor) if cursor else None, page_size, member)
         return [JobDoc.model_validate(s.data) for s in snaps], after
 
     def count_by(self, field_name: str, value: str) -> int:

@@ -51,7 +51,8 @@ class PromptStore:
         if pk:
             query = query.where("pk", "==", pk)
         anchor = fs.doc(names.VARIANTS, cursor) if cursor else None
-        snaps, after = page(self._db, query.order_by("__name__"), anchor, page_size)
+        member = (lambda data: data.get("pk") == pk) if pk else None
+        snaps, after = page(self._db, query.order_by("__name__"), anchor, page_size, member)
         return [VariantDoc.model_validate(s.data) for s in snaps], after
 
     def prompt(self, pk: str) -> PromptDoc | None:

@@ -1,6 +1,8 @@
-"""The warm pool's documents: `warm_pool/{pk}` (an explicit `ahead`, the pre-renders made today),
-`warm_pool/{pk}/askers/{user}` (demand) and `warm_pool/{pk}/prerenders/{variant_index}` (what was made, why, and
-whether someone took it). The rules are functions/services/warm_pool.py's."""
+"""The warm pool's documents. Control is per tenant: `warm_pool/{pk}/tenants/{tenant}` (an explicit `ahead`, the
+pre-renders made for the tenant today) and `.../tenants/{tenant}/askers/{user}` (the tenant's demand), so one
+tenant's settings and users never make (or charge) pre-renders for another. What was made is per key:
+`warm_pool/{pk}/prerenders/{variant_index}` (why, for which tenant, and whether someone took it). The rules are
+functions/services/warm_pool.py's."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from soul_common import firestore as fs
 
 PRERENDERS = "prerenders"
 ASKERS = "askers"
+TENANTS = "tenants"
 
 
 class WarmPoolStore:
@@ -23,29 +26,34 @@ class WarmPoolStore:
     def _key(pk: str) -> fs.DocRef:
         return fs.doc(names.WARM_POOL, pk)
 
-    def key_state(self, pk: str) -> dict:
-        """The key's document: `explicit_ahead`, `made_day`, `made_today` (empty when it has none)."""
-        return self._db.get(self._key(pk)).data or {}
+    @staticmethod
+    def _tenant(pk: str, tenant: str) -> fs.DocRef:
+        return fs.doc(names.WARM_POOL, pk, TENANTS, tenant)
 
-    def set_explicit_ahead(self, pk: str, ahead: int) -> None:
-        self._db.set(self._key(pk), {"pk": pk, "explicit_ahead": ahead, "updated_at": utcnow()}, merge=True)
+    def key_state(self, pk: str, tenant: str) -> dict:
+        """The tenant's state for the key: `explicit_ahead`, `made_day`, `made_today` (empty when it has none)."""
+        return self._db.get(self._tenant(pk, tenant)).data or {}
 
-    def count_askers_since(self, pk: str, since: datetime) -> int:
-        return self._db.count(fs.collection(names.WARM_POOL, pk, ASKERS).where("at", ">=", since))
+    def set_explicit_ahead(self, pk: str, tenant: str, ahead: int) -> None:
+        self._db.set(self._tenant(pk, tenant), {"pk": pk, "tenant": tenant, "explicit_ahead": ahead,
+                                                "updated_at": utcnow()}, merge=True)
 
-    def record_asker(self, pk: str, user_id: str) -> None:
-        self._db.set(self._key(pk).child(ASKERS, user_id), {"user_id": user_id, "at": utcnow()})
+    def count_askers_since(self, pk: str, tenant: str, since: datetime) -> int:
+        return self._db.count(fs.collection(names.WARM_POOL, pk, TENANTS, tenant, ASKERS).where("at", ">=", since))
+
+    def record_asker(self, pk: str, tenant: str, user_id: str) -> None:
+        self._db.set(self._tenant(pk, tenant).child(ASKERS, user_id), {"user_id": user_id, "at": utcnow()})
 
     def record_prerender(self, doc: PrerenderDoc) -> bool:
         """False when another trigger recorded this very pre-render first."""
         return self._db.create(self._key(doc.pk).child(PRERENDERS, str(doc.variant_index)), firestore_dict(doc))
 
-    def count_made(self, pk: str, today: str) -> None:
-        """One more pre-render of the key today (the per-key daily cap)."""
-        if self.key_state(pk).get("made_day") != today:
-            self._db.set(self._key(pk), {"made_day": today, "made_today": 1}, merge=True)
+    def count_made(self, pk: str, tenant: str, today: str) -> None:
+        """One more pre-render of the key for the tenant today (the per-key daily cap, per tenant)."""
+        if self.key_state(pk, tenant).get("made_day") != today:
+            self._db.set(self._tenant(pk, tenant), {"made_day": today, "made_today": 1}, merge=True)
         else:
-            self._db.update(self._key(pk), {"made_today": fs.increment(1)})
+            self._db.update(self._tenant(pk, tenant), {"made_today": fs.increment(1)})
 
     def prerender(self, pk: str, index: int) -> dict | None:
         return self._db.get(self._key(pk).child(PRERENDERS, str(index))).data

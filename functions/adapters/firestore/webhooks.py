@@ -1,5 +1,6 @@
 """Webhook records and their deliveries: `jobs/{job_id}/webhooks/{webhook_id}` (one requester's URL and event
-filter) and `.../deliveries/{event key}` (the attempts of one event to that target)."""
+filter), `.../deliveries/{event key}` (the attempts of one event to that target) and
+`jobs/{job_id}/webhook_slots/{tenant}~{n}` (the bound on one tenant's targets per job)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,19 @@ class WebhookStore:
         data = firestore_dict(doc)
         data["events"] = fs.array_union(events)
         self._db.set(self._hook(doc.job_id, doc.webhook_id), data, merge=True)
+
+    def claim_slot(self, job_id: str, tenant: str, webhook_id: str, cap: int) -> bool:
+        """Take one of the tenant's `cap` webhook slots on the job for this target (kept when it holds one
+        already); False when all are taken. Slots are created once each (`create()`: exactly one winner), so the
+        cap holds under any number of concurrent registrations."""
+        for n in range(cap):
+            ref = fs.doc(names.JOBS, job_id, names.WEBHOOK_SLOTS, f"{tenant}~{n}")
+            if self._db.create(ref, {"tenant": tenant, "webhook_id": webhook_id, "at": utcnow()}):
+                return True
+            held = self._db.get(ref).data or {}
+            if held.get("webhook_id") == webhook_id:
+                return True
+        return False
 
     def hooks(self, job_id: str, tenant: str | None = None) -> list[WebhookDoc]:
         """The job's webhook records (of one tenant when given)."""
