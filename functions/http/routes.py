@@ -59,7 +59,7 @@ from schemas.api import (
 )
 from schemas.documents import SeenDoc
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN
-from schemas.jobs import JobLane
+from schemas.jobs import JobLane, VideoResult
 from schemas.push import WarmAnswer, WarmRequest
 
 

@@ -12,11 +12,12 @@ import math
 from collections.abc import Sequence
 
 from functions.adapters.firestore.jobs import JobStore
+from functions.adapters.firestore.paging import _RESERVED_ID as _RESERVED
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core import content_policy
 from functions.core.content_policy import Viewer
-from functions.core.errors import Conflict, NotFound, Unavailable
+from functions.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from functions.core.memo import TtlMemo
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.services.content import ContentPolicies
@@ -104,6 +105,8 @@ class TaskService:
         filters = {field: str(value) for field, value in (("type", query.type), ("soul_id", query.soul_id))
                    if value is not None}
         user = (query.user_id, scoped_user(tenant, query.user_id)) if query.user_id is not None else None
+        if query.status is not None:
+            self._cursor_in(query.cursor, str(query.status))
         ids, cursor = self._store.interest.page(tenant, user, filters, query.page_size, query.cursor)
         jobs = [job for job in self._store.jobs(ids) if query.status is None or str(job.status) == str(query.status)]
         return TaskPage(items=[self.view(job, tenant, sign=False, user_id=query.user_id) for job in jobs],
@@ -114,6 +117,7 @@ class TaskService:
         """`GET /static/images`: the images of this tenant's finished image jobs, newest first, with signed URLs:
         the visibility of `/tasks` (the same query as `GET /tasks?status=succeeded&type=image`, its cursor a job
         id within those results), as the tenant's content policy lets it see them."""
+        self._cursor_in(cursor, JobStatus.SUCCEEDED.value)
         ids, after = self._store.interest.page(tenant, None, {"type": JobType.IMAGE.value}, page_size, cursor)
         jobs = [job for job in self._store.jobs(ids) if job.status == JobStatus.SUCCEEDED]
         viewer = self.viewer(tenant, admin=admin)  # withheld images are left out (content policy)
@@ -127,6 +131,16 @@ class TaskService:
         if job is None or not self._visible(job, tenant) or not isinstance(job.result, VideoResult):
             return None
         return next((o.object for o in job.result.outputs if o.format == fmt), None)
+
+    def _cursor_in(self, cursor: str | None, status: str) -> None:
+        """A status filter applies to the jobs read, so a cursor must name a job in that status (else it is not a
+        position in this list: the same answer as a cursor naming nothing; the tenant's own records are checked by
+        the interest query)."""
+        if not cursor:
+            return
+        job = None if _RESERVED.match(cursor) else self._store.job(cursor)
+        if job is None or str(job.status) != status:
+            raise InvalidInput("cursor does not name a position in this list", field="cursor")
 
     def cancel(self, task_id: str, tenant: str) -> tuple[int, Task]:
         """Withdraw `tenant`'s interest. When other tenants still wait, the job goes on for them and this tenant

@@ -127,6 +127,7 @@ class InterestStore:
         if cursor and _RESERVED_ID.match(cursor):
             raise InvalidInput("cursor does not name a position in this list", field="cursor")
         anchor = self.ref(cursor, tenant, user[0] if user else None) if cursor else None
-        snaps, after = page(self._db, query, anchor, page_size)
+        snaps, after = page(self._db, query, anchor, page_size,
+                            member=lambda data: all(data.get(f) == v for f, v in filters.items()))
         ids = [s.data["job_id"] for s in snaps]
         return ids, (ids[-1] if after is not None else None)
