@@ -71,7 +71,8 @@ def save(db, *jobs: JobDoc) -> None:
 def test_a_task_shows_the_gpu_seconds_the_runner_measured(api, db):
     save(db, image_job(1, JobStatus.SUCCEEDED, gpu=1.25), image_job(2))
     done = api.get(f"/tasks/{image_job(1).job_id}").json
-    assert done["metrics"] == {"gpu_seconds": 1.25, "model": "sdxl-tiny", "device": "cpu", "batch_size": 2}
+    assert done["metrics"] == {"gpu_seconds": 1.25, "model": "sdxl-tiny", "device": "cpu", "batch_size": 2,
+                               "safety_model": None, "safety_seconds": 0.0}  # no checker ran on this job
     assert done["queue_position"] is None
     assert api.get(f"/tasks/{image_job(2).job_id}").json["metrics"] is None
     listed = {item["task_id"]: item for item in api.get("/tasks").json["items"]}
