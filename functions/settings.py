@@ -66,7 +66,16 @@ class FunctionsSettings(BaseSettings):
     # Set in every deployed configuration: refuse to start when auth is off.
     require_auth: bool = False
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # How long a finished (canceled) job is kept before Firestore's TTL deletes it (soul_common/retention.py).
+    job_retention_days: float = Field(default=30.0, gt=0)
     max_body_bytes: int = 64 * 1024
+    # Admin uploads of a soul's identity (functions/core/uploads.py): the whole body (Cloud Run takes at most 32 MiB
+    # per HTTP/1 request; base64 in JSON adds a third), one reference image, its pixels, one LoRA and its rank.
+    max_upload_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
+    reference_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    reference_max_pixels: int = Field(default=4096 * 4096, ge=64 * 64, le=8192 * 8192)
+    lora_max_bytes: int = Field(default=23 * 1024 * 1024, ge=1024)
+    lora_max_rank: int = Field(default=128, ge=1, le=1024)
     # Deadline of each Firestore call: past it the request answers 503 instead of waiting on retries.
     backend_timeout_s: float = Field(default=10.0, gt=0, le=120)
     public_base_url: str = ""  # prefix of status_url; empty = relative URLs
@@ -100,6 +109,16 @@ class FunctionsSettings(BaseSettings):
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=60)
     sse_max_duration_s: float = Field(default=300.0, gt=0, le=3600)
+    # Open event streams one instance holds, in all and per tenant (functions/services/progress.py); past them a
+    # 429 with this Retry-After. Cloud Run counts each open stream against max_instance_request_concurrency.
+    sse_max_streams_per_instance: int = Field(default=1000, ge=1, le=100_000)
+    sse_max_streams_per_tenant: int = Field(default=200, ge=1, le=100_000)
+    sse_retry_after_s: float = Field(default=5.0, gt=0, le=600)
+    # The deployed async front (functions/http/asgi.py): threads that run the synchronous router (streams hold
+    # none of them), and how long a request body may sit idle between two reads before a 408.
+    worker_threads: int = Field(default=16, ge=1, le=512, validation_alias=AliasChoices("SOUL_WORKER_THREADS",
+                                                                                          "THREADS"))
+    body_idle_timeout_s: float = Field(default=10.0, gt=0, le=120)
     # Where the emulators are (local only; set by emulators/): their ports are never webhook targets.
     firestore_emulator_host: str | None = Field(default=None, validation_alias=AliasChoices("FIRESTORE_EMULATOR_HOST"))
     pubsub_emulator_host: str | None = Field(default=None, validation_alias=AliasChoices("PUBSUB_EMULATOR_HOST"))

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime, Field
 
 from schemas._base import Contract, Reply
 from schemas.documents import Style
+from schemas.identity import Reproducibility, SchedulerName
 from schemas.ids import SOUL_ID_PATTERN, USER_ID_PATTERN, VARIANT_ID_PATTERN
 from schemas.jobs import JobError, JobStatus, JobType
 from schemas.push import Delivery, LaneOption, PrerenderStats, TaskPreview, WebhookOptions
@@ -23,6 +24,10 @@ class ImageRequest(Contract):
     soul_id: str = Field(pattern=SOUL_ID_PATTERN, description="The soul to draw, e.g. `nova`.")
     cue: str = Field(min_length=1, max_length=CUE_MAX_CHARS, description="A short cue, e.g. `penguin`.")
     user_id: str = Field(pattern=USER_ID_PATTERN, description="The end user, as asserted by the calling backend.")
+    seed: int | None = Field(default=None, ge=0, lt=2**32, description=(
+        "Pin the seed: the same pinned request is the same variant, rendered again it is the same pixels."))
+    scheduler: SchedulerName | None = Field(default=None, description=(
+        "A scheduler the soul's style allows (`style.schedulers`)."))
 
 
 class ImageOrder(ImageRequest, WebhookOptions, LaneOption):
@@ -38,6 +43,8 @@ class Variant(Reply):
     height: int
     seed: int
     created_at: datetime
+    reproducibility: Reproducibility | None = Field(
+        default=None, description="How it was made: model, weights, adapters, references, seed, scheduler, size.")
     safety: Safety | None = Field(default=None, description="The safety checker's verdict (content policies "
                                   "`flag` and `blur`; absent under `off`).")
     original_url: str | None = Field(default=None, description="Policy `blur`, admin keys only: a signed URL of "
@@ -217,6 +224,8 @@ class Task(Reply):
     eta_seconds: float | None = None
     soul_id: str | None = None
     user_id: str | None = None
+    cue: str | None = Field(default=None, description="The cue of an image task (a selfie's composed cue); None for "
+                            "animations.")
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -245,6 +254,31 @@ class DurationStats(Reply):
     count: int
     p50_seconds: float | None
     p95_seconds: float | None
+
+
+class UsageQuery(Contract):
+    days: int = Field(default=7, ge=1, le=92, description="How many UTC days back, today included.")
+
+
+class UsageDay(Reply):
+    day: str = Field(description="UTC day, YYYY-MM-DD.")
+    jobs: int = Field(description="Jobs of this tenant the runners finished that day.")
+    images: int = Field(description="Image jobs that succeeded.")
+    gpu_seconds: float
+    image_gpu_seconds: float
+    dedup_hits: int = Field(description="Image requests answered with an existing variant.")
+    gpu_seconds_saved_by_dedup: float | None = Field(
+        description="dedup_hits x the deployment's mean GPU-seconds per rendered image (None before any).")
+
+
+class Usage(Reply):
+    """`GET /usage`: the caller's own tenant, by day, from rollups written as work finishes."""
+
+    tenant: str
+    days: list[UsageDay]
+    gpu_seconds: float
+    images: int
+    dedup_hits: int
 
 
 class GpuStats(Reply):

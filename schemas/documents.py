@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import Field
 
 from schemas._base import Contract, Document
+from schemas.identity import SCHEDULERS, Reproducibility, SchedulerName
 from schemas.ids import SOUL_ID_PATTERN
 from schemas.safety import SafetyVerdict
 
@@ -21,6 +22,12 @@ class Style(Contract):
     height: int = Field(default=1024, ge=64, le=2048, multiple_of=8)
     steps: int = Field(default=30, ge=1, le=150)
     guidance: float = Field(default=7.0, ge=0.0, le=30.0)
+    # Identity (schemas/identity.py): how strongly the soul's reference images condition each render (IP-Adapter
+    # scale; no effect without references), the scheduler it renders with (None: the runner's default) and the
+    # schedulers a request may pick. Left at their defaults they are not part of the fingerprint (today's keys).
+    identity_scale: float = Field(default=0.6, ge=0.0, le=2.0)
+    scheduler: SchedulerName | None = None
+    schedulers: tuple[SchedulerName, ...] = Field(default=(), max_length=len(SCHEDULERS))
 
 
 class StyleProfile(Document):
@@ -77,6 +84,7 @@ class VariantDoc(Document):
     cue: str
     place: str | None = None
     created_at: datetime
+    reproducibility: Reproducibility | None = None  # how it was made (schemas/identity.py)
     # The checker's verdict (shared by every tenant; each tenant's policy decides what it gets). None: older.
     safety: SafetyVerdict | None = None
 

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from schemas._base import Contract, Document
+from schemas.identity import MAX_REFERENCES, AdapterUsed, LoraRef, ReferenceRef, Reproducibility
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, VARIANT_ID_PATTERN
 from schemas.safety import SafetyVerdict
 
@@ -69,6 +70,13 @@ class ImageJobSpec(Contract):
     seed: int = Field(ge=0, lt=2**32)
     style_fingerprint: str
     place: str | None = None
+    # Identity and reproducibility (schemas/identity.py); defaults for jobs made before them.
+    references: tuple[ReferenceRef, ...] = Field(default=(), max_length=MAX_REFERENCES)
+    reference_set_version: str | None = None
+    identity_scale: float = Field(default=0.0, ge=0.0, le=2.0)
+    lora: LoraRef | None = None
+    scheduler: str | None = None
+    seed_pinned: bool = False
 
 
 class VideoJobSpec(Contract):
@@ -103,6 +111,7 @@ class ImageResult(Contract):
     bytes: int
     render_seconds: float
     created_at: datetime
+    reproducibility: Reproducibility | None = None
     safety: SafetyVerdict | None = None  # None: rendered before the checker existed
 
 
@@ -137,6 +146,8 @@ class JobMetrics(Contract):
     model: str
     device: str
     batch_size: int = Field(default=1, ge=1)
+    adapter_load_seconds: float = Field(default=0.0, ge=0.0)  # loading this job's LoRA/IP-Adapter (0: resident)
+    adapters: tuple[AdapterUsed, ...] = ()
     # The safety checker's share of the batch's device time (it scores the whole batch in one call).
     safety_seconds: float = Field(default=0.0, ge=0.0)
     safety_model: str | None = None

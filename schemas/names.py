@@ -21,6 +21,8 @@ COUNTER_DEDUP_HITS = "image_dedup_hits"  # image requests answered with an exist
 JOB_HEADS = "job_heads"  # job_heads/{first job id}: which retry of that work is current, which retries failed
 WEBHOOKS = "webhooks"  # jobs/{job_id}/webhooks/{webhook_id}: one requester's webhook
 WARM_POOL = "warm_pool"  # warm_pool/{pk} (+ /askers/{user}, /prerenders/{variant_index}): functions/services/warm_pool.py
+LEASES = "leases"  # leases/{name}: who runs a deployment-wide pass now (leases/reconciler), and its scan cursors
+IDENTITIES = "identities"  # identities/{soul_id}: reference images and LoRA (schemas/identity.py)
 WEBHOOK_SLOTS = "webhook_slots"  # jobs/{job_id}/webhook_slots/{tenant}~{n}: the cap on a tenant's targets per job
 DELIVERIES = "deliveries"  # jobs/{job_id}/webhooks/{webhook_id}/deliveries/{key}: attempts of one event
 
@@ -70,3 +72,11 @@ def preview_object(job_id: str, step: int) -> str:
 
 def video_object(variant_id: str, job_id: str, fmt: str) -> str:
     return f"videos/{variant_id}/{job_id}.{fmt}"
+
+
+def reference_object(soul_id: str, ref_id: str) -> str:
+    return f"references/{soul_id}/{ref_id}.png"
+
+
+def lora_object(soul_id: str, version: str) -> str:
+    return f"loras/{soul_id}/{version}.safetensors"

@@ -174,6 +174,9 @@ def _image_url(task: Task) -> str:
     """The URL of a finished task's variant, or the reason there is none."""
     if task.status == JobStatus.succeeded:
         url = render.task_url(task)
+        if url is None and task.result is not None and task.result.withheld is not None:
+            raise TaskUnsuccessful(f"task {task.task_id} succeeded but its image is withheld: "
+                                   f"{task.result.withheld.reason}")
         if url is None:
             raise BadResponse(f"task {task.task_id} succeeded but its result names no variant")
         return url

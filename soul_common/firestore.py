@@ -26,6 +26,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from soul_common.deadlines import deadline
+from soul_common.indexes import IndexMissing
 
 # ---- values with server-side meaning -------------------------------------------------------------------------
 
@@ -131,6 +132,7 @@ class Query:
     orders: tuple[tuple[str, str], ...] = ()
     limit_to: int | None = None
     after: Snapshot | None = None
+    after_id: str | None = None  # with order_by("__name__"): start after the document of this id (a cursor)
 
     def where(self, field_name: str, op: Op, value: Any) -> Query:
         return replace(self, filters=(*self.filters, (field_name, op, value)))
@@ -143,6 +145,10 @@ class Query:
 
     def start_after(self, snapshot: Snapshot) -> Query:
         return replace(self, after=snapshot)
+
+    def start_after_id(self, doc_id: str) -> Query:
+        """Resume a scan ordered by `__name__` after the document `doc_id` (which need not exist any more)."""
+        return replace(self, after_id=doc_id)
 
     def shape(self, aggregate: tuple[str, str | None] | None = None) -> QueryShape:
         scope = self.collection if self.group else _pattern((*self.parent, self.collection))
@@ -176,6 +182,7 @@ class Tally:
     writes: int = 0
     queries: int = 0
     contended: int = 0  # writes refused for a lost race or a create conflict
+    round_trips: int = 0  # calls to Firestore (a get_all or a batch is one): what sets a request's latency
     by_collection: Counter = field(default_factory=Counter)  # ("read" | "write", collection pattern) -> count
 
     def add(self, kind: str, collection: str, count: int) -> None:
@@ -246,6 +253,12 @@ class Ledger:
             if entry[1] > entry[2]:
                 entry[2], entry[3] = entry[1], second
 
+    def called(self) -> None:
+        """One round trip to Firestore (counted per tally: the sequential calls a request makes)."""
+        tally = _current_tally.get()
+        if tally is not None:
+            tally.round_trips += 1
+
     def queried(self, shape: QueryShape) -> None:
         with self._lock:
             self.shapes.add(shape)
@@ -305,6 +318,7 @@ class Db:
 
     # reads
     def get(self, ref: DocRef, *, timeout_s: float | None = None) -> Snapshot:
+        self.ledger.called()
         raw = self._ref(ref).get(**self._call(timeout_s))
         self.ledger.read(ref.collection)
         return self._snapshot(ref, raw)
@@ -314,6 +328,7 @@ class Db:
         if not refs:
             return []
         by_path = {ref.path: ref for ref in refs}
+        self.ledger.called()
         found = {raw.reference.path: raw for raw in self._client.get_all([self._ref(r) for r in by_path.values()],
                                                                           **self._deadline)}
         for ref in by_path.values():
@@ -333,6 +348,8 @@ class Db:
                                    else firestore.Query.ASCENDING)
         if query.after is not None:
             built = built.start_after(query.after._raw)
+        elif query.after_id is not None:
+            built = built.start_after({"__name__": query.after_id})
         if query.limit_to is not None:
             built = built.limit(query.limit_to)
         return built
@@ -341,12 +358,16 @@ class Db:
         return query.shape().collection
 
     def stream(self, query: Query) -> list[Snapshot]:
-        self.ledger.queried(query.shape())
+        shape = query.shape()
+        self.ledger.queried(shape)
+        self.ledger.called()
         parent = query.parent
         snaps = []
-        for raw in self._query(query).stream(**self._deadline):
-            segments = tuple(raw.reference.path.split("/")) if query.group else (*parent, query.collection, raw.id)
-            snaps.append(self._snapshot(DocRef(segments), raw))
+        with _needs_index(shape):
+            for raw in self._query(query).stream(**self._deadline):
+                segments = (tuple(raw.reference.path.split("/")) if query.group
+                            else (*parent, query.collection, raw.id))
+                snaps.append(self._snapshot(DocRef(segments), raw))
         self.ledger.read(self._scope(query), max(1, len(snaps)), kind="query")  # Firestore bills one for none
         return snaps
 
@@ -366,7 +387,9 @@ class Db:
             else:
                 raise ValueError(f"unknown aggregation {kind!r}")
         assert agg is not None, "aggregate() needs at least one aggregation"
-        results = agg.get(**self._deadline)
+        self.ledger.called()
+        with _needs_index(query.shape(aggregate=(aggregations[0][0], aggregations[0][1]))):
+            results = agg.get(**self._deadline)
         self.ledger.read(self._scope(query), 1, kind="query")
         return {result.alias: result.value for result in results[0]}
 
@@ -379,6 +402,7 @@ class Db:
     # writes
     def create(self, ref: DocRef, data: Mapping[str, Any]) -> bool:
         """Create the document; False when it exists already (exactly one creator wins)."""
+        self.ledger.called()
         try:
             self._ref(ref).create(dict(data), **self._deadline)
         except gexc.Conflict:
@@ -389,6 +413,7 @@ class Db:
         return True
 
     def set(self, ref: DocRef, data: Mapping[str, Any], *, merge: bool = False) -> Written:
+        self.ledger.called()
         result = self._ref(ref).set(dict(data), merge=merge, **self._deadline)
         self.ledger.wrote(ref)
         return _written(result)
@@ -397,6 +422,7 @@ class Db:
         """Update fields; with `if_unchanged`, only when the document did not change since that read (False when
         it did). Raises Missing when there is no such document."""
         options = self._precondition(if_unchanged)
+        self.ledger.called()
         try:
             self._ref(ref).update(dict(data), **options, **self._deadline)
         except gexc.FailedPrecondition:
@@ -408,6 +434,7 @@ class Db:
         return True
 
     def delete(self, ref: DocRef, *, if_unchanged: Snapshot | None = None) -> bool:
+        self.ledger.called()
         try:
             self._ref(ref).delete(**self._precondition(if_unchanged), **self._deadline)
         except gexc.FailedPrecondition:
@@ -455,6 +482,7 @@ class Batch:
 
     def commit(self) -> bool:
         """False when a precondition failed (a conditional document changed, or a created one exists)."""
+        self._db.ledger.called()
         try:
             self._batch.commit(**self._db._deadline)
         except (gexc.FailedPrecondition, gexc.Conflict):
@@ -464,6 +492,15 @@ class Batch:
         for ref in self._refs:
             self._db.ledger.wrote(ref)
         return True
+
+
+@contextmanager
+def _needs_index(shape: QueryShape) -> Iterator[None]:
+    """A query's FAILED_PRECONDITION is a missing index (queries have no other precondition): say which shape."""
+    try:
+        yield
+    except gexc.FailedPrecondition as exc:
+        raise IndexMissing(shape, getattr(exc, "message", None) or str(exc)) from exc
 
 
 def _written(result) -> Written:

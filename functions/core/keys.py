@@ -19,23 +19,55 @@ def _digest(payload: object) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+# Style fields added after keys were first issued: left at their defaults they stay out of the fingerprint, so
+# every style written before them keeps its prompt keys (and its variants).
+_LATER_FIELDS = ("identity_scale", "scheduler", "schedulers")
+
+
 def style_fingerprint(style: Style) -> str:
-    return _digest(style.model_dump(mode="json"))[:16]
+    dumped = style.model_dump(mode="json")
+    defaults = Style().model_dump(mode="json", include=set(_LATER_FIELDS))
+    for name in _LATER_FIELDS:
+        if dumped[name] == defaults[name]:
+            del dumped[name]
+        elif isinstance(dumped[name], list):
+            dumped[name] = sorted(dumped[name])
+    return _digest(dumped)[:16]
 
 
-def prompt_key(*, kind: str, soul_id: str, cue: str, style: Style, model_tag: str) -> str:
-    """`cue` must already be normalized; the caller owns normalization so the key never hides it."""
-    return _digest(
-        {
-            "v": KEY_VERSION,
-            "kind": kind,
-            "soul": soul_id,
-            "cue": cue,
-            "style": style_fingerprint(style),
-            "params": {"w": style.width, "h": style.height, "steps": style.steps, "cfg": style.guidance},
-            "model": model_tag,
-        }
-    )[:32]
+def identity_fingerprint(*, reference_set_version: str | None, identity_scale: float,
+                         lora: tuple[str, str, float] | None, seed: int | None, scheduler: str | None) -> dict:
+    """What of a soul's identity and a request's pins changes pixels; empty (today's keys) when nothing does.
+    The identity scale counts only with references (it conditions nothing without them)."""
+    parts: dict = {}
+    if reference_set_version is not None:
+        parts["refs"] = [reference_set_version, round(float(identity_scale), 4)]
+    if lora is not None:
+        name, version, scale = lora
+        parts["lora"] = [name, version, round(float(scale), 4)]
+    if seed is not None:
+        parts["seed"] = seed
+    if scheduler is not None:
+        parts["scheduler"] = scheduler
+    return parts
+
+
+def prompt_key(*, kind: str, soul_id: str, cue: str, style: Style, model_tag: str,
+               identity: dict | None = None) -> str:
+    """`cue` must already be normalized; the caller owns normalization so the key never hides it. `identity`
+    (`identity_fingerprint`): references, adapter and pins; when empty the key is what it was before them."""
+    payload = {
+        "v": KEY_VERSION,
+        "kind": kind,
+        "soul": soul_id,
+        "cue": cue,
+        "style": style_fingerprint(style),
+        "params": {"w": style.width, "h": style.height, "steps": style.steps, "cfg": style.guidance},
+        "model": model_tag,
+    }
+    if identity:
+        payload["identity"] = identity
+    return _digest(payload)[:32]
 
 
 def image_job_id(pk: str, variant_index: int, retry: int = 0) -> str:

@@ -94,6 +94,8 @@ def _operation(ep: Endpoint, refs: dict) -> dict:
             "required": True,
             "content": {"application/json": {"schema": refs[(ep.body, "validation")]}},
         }
+        if ep.upload:  # the same fields as multipart parts: files as binary parts
+            op["requestBody"]["content"]["multipart/form-data"] = {"schema": refs[(ep.body, "validation")]}
     responses: dict = {}
     for status, model in ep.responses.items():
         if model is None and ep.media_type == "text/event-stream":

@@ -51,6 +51,8 @@ from schemas.api import (
     TaskListQuery,
     TaskPage,
     TaskStats,
+    Usage,
+    UsageQuery,
     VariantPage,
     VideoAccepted,
     VideoEstimate,
@@ -58,6 +60,7 @@ from schemas.api import (
     VideoGenerateRequest,
 )
 from schemas.documents import SeenDoc
+from schemas.identity import VERSION_PATTERN, IdentityOut, LoraUpload, ReferenceUpload
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN
 from schemas.jobs import JobLane, VideoResult
 from schemas.push import WarmAnswer, WarmRequest
@@ -94,6 +97,7 @@ class Endpoint:
     creates_work: bool = False  # honours Idempotency-Key
     role: str = "client"  # "admin": only admin keys (styles); every non-public endpoint needs at least a client key
     media_type: str = "application/json"
+    upload: bool = False  # the body may be multipart or JSON up to the upload limit (functions/http/uploads.py)
 
 
 # Path parameter formats.
@@ -203,7 +207,8 @@ def image(svc: Services, call: Call) -> Reply:
     lane = ask.lane if isinstance(ask, ImageOrder) else JobLane.INTERACTIVE
     return _image_reply(svc.images.request(ImageAsk(soul_id=ask.soul_id, cue=ask.cue, user_id=ask.user_id,
                                                     tenant=call.principal.tenant, lane=lane,
-                                                    admin=call.principal.is_admin)))
+                                                    admin=call.principal.is_admin, seed=ask.seed,
+                                                    scheduler=ask.scheduler)))
 
 
 def selfie(svc: Services, call: Call) -> Reply:
@@ -242,7 +247,7 @@ def variants_of_pk(svc: Services, call: Call) -> Reply:
 def _visible_variants(svc: Services, call: Call, variants) -> list:
     """A listing as the caller's content policy lets it see it: withheld variants are left out."""
     viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
-    return [view for view in (svc.images.variant_view(v, viewer) for v in variants) if view is not None]
+    return [view for view in svc.images.variant_views(variants, viewer) if view is not None]
 
 
 def seen_of_user(svc: Services, call: Call) -> Reply:
@@ -280,6 +285,31 @@ def style_list(svc: Services, call: Call) -> Reply:
     return 200, svc.styles.list(page.page_size, page.cursor)
 
 
+# ---- a soul's identity: reference images and LoRA (admin) -------------------------------------------------------
+
+
+def identity_get(svc: Services, call: Call) -> Reply:
+    return 200, svc.identities.get(call.path["soul_id"])
+
+
+def reference_add(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.body, ReferenceUpload)
+    return 201, svc.identities.add_reference(call.path["soul_id"], call.body.image)
+
+
+def reference_delete(svc: Services, call: Call) -> Reply:
+    return 200, svc.identities.delete_reference(call.path["soul_id"], call.path["ref_id"])
+
+
+def lora_put(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.body, LoraUpload)
+    return 200, svc.identities.put_lora(call.path["soul_id"], call.body)
+
+
+def lora_delete(svc: Services, call: Call) -> Reply:
+    return 200, svc.identities.delete_lora(call.path["soul_id"])
+
+
 # ---- tasks -----------------------------------------------------------------------------------------------------
 
 
@@ -290,9 +320,10 @@ def task_get(svc: Services, call: Call) -> Reply:
 
 
 def task_events(svc: Services, call: Call) -> Reply:
-    task_id, tenant = call.path["task_id"], call.principal.tenant
-    svc.tasks.get(task_id, tenant)  # 404 (the visibility rule of GET /tasks/{id}) before the stream opens
-    stream = sse.task_events(lambda: svc.tasks.get(task_id, tenant, admin=call.principal.is_admin), svc.settings)
+    # 429 when this tenant's or this instance's streams are at their cap, 404 (the visibility rule of
+    # GET /tasks/{id}) before the stream opens; the stream follows the instance's shared watcher of the job.
+    stream = sse.open_stream(svc.progress, call.path["task_id"], call.principal.tenant, svc.settings,
+                             admin=call.principal.is_admin)
     return flask.Response(stream, mimetype="text/event-stream",
                           headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -304,6 +335,11 @@ def task_cancel(svc: Services, call: Call) -> Reply:
 def task_list(svc: Services, call: Call) -> Reply:
     assert isinstance(call.query, TaskListQuery)
     return 200, svc.tasks.list(call.query, call.principal.tenant)
+
+
+def usage(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.query, UsageQuery)
+    return 200, svc.usage.usage(call.principal.tenant, call.query.days)
 
 
 def task_stats(svc: Services, call: Call) -> Reply:
@@ -422,6 +458,27 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Delete a stored style (admin; the catalog default applies again); last write wins on updated_at.",
              "style", {200: StyleDeleted}, query=StyleDeleteQuery, path_params={"soul_id": SOUL_ID_PATTERN},
              role="admin"),
+    Endpoint("usage", "GET", "/usage", usage,
+             "Your tenant's images, GPU-seconds and dedup savings by UTC day (the deployment-wide summary is "
+             "/tasks/stats/summary, admin).", "tasks", {200: Usage}, query=UsageQuery),
+    Endpoint("identity_get", "GET", "/style/<soul_id>/identity", identity_get,
+             "A soul's reference images and LoRA adapter (admin).", "style", {200: IdentityOut},
+             path_params={"soul_id": SOUL_ID_PATTERN}, role="admin"),
+    Endpoint("reference_add", "POST", "/style/<soul_id>/references", reference_add,
+             "Add a reference image (admin; PNG, JPEG or WebP bytes as multipart `image` or base64 JSON; 1-4 per "
+             "soul): validated, re-encoded, stored create-only; renders are conditioned on it (IP-Adapter).",
+             "style", {201: IdentityOut}, body=ReferenceUpload, path_params={"soul_id": SOUL_ID_PATTERN},
+             role="admin", upload=True),
+    Endpoint("reference_delete", "DELETE", "/style/<soul_id>/references/<ref_id>", reference_delete,
+             "Remove a reference image (admin).", "style", {200: IdentityOut},
+             path_params={"soul_id": SOUL_ID_PATTERN, "ref_id": VERSION_PATTERN}, role="admin"),
+    Endpoint("lora_put", "POST", "/style/<soul_id>/lora", lora_put,
+             "Attach a LoRA (admin; diffusers/peft .safetensors as multipart `lora` + `name`, `scale`, or base64 "
+             "JSON): checked against the model's layers, stored create-only; it replaces the soul's adapter.",
+             "style", {200: IdentityOut}, body=LoraUpload, path_params={"soul_id": SOUL_ID_PATTERN}, role="admin",
+             upload=True),
+    Endpoint("lora_delete", "DELETE", "/style/<soul_id>/lora", lora_delete, "Detach the soul's LoRA (admin).",
+             "style", {200: IdentityOut}, path_params={"soul_id": SOUL_ID_PATTERN}, role="admin"),
     Endpoint("task_stats", "GET", "/tasks/stats/summary", task_stats,
              "The deployment's counts by status and type, p50/p95 durations and GPU-seconds (admin: it spans every "
              "tenant).", "tasks", {200: TaskStats}, role="admin"),

@@ -18,6 +18,7 @@ ASSETS: dict[str, tuple[str, str]] = {
     "app.js": ("ui/app.js", "text/javascript; charset=utf-8"),
     "api.js": ("ui/api.js", "text/javascript; charset=utf-8"),
     "follow.js": ("ui/follow.js", "text/javascript; charset=utf-8"),
+    "state.js": ("ui/state.js", "text/javascript; charset=utf-8"),
     "views.js": ("ui/views.js", "text/javascript; charset=utf-8"),
     "docs.js": ("ui/docs.js", "text/javascript; charset=utf-8"),
     "app.css": ("ui/app.css", "text/css; charset=utf-8"),

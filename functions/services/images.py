@@ -3,7 +3,7 @@ job makes the next one. This is the one code path behind `GET/POST /image`, `/im
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -13,7 +13,7 @@ from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core import content_policy, estimates, keys
 from functions.core.content_policy import Viewer
-from functions.core.errors import InvalidInput
+from functions.core.errors import ContentRefused, InvalidInput
 from functions.core.normalize import CueError, normalize_cue
 from functions.core.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
@@ -22,7 +22,8 @@ from functions.core.variants import next_index_of
 from functions.services import lanes
 from functions.services.content import ContentPolicies
 from functions.services.jobs import Interest, ensure_job
-from functions.services.links import variant_link
+from functions.services.identity import IdentityService
+from functions.services.links import variant_link, variant_links
 from functions.services.quotas import QuotaService
 from functions.services.styles import StyleService
 from functions.services.usage import GpuUsage
@@ -32,6 +33,7 @@ from schemas._base import utcnow
 from schemas.api import ImageQueued, ImageReady, Place, SelfieRequest, Variant
 from schemas.documents import PromptDoc, Style, VariantDoc
 from schemas.push import WarmAnswer, WarmRequest
+from schemas.identity import IdentityDoc, LoraRef, ReferenceRef, reference_set_version
 from schemas.ids import new_ulid
 from schemas.jobs import ImageJobSpec, JobDoc, JobLane, JobType
 
@@ -51,7 +53,20 @@ class ImageAsk:
     place: str | None = None
     tenant: str = DEFAULT_TENANT
     lane: JobLane = JobLane.INTERACTIVE
+    seed: int | None = None  # pinned: the pk has one variant, rendered with this seed
+    scheduler: str | None = None  # one of the style's `schedulers`
     admin: bool = False  # an admin key asks (content policy `blur`: it also gets the original)
+
+
+@dataclass(frozen=True)
+class Look:
+    """How a soul is drawn right now: its style, its identity (references, adapter) and the request's pins, and
+    the prompt key they make together."""
+
+    style: Style
+    identity: IdentityDoc | None
+    scheduler: str | None
+    pk: str
 
 
 class ImageService:
@@ -67,6 +82,7 @@ class ImageService:
         quotas: QuotaService,
         warm_pool: WarmPool,
         usage: GpuUsage | None = None,
+        identities: IdentityService | None = None,
         content: ContentPolicies | None = None,
     ):
         self._prompts = prompts
@@ -80,7 +96,28 @@ class ImageService:
         self._usage = usage  # counts dedup hits for the GPU-seconds statistics
         self._warm = warm_pool
         self._pace = TtlMemo(_PACE_TTL_S, max_entries=1)
+        self._identities = identities  # None: souls have no references or adapters (today's keys)
         self.content = content or ContentPolicies(None, settings)
+
+
+    def look(self, soul_id: str, kind: str, cue: str, seed: int | None = None,
+             scheduler: str | None = None) -> Look:
+        """The style (stored wins over the catalog; else 404), identity and pins of a request, and its key."""
+        style = self._styles.get(soul_id).style
+        if scheduler is not None and scheduler not in style.schedulers:
+            allowed = ", ".join(style.schedulers) or "none"
+            raise InvalidInput(f"scheduler '{scheduler}' is not allowed for '{soul_id}' (allowed: {allowed})",
+                               field="scheduler")
+        identity = self._identities.current(soul_id) if self._identities is not None else None
+        refs = identity.references if identity else []
+        lora = identity.lora if identity else None
+        parts = keys.identity_fingerprint(
+            reference_set_version=reference_set_version(refs), identity_scale=style.identity_scale,
+            lora=(lora.name, lora.version, lora.scale) if lora else None, seed=seed, scheduler=scheduler,
+        )
+        pk = keys.prompt_key(kind=kind, soul_id=soul_id, cue=cue, style=style, model_tag=self._settings.model_tag,
+                             identity=parts)
+        return Look(style=style, identity=identity, scheduler=scheduler or style.scheduler, pk=pk)
 
     def selfie(self, request: SelfieRequest, tenant: str = DEFAULT_TENANT) -> ImageReady | ImageQueued:
         """A selfie is an image whose cue names a place chosen for the city and mood, fresh for this user."""
@@ -110,20 +147,27 @@ class ImageService:
         except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
         self.content.screen(ask.tenant, cue)  # blocked terms: 422 before any read, job or GPU second
-        style = self._styles.get(ask.soul_id).style  # a stored style wins over the catalog; else 404
-        pk = keys.prompt_key(
-            kind=ask.kind, soul_id=ask.soul_id, cue=cue, style=style, model_tag=self._settings.model_tag
-        )
+        look = self.look(ask.soul_id, ask.kind, cue, ask.seed, ask.scheduler)
+        style, pk = look.style, look.pk
         user = scoped_user(ask.tenant, ask.user_id)
         index_now = self._prompts.index_of(pk, user)  # one round trip, whatever the number of variants
         viewer = self.content.viewer(ask.tenant, admin=ask.admin)
+        if ask.seed is not None and index_now.variant_ids:
+            # A pinned request names one image: the same pinned request is the same variant, seen or not (unless
+            # this tenant's policy withholds it: rendering the same seed again would make the same image).
+            pinned = self._prompts.variant(index_now.variant_ids[0])
+            if pinned is not None:
+                if not content_policy.deliverable(viewer, pinned.safety):
+                    raise ContentRefused("the image this pinned seed makes is withheld by this tenant's content "
+                                         "policy; pin another seed", field="seed")
+                return ImageReady(pk_id=pk, variant=self.variant_view(pinned, viewer))
         self._warm.observe(pk, ask.kind, user, ask.tenant)
         # Variants are shared between tenants: one this tenant's policy withholds is never its dedup hit (the next
         # variant is made instead, and its own result may be withheld in turn).
         unseen = self._first_unseen(index_now, viewer)
         if unseen is not None:
             if self._usage is not None:
-                self._usage.record_dedup_hit()  # in memory; flushed off the request path
+                self._usage.record_dedup_hit(ask.tenant)  # in memory; flushed off the request path
             left = len(index_now.unseen) - 1  # once this one is taken
             self._warm.after_take(pk, unseen.variant_index, left,
                                   next_index_of(index_now.variant_indices, index_now.variant_ids),
@@ -136,7 +180,7 @@ class ImageService:
             prompt = PromptDoc(pk=pk, kind=ask.kind, soul_id=ask.soul_id, cue=cue,
                                style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now)
             describe = partial(self._prompts.ensure_prompt, prompt)  # by the job's creator only, once
-        job = self._ensure_variant_job(ask, pk, cue, style, index, on_created=describe)
+        job = self._ensure_variant_job(ask, pk, cue, look, index, on_created=describe)
         self._warm.after_join(pk, job, ask.tenant, partial(self.prerender, tenant=ask.tenant))
         return ImageQueued(
             status=job.status,
@@ -164,9 +208,12 @@ class ImageService:
             self._pace.put("stats", stats)
         return stats  # type: ignore[return-value]
 
-    def _ensure_variant_job(self, ask: ImageAsk, pk: str, cue: str, style: Style, index: int,
+    def _ensure_variant_job(self, ask: ImageAsk, pk: str, cue: str, look: Look, index: int,
                             on_created: Callable[[], None] | None = None) -> JobDoc:
         """The job making variant `index` of `pk` (created once, whoever asks first; promoted when waited on)."""
+        style, identity = look.style, look.identity
+        refs = identity.references if identity else []
+        lora = identity.lora if identity else None
         spec = ImageJobSpec(
             soul_id=ask.soul_id,
             pk=pk,
@@ -179,9 +226,15 @@ class ImageService:
             height=style.height,
             steps=style.steps,
             guidance=style.guidance,
-            seed=keys.variant_seed(pk, index),
+            seed=ask.seed if ask.seed is not None else keys.variant_seed(pk, index),
             style_fingerprint=keys.style_fingerprint(style),
             place=ask.place,
+            references=tuple(ReferenceRef(ref_id=r.ref_id, object=r.object) for r in refs),
+            reference_set_version=reference_set_version(refs),
+            identity_scale=style.identity_scale if refs else 0.0,
+            lora=LoraRef(name=lora.name, version=lora.version, scale=lora.scale, object=lora.object) if lora else None,
+            scheduler=look.scheduler,
+            seed_pinned=ask.seed is not None,
         )
         user = scoped_user(ask.tenant, ask.user_id)
         job = ensure_job(
@@ -202,12 +255,14 @@ class ImageService:
         """A background job for variant `index` of an image prompt key (the warm pool's renders), admitted and
         charged under `tenant`'s quota (the tenant whose demand asked for it); None when the soul's style changed
         since (the key is then no longer the one users ask for)."""
-        style = self._styles.get(prompt.soul_id).style
-        if keys.style_fingerprint(style) != prompt.style_fingerprint or prompt.kind != "image":
+        if prompt.kind != "image":
+            return None
+        look = self.look(prompt.soul_id, "image", prompt.cue)
+        if look.pk != prompt.pk:  # the style, references or adapter changed since: nobody asks for this key now
             return None
         ask = ImageAsk(soul_id=prompt.soul_id, cue=prompt.cue, user_id=WARM_POOL_USER, tenant=tenant,
                        lane=JobLane.BACKGROUND)
-        return self._ensure_variant_job(ask, prompt.pk, prompt.cue, style, index)
+        return self._ensure_variant_job(ask, prompt.pk, prompt.cue, look, index)
 
     def warm(self, request: WarmRequest, tenant: str = DEFAULT_TENANT) -> WarmAnswer:
         """`POST /image/warm`: keep `variants` fresh variants of this cue ahead, from now on."""
@@ -216,9 +271,8 @@ class ImageService:
         except CueError as exc:
             raise InvalidInput(str(exc), field="cue") from exc
         self.content.screen(tenant, cue)
-        style = self._styles.get(request.soul_id).style
-        pk = keys.prompt_key(kind="image", soul_id=request.soul_id, cue=cue, style=style,
-                             model_tag=self._settings.model_tag)
+        look = self.look(request.soul_id, "image", cue)
+        style, pk = look.style, look.pk
         now = utcnow()
         self._prompts.ensure_prompt(PromptDoc(pk=pk, kind="image", soul_id=request.soul_id, cue=cue,
                                             style_fingerprint=keys.style_fingerprint(style), created_at=now,
@@ -229,3 +283,8 @@ class ImageService:
     def variant_view(self, variant: VariantDoc, viewer: Viewer = Viewer()) -> Variant | None:
         """The variant as `viewer` may see it; None when its content policy withholds it."""
         return variant_link(self._signer, variant, viewer)
+
+    def variant_views(self, variants: Sequence[VariantDoc], viewer: Viewer = Viewer()) -> list[Variant | None]:
+        """A listing page's variants as `viewer` may see them (None where withheld), their URLs signed together
+        (reused when fresh, the rest in parallel)."""
+        return variant_links(self._signer, variants, viewer)

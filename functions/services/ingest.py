@@ -50,7 +50,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 def _image(svc: Services, body: BaseModel) -> ImageReady | ImageQueued:
     assert isinstance(body, ImageOrder)
     return svc.images.request(ImageAsk(soul_id=body.soul_id, cue=body.cue, user_id=body.user_id, lane=body.lane,
-                                       tenant=INGEST_TENANT))
+                                       tenant=INGEST_TENANT, seed=body.seed, scheduler=body.scheduler))
 
 
 def _selfie(svc: Services, body: BaseModel) -> ImageReady | ImageQueued:

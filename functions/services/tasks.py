@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import timedelta
 
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.paging import _RESERVED_ID as _RESERVED
@@ -21,7 +22,7 @@ from functions.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from functions.core.memo import TtlMemo
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.services.content import ContentPolicies
-from functions.services.links import variant_link, withheld_view
+from functions.services.links import variant_link, variant_links, withheld_view
 from functions.services.usage import GpuUsage
 from schemas import names
 from schemas._base import utcnow
@@ -29,6 +30,7 @@ from schemas.api import DurationStats, MediaLink, Task, TaskActions, TaskListQue
 from schemas.api import TaskMetrics
 from schemas.push import TaskPreview
 from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobStatus, JobType, VideoResult
+from soul_common import retention
 
 STATS_SAMPLE = 500
 QUEUE_POSITION_TTL_S = 3.0
@@ -53,9 +55,11 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
 class TaskService:
     def __init__(
         self, store: JobStore, signer: UrlSigner, publisher: Publisher, base_url: str, *,
-        usage: GpuUsage | None = None, content: ContentPolicies | None = None
+        usage: GpuUsage | None = None, content: ContentPolicies | None = None,
+        job_retention: timedelta = retention.JOB_RETENTION
     ):
         self._store = store
+        self._job_retention = job_retention  # a canceled job's TTL (soul_common/retention.py)
         self._signer = signer
         self._publisher = publisher
         self._base_url = base_url
@@ -74,6 +78,10 @@ class TaskService:
             if joined:  # only what stays true until a cancel (which drops it): a tenant may join any moment
                 self._interest.put(key, known)
         return known  # type: ignore[return-value]
+
+    def visible(self, job: JobDoc, tenant: str) -> bool:
+        """GET /tasks/{id}'s rule: the job names the tenant, or the tenant's interest marker exists (cached)."""
+        return self._visible(job, tenant)
 
     def _visible(self, job: JobDoc, tenant: str) -> bool:
         return visible_to(job, tenant) or (bool(job.tenants or job.tenant) and self._joined(job, tenant)[0])
@@ -98,6 +106,13 @@ class TaskService:
             view = view.model_copy(update={"queue_position": self._queue_position(job, version.snapshot.update_time)})
         return view
 
+    def snapshot(self, task_id: str) -> tuple[JobDoc | None, int | None]:
+        """The job as stored, and its place in line while queued (for the shared progress watcher)."""
+        job = self._store.job(task_id)
+        position = self._store.count_queued_before(job) if job is not None and job.status == JobStatus.QUEUED \
+            else None
+        return job, position
+
     def list(self, query: TaskListQuery, tenant: str) -> TaskPage:
         """The tenant's (or one end user's) tasks, newest first, from the interest records (one query and one
         batched read of the jobs per page). A status filter applies to the jobs read, so such a page may hold
@@ -121,8 +136,9 @@ class TaskService:
         ids, after = self._store.interest.page(tenant, None, {"type": JobType.IMAGE.value}, page_size, cursor)
         jobs = [job for job in self._store.jobs(ids) if job.status == JobStatus.SUCCEEDED]
         viewer = self.viewer(tenant, admin=admin)  # withheld images are left out (content policy)
-        views = (variant_link(self._signer, job.result, viewer) for job in jobs if isinstance(job.result, ImageResult))
-        return [view for view in views if view is not None], after
+        images = [job.result for job in jobs if isinstance(job.result, ImageResult)]
+        # signed together: reused when fresh, the rest in parallel
+        return [view for view in variant_links(self._signer, images, viewer) if view is not None], after
 
     def video_output(self, task_id: str, fmt: str, tenant: str) -> str | None:
         """`GET /static/videos/{task}.{fmt}`: the object of an animation of a task this tenant may see (the rule
@@ -169,7 +185,8 @@ class TaskService:
                           if tenant in job.tenants else None)
             elif job.status == JobStatus.QUEUED:
                 update = {"status": JobStatus.CANCELED.value, "stage": "canceled", "finished_at": now,
-                          "cancel_requested": True, "updated_at": now, "event_published_at": now}
+                          "cancel_requested": True, "updated_at": now, "event_published_at": now,
+                          **retention.expires(names.JOBS, now, self._job_retention)}
             else:
                 update = {"cancel_requested": True, "updated_at": now}
             # Conditional on the read: a runner claiming the job at the same moment wins or loses cleanly.
@@ -238,6 +255,7 @@ class TaskService:
             eta_seconds=job.eta_seconds,
             soul_id=job.soul_id,
             user_id=user_id,
+            cue=getattr(job.request, "cue", None),
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -265,8 +283,8 @@ class TaskService:
             return TaskResult(variant=variant_link(self._signer, job.result, viewer))
         if isinstance(job.result, VideoResult):
             links = []
-            for output in job.result.outputs:
-                signed = self._signer.sign(output.object)
+            outputs = job.result.outputs
+            for output, signed in zip(outputs, self._signer.sign_many([o.object for o in outputs])):
                 links.append(MediaLink(format=output.format, url=signed.url, expires_at=signed.expires_at,
                                        content_type=output.content_type, bytes=output.bytes))
             return TaskResult(outputs=links)

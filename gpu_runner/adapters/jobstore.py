@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+import structlog
 from pydantic import ValidationError
 
 from gpu_runner.errors import InvalidJob, InvalidMessage, JobNotFound, LeaseLost, TransientError
@@ -23,6 +24,9 @@ from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobMetrics, JobPreview, JobStatus, JobType
 from soul_common import firestore as fs
+from soul_common import retention, rollups
+
+log = structlog.get_logger(__name__)
 
 _OPTIMISTIC_RETRIES = 5
 # Weight of a new sample in the moving averages of measured pace.
@@ -30,8 +34,10 @@ PACE_WEIGHT = 0.2
 
 
 class JobStore:
-    def __init__(self, db: fs.Db, runner_id: str, lease: timedelta, *, renew_every: timedelta | None = None):
+    def __init__(self, db: fs.Db, runner_id: str, lease: timedelta, *,
+                 job_retention: timedelta = retention.JOB_RETENTION, renew_every: timedelta | None = None):
         self._db = db
+        self._job_retention = job_retention  # a finished job's TTL (soul_common/retention.py)
         self._runner_id = runner_id
         self._lease = lease
         # A beat writes when the lease was last extended this long ago (default a sixth of the lease: 10 s of 60).
@@ -148,6 +154,7 @@ class JobStore:
                 "lease_owner": None,
                 "lease_expires_at": None,
                 "eta_seconds": 0.0,
+                **retention.expires(names.JOBS, now, self._job_retention),
                 "preview": None,  # the finished image (or its absence) replaces any preview
             }
             if status is JobStatus.SUCCEEDED:
@@ -162,7 +169,20 @@ class JobStore:
         job = self._conditional(job_id, change)
         assert job is not None
         self._held.pop(job_id, None)
+        self._add_to_rollups(job, status, metrics)
         return job
+
+    def _add_to_rollups(self, job: JobDoc, status: JobStatus, metrics: JobMetrics | None) -> None:
+        """The finished job's GPU-seconds into its tenant's day and the deployment's totals (soul_common/rollups.py)
+        on this runner's shard. After the finish: a failure here leaves the job out of the sums, never counts it
+        twice, and never fails the job."""
+        try:
+            rollups.record_job(self._db, tenant=job.tenant, job_type=str(job.type),
+                               succeeded=status is JobStatus.SUCCEEDED,
+                               gpu_seconds=metrics.gpu_seconds if metrics is not None else None,
+                               finished_at=job.finished_at or utcnow(), writer=self._runner_id)
+        except Exception:  # noqa: BLE001 - a statistic never fails a finished job
+            log.warning("usage_rollup_failed", job_id=job.job_id, exc_info=True)
 
     def fail_unowned(self, job_id: str, error: JobError) -> bool:
         """Record a job failed because its (parsed, valid) message is being given up on; returns whether it did.
@@ -177,7 +197,8 @@ class JobStore:
                 return False
             now = utcnow()
             update = {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
-                      "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}
+                      "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None,
+                      **retention.expires(names.JOBS, now, self._job_retention)}
             if self._db.update(snap.ref, update, if_unchanged=snap):
                 self._held.pop(job_id, None)
                 return True

@@ -29,6 +29,8 @@ class ModelHost:
         self._device = None
         self._sdxl: Any = None
         self._svd: Any = None
+        self._adapters: Any = None
+        self._fingerprint: str | None = None
         self._checker: Any = None
         self._preview_decoder: Any = None
         self._extra_stores = list(artifact_stores or [])
@@ -56,6 +58,36 @@ class ModelHost:
             if self._sdxl is None:
                 self._sdxl = self._load_sdxl()
             return self._sdxl
+
+    @property
+    def adapters(self):
+        """The SDXL pipeline's LoRA/IP-Adapter/scheduler state (gpu_runner/pipelines/adapters.py)."""
+        with self._lock:
+            if self._adapters is None:
+                from gpu_runner.pipelines.adapters import AdapterHost
+
+                s = self._settings
+                self._adapters = AdapterHost(
+                    cache_dir=Path(s.model_cache_dir), ip_adapter_model=s.ip_adapter_model,
+                    ip_adapter_weight_name=s.ip_adapter_weight_name, resident=s.lora_resident,
+                    budget_bytes=int(s.lora_budget_mb * 1024 * 1024), hotswap=s.lora_hotswap,
+                    hotswap_rank=s.lora_hotswap_rank,
+                )
+            return self._adapters
+
+    def weights_fingerprint(self) -> str:
+        """Of the SDXL weights this runner serves (computed once)."""
+        if self._fingerprint is None:
+            from gpu_runner.pipelines.fingerprint import weights_fingerprint
+
+            if self._settings.sdxl_model is None:
+                from gpu_runner.pipelines.tiny import TINY_SDXL_NAME
+
+                model = Path(self._settings.model_cache_dir) / TINY_SDXL_NAME
+            else:
+                model = Path(self._settings.sdxl_model).expanduser()
+            self._fingerprint = weights_fingerprint(model)
+        return self._fingerprint
 
     def checker(self):
         """The safety checker (pipelines/safety.py), on the render device."""

@@ -41,24 +41,28 @@ def prompt_arguments(pipe: StableDiffusionXLPipeline, specs: list[RenderSpec]) -
 def render_images(
     pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None = None,
     previews: Previews | None = None,
+    prepare: Callable[[StableDiffusionXLPipeline], dict] | None = None,
 ) -> list[Image.Image]:
     """Render several specs with as few pipeline calls as keep each image independent of its partners (they must
     share `batch_key`). Each item has its own seeded generator, so item i is the image its spec renders alone.
     Items whose prompts need a different number of 77-token windows go in separate calls: padding a shorter
     prompt with empty windows would change its conditioning. With `previews`, every `previews.every` steps each
-    item's latents are decoded to a small preview and emitted under the item's index in `specs`."""
+    item's latents are decoded to a small preview and emitted under the item's index in `specs`. `prepare(pipe)`
+    runs under the render lock before the calls (adapters, references, scheduler: gpu_runner/pipelines/adapters.py)
+    and returns extra pipeline arguments for every call."""
     assert specs and len({batch_key(spec) for spec in specs}) == 1, "a batch needs one size, steps and guidance"
     images: dict[int, Image.Image] = {}
     # One render at a time per pipeline: a render mutates what it shares with any other (the scheduler's
     # timesteps, the pipeline's per-call fields, the tokenizers' padding mode, and an fp16 VAE upcast to fp32 for
     # decoding). One GPU gains nothing from interleaving two renders anyway.
     with _render_lock(pipe), torch.inference_mode():
+        extra = prepare(pipe) if prepare is not None else {}
         groups: dict[int, list[int]] = {}
         for index, spec in enumerate(specs):
             groups.setdefault(window_count(pipe, spec.prompt, spec.negative_prompt), []).append(index)
         for indexes in groups.values():
             group = [specs[i] for i in indexes]
-            for i, image in zip(indexes, _render_call(pipe, group, on_step, previews, indexes), strict=True):
+            for i, image in zip(indexes, _render_call(pipe, group, on_step, previews, indexes, extra), strict=True):
                 images[i] = image
     return [images[i] for i in range(len(specs))]
 
@@ -66,6 +70,7 @@ def render_images(
 def _render_call(
     pipe: StableDiffusionXLPipeline, specs: list[RenderSpec], on_step: Callable[[int, int], None] | None,
     previews: Previews | None = None, indexes: list[int] | None = None,
+    extra: dict | None = None,
 ) -> list[Image.Image]:
     first = specs[0]
     device = pipe.device if pipe.device.type == "cuda" else "cpu"
@@ -88,6 +93,7 @@ def _render_call(
         generator=generators,
         callback_on_step_end=step_end,
         output_type="pil",
+        **(extra or {}),
     )
     return list(result.images)
 

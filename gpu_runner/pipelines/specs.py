@@ -6,19 +6,31 @@ is loaded. A spec the job's own input makes invalid raises `InvalidRenderSpec`: 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
 from gpu_runner.errors import InvalidRenderSpec
+from schemas.identity import SCHEDULERS
 
 MIN_SIDE, MAX_SIDE = 64, 4096
 MAX_STEPS = 1000  # the scheduler's training timesteps: more steps than that cannot be scheduled
 
 
 @dataclass(frozen=True)
+class LoraChoice:
+    """The LoRA a render applies: loaded by name and version (`gpu_runner/pipelines/adapters.py`)."""
+
+    name: str
+    version: str
+    scale: float
+    object: str  # where its bytes are (GCS)
+
+
+@dataclass(frozen=True)
 class RenderSpec:
-    """One image to render. Checked on construction, so an invalid spec cannot reach the pipeline."""
+    """One image to render. Checked on construction, so an invalid spec cannot reach the pipeline. The identity
+    fields (schemas/identity.py) default to none: the base model alone."""
 
     prompt: str
     negative_prompt: str
@@ -27,8 +39,19 @@ class RenderSpec:
     steps: int
     guidance: float
     seed: int
+    lora: LoraChoice | None = None
+    references: tuple[str, ...] = field(default=())  # object names of the reference images
+    reference_set_version: str | None = None
+    identity_scale: float = 0.0
+    scheduler: str | None = None  # None: the pipeline's default
 
     def __post_init__(self) -> None:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise InvalidRenderSpec(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.lora is not None and not 0.0 <= self.lora.scale <= 2.0:
+            raise InvalidRenderSpec(f"LoRA scale must be in [0, 2], got {self.lora.scale!r}")
+        if not 0.0 <= self.identity_scale <= 2.0:
+            raise InvalidRenderSpec(f"identity_scale must be in [0, 2], got {self.identity_scale!r}")
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InvalidRenderSpec("prompt must be a non-empty string")
         if not isinstance(self.negative_prompt, str):
@@ -47,8 +70,17 @@ class RenderSpec:
 
 def batch_key(spec: RenderSpec) -> tuple:
     """Specs with equal keys can share one pipeline call: same size, steps and guidance, and the same kind of
-    negative conditioning (zeros for none, encoded text otherwise)."""
-    return (spec.width, spec.height, spec.steps, float(spec.guidance), bool(spec.negative_prompt))
+    negative conditioning (zeros for none, encoded text otherwise), and the same adapter set (`adapter_key`)."""
+    return (spec.width, spec.height, spec.steps, float(spec.guidance), bool(spec.negative_prompt),
+            adapter_key(spec))
+
+
+def adapter_key(spec: RenderSpec) -> tuple:
+    """Everything a pipeline call applies to all its items at once: LoRA and scale, reference set and identity
+    scale, scheduler. A batch never mixes two of these."""
+    lora = (spec.lora.name, spec.lora.version, float(spec.lora.scale)) if spec.lora else None
+    refs = (spec.reference_set_version, float(spec.identity_scale)) if spec.references else None
+    return (lora, refs, spec.scheduler)
 
 
 def parse_compile_shapes(text: str) -> list[tuple[int, int, int]]:

@@ -8,10 +8,11 @@ import structlog
 
 from gpu_runner import failpoints
 from soul_common.events import EventPublisher
-from gpu_runner.stages.image_job import WorkContext, store_image
+from gpu_runner.stages.image_job import WorkContext, reproducibility, store_image
 from gpu_runner.stages.intake import Ticket
 from gpu_runner.stages.safety import SafetyStage, verdict_for
 from gpu_runner.adapters.jobstore import JobStore
+from schemas.identity import AdapterUsed
 from schemas.jobs import JobDoc, JobMetrics, JobStatus, JobType
 
 log = structlog.get_logger(__name__)
@@ -31,8 +32,9 @@ class FinishStage:
             if ticket.image is not None:
                 self._record_pace(ticket)
             ticket.progress.stage("uploading", 0.92)
+            made = reproducibility(job, ticket.plan, self._model_tag, self._work.models, ticket.scheduler)
             result = store_image(job, ticket.plan, ticket.image, self._work, ticket.render_seconds, ticket.safety,
-                                 rescore=lambda image: self._rescore(ticket, image))
+                                 rescore=lambda image: self._rescore(ticket, image), made=made)
         else:
             result = ticket.outcome
         return self._finish(ticket, JobStatus.SUCCEEDED, result)
@@ -58,10 +60,14 @@ class FinishStage:
     def _finish(self, ticket: Ticket, status: JobStatus, result) -> JobDoc:
         stop_keepalive(ticket)  # no progress tick or renewal may follow the finish (they are fenced anyway)
         verdict = getattr(result, "safety", None)
+        lora = ticket.plan.render.lora if ticket.plan is not None else None
         metrics = JobMetrics(gpu_seconds=round(ticket.gpu_seconds + ticket.safety_seconds, 4), model=self._model_tag,
                              device=self._work.models.device.name, batch_size=ticket.batch_size,
                              safety_seconds=round(ticket.safety_seconds, 4),
-                             safety_model=verdict.model if verdict is not None else None)
+                             safety_model=verdict.model if verdict is not None else None,
+                             adapter_load_seconds=round(ticket.adapter_load_seconds, 4),
+                             adapters=(AdapterUsed(name=lora.name, version=lora.version, scale=lora.scale),)
+                             if lora else ())
         finished = self._store.finish(ticket.job.job_id, status, result=result, metrics=metrics)
         log.info("job_finished", job_id=finished.job_id, status=finished.status, attempts=finished.attempts,
                  gpu_seconds=metrics.gpu_seconds, batch_size=metrics.batch_size)

@@ -70,6 +70,8 @@ class Ticket:
     render_seconds: float = 0.0
     gpu_seconds: float = 0.0  # this job's share of its batch's device time
     batch_size: int = 1
+    adapter_load_seconds: float = 0.0  # loading its batch's LoRA/IP-Adapter (0 when resident)
+    scheduler: str | None = None  # the scheduler its render used (gpu_runner/pipelines/adapters.py)
     safety: SafetyVerdict | None = None  # the checker's verdict on `image` (safety stage -> finish stage)
     safety_seconds: float = 0.0  # this job's share of the checker's call
     error: BaseException | None = None  # set when this job dropped out (its partners go on)

@@ -133,11 +133,19 @@ class RenderStage:
             if all(ticket.error is not None for ticket in batch):
                 raise batch[0].error  # nobody left: stop the render
 
+        conditioning = []
+
+        def prepare(pipe) -> dict:
+            # One adapter set per batch (batch_key includes it): the first job's is everyone's.
+            conditioning.append(self._work.models.adapters.prepare(pipe, batch[0].plan.render,
+                                                                   self._work.media.read))
+            return conditioning[0].kwargs
+
         try:
             pipe = self._work.models.sdxl()
             previews = self._previews_for(batch)
             started = time.perf_counter()
-            images = render_images(pipe, [t.plan.render for t in batch], on_step, previews)
+            images = render_images(pipe, [t.plan.render for t in batch], on_step, previews, prepare=prepare)
             elapsed = time.perf_counter() - started
         except Exception as exc:  # noqa: BLE001 - the whole call failed: every job still in it gets the error
             for ticket in batch:
@@ -147,6 +155,7 @@ class RenderStage:
         for ticket, image in zip(batch, images):
             ticket.image, ticket.batch_size = image, len(batch)
             ticket.gpu_seconds = ticket.render_seconds = share
+            ticket.adapter_load_seconds, ticket.scheduler = conditioning[0].load_seconds, conditioning[0].scheduler
         log.info("batch_rendered", jobs=[t.job.job_id for t in batch], seconds=round(elapsed, 3))
 
     def _previews_for(self, batch: list[Ticket]):

@@ -42,6 +42,20 @@ resource "google_storage_bucket_iam_member" "api_reads_media" {
   member = google_service_account.api.member
 }
 
+# Admin uploads of a soul's identity (functions/services/identity.py): create-only (objectCreator cannot
+# overwrite or delete), and only under the two prefixes those objects live in (IAM condition on the object name).
+resource "google_storage_bucket_iam_member" "api_creates_identity_assets" {
+  bucket = google_storage_bucket.media.name
+  role   = "roles/storage.objectCreator"
+  member = google_service_account.api.member
+
+  condition {
+    title       = "identity-assets-only"
+    description = "reference images and LoRA adapters of souls"
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.media.name}/objects/references/\") || resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.media.name}/objects/loras/\")"
+  }
+}
+
 # V4 signed URLs without a key file: the functions call IAM signBlob as themselves
 # (SOUL_SIGNING_SERVICE_ACCOUNT), which needs iam.serviceAccounts.signBlob on their own account.
 resource "google_service_account_iam_member" "api_signs_as_itself" {

@@ -25,7 +25,10 @@ EXAMPLES_PER_OPERATION = 70
 # warm pool's `variants` within the deployment's bound (and the pool on). Schema-valid requests may
 # get a 400 for these fields only; schemathesis' own positive-data check is replaced by this narrower one.
 # An `updated_at` of a style may not lie further in the future than the allowed clock skew (issue 8).
-SEMANTIC_400_FIELDS = {"cue", "cursor", "city_key", "mood", "image_path", "updated_at", "webhook", "variants"}
+# Issue 20: an upload's `image`/`lora` must decode as a still image / fit the model's layers, and a request's
+# `scheduler` must be one its soul's style allows.
+SEMANTIC_400_FIELDS = {"cue", "cursor", "city_key", "mood", "image_path", "updated_at", "webhook", "variants",
+                       "image", "lora", "scheduler"}
 TENANT_CASES: dict[str, int] = {}
 ADMIN_KEY, CLIENT_KEY = "contract-admin-key-0001", "contract-client-key-001"
 

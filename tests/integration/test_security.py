@@ -252,10 +252,16 @@ def test_jobs_per_hour_quota_counts_creations_not_joins(emulator_stack, monkeypa
 def test_gpu_seconds_per_day_quota_counts_what_the_runner_recorded(emulator_stack, monkeypatch, tmp_path,
                                                                    clean_firestore, drain_jobs, db):
     client, _ = make_api(monkeypatch, tmp_path, quotas={"gpu_seconds_per_day": 50})
+    from datetime import timedelta
+
+    from gpu_runner.adapters.jobstore import JobStore as RunnerJobStore
+    from schemas.jobs import JobMetrics, JobStatus
+    from soul_common.firestore import Db
+
     task_id = client.get("/image", query_string=PENGUIN, headers=H_ACME).json["task_id"]
-    db.collection(names.JOBS).document(task_id).update({
-        "status": "succeeded", "finished_at": utcnow(),
-        "metrics": {"gpu_seconds": 60.0, "model": "tiny", "device": "cpu", "batch_size": 1}})
+    runner = RunnerJobStore(Db(db), "runner-q", timedelta(seconds=30))  # the runner's own finish: rollups too
+    runner.claim(task_id, "image")
+    runner.finish(task_id, JobStatus.SUCCEEDED, metrics=JobMetrics(gpu_seconds=60.0, model="tiny", device="cpu"))
     assert_error(client.get("/image", query_string={**PENGUIN, "cue": "yak"}, headers=H_ACME), 429,
                  "quota_exceeded")
     assert client.get("/image", query_string={**PENGUIN, "cue": "yak"}, headers=H_GLOBEX).status_code == 202

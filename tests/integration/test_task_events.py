@@ -59,3 +59,11 @@ def test_a_client_sees_queued_running_succeeded_and_the_stream_closes(api):
 def test_events_of_an_unknown_task_are_a_404_in_the_error_shape(api):
     response = api.get("/tasks/img-00000000000000000000000000000000-0/events")
     assert response.status_code == 404 and response.json["error"]["code"] == "not_found"
+
+
+def test_a_task_says_its_cue_on_get_and_in_listings(api):
+    """The page's history shows each result's cue: an image task carries the cue it was asked with."""
+    task_id = api.post("/image", json={**PENGUIN, "cue": "owl at night"}).json["task_id"]
+    assert api.get(f"/tasks/{task_id}").json["cue"] == "owl at night"
+    listed = api.get("/tasks", query_string={"user_id": "user123"}).json["items"]
+    assert [t["cue"] for t in listed if t["task_id"] == task_id] == ["owl at night"]

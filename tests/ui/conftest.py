@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,8 @@ class WithCsp:
 
 class RunnerSwitch:
     """A runner with the tiny model in a thread; `pause()` returns once it has stopped taking jobs, `resume()`
-    starts a fresh one (same clients and loaded models)."""
+    starts a fresh one (same clients and loaded models). `pace_s` > 0 makes each denoising step take that long
+    (the tiny model renders in a blink; a test that watches progress move needs a render it can see)."""
 
     def __init__(self, settings, models):
         from gpu_runner.adapters.clients import make_clients
@@ -64,13 +66,24 @@ class RunnerSwitch:
         self._clients = make_clients(settings)
         self._runner = None
         self._thread: threading.Thread | None = None
+        self.pace_s = 0.0
 
     def resume(self) -> None:
+        from gpu_runner import failpoints
         from gpu_runner.worker import Runner
 
         if self._thread is not None and self._thread.is_alive():
             return
         self._runner = Runner(self._settings, self._clients, self._models)
+        points = self._runner._work.failpoints
+        hit = points.hit
+
+        def paced(name, **context):
+            if name == failpoints.MID_RENDER and self.pace_s > 0:
+                time.sleep(self.pace_s)
+            hit(name, **context)
+
+        points.hit = paced  # the runner's own failpoints object: no failpoint is armed in these tests
         self._thread = threading.Thread(target=self._runner.run, name="ui-runner", daemon=True)
         self._thread.start()
 
@@ -178,4 +191,5 @@ def ui(browser, ui_stack, request) -> Iterator[Watched]:
     finally:
         context.close()
         # Between the page's tests nothing takes jobs: other tests of the session count their own queued jobs.
+        ui_stack.runner.pace_s = 0.0
         ui_stack.runner.pause()

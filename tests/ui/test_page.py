@@ -1,6 +1,7 @@
 """The web page as a person uses it, in Debian chromium against the stack of conftest.py: the whole flow, double
 clicks and two jobs at once, reload mid-task, network drops and a 502 HTML page, cancel and "waiting for a
-runner", selfie, the gallery, the API key prompt, errors in words, 320 px and axe-core."""
+runner", selfie, the history, the API key gate, errors in words, 320 px and axe-core. The studio's own points
+(progress on the real stream, Next variant, viewer, announcements, focus, phone targets) are in test_studio.py."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def card(ui, index: int = 0):
 
 def done_image(c):
     img = c.locator(".result img")
-    expect(img).to_be_visible(timeout=60_000)
+    expect(img).to_be_visible(timeout=90_000)
     expect(c).to_have_attribute("data-status", "succeeded")
     return img.get_attribute("src")
 
@@ -59,12 +60,15 @@ def test_whole_flow_soul_cue_image_gif_seen_next(ui, ui_stack):
 
     first.get_by_role("button", name="Make a GIF").click()
     gif_card = card(ui)
-    expect(gif_card.locator(".card-title")).to_contain_text("GIF of Atlas")
+    # The GIF's card carries its source's title, marked as a GIF, next to its source.
+    expect(gif_card.locator(".card-title")).to_have_text(card(ui, 1).locator(".card-title").inner_text())
+    expect(gif_card.locator(".badge")).to_have_text("GIF")
     expect(gif_card.locator(".result img")).to_be_visible(timeout=90_000)
     assert ".gif" in gif_card.locator(".result img").get_attribute("src").split("?")[0]
     # The image stays while and after its GIF is made: one task per card.
     assert card(ui, 1).locator(".result img").get_attribute("src") == image
     expect(gif_card.get_by_role("button", name="Download MP4 video")).to_be_visible()
+    expect(gif_card.locator(".result video")).to_have_count(0)  # one inline animation, not GIF and MP4 stacked
     ui.shot("gif")
 
     card(ui, 1).get_by_role("button", name="Mark seen").click()
@@ -145,7 +149,7 @@ def test_network_drop_and_a_502_page_are_retried_and_said_in_words(ui, ui_stack)
             route.continue_()
 
     ui.page.route(re.compile(r".*/image$"), gateway)
-    ui.page.route(re.compile(r".*/tasks/[a-z]+-[0-9a-f-]+(-r[0-9]+)?$"), network)
+    ui.page.route(re.compile(r".*/tasks/[a-z]+-[0-9a-f-]+(-r[0-9]+)?(/events)?$"), network)
     generate(ui, "storm")
     trouble = card(ui).locator(".trouble")
     expect(trouble).to_contain_text("The service answered with an error page (HTTP 502). Retrying")
@@ -198,7 +202,7 @@ def test_cancel_a_job_no_runner_picks_up(ui, ui_stack):
 
 def test_selfie_from_the_cities_and_moods_of_the_api(ui, ui_stack):
     open_page(ui, ui_stack, "?user=selfie-user")
-    ui.page.click("text=Or a selfie of the soul in a city")
+    ui.page.click("text=Or a selfie of the character in a city")
     expect(ui.page.locator("#city option")).not_to_have_count(0)
     ui.page.select_option("#city", "tokyo")
     ui.page.select_option("#mood", "calm")
@@ -222,18 +226,33 @@ def test_gallery_after_three_generations_newest_first(ui, ui_stack):
     ui.shot("gallery-viewer")
 
 
-def test_a_refused_api_key_is_not_kept(ui, ui_stack):
-    open_page(ui, ui_stack, "?user=key-user")
-    refused = {"error": {"code": "permission_denied", "message": "the API key is not valid for this service"}}
-    ui.page.route(re.compile(r".*/style\?page_size=1$"), lambda route: route.fulfill(
-        status=403, content_type="application/json", body=json.dumps(refused)))
+def needs_key(ui, good: str) -> None:
+    """The service as it is with auth on: every call without `good` as its key answers 401 (403 for a wrong key)."""
     ui.allowed.append(FAILED_LOAD)
+
+    def guard(route):
+        key = route.request.headers.get("x-api-key")
+        if key == good or route.request.url.split("?")[0].endswith(("/openapi.json", ".js", ".css", ".svg")):
+            route.continue_()
+        elif key:
+            route.fulfill(status=403, content_type="application/json", body=json.dumps(
+                {"error": {"code": "permission_denied", "message": "the API key is not valid for this service"}}))
+        else:
+            route.fulfill(status=401, content_type="application/json", body=json.dumps(
+                {"error": {"code": "unauthenticated", "message": "send an API key", "field": None}}))
+
+    ui.page.route(re.compile(r".*/(me|style|tasks|image|openapi\.json)(\?.*|/.*)?$"), guard)
+
+
+def test_a_refused_api_key_is_not_kept(ui, ui_stack):
+    needs_key(ui, "good-key")
+    ui.page.goto(f"{ui_stack.base}/?user=key-user")
+    expect(ui.page.locator("#gate")).to_be_visible()
     ui.page.fill("#key", "wrong-key")
     ui.page.click("#key-use")
     expect(ui.page.locator("#key-status")).to_have_text(
         "Key not kept: the API key is not valid for this service")
     assert ui.page.evaluate("localStorage.getItem('soul-key')") is None
-    ui.page.unroute(re.compile(r".*/style\?page_size=1$"))
     ui.page.fill("#key", "good-key")
     ui.page.click("#key-use")
     expect(ui.page.locator("#key-status")).to_have_text("Key accepted and kept in this browser.")
@@ -250,7 +269,7 @@ def test_320px_no_overflow_keyboard_and_axe(ui, ui_stack):
     ui.page.focus("#cue")
     ui.page.keyboard.press("Enter")  # the keyboard alone submits
     done_image(card(ui))
-    ui.page.click("text=Or a selfie of the soul in a city")
+    ui.page.click("text=Or a selfie of the character in a city")
     ui.shot("320")
     width = ui.page.evaluate("document.documentElement.scrollWidth")
     assert width <= 320, f"horizontal overflow: {width}px"
@@ -274,29 +293,30 @@ def test_docs_header_renders_code_not_backticks(ui, ui_stack):
     ui.shot("docs")
 
 
-def test_styles_are_read_only_for_clients_and_editable_for_admins(ui, ui_stack):
+def test_styles_are_read_only_for_clients_and_a_form_for_admins(ui, ui_stack):
     me = re.compile(r".*/me$")
     ui.page.route(me, lambda route: route.fulfill(json={"tenant": "t1", "role": "client"}))
     open_page(ui, ui_stack, "?user=style-user")
-    ui.page.locator("#styles summary", has_text="Mira").click()
-    expect(ui.page.locator("#styles details[open] dd").first).to_be_visible()
-    expect(ui.page.locator("#styles textarea")).to_have_count(0)  # GET /me says client: read-only
+    mira = ui.page.locator('#styles [data-soul="mira"]')
+    expect(mira.locator("h3")).to_have_text("Mira")
+    expect(mira.locator(".soul-desc")).to_contain_text("long teal hair")  # a description, not raw JSON
+    expect(ui.page.locator("#styles form")).to_have_count(0)  # GET /me says client: read-only
 
     ui.page.unroute(me)
     ui.page.route(me, lambda route: route.fulfill(json={"tenant": "t1", "role": "admin"}))
     open_page(ui, ui_stack, "?user=style-user")
-    ui.page.locator("#styles summary", has_text="Mira").click()
-    editor = ui.page.get_by_label("Style of mira (JSON)")
-    style = json.loads(editor.input_value())
-    editor.fill(json.dumps({**style, "steps": 7}))
-    ui.page.get_by_role("button", name="Save style").click()
-    expect(ui.page.locator("#styles details[open] [role=status]")).to_have_text("Saved.")
-    expect(ui.page.locator("#styles details[open] summary")).to_have_text("Mira (stored)")
-    expect(ui.page.locator("#styles details[open] .kv", has_text="steps").locator("dd")).to_have_text("7")
-    editor = ui.page.get_by_label("Style of mira (JSON)")
-    editor.fill(json.dumps({**style, "steps": 0}))
-    ui.page.get_by_role("button", name="Save style").click()
-    expect(ui.page.locator("#styles details[open] [role=status]")).to_contain_text("Not saved: style.steps")
+    mira = ui.page.locator('#styles [data-soul="mira"]')
+    mira.locator("summary").click()
+    mira.get_by_label("Steps").fill("7")
+    mira.get_by_role("button", name="Save Mira's style").click()
+    mira = ui.page.locator('#styles [data-soul="mira"]')
+    expect(mira.locator("[role=status]")).to_have_text("Saved.")
+    expect(mira.locator(".facts .kv", has_text="Style").locator("dd")).to_have_text("customised")
+    expect(mira.locator(".facts .kv", has_text="Steps").locator("dd")).to_have_text("7")
+    mira.get_by_label("Steps").fill("0")
+    mira.get_by_role("button", name="Save Mira's style").click()
+    expect(mira.locator("[role=status]")).to_contain_text("Not saved: style.steps")
+    expect(mira.get_by_label("Steps")).to_have_attribute("aria-invalid", "true")
     ui.shot("admin-styles")
     ui.allowed.append(FAILED_LOAD)  # the refused save answers 400
     import requests
@@ -308,46 +328,67 @@ def test_stage_names_queue_position_and_metrics_read_as_words(ui, ui_stack):
     open_page(ui, ui_stack, "?user=words-user")
     said = ui.page.evaluate("""async () => {
       const v = await import("./ui/views.js");
+      const {TaskState} = await import("./ui/state.js");
       const t0 = Date.parse("2026-01-01T00:00:00Z");
-      const queued = {status: "queued", stage: "queued", created_at: "2026-01-01T00:00:00Z", queue_position: 3};
+      const queued = pos => ({status: "queued", stage: "queued", created_at: "2026-01-01T00:00:00Z",
+                              queue_position: pos});
+      const running = new TaskState({status: "running", stage: "denoising", created_at: "2026-01-01T00:00:00Z",
+                                     started_at: "2026-01-01T00:00:02Z", eta_seconds: 3.2, progress: 0.5}, t0 + 7000);
       return {
         webp: v.stageName("uploading_webp"), model: v.stageName("loading_model"), odd: v.stageName("warming_up_gpu"),
-        fresh: v.progressLine(queued, t0 + 4000), stale: v.progressLine(queued, t0 + 75000),
-        running: v.progressLine({status: "running", stage: "denoising", created_at: "2026-01-01T00:00:00Z",
-                                 started_at: "2026-01-01T00:00:02Z", eta_seconds: 3.2}, t0 + 7000),
+        next: new TaskState(queued(0), t0).line(t0 + 4000),
+        third: new TaskState(queued(2), t0).line(t0 + 4000),
+        stale_next: new TaskState(queued(0), t0).line(t0 + 75000),
+        stale_back: new TaskState(queued(13), t0).line(t0 + 75000),
+        running: running.line(t0 + 7000),
+        finishing: running.line(t0 + 9800),
         metrics: v.metricsLine({gpu_seconds: 2.345, device: "cuda", model: "sdxl", batch_size: 1}),
       };
     }""")
     assert said == {
         "webp": "Saving the WebP animation", "model": "Loading the model", "odd": "Warming up gpu",
-        "fresh": "Waiting in line for 4 s · 3rd in line",
-        "stale": "Waiting in line for 1 min 15 s · 3rd in line · waiting for a runner to pick it up",
-        "running": "Drawing · running for 5 s · about 3 s left",
+        "next": "Waiting in line for 4 s · next in line",
+        "third": "Waiting in line for 4 s · 3rd in line",
+        "stale_next": "Waiting in line for 1 min 15 s · next in line · waiting for a runner to pick it up",
+        # 14th in line is waiting for the 13 ahead, not for a runner.
+        "stale_back": "Waiting in line for 1 min 15 s · 14th in line",
+        "running": "Drawing · 50% · running for 5 s · about 3 s left",
+        "finishing": "Drawing · 50% · running for 8 s · finishing",
         "metrics": "2.3 GPU-seconds on cuda",
     }
 
 
-def test_a_service_that_needs_a_key_asks_for_one_and_reloads_the_souls(ui, ui_stack):
-    ui.allowed.append(FAILED_LOAD)
-    needed = {"error": {"code": "unauthenticated", "message": "send an API key", "field": None}}
-
-    def guard(route):
-        if route.request.headers.get("x-api-key") == "team-key":
-            route.continue_()
-        else:
-            route.fulfill(status=401, content_type="application/json", body=json.dumps(needed))
-
-    ui.page.route(re.compile(r".*/style\?page_size=\d+$"), guard)
+def test_a_service_that_needs_a_key_asks_for_one_first_and_forgetting_it_clears_the_screen(ui, ui_stack):
+    needs_key(ui, "team-key")
     ui.page.goto(f"{ui_stack.base}/?user=locked-user")
-    expect(ui.page.locator("#notice")).to_have_text("Send an API key. Enter an API key below.")
-    expect(ui.page.locator("#generate")).to_be_disabled()
+    # The first screen is the key, alone: no header instructions, no empty list of characters.
+    expect(ui.page.locator("#gate")).to_be_visible()
+    expect(ui.page.locator("#main")).to_be_hidden()
     expect(ui.page.locator("#key")).to_be_focused()
+    assert "X-API-Key" not in ui.page.locator("#gate").inner_text()
     ui.shot("key-needed")
     ui.page.keyboard.type("team-key")
     ui.page.keyboard.press("Enter")
     expect(ui.page.locator("#generate")).to_be_enabled()
     expect(ui.page.locator("#soul option")).to_have_count(3)
     assert ui.page.evaluate("localStorage.getItem('soul-key')") == "team-key"
+    generate(ui, "lantern")
+    done_image(card(ui))  # with a key the page polls (an EventSource cannot send it)
+    expect(card(ui)).to_have_attribute("data-via", "polling")
+    expect(ui.page.locator("#gallery > li")).to_have_count(1)
+    ui.page.click("#key-forget")
+    expect(ui.page.locator("#gate")).to_be_visible()
+    expect(ui.page.locator("#tasks > li")).to_have_count(0)
+    expect(ui.page.locator("#gallery > li")).to_have_count(0)
+    expect(ui.page.locator("#styles > *")).to_have_count(0)
+    assert ui.page.evaluate("localStorage.getItem('soul-key')") is None
+
+
+def test_with_auth_off_no_key_is_asked_for(ui, ui_stack):
+    open_page(ui, ui_stack, "?user=open-user")
+    expect(ui.page.locator("#gate")).to_be_hidden()
+    expect(ui.page.locator("#key-info")).to_have_text("This service needs no API key.")
+    expect(ui.page.locator("#key-forget")).to_be_hidden()
 
 
 def test_download_saves_a_blob_where_the_policy_lets_the_page_fetch_signed_urls(ui, ui_stack):

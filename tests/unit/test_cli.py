@@ -230,6 +230,20 @@ def test_a_failed_task_exits_1_with_the_task_error(api):
     assert_clean(result)
 
 
+def test_a_withheld_image_exits_1_with_the_policys_reason(api):
+    from schemas.safety import Withheld
+
+    withheld = Withheld(variant_id="01ARZ3NDEKTSV4RRFFQ69G5FAV", policy="withhold", reason="flagged; policy withhold")
+    api.on("GET", "/image", (202, queued()))
+    api.on("GET", TASK_PATH, (200, task("succeeded", result=TaskResult(withheld=withheld))))
+
+    result = soul(api, "image", "nova", "penguin", "--user", "user123", *FAST)
+
+    assert result.exit_code == ExitCode.UNSUCCESSFUL and result.stdout == ""
+    assert "is withheld: flagged; policy withhold" in result.stderr
+    assert_clean(result)
+
+
 def test_a_canceled_task_exits_1(api):
     api.on("GET", "/image", (202, queued()))
     api.on("GET", TASK_PATH, (200, task("canceled", stage="canceled", cancel_requested=True)))

@@ -34,7 +34,7 @@ OPERATIONS: dict[str, Operation] = {
     'image_get': Operation(
         'image_get', 'GET', '/image',
         path_params=(),
-        query=('soul_id', 'cue', 'user_id',),
+        query=('soul_id', 'cue', 'user_id', 'seed', 'scheduler',),
         body=None,
         responses={200: models.ImageReady, 202: models.ImageQueued},
         idempotency_key=False, public=False,
@@ -175,6 +175,46 @@ OPERATIONS: dict[str, Operation] = {
         responses={200: models.StyleOut},
         idempotency_key=False, public=False,
     ),
+    'identity_get': Operation(
+        'identity_get', 'GET', '/style/{soul_id}/identity',
+        path_params=('soul_id',),
+        query=(),
+        body=None,
+        responses={200: models.IdentityOut},
+        idempotency_key=False, public=False,
+    ),
+    'lora_delete': Operation(
+        'lora_delete', 'DELETE', '/style/{soul_id}/lora',
+        path_params=('soul_id',),
+        query=(),
+        body=None,
+        responses={200: models.IdentityOut},
+        idempotency_key=False, public=False,
+    ),
+    'lora_put': Operation(
+        'lora_put', 'POST', '/style/{soul_id}/lora',
+        path_params=('soul_id',),
+        query=(),
+        body=models.LoraUpload,
+        responses={200: models.IdentityOut},
+        idempotency_key=False, public=False,
+    ),
+    'reference_add': Operation(
+        'reference_add', 'POST', '/style/{soul_id}/references',
+        path_params=('soul_id',),
+        query=(),
+        body=models.ReferenceUpload,
+        responses={201: models.IdentityOut},
+        idempotency_key=False, public=False,
+    ),
+    'reference_delete': Operation(
+        'reference_delete', 'DELETE', '/style/{soul_id}/references/{ref_id}',
+        path_params=('soul_id', 'ref_id',),
+        query=(),
+        body=None,
+        responses={200: models.IdentityOut},
+        idempotency_key=False, public=False,
+    ),
     'task_list': Operation(
         'task_list', 'GET', '/tasks',
         path_params=(),
@@ -271,13 +311,15 @@ class Operations:
         soul_id: str,
         cue: str,
         user_id: str,
+        seed: int | None = None,
+        scheduler: str | None = None,
         timeout: float | None = None,
     ) -> models.ImageReady | models.ImageQueued:
         """`GET /image`: An unseen variant of the cue for this user, or the job making one."""
         return self._operate(  # type: ignore[attr-defined]
             OPERATIONS['image_get'],
             {},
-            {'soul_id': soul_id, 'cue': cue, 'user_id': user_id},
+            {'soul_id': soul_id, 'cue': cue, 'user_id': user_id, 'seed': seed, 'scheduler': scheduler},
             None,
             timeout=timeout,
         )
@@ -502,6 +544,68 @@ class Operations:
             timeout=timeout,
         )
 
+    def identity_get(self, soul_id: str, *, timeout: float | None = None) -> models.IdentityOut:
+        """`GET /style/{soul_id}/identity`: A soul's reference images and LoRA adapter (admin)."""
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['identity_get'],
+            {'soul_id': soul_id},
+            {},
+            None,
+            timeout=timeout,
+        )
+
+    def lora_delete(self, soul_id: str, *, timeout: float | None = None) -> models.IdentityOut:
+        """`DELETE /style/{soul_id}/lora`: Detach the soul's LoRA (admin)."""
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['lora_delete'],
+            {'soul_id': soul_id},
+            {},
+            None,
+            timeout=timeout,
+        )
+
+    def lora_put(
+        self,
+        soul_id: str,
+        body: models.LoraUpload | dict[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> models.IdentityOut:
+        """`POST /style/{soul_id}/lora`: Attach a LoRA (admin; diffusers/peft .safetensors as multipart `lora` + `name`, `scale`, or base64 JSON): checked against the model's layers, stored create-only; it replaces the soul's adapter."""
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['lora_put'],
+            {'soul_id': soul_id},
+            {},
+            body,
+            timeout=timeout,
+        )
+
+    def reference_add(
+        self,
+        soul_id: str,
+        body: models.ReferenceUpload | dict[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> models.IdentityOut:
+        """`POST /style/{soul_id}/references`: Add a reference image (admin; PNG, JPEG or WebP bytes as multipart `image` or base64 JSON; 1-4 per soul): validated, re-encoded, stored create-only; renders are conditioned on it (IP-Adapter)."""
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['reference_add'],
+            {'soul_id': soul_id},
+            {},
+            body,
+            timeout=timeout,
+        )
+
+    def reference_delete(self, soul_id: str, ref_id: str, *, timeout: float | None = None) -> models.IdentityOut:
+        """`DELETE /style/{soul_id}/references/{ref_id}`: Remove a reference image (admin)."""
+        return self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['reference_delete'],
+            {'soul_id': soul_id, 'ref_id': ref_id},
+            {},
+            None,
+            timeout=timeout,
+        )
+
     def task_list(
         self,
         *,
@@ -640,13 +744,15 @@ class AsyncOperations:
         soul_id: str,
         cue: str,
         user_id: str,
+        seed: int | None = None,
+        scheduler: str | None = None,
         timeout: float | None = None,
     ) -> models.ImageReady | models.ImageQueued:
         """`GET /image`: An unseen variant of the cue for this user, or the job making one."""
         return await self._operate(  # type: ignore[attr-defined]
             OPERATIONS['image_get'],
             {},
-            {'soul_id': soul_id, 'cue': cue, 'user_id': user_id},
+            {'soul_id': soul_id, 'cue': cue, 'user_id': user_id, 'seed': seed, 'scheduler': scheduler},
             None,
             timeout=timeout,
         )
@@ -871,6 +977,68 @@ class AsyncOperations:
         return await self._operate(  # type: ignore[attr-defined]
             OPERATIONS['style_get'],
             {'soul_id': soul_id},
+            {},
+            None,
+            timeout=timeout,
+        )
+
+    async def identity_get(self, soul_id: str, *, timeout: float | None = None) -> models.IdentityOut:
+        """`GET /style/{soul_id}/identity`: A soul's reference images and LoRA adapter (admin)."""
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['identity_get'],
+            {'soul_id': soul_id},
+            {},
+            None,
+            timeout=timeout,
+        )
+
+    async def lora_delete(self, soul_id: str, *, timeout: float | None = None) -> models.IdentityOut:
+        """`DELETE /style/{soul_id}/lora`: Detach the soul's LoRA (admin)."""
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['lora_delete'],
+            {'soul_id': soul_id},
+            {},
+            None,
+            timeout=timeout,
+        )
+
+    async def lora_put(
+        self,
+        soul_id: str,
+        body: models.LoraUpload | dict[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> models.IdentityOut:
+        """`POST /style/{soul_id}/lora`: Attach a LoRA (admin; diffusers/peft .safetensors as multipart `lora` + `name`, `scale`, or base64 JSON): checked against the model's layers, stored create-only; it replaces the soul's adapter."""
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['lora_put'],
+            {'soul_id': soul_id},
+            {},
+            body,
+            timeout=timeout,
+        )
+
+    async def reference_add(
+        self,
+        soul_id: str,
+        body: models.ReferenceUpload | dict[str, Any],
+        *,
+        timeout: float | None = None,
+    ) -> models.IdentityOut:
+        """`POST /style/{soul_id}/references`: Add a reference image (admin; PNG, JPEG or WebP bytes as multipart `image` or base64 JSON; 1-4 per soul): validated, re-encoded, stored create-only; renders are conditioned on it (IP-Adapter)."""
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['reference_add'],
+            {'soul_id': soul_id},
+            {},
+            body,
+            timeout=timeout,
+        )
+
+    async def reference_delete(self, soul_id: str, ref_id: str, *, timeout: float | None = None) -> models.IdentityOut:
+        """`DELETE /style/{soul_id}/references/{ref_id}`: Remove a reference image (admin)."""
+        return await self._operate(  # type: ignore[attr-defined]
+            OPERATIONS['reference_delete'],
+            {'soul_id': soul_id, 'ref_id': ref_id},
             {},
             None,
             timeout=timeout,

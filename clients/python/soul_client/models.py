@@ -17,6 +17,15 @@ from pydantic import (
 )
 
 
+class AdapterUsed(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    name: str = Field(..., title="Name")
+    scale: float = Field(..., title="Scale")
+    version: str = Field(..., title="Version")
+
+
 class ContentPolicy(StrEnum):
     """
     What a tenant's users get of an image the checker flagged (every image is scored, whatever the policy).
@@ -111,6 +120,20 @@ class Health(BaseModel):
     status: Status = Field(..., title="Status")
 
 
+class Scheduler(StrEnum):
+    """
+    A scheduler the soul's style allows (`style.schedulers`).
+    """
+
+    euler = "euler"
+    euler_a = "euler_a"
+    ddim = "ddim"
+    dpmpp_2m = "dpmpp_2m"
+    dpmpp_2m_karras = "dpmpp_2m_karras"
+    unipc = "unipc"
+    heun = "heun"
+
+
 class Info(BaseModel):
     model_config = ConfigDict(
         extra="allow",
@@ -149,6 +172,43 @@ class JobStatus(StrEnum):
 class JobType(StrEnum):
     image = "image"
     video = "video"
+
+
+class LoraAdapter(BaseModel):
+    """
+    A soul's LoRA: a validated diffusers/peft `.safetensors`, stored once under its content version.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    bytes: conint(ge=1) = Field(..., title="Bytes")
+    created_at: AwareDatetime = Field(..., title="Created At")
+    name: constr(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$") = Field(..., title="Name")
+    object: str = Field(..., title="Object")
+    rank: conint(ge=1) = Field(..., title="Rank")
+    scale: confloat(ge=0.0, le=2.0) = Field(..., title="Scale")
+    tensors: conint(ge=1) = Field(..., title="Tensors")
+    version: constr(pattern=r"^[0-9a-f]{16}$") = Field(..., title="Version")
+
+
+class LoraUpload(BaseModel):
+    """
+    `POST /style/{soul_id}/lora`: a LoRA in diffusers/peft `.safetensors` layout (multipart: a file field
+    `lora` and form fields `name`, `scale`).
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    lora: constr(pattern=r"^(?:[A-Za-z0-9+/]{4})+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$|^[A-Za-z0-9+/]{2}==$|^[A-Za-z0-9+/]{3}=$", min_length=4) = (
+        Field(..., json_schema_extra={"contentEncoding": "base64"}, title="Lora")
+    )
+    """
+    The .safetensors bytes (base64 in JSON; a file part in multipart).
+    """
+    name: constr(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$") = Field(..., title="Name")
+    scale: confloat(ge=0.0, le=2.0) | None = Field(1.0, title="Scale")
 
 
 class Role(StrEnum):
@@ -204,6 +264,62 @@ class PrerenderStats(BaseModel):
     delivered: int = Field(..., title="Delivered")
     made: int = Field(..., title="Made")
     waste_ratio: float | None = Field(None, title="Waste Ratio")
+
+
+class ReferenceImage(BaseModel):
+    """
+    One stored reference image (re-encoded PNG), named by the hash of its re-encoded bytes.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    bytes: conint(ge=1) = Field(..., title="Bytes")
+    created_at: AwareDatetime = Field(..., title="Created At")
+    height: conint(ge=1) = Field(..., title="Height")
+    object: str = Field(..., title="Object")
+    ref_id: constr(pattern=r"^[0-9a-f]{16}$") = Field(..., title="Ref Id")
+    width: conint(ge=1) = Field(..., title="Width")
+
+
+class ReferenceUpload(BaseModel):
+    """
+    `POST /style/{soul_id}/references`: one image, PNG, JPEG or WebP (multipart: a file field `image`).
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    image: constr(pattern=r"^(?:[A-Za-z0-9+/]{4})+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$|^[A-Za-z0-9+/]{2}==$|^[A-Za-z0-9+/]{3}=$", min_length=4) = (
+        Field(..., json_schema_extra={"contentEncoding": "base64"}, title="Image")
+    )
+    """
+    The image bytes (base64 in JSON; a file part in multipart).
+    """
+
+
+class Reproducibility(BaseModel):
+    """
+    How an image was made: the same record rendered again on the same device and weights gives the same pixels.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    adapters: list[AdapterUsed] | None = Field(
+        [], title="Adapters", validate_default=True
+    )
+    guidance: float = Field(..., title="Guidance")
+    height: int = Field(..., title="Height")
+    identity_scale: float | None = Field(0.0, title="Identity Scale")
+    model: str = Field(..., title="Model")
+    reference_set_version: str | None = Field(None, title="Reference Set Version")
+    scheduler: str = Field(..., title="Scheduler")
+    seed: int = Field(..., title="Seed")
+    seed_pinned: bool | None = Field(False, title="Seed Pinned")
+    steps: int = Field(..., title="Steps")
+    weights_fingerprint: str = Field(..., title="Weights Fingerprint")
+    width: int = Field(..., title="Width")
 
 
 class Safety(BaseModel):
@@ -262,6 +378,16 @@ class SelfieOptions(BaseModel):
     moods: list[str] = Field(..., title="Moods")
 
 
+class Scheduler1(StrEnum):
+    euler = "euler"
+    euler_a = "euler_a"
+    ddim = "ddim"
+    dpmpp_2m = "dpmpp_2m"
+    dpmpp_2m_karras = "dpmpp_2m_karras"
+    unipc = "unipc"
+    heun = "heun"
+
+
 class Style(BaseModel):
     """
     How a soul is drawn. Its fingerprint is part of the prompt key, so a changed style never serves old images.
@@ -272,9 +398,12 @@ class Style(BaseModel):
     )
     guidance: confloat(ge=0.0, le=30.0) | None = Field(7.0, title="Guidance")
     height: conint(ge=64, le=2048, multiple_of=8) | None = Field(1024, title="Height")
+    identity_scale: confloat(ge=0.0, le=2.0) | None = Field(0.6, title="Identity Scale")
     negative_prompt: constr(max_length=1000) | None = Field("", title="Negative Prompt")
     prompt_prefix: constr(max_length=500) | None = Field("", title="Prompt Prefix")
     prompt_suffix: constr(max_length=500) | None = Field("", title="Prompt Suffix")
+    scheduler: Scheduler1 | None = Field(None, title="Scheduler")
+    schedulers: list[Scheduler1] | None = Field([], max_length=7, title="Schedulers")
     steps: conint(ge=1, le=150) | None = Field(30, title="Steps")
     width: conint(ge=64, le=2048, multiple_of=8) | None = Field(1024, title="Width")
 
@@ -422,6 +551,10 @@ class Variant(BaseModel):
     Policy `blur`, admin keys only: a signed URL of the original when `url` serves the blurred rendition.
     """
     pk_id: str = Field(..., title="Pk Id")
+    reproducibility: Reproducibility | None = None
+    """
+    How it was made: model, weights, adapters, references, seed, scheduler, size.
+    """
     safety: Safety | None = None
     """
     The safety checker's verdict (content policies `flag` and `blur`; absent under `off`).
@@ -544,6 +677,22 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class IdentityOut(BaseModel):
+    """
+    A soul's references and adapter, as an admin sees them.
+    """
+
+    model_config = ConfigDict(
+        extra="allow",
+    )
+    identity_scale: float = Field(..., title="Identity Scale")
+    lora: LoraAdapter | None
+    reference_set_version: str | None = Field(..., title="Reference Set Version")
+    references: list[ReferenceImage] = Field(..., title="References")
+    soul_id: str = Field(..., title="Soul Id")
+    updated_at: AwareDatetime | None = Field(..., title="Updated At")
+
+
 class ImageOrder(BaseModel):
     """
     `POST /image` (and ingest `image` messages): the fields of GET /image, plus a webhook and a lane.
@@ -559,6 +708,14 @@ class ImageOrder(BaseModel):
     lane: JobLane | None = "interactive"
     """
     `background` for bulk work nobody waits on.
+    """
+    scheduler: Scheduler | None = Field(None, title="Scheduler")
+    """
+    A scheduler the soul's style allows (`style.schedulers`).
+    """
+    seed: conint(ge=0, lt=4294967296) | None = Field(None, title="Seed")
+    """
+    Pin the seed: the same pinned request is the same variant, rendered again it is the same pixels.
     """
     soul_id: constr(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$") = Field(..., title="Soul Id")
     """

@@ -297,6 +297,75 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/style/{soul_id}/identity": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A soul's reference images and LoRA adapter (admin). */
+        get: operations["identity_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/style/{soul_id}/lora": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Attach a LoRA (admin; diffusers/peft .safetensors as multipart `lora` + `name`, `scale`, or base64 JSON): checked against the model's layers, stored create-only; it replaces the soul's adapter. */
+        post: operations["lora_put"];
+        /** Detach the soul's LoRA (admin). */
+        delete: operations["lora_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/style/{soul_id}/references": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Add a reference image (admin; PNG, JPEG or WebP bytes as multipart `image` or base64 JSON; 1-4 per soul): validated, re-encoded, stored create-only; renders are conditioned on it (IP-Adapter). */
+        post: operations["reference_add"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/style/{soul_id}/references/{ref_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Remove a reference image (admin). */
+        delete: operations["reference_delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/tasks": {
         parameters: {
             query?: never;
@@ -421,6 +490,15 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** AdapterUsed */
+        AdapterUsed: {
+            /** Name */
+            name: string;
+            /** Scale */
+            scale: number;
+            /** Version */
+            version: string;
+        };
         /**
          * ContentPolicy
          * @description What a tenant's users get of an image the checker flagged (every image is scored, whatever the policy).
@@ -547,6 +625,23 @@ export interface components {
             status: "ok" | "unavailable";
         };
         /**
+         * IdentityOut
+         * @description A soul's references and adapter, as an admin sees them.
+         */
+        IdentityOut: {
+            /** Identity Scale */
+            identity_scale: number;
+            lora: components["schemas"]["LoraAdapter"] | null;
+            /** Reference Set Version */
+            reference_set_version: string | null;
+            /** References */
+            references: components["schemas"]["ReferenceImage"][];
+            /** Soul Id */
+            soul_id: string;
+            /** Updated At */
+            updated_at: string | null;
+        };
+        /**
          * ImageOrder
          * @description `POST /image` (and ingest `image` messages): the fields of GET /image, plus a webhook and a lane.
          */
@@ -561,6 +656,18 @@ export interface components {
              * @default interactive
              */
             lane?: components["schemas"]["JobLane"];
+            /**
+             * Scheduler
+             * @description A scheduler the soul's style allows (`style.schedulers`).
+             * @default null
+             */
+            scheduler?: ("euler" | "euler_a" | "ddim" | "dpmpp_2m" | "dpmpp_2m_karras" | "unipc" | "heun") | null;
+            /**
+             * Seed
+             * @description Pin the seed: the same pinned request is the same variant, rendered again it is the same pixels.
+             * @default null
+             */
+            seed?: number | null;
             /**
              * Soul Id
              * @description The soul to draw, e.g. `nova`.
@@ -669,6 +776,50 @@ export interface components {
          */
         JobType: "image" | "video";
         /**
+         * LoraAdapter
+         * @description A soul's LoRA: a validated diffusers/peft `.safetensors`, stored once under its content version.
+         */
+        LoraAdapter: {
+            /** Bytes */
+            bytes: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Name */
+            name: string;
+            /** Object */
+            object: string;
+            /** Rank */
+            rank: number;
+            /** Scale */
+            scale: number;
+            /** Tensors */
+            tensors: number;
+            /** Version */
+            version: string;
+        };
+        /**
+         * LoraUpload
+         * @description `POST /style/{soul_id}/lora`: a LoRA in diffusers/peft `.safetensors` layout (multipart: a file field
+         *     `lora` and form fields `name`, `scale`).
+         */
+        LoraUpload: {
+            /**
+             * Lora
+             * @description The .safetensors bytes (base64 in JSON; a file part in multipart).
+             */
+            lora: string;
+            /** Name */
+            name: string;
+            /**
+             * Scale
+             * @default 1
+             */
+            scale?: number;
+        };
+        /**
          * Me
          * @description `GET /me`: what the caller's key is.
          */
@@ -725,6 +876,80 @@ export interface components {
              * @default null
              */
             waste_ratio?: number | null;
+        };
+        /**
+         * ReferenceImage
+         * @description One stored reference image (re-encoded PNG), named by the hash of its re-encoded bytes.
+         */
+        ReferenceImage: {
+            /** Bytes */
+            bytes: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Height */
+            height: number;
+            /** Object */
+            object: string;
+            /** Ref Id */
+            ref_id: string;
+            /** Width */
+            width: number;
+        };
+        /**
+         * ReferenceUpload
+         * @description `POST /style/{soul_id}/references`: one image, PNG, JPEG or WebP (multipart: a file field `image`).
+         */
+        ReferenceUpload: {
+            /**
+             * Image
+             * @description The image bytes (base64 in JSON; a file part in multipart).
+             */
+            image: string;
+        };
+        /**
+         * Reproducibility
+         * @description How an image was made: the same record rendered again on the same device and weights gives the same pixels.
+         */
+        Reproducibility: {
+            /**
+             * Adapters
+             * @default []
+             */
+            adapters?: components["schemas"]["AdapterUsed"][];
+            /** Guidance */
+            guidance: number;
+            /** Height */
+            height: number;
+            /**
+             * Identity Scale
+             * @default 0
+             */
+            identity_scale?: number;
+            /** Model */
+            model: string;
+            /**
+             * Reference Set Version
+             * @default null
+             */
+            reference_set_version?: string | null;
+            /** Scheduler */
+            scheduler: string;
+            /** Seed */
+            seed: number;
+            /**
+             * Seed Pinned
+             * @default false
+             */
+            seed_pinned?: boolean;
+            /** Steps */
+            steps: number;
+            /** Weights Fingerprint */
+            weights_fingerprint: string;
+            /** Width */
+            width: number;
         };
         /**
          * Safety
@@ -850,6 +1075,11 @@ export interface components {
              */
             height?: number;
             /**
+             * Identity Scale
+             * @default 0.6
+             */
+            identity_scale?: number;
+            /**
              * Negative Prompt
              * @default
              */
@@ -864,6 +1094,16 @@ export interface components {
              * @default
              */
             prompt_suffix?: string;
+            /**
+             * Scheduler
+             * @default null
+             */
+            scheduler?: ("euler" | "euler_a" | "ddim" | "dpmpp_2m" | "dpmpp_2m_karras" | "unipc" | "heun") | null;
+            /**
+             * Schedulers
+             * @default []
+             */
+            schedulers?: ("euler" | "euler_a" | "ddim" | "dpmpp_2m" | "dpmpp_2m_karras" | "unipc" | "heun")[];
             /**
              * Steps
              * @default 30
@@ -1180,6 +1420,11 @@ export interface components {
             original_url?: string | null;
             /** Pk Id */
             pk_id: string;
+            /**
+             * @description How it was made: model, weights, adapters, references, seed, scheduler, size.
+             * @default null
+             */
+            reproducibility?: components["schemas"]["Reproducibility"] | null;
             /**
              * @description The safety checker's verdict (content policies `flag` and `blur`; absent under `off`).
              * @default null
@@ -1586,6 +1831,10 @@ export interface operations {
                 cue: string;
                 /** @description The end user, as asserted by the calling backend. */
                 user_id: string;
+                /** @description Pin the seed: the same pinned request is the same variant, rendered again it is the same pixels. */
+                seed?: number;
+                /** @description A scheduler the soul's style allows (`style.schedulers`). */
+                scheduler?: "euler" | "euler_a" | "ddim" | "dpmpp_2m" | "dpmpp_2m_karras" | "unipc" | "heun";
             };
             header?: never;
             path?: never;
@@ -3829,6 +4078,667 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["StyleDeleted"];
+                };
+            };
+            /** @description The request is malformed or out of bounds. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No API key was sent (when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The API key is not valid, or its role may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The soul, variant, task or style does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The path does not take this method. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request contradicts the current state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit or a quota is used up; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (details in the logs under the request id). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing service is unavailable; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    identity_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                soul_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A soul's references and adapter, as an admin sees them. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdentityOut"];
+                };
+            };
+            /** @description The request is malformed or out of bounds. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No API key was sent (when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The API key is not valid, or its role may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The soul, variant, task or style does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The path does not take this method. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request contradicts the current state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit or a quota is used up; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (details in the logs under the request id). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing service is unavailable; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    lora_put: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                soul_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LoraUpload"];
+                "multipart/form-data": components["schemas"]["LoraUpload"];
+            };
+        };
+        responses: {
+            /** @description A soul's references and adapter, as an admin sees them. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdentityOut"];
+                };
+            };
+            /** @description The request is malformed or out of bounds. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No API key was sent (when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The API key is not valid, or its role may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The soul, variant, task or style does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The path does not take this method. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request contradicts the current state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit or a quota is used up; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (details in the logs under the request id). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing service is unavailable; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    lora_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                soul_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A soul's references and adapter, as an admin sees them. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdentityOut"];
+                };
+            };
+            /** @description The request is malformed or out of bounds. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No API key was sent (when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The API key is not valid, or its role may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The soul, variant, task or style does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The path does not take this method. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request contradicts the current state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit or a quota is used up; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (details in the logs under the request id). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing service is unavailable; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    reference_add: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                soul_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReferenceUpload"];
+                "multipart/form-data": components["schemas"]["ReferenceUpload"];
+            };
+        };
+        responses: {
+            /** @description A soul's references and adapter, as an admin sees them. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdentityOut"];
+                };
+            };
+            /** @description The request is malformed or out of bounds. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No API key was sent (when keys are configured). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The API key is not valid, or its role may not do this. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The soul, variant, task or style does not exist. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The path does not take this method. */
+            405: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request contradicts the current state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is too large. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is not JSON. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An Idempotency-Key was reused with a different request, or the tenant's content policy refuses the request (code `content_policy`: a blocked term in the cue, or animating a flagged image). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The tenant's rate limit or a quota is used up; `Retry-After` says when to retry. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description An unexpected failure (details in the logs under the request id). */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A backing service is unavailable; retry later. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    reference_delete: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                soul_id: string;
+                ref_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A soul's references and adapter, as an admin sees them. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["IdentityOut"];
                 };
             };
             /** @description The request is malformed or out of bounds. */

@@ -1,7 +1,7 @@
 """Job documents as the functions see them: `jobs/{job_id}` (created once by the first asker, with its interest
 records; cancels, promotion and webhook wishes recorded later; joiners never write it: functions/adapters/firestore/
 interest.py), `job_heads/{first job id}` (which retry of a piece of work is
-current), listings and the aggregations over jobs (queue position, counts, GPU-seconds), and the pace documents
+current), listings and the aggregations over jobs (queue position, counts; GPU-seconds from the usage rollups), and the pace documents
 runners write (`runner_stats`). The runner's own writes to a job are in gpu_runner/adapters/jobstore.py."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import threading
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from functions.adapters.firestore.interest import InterestRecord, InterestStore
 from functions.adapters.firestore.paging import page
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.documents import RunnerStats
-from schemas.jobs import JobDoc, JobStatus, JobType
+from schemas.jobs import JobDoc, JobStatus
 from soul_common import firestore as fs
+from soul_common import retention, rollups
 
-GPU_SECONDS = "metrics.gpu_seconds"
 _CREATION_STRIPES = 64
 
 
@@ -105,7 +105,8 @@ class JobStore:
     def advance_head(self, base_job_id: str, next_retry: int, failed_retry: int | None = None) -> None:
         """Point the head past a dead retry. Racing writers write the same value, and a stale lower one only costs
         a later request one extra read, so no precondition is needed."""
-        update: dict = {"next": next_retry, "updated_at": utcnow()}
+        now = utcnow()
+        update: dict = {"next": next_retry, "updated_at": now, **retention.expires(names.JOB_HEADS, now)}
         if failed_retry is not None:
             update["failed"] = fs.array_union([failed_retry])
         self._db.set(fs.doc(names.JOB_HEADS, base_job_id), update, merge=True)
@@ -149,18 +150,13 @@ class JobStore:
         return [JobDoc.model_validate(s.data) for s in self._db.stream(query)]
 
     def gpu_seconds_since(self, tenant: str, start: datetime) -> float:
-        """GPU-seconds the runner recorded on jobs this tenant created (and that finished) since `start`."""
-        query = fs.collection(names.JOBS).where("tenant", "==", tenant).where("finished_at", ">=", start)
-        return self._db.sum(query, GPU_SECONDS)
-
-    def gpu_totals(self) -> dict:
-        """GPU-seconds over every job and over image jobs, and the count and mean of rendered images."""
-        jobs = fs.collection(names.JOBS)
-        images = jobs.where("type", "==", JobType.IMAGE.value)
-        rendered = images.where("status", "==", JobStatus.SUCCEEDED.value)
-        counts = self._db.aggregate(rendered, ("count", None, "n"), ("avg", GPU_SECONDS, "mean"))
-        return {"total": self._db.sum(jobs, GPU_SECONDS), "image_total": self._db.sum(images, GPU_SECONDS),
-                "rendered": int(counts["n"] or 0), "mean": counts["mean"]}
+        """GPU-seconds of this tenant's jobs that finished on the UTC days from `start`'s to today, from the usage
+        rollups the runner adds to as jobs finish (one aggregation for one day; soul_common/rollups.py)."""
+        first, today = rollups.day_of(start), rollups.day_of(utcnow())
+        if first >= today:
+            return rollups.gpu_seconds_on(self._db, tenant, today)
+        by_day = rollups.days(self._db, tenant, date.fromisoformat(first), date.fromisoformat(today))
+        return sum(day["gpu_seconds"] for day in by_day.values())
 
     # runners' pace and readiness
     def runner_stats(self) -> list[RunnerStats]:

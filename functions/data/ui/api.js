@@ -68,10 +68,12 @@ export async function call(method, path, options = {}) {
   }
 }
 
-// Checks a key against the service before keeping it: a refused key is never stored.
+// Checks a key against the service before keeping it (on `GET /me` where the service has it): a refused key is
+// never stored.
 export async function useKey(candidate) {
   const key = candidate.trim();
-  await once("GET", "style?page_size=1", {key});
+  const paths = await apiFeatures();
+  await once("GET", paths.has("/me") ? "me" : "style?page_size=1", {key});
   apiKey = key;
   if (key) localStorage.setItem(KEY_STORE, key); else localStorage.removeItem(KEY_STORE);
 }
@@ -86,19 +88,56 @@ export function newIdempotencyKey() {
     : Array.from(crypto.getRandomValues(new Uint8Array(16)), b => b.toString(16).padStart(2, "0")).join("");
 }
 
-// What the service offers beyond the basics, read once from its OpenAPI document.
+// What the service offers beyond the basics, read once from its OpenAPI document: its paths, and whether an
+// image order may pin a seed (`seed` among POST /image's fields).
 let features = null;
+let openapi = null;
+function loadOpenapi() {
+  if (!openapi) openapi = call("GET", "openapi.json", {retries: 1}).catch(() => ({}));
+  return openapi;
+}
 export async function apiFeatures() {
-  if (!features) {
-    features = call("GET", "openapi.json", {retries: 1})
-      .then(doc => new Set(Object.keys(doc.paths || {})))
-      .catch(() => new Set());
-  }
+  if (!features) features = loadOpenapi().then(doc => new Set(Object.keys(doc.paths || {})));
   return features;
 }
 
-// The caller's role; a service without `GET /me` (or a refusal) means a client.
+function resolve(doc, schema, depth = 0) {
+  if (!schema || depth > 8) return {};
+  if (schema.$ref) {
+    const target = schema.$ref.replace(/^#\//, "").split("/").reduce((o, k) => (o ? o[k] : undefined), doc);
+    return resolve(doc, target, depth + 1);
+  }
+  const parts = [...(schema.allOf || []), ...(schema.anyOf || []), ...(schema.oneOf || [])];
+  if (!parts.length) return schema;
+  const merged = {properties: {...(schema.properties || {})}};
+  for (const part of parts) Object.assign(merged.properties, resolve(doc, part, depth + 1).properties || {});
+  return merged;
+}
+
+// The paths that answer GET, from the OpenAPI document.
+export async function readablePaths() {
+  const doc = await loadOpenapi();
+  return Object.entries(doc.paths || {}).filter(([, ops]) => ops && ops.get).map(([p]) => p);
+}
+
+export async function seedPinnable() {
+  const doc = await loadOpenapi();
+  const body = (((doc.paths || {})["/image"] || {}).post || {}).requestBody;
+  const schema = body && body.content && body.content["application/json"] && body.content["application/json"].schema;
+  return Boolean(resolve(doc, schema).properties && resolve(doc, schema).properties.seed);
+}
+
+// Who the caller is, and whether a key is needed: `GET /me` answered 401/403 means this browser has no
+// (valid) key for a service that wants one. A service without `GET /me` says nothing: {needsKey: null}.
 export async function whoAmI() {
-  if (!(await apiFeatures()).has("/me")) return {tenant: null, role: "client"};
-  try { return await call("GET", "me", {retries: 1}); } catch { return {tenant: null, role: "client"}; }
+  if (!(await apiFeatures()).has("/me")) return {tenant: null, role: "client", needsKey: null};
+  try {
+    const me = await call("GET", "me", {retries: 1});
+    return {...me, needsKey: false};
+  } catch (error) {
+    if (error instanceof ApiError && [401, 403].includes(error.status)) {
+      return {tenant: null, role: "client", needsKey: true, refused: hasKey()};
+    }
+    return {tenant: null, role: "client", needsKey: null};
+  }
 }

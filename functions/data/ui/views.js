@@ -36,39 +36,6 @@ export function duration(seconds) {
   return m < 60 ? `${m} min ${s % 60} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 
-// After this long in the queue with nobody picking it up, say so plainly.
-export const WAITING_FOR_RUNNER_S = 10;
-
-function ordinal(n) {
-  const suffix = n % 100 >= 11 && n % 100 <= 13 ? "th" : ({1: "st", 2: "nd", 3: "rd"}[n % 10] || "th");
-  return `${n}${suffix}`;
-}
-
-// One line about where the task stands, from its fields and the time now.
-export function progressLine(task, nowMs = Date.now()) {
-  const created = Date.parse(task.created_at || "") || nowMs;
-  const started = Date.parse(task.started_at || "") || null;
-  if (task.status === "queued") {
-    const waited = (nowMs - created) / 1000;
-    const parts = [`${stageName("queued")} for ${duration(waited)}`];
-    if (Number.isInteger(task.queue_position)) parts.push(`${ordinal(task.queue_position)} in line`);
-    if (waited >= WAITING_FOR_RUNNER_S) parts.push("waiting for a runner to pick it up");
-    return parts.join(" · ");
-  }
-  if (task.status === "running") {
-    const parts = [`${stageName(task.stage)} · running for ${duration((nowMs - (started || created)) / 1000)}`];
-    if (task.eta_seconds) parts.push(`about ${duration(task.eta_seconds)} left`);
-    if (task.cancel_requested) parts.push("canceling…");
-    return parts.join(" · ");
-  }
-  const finished = Date.parse(task.finished_at || "") || null;
-  const took = finished && (started || created) ? ` in ${duration((finished - (started || created)) / 1000)}` : "";
-  if (task.status === "succeeded") return `Done${took}`;
-  if (task.status === "canceled") return "Canceled";
-  if (task.status === "failed") return `Failed${task.error && task.error.message ? `: ${task.error.message}` : ""}`;
-  return stageName(task.stage || task.status);
-}
-
 // The measured cost of a finished task, when the API reports it.
 export function metricsLine(metrics) {
   if (!metrics) return "";

@@ -1,0 +1,254 @@
+"""A loaded SDXL pipeline's per-soul conditioning: LoRA adapters, the IP-Adapter on reference images, and the
+scheduler a render asks for. One `AdapterHost` per pipeline, used only under its render lock (`sdxl.render_images`
+calls `prepare` there), so a batch's whole call sees one adapter set.
+
+- **LoRA**: loaded by name (`{name}-{version}`) through diffusers/peft without reloading the base model, kept
+  resident in a least-recently-used set bounded by count (`SOUL_LORA_RESIDENT`) and bytes
+  (`SOUL_LORA_BUDGET_MB`); a render activates exactly its adapter at its scale, or none (adapters disabled). When
+  the UNet is compiled (`torch.compile`), adding adapters would recompile it: one slot is hot-swapped in place
+  instead (`load_lora_weights(..., hotswap=True)`; the compile step must call `enable_lora_hotswap` first).
+- **IP-Adapter**: loaded once on first use (`load_ip_adapter` + its image encoder, from `SOUL_IP_ADAPTER_MODEL`,
+  a local folder, or the tiny random one); a render with references passes them at the style's `identity_scale`,
+  one without passes a blank image at scale 0 (adds exactly zero: the same pixels as without the adapter).
+- **Schedulers**: the allow-list of schemas/identity.py mapped to diffusers classes, built from the pipeline's own
+  scheduler config; no name means the pipeline's default."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from PIL import Image
+
+from gpu_runner.errors import InvalidRenderSpec
+from gpu_runner.pipelines.specs import RenderSpec
+
+log = structlog.get_logger(__name__)
+
+# name -> (class, config overrides)
+SCHEDULER_CLASSES: dict[str, tuple[type, dict]] = {
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+}
+HOTSWAP_SLOT = "soul-slot"
+_REFERENCE_CACHE = 16  # decoded reference images kept (a few souls' sets)
+
+Fetch = Callable[[str], bytes]  # object name -> bytes (the runner's GCS media store)
+
+
+@dataclass
+class AdapterStats:
+    loads: int = 0  # LoRA loads (misses), hot swaps included
+    hits: int = 0  # renders whose LoRA was resident
+    evictions: int = 0
+    ip_adapter_loads: int = 0
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What `prepare` set up for one pipeline call: extra pipeline arguments, the seconds spent loading, the
+    scheduler's name."""
+
+    kwargs: dict = field(default_factory=dict)
+    load_seconds: float = 0.0
+    scheduler: str = ""
+
+
+class AdapterHost:
+    def __init__(self, *, cache_dir: Path, ip_adapter_model: str | None, ip_adapter_weight_name: str,
+                 resident: int, budget_bytes: int, hotswap: bool | None = None, hotswap_rank: int = 128):
+        self._cache_dir = Path(cache_dir)
+        self._ip_model = ip_adapter_model
+        self._ip_weight_name = ip_adapter_weight_name
+        self._resident_max = resident
+        self._budget = budget_bytes
+        self._hotswap = hotswap  # None: when the UNet is compiled
+        self._hotswap_rank = hotswap_rank
+        self._loras: OrderedDict[str, int] = OrderedDict()  # adapter name -> bytes, least recently used first
+        self._slot: str | None = None  # the LoRA in the hot-swap slot
+        self._ip_loaded = False
+        self._references: OrderedDict[str, Image.Image] = OrderedDict()
+        self._default_scheduler = None
+        self._schedulers: dict[str, object] = {}
+        self.stats = AdapterStats()
+
+    @property
+    def resident(self) -> list[str]:
+        return [self._slot] if self._slot else list(self._loras)
+
+    # ---- the one entry point, called under the render lock ----------------------------------------------------
+
+    def prepare(self, pipe, spec: RenderSpec, fetch: Fetch) -> Conditioning:
+        started = time.perf_counter()
+        loaded = self._lora(pipe, spec, fetch)
+        kwargs, ip_seconds = self._ip_adapter(pipe, spec, fetch)
+        name = self._scheduler(pipe, spec.scheduler)
+        seconds = (time.perf_counter() - started) if (loaded or ip_seconds) else 0.0
+        return Conditioning(kwargs=kwargs, load_seconds=seconds, scheduler=name)
+
+    # ---- LoRA ---------------------------------------------------------------------------------------------------
+
+    def _lora(self, pipe, spec: RenderSpec, fetch: Fetch) -> bool:
+        """Activate the spec's LoRA (loading it when not resident) or none; True when it had to be loaded."""
+        lora = spec.lora
+        if lora is None:
+            if self.resident:
+                pipe.disable_lora()
+            return False
+        adapter = f"{lora.name}-{lora.version}"
+        loaded = False
+        if self._use_hotswap(pipe):
+            if self._slot != adapter:
+                state = self._load_state(lora, fetch)
+                self._load(pipe, state, HOTSWAP_SLOT, hotswap=self._slot is not None)
+                self._slot, loaded = adapter, True
+            else:
+                self.stats.hits += 1
+            active = HOTSWAP_SLOT
+        else:
+            if adapter in self._loras:
+                self._loras.move_to_end(adapter)
+                self.stats.hits += 1
+            else:
+                data = fetch(lora.object)
+                self._make_room(pipe, len(data))
+                self._load(pipe, _state_dict(data, lora.object), adapter, hotswap=False)
+                self._loras[adapter] = len(data)
+                loaded = True
+            active = adapter
+        pipe.enable_lora()
+        pipe.set_adapters([active], adapter_weights=[float(lora.scale)])
+        return loaded
+
+    def _use_hotswap(self, pipe) -> bool:
+        if self._hotswap is not None:
+            return self._hotswap
+        # torch.compile's wrapper of the whole UNet, or the runner's own compile (startup.prepare_sdxl: regional
+        # compiles blocks in place, leaving no wrapper to see)
+        return hasattr(pipe.unet, "_orig_mod") or bool(getattr(pipe, "_soul_compiled", None))
+
+    def _load_state(self, lora, fetch: Fetch) -> dict:
+        return _state_dict(fetch(lora.object), lora.object)
+
+    def _load(self, pipe, state: dict, adapter: str, *, hotswap: bool) -> None:
+        if hotswap is False and self._use_hotswap(pipe) and not getattr(pipe, "_soul_hotswap_ready", False):
+            pipe.enable_lora_hotswap(target_rank=self._hotswap_rank)
+            pipe._soul_hotswap_ready = True
+        if not hotswap and adapter in getattr(pipe.unet, "peft_config", {}):
+            pipe.delete_adapters(adapter)  # left by an earlier, failed load: load it afresh
+        try:
+            pipe.load_lora_weights(state, adapter_name=adapter, hotswap=hotswap)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise InvalidRenderSpec(f"the LoRA {adapter} does not fit this model: {exc}") from exc
+        self.stats.loads += 1
+        log.info("lora_loaded", adapter=adapter, hotswap=hotswap, resident=self.resident)
+
+    def _make_room(self, pipe, incoming: int) -> None:
+        """Evict least recently used adapters until one more fits in count and bytes."""
+        while self._loras and (len(self._loras) >= self._resident_max
+                               or sum(self._loras.values()) + incoming > self._budget):
+            victim, _ = self._loras.popitem(last=False)
+            pipe.delete_adapters(victim)
+            self.stats.evictions += 1
+            log.info("lora_evicted", adapter=victim)
+
+    # ---- IP-Adapter ---------------------------------------------------------------------------------------------
+
+    def _ip_adapter(self, pipe, spec: RenderSpec, fetch: Fetch) -> tuple[dict, float]:
+        seconds = 0.0
+        if not spec.references and not self._ip_loaded:
+            return {}, 0.0
+        if not self._ip_loaded:
+            started = time.perf_counter()
+            self._load_ip_adapter(pipe)
+            seconds = time.perf_counter() - started
+        if not spec.references:
+            pipe.set_ip_adapter_scale(0.0)  # adds exactly zero: the render is the base model's
+            return {"ip_adapter_image": [[Image.new("RGB", (64, 64))]]}, seconds
+        images = [self._reference(name, fetch) for name in spec.references]
+        pipe.set_ip_adapter_scale(float(spec.identity_scale))
+        return {"ip_adapter_image": [images]}, seconds
+
+    def _load_ip_adapter(self, pipe) -> None:
+        if self._ip_model is None:
+            from gpu_runner.pipelines.tiny_adapters import IP_ADAPTER_WEIGHTS, ensure_tiny_ip_adapter
+
+            folder, weight_name = ensure_tiny_ip_adapter(self._cache_dir, pipe.unet), IP_ADAPTER_WEIGHTS
+        else:
+            folder, weight_name = Path(self._ip_model).expanduser(), self._ip_weight_name
+            if not (folder / weight_name).is_file() or not (folder / "image_encoder").is_dir():
+                raise FileNotFoundError(f"SOUL_IP_ADAPTER_MODEL must be a folder with {weight_name} and "
+                                        f"image_encoder/, got {folder}")
+        pipe.load_ip_adapter(str(folder), subfolder="", weight_name=weight_name,
+                             image_encoder_folder="image_encoder", local_files_only=True)
+        if pipe.image_encoder is not None:
+            pipe.image_encoder.to(device=pipe.device, dtype=pipe.unet.dtype)
+        self._ip_loaded = True
+        self.stats.ip_adapter_loads += 1
+        log.info("ip_adapter_loaded", model=self._ip_model or "tiny")
+
+    def _reference(self, name: str, fetch: Fetch) -> Image.Image:
+        image = self._references.get(name)
+        if image is None:
+            image = Image.open(io.BytesIO(fetch(name)))
+            image.load()
+            image = image.convert("RGB")
+            self._references[name] = image
+            while len(self._references) > _REFERENCE_CACHE:
+                self._references.popitem(last=False)
+        else:
+            self._references.move_to_end(name)
+        return image
+
+    # ---- schedulers ---------------------------------------------------------------------------------------------
+
+    def _scheduler(self, pipe, name: str | None) -> str:
+        if self._default_scheduler is None:
+            self._default_scheduler = pipe.scheduler
+        if name is None:
+            pipe.scheduler = self._default_scheduler
+            return scheduler_name(self._default_scheduler)
+        if name not in SCHEDULER_CLASSES:
+            raise InvalidRenderSpec(f"unknown scheduler {name!r}")
+        if name not in self._schedulers:
+            cls, overrides = SCHEDULER_CLASSES[name]
+            self._schedulers[name] = cls.from_config(self._default_scheduler.config, **overrides)
+        pipe.scheduler = self._schedulers[name]
+        return name
+
+
+def scheduler_name(scheduler) -> str:
+    """The allow-list name of a scheduler instance, else its class name."""
+    for name, (cls, overrides) in SCHEDULER_CLASSES.items():
+        if type(scheduler) is cls and all(scheduler.config.get(k) == v for k, v in overrides.items()) and (
+                name != "dpmpp_2m" or not scheduler.config.get("use_karras_sigmas")):
+            return name
+    return type(scheduler).__name__
+
+
+def _state_dict(data: bytes, name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    try:
+        return load(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types: the job's input is bad
+        raise InvalidRenderSpec(f"the LoRA {name} is not a readable safetensors file: {exc}") from exc
