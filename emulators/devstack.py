@@ -81,7 +81,9 @@ class DevStack:
         # Clients outside the stack (the CLI, tests, a shell) find the stand-ins here and in stack.json.
         (self.emulators.state_dir / "env.json").write_text(json.dumps(self.emulators.env(), indent=2))
         detached.record(self.emulators, extra_env={"SOUL_API_URL": self.base_url})
-        env = {**os.environ, **self.emulators.env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.emulators.env(), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+               # the `reconcile` function is called every reconcile_interval_s here, not every minute
+               "SOUL_RECONCILE_MIN_INTERVAL_SECONDS": str(self.config.reconcile_interval_s)}
         env.setdefault("SOUL_PUBLIC_BASE_URL", self.base_url)
         env.setdefault("SOUL_WEBHOOK_ALLOW_LOOPBACK", "true")  # local mode: webhooks may go to this machine
         env.setdefault("SOUL_WEBHOOK_SECRET", _local_webhook_secret(self.emulators.state_dir))
@@ -95,7 +97,8 @@ class DevStack:
             raise SystemExit(f"SOUL_WEBHOOK_LOOPBACK_PORTS names port {clash[0]}, where a function of this stack "
                              "listens; declare only your test receivers' ports")
         checks = []
-        for target, port, extra in (("api", self.config.port, []),
+        # The api as deployed: `api_async`, functions-framework's ASGI mode (streams hold no thread).
+        for target, port, extra in (("api_async", self.config.port, []),
                                     ("ingest", self.config.ingest_port, ["--signature-type", "cloudevent"]),
                                     ("webhooks", self.config.webhooks_port, ["--signature-type", "cloudevent"]),
                                     ("reconcile", self.config.reconcile_port, [])):
@@ -105,9 +108,9 @@ class DevStack:
                  str(REPO / "functions" / "main.py"), "--host", self.config.host, "--port", str(port)],
                 self._log(target), marker="functions_framework", env=env,
             )
-            url = f"http://{self.config.host}:{port}" + ("/healthz" if target == "api" else "/")
+            url = f"http://{self.config.host}:{port}" + ("/healthz" if target == "api_async" else "/")
             # A CloudEvent target answers a plain GET with an error status: any HTTP answer means it is up.
-            checks.append(ReadinessCheck(popen, record, url, expect_status=200 if target == "api" else None))
+            checks.append(ReadinessCheck(popen, record, url, expect_status=200 if target == "api_async" else None))
         _process.wait_until_ready(checks, timeout_s=60)
         self._runner_env = {**env, **dict(self.config.runner_env)}
         if self.config.autoscale is not None:
@@ -237,7 +240,7 @@ def _banner(stack: DevStack) -> str:
     return f"""
 Soul is running (tiny offline models; logs in {stack.emulators.state_dir / 'logs'}).
   web page     {url}/   (open it in a browser)
-  api          {url}   (functions-framework, target api)
+  api          {url}   (functions-framework, target api_async: ASGI)
   ingest       {stack.ingest_url}   (CloudEvent target, pushed by the soul-requests subscription)
   reconcile    {stack.reconcile_url}   (called every {stack.config.reconcile_interval_s:g} s, like Cloud Scheduler)
   gpu_runner   {_runners(stack)}   (python -m gpu_runner on soul-jobs, restarted if they die)

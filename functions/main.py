@@ -1,5 +1,6 @@
-"""Entry points for functions-framework: `api` (HTTP), `ingest` (CloudEvent, Pub/Sub soul-requests) and
-`webhooks` (CloudEvent, Pub/Sub soul-events: webhook deliveries).
+"""Entry points for functions-framework: `api_async` (HTTP, the deployed api: ASGI, functions/http/asgi.py),
+`api` (the same router as a WSGI function: in-process tests, any WSGI server), `ingest` (CloudEvent, Pub/Sub
+soul-requests), `webhooks` (CloudEvent, Pub/Sub soul-events: webhook deliveries) and `reconcile`.
 
 The process builds its settings, clients and services once, on the first call, never at import time, so tests
 and the emulators can point them anywhere first."""
@@ -9,8 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 
+import asyncio
+
 import flask
 import functions_framework
+import functions_framework.aio
+from starlette.requests import Request as AsgiRequest
+from starlette.responses import Response as AsgiResponse
 from cloudevents.http.event import CloudEvent
 from pydantic import ValidationError
 
@@ -18,6 +24,7 @@ from functions.adapters.clients import make_clients
 from functions.core.tenants import ConfigError, build_key_ring
 from functions.http import front
 from functions.http.app import Api, structured_error
+from functions.http.asgi import AsgiApi
 from functions.services.ingest import handle_message
 from functions.services.webhook_delivery import handle_event
 from functions.settings import FunctionsSettings
@@ -25,6 +32,8 @@ from soul_common.logs import configure_logging
 
 _lock = threading.Lock()
 _api: Api | None = None
+_asgi: AsgiApi | None = None
+_asgi_lock = threading.Lock()
 
 
 def _get_api() -> Api:
@@ -78,6 +87,44 @@ _adapt_flask_app()
 front.install()  # errors gunicorn answers before the app (bad header byte, 431) get the error shape too
 
 
+def _build_asgi() -> AsgiApi:
+    global _asgi
+    if _asgi is None:
+        with _asgi_lock:
+            if _asgi is None:
+                try:
+                    settings = _get_api().settings
+                except (ValidationError, ConfigError):  # `api` answers the configuration error on each request
+                    settings = FunctionsSettings.model_construct()
+                _asgi = AsgiApi(api, settings)
+    return _asgi
+
+
+class _Delegate(AsgiResponse):
+    """A Starlette response that hands the whole exchange (body read, answer, stream) to `AsgiApi`."""
+
+    def __init__(self, app):
+        self._app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self._app(scope, receive, send)
+
+
+async def _served(scope, receive, send) -> None:
+    app = _asgi if _asgi is not None else await asyncio.get_running_loop().run_in_executor(None, _build_asgi)
+    await app(scope, receive, send)
+
+
+@functions_framework.aio.http
+async def api_async(request: AsgiRequest) -> AsgiResponse:
+    """The deployed api: the router on a thread pool, event streams on the event loop (no thread each)."""
+    return _Delegate(_served)
+
+
+# The ASGI server's head deadline and limits; /favicon.ico and /robots.txt reach the api there too.
+front.install_asgi(detour=_served)
+
+
 @functions_framework.cloud_event
 def ingest(event: CloudEvent) -> None:
     data = event.data if isinstance(event.data, dict) else {}
@@ -97,7 +144,8 @@ def reconcile(request: flask.Request) -> flask.Response:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
         return structured_error(500, f"the reconciler is misconfigured: {problems}")
     if report is None:
-        return flask.jsonify({"status": "busy", "detail": "a pass is already running"}), 409
+        # Not a failure for Cloud Scheduler: a runner (or another instance) holds this period's pass.
+        return flask.jsonify({"status": "skipped", "detail": "the deployment's reconciler pass is held elsewhere"})
     return flask.jsonify({"status": "ok", **report.to_json()})
 
 

@@ -57,11 +57,17 @@ class FunctionsSettings(BaseSettings):
     quota_gpu_seconds_per_day: float = Field(default=4 * 3600.0, ge=0)
     quota_variants_per_prompt_per_user_per_day: int = Field(default=10, ge=0)
     quota_shards: int = Field(default=4, ge=1, le=64)
+    # How long an instance's lease of a tenant's tokens lasts (functions/services/rate.py): its sync interval.
+    quota_rate_lease_s: float = Field(default=2.0, gt=0, le=60)
+    # Shards of each tenant's jobs-per-hour counter (written at every job creation, read summed).
+    quota_job_counter_shards: int = Field(default=16, ge=1, le=64)
     # A style's `updated_at` may be at most this far in the future (clock skew between callers).
     style_clock_skew_s: float = Field(default=300.0, ge=0)
     # Set in every deployed configuration: refuse to start when auth is off.
     require_auth: bool = False
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # How long a finished (canceled) job is kept before Firestore's TTL deletes it (soul_common/retention.py).
+    job_retention_days: float = Field(default=30.0, gt=0)
     max_body_bytes: int = 64 * 1024
     # Admin uploads of a soul's identity (functions/core/uploads.py): the whole body (Cloud Run takes at most 32 MiB
     # per HTTP/1 request; base64 in JSON adds a third), one reference image, its pixels, one LoRA and its rank.
@@ -103,6 +109,16 @@ class FunctionsSettings(BaseSettings):
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_heartbeat_s: float = Field(default=15.0, gt=0, le=60)
     sse_max_duration_s: float = Field(default=300.0, gt=0, le=3600)
+    # Open event streams one instance holds, in all and per tenant (functions/services/progress.py); past them a
+    # 429 with this Retry-After. Cloud Run counts each open stream against max_instance_request_concurrency.
+    sse_max_streams_per_instance: int = Field(default=1000, ge=1, le=100_000)
+    sse_max_streams_per_tenant: int = Field(default=200, ge=1, le=100_000)
+    sse_retry_after_s: float = Field(default=5.0, gt=0, le=600)
+    # The deployed async front (functions/http/asgi.py): threads that run the synchronous router (streams hold
+    # none of them), and how long a request body may sit idle between two reads before a 408.
+    worker_threads: int = Field(default=16, ge=1, le=512, validation_alias=AliasChoices("SOUL_WORKER_THREADS",
+                                                                                          "THREADS"))
+    body_idle_timeout_s: float = Field(default=10.0, gt=0, le=120)
     # Where the emulators are (local only; set by emulators/): their ports are never webhook targets.
     firestore_emulator_host: str | None = Field(default=None, validation_alias=AliasChoices("FIRESTORE_EMULATOR_HOST"))
     pubsub_emulator_host: str | None = Field(default=None, validation_alias=AliasChoices("PUBSUB_EMULATOR_HOST"))

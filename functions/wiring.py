@@ -10,14 +10,16 @@ from datetime import timedelta
 from functools import partial
 
 import structlog
+from google.api_core import exceptions as gexc
 
 from functions.adapters.clients import Clients
-from functions.adapters.firestore.counters import ShardedCounter
+from functions.adapters.firestore.counters import BufferedCounter, ShardedCounter
 from functions.adapters.firestore.idempotency import IdempotencyRecords
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.prompts import PromptStore
 from functions.adapters.firestore.quotas import QuotaStore
 from functions.adapters.firestore.styles import StyleStore
+from functions.adapters.firestore.usage import UsageStore
 from functions.adapters.firestore.warm_pool import WarmPoolStore
 from functions.adapters.firestore.webhooks import WebhookStore
 from functions.adapters.firestore.identities import IdentityStore
@@ -32,6 +34,7 @@ from functions.services.identity import IdentityService
 from functions.services.idempotency import IdempotencyStore
 from functions.services.content import ContentPolicies
 from functions.services.images import ImageService
+from functions.services.progress import ProgressHub, StreamCaps
 from functions.services.quotas import QuotaService
 from functions.services.styles import StyleService
 from functions.services.tasks import TaskService
@@ -56,6 +59,7 @@ class Services:
     webhook_store: WebhookStore
     publisher: Publisher
     signer: UrlSigner
+    usage: GpuUsage
     styles: StyleService
     images: ImageService
     tasks: TaskService
@@ -66,6 +70,7 @@ class Services:
     quotas: QuotaService
     webhooks: WebhookRegistry
     warm_pool: WarmPool
+    progress: ProgressHub  # live progress: one shared watcher per followed job, stream caps
     identities: IdentityService
     content: ContentPolicies
     readiness: Mapping[str, Callable[[], None]]  # backend -> a cheap check that raises when it is unreachable
@@ -91,6 +96,8 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         ),
         keys,
         shards=settings.quota_shards,
+        rate_lease_s=settings.quota_rate_lease_s,
+        job_counter_shards=settings.quota_job_counter_shards,
         enabled=settings.quotas_enabled,
     )
     publisher = Publisher(clients.publisher, settings.project_id)
@@ -108,9 +115,10 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         encode_seconds_per_frame=settings.estimate_encode_seconds_per_frame,
     )
     styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
-    usage = GpuUsage(jobs, ShardedCounter(db, names.COUNTER_DEDUP_HITS))
+    usage = GpuUsage(BufferedCounter(ShardedCounter(db, names.COUNTER_DEDUP_HITS)), UsageStore(db))
     content = ContentPolicies(keys, settings)
-    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content)
+    tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content,
+                        job_retention=timedelta(days=settings.job_retention_days))
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
     identities = IdentityService(
         IdentityStore(db), AssetStore(clients.storage, settings.bucket), styles, settings.model_tag,
@@ -127,6 +135,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         webhook_store=webhook_store,
         publisher=publisher,
         signer=signer,
+        usage=usage,
         styles=styles,
         images=ImageService(prompts, jobs, styles, publisher, signer, settings, defaults, quotas, warm_pool,
                             usage=usage, content=content, identities=identities),
@@ -138,6 +147,11 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         quotas=quotas,
         webhooks=WebhookRegistry(webhook_store, jobs, publisher, settings, keys),
         warm_pool=warm_pool,
+        progress=ProgressHub(tasks, poll_interval_s=settings.sse_poll_interval_s,
+                             caps=StreamCaps(per_instance=settings.sse_max_streams_per_instance,
+                                             per_tenant=settings.sse_max_streams_per_tenant,
+                                             retry_after_s=settings.sse_retry_after_s),
+                             transient=(gexc.GoogleAPICallError, gexc.RetryError)),
         identities=identities,
         content=content,
         readiness={"firestore": jobs.ping, "pubsub": publisher.ping,

@@ -12,6 +12,8 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import names
+from soul_common import retention
+from soul_common.reconciler import redelivery_window
 
 
 def _default_runner_id() -> str:
@@ -110,7 +112,10 @@ class RunnerSettings(BaseSettings):
     # Reconciler: re-publishes jobs whose message may be lost (never published, lease expired, stuck queued).
     reconcile_interval_seconds: float = Field(default=30.0, ge=0.5)
     unpublished_after_seconds: float = Field(default=30.0, ge=0.0)
-    requeue_queued_after_seconds: float = Field(default=600.0, ge=1.0)
+    # From the deployed delivery policy (soul_common/delivery.py, checked equal to Terraform), as the function's.
+    requeue_queued_after_seconds: float = Field(default=redelivery_window().total_seconds(), ge=1.0)
+    # How long a finished job is kept before Firestore's TTL deletes it (soul_common/retention.py).
+    job_retention_days: float = Field(default=retention.JOB_RETENTION.days, gt=0)
 
     # Overall deadlines of the runner's own backend calls (soul_common/deadlines.py).
     firestore_timeout_seconds: float = Field(default=10.0, gt=0.0)

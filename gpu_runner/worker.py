@@ -41,7 +41,7 @@ from gpu_runner.adapters.jobstore import JobStore
 from gpu_runner.leasing import ClaimDecision
 from gpu_runner.pipelines.host import ModelHost
 from gpu_runner.stages.progress import JobSignals, ProgressReporter
-from soul_common.reconciler import ReconcilePolicy, Reconciler
+from soul_common.reconciler import PassLease, ReconcilePolicy, Reconciler
 from gpu_runner.stages.render import RenderStage, default_max_batch, gather
 from gpu_runner.settings import RunnerSettings
 from gpu_runner.adapters.clients import RunnerClients
@@ -93,7 +93,8 @@ class Runner:
         self._paths = [clients.subscriber.subscription_path(settings.project_id, sub)
                        for sub in settings.subscription_list]
         self._db = Db(clients.firestore, timeout_s=settings.firestore_timeout_seconds)
-        self._store = JobStore(self._db, settings.runner_id, timedelta(seconds=settings.lease_seconds))
+        self._store = JobStore(self._db, settings.runner_id, timedelta(seconds=settings.lease_seconds),
+                               job_retention=timedelta(days=settings.job_retention_days))
         self._events = EventPublisher(clients.publisher, settings.project_id, settings.pubsub_timeout_seconds)
         self._acks = Acks(clients.subscriber, settings.pubsub_timeout_seconds)
         self._models = models or ModelHost(settings, artifact_stores=bucket_artifact_stores(settings, clients))
@@ -113,8 +114,12 @@ class Runner:
             ReconcilePolicy(
                 unpublished_after=timedelta(seconds=settings.unpublished_after_seconds),
                 requeue_queued_after=timedelta(seconds=settings.requeue_queued_after_seconds),
+                job_retention=timedelta(days=settings.job_retention_days),
             ),
         )
+        # One reconciler pass per interval for the whole fleet: whoever takes the lease runs it.
+        self._reconcile_lease = PassLease(self._db, settings.runner_id,
+                                          timedelta(seconds=settings.reconcile_interval_seconds))
         self._state = WorkerState.NEW
         self._state_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -202,7 +207,7 @@ class Runner:
     def _reconcile_loop(self) -> None:
         while not self._stopping.wait(self._settings.reconcile_interval_seconds):
             try:
-                self._reconciler.run_once()
+                self._reconciler.run_leased(self._reconcile_lease)
             except Exception:  # noqa: BLE001 - a failed pass is retried next interval
                 log.warning("reconcile_failed", exc_info=True)
 

@@ -2,7 +2,7 @@
 # Builds the source archive of the Cloud Functions (gen2, runtime python311) that Terraform uploads:
 #
 #   infra/build/soul-functions.zip        (or the path given as the first argument)
-#   ├── main.py            shim: `from functions.main import api, ingest, reconcile, webhooks` (the targets
+#   ├── main.py            shim: `from functions.main import api_async, ingest, reconcile, webhooks` (the targets
 #   │                      that infra/terraform/functions.tf deploys; the build fails if functions/main.py
 #   │                      lacks one, rather than a deploy failing minutes later in Cloud Build)
 #   ├── requirements.txt   generated from pyproject.toml: [project].dependencies + the `functions` extra
@@ -37,7 +37,7 @@ import tomllib
 
 root, out = Path(sys.argv[1]), Path(sys.argv[2]).resolve()
 PACKAGES = ("functions", "schemas", "soul_common")
-TARGETS = ("api", "ingest", "reconcile", "webhooks")  # entry points of infra/terraform/functions.tf
+TARGETS = ("api_async", "ingest", "reconcile", "webhooks")  # entry points of infra/terraform/functions.tf
 FORBIDDEN = ("torch", "diffusers", "transformers", "accelerate", "gpu_runner", "emulators")
 FORBIDDEN_IMPORT = re.compile(r"^\s*(?:from|import)\s+(%s)\b" % "|".join(FORBIDDEN), re.MULTILINE)
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}

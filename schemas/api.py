@@ -256,6 +256,31 @@ class DurationStats(Reply):
     p95_seconds: float | None
 
 
+class UsageQuery(Contract):
+    days: int = Field(default=7, ge=1, le=92, description="How many UTC days back, today included.")
+
+
+class UsageDay(Reply):
+    day: str = Field(description="UTC day, YYYY-MM-DD.")
+    jobs: int = Field(description="Jobs of this tenant the runners finished that day.")
+    images: int = Field(description="Image jobs that succeeded.")
+    gpu_seconds: float
+    image_gpu_seconds: float
+    dedup_hits: int = Field(description="Image requests answered with an existing variant.")
+    gpu_seconds_saved_by_dedup: float | None = Field(
+        description="dedup_hits x the deployment's mean GPU-seconds per rendered image (None before any).")
+
+
+class Usage(Reply):
+    """`GET /usage`: the caller's own tenant, by day, from rollups written as work finishes."""
+
+    tenant: str
+    days: list[UsageDay]
+    gpu_seconds: float
+    images: int
+    dedup_hits: int
+
+
 class GpuStats(Reply):
     """Device time spent and saved. A delivered image is a rendered variant or a dedup hit (an existing variant
     answered a request); a hit saves what a render costs on average."""

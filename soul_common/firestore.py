@@ -26,6 +26,7 @@ from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
 from soul_common.deadlines import deadline
+from soul_common.indexes import IndexMissing
 
 # ---- values with server-side meaning -------------------------------------------------------------------------
 
@@ -131,6 +132,7 @@ class Query:
     orders: tuple[tuple[str, str], ...] = ()
     limit_to: int | None = None
     after: Snapshot | None = None
+    after_id: str | None = None  # with order_by("__name__"): start after the document of this id (a cursor)
 
     def where(self, field_name: str, op: Op, value: Any) -> Query:
         return replace(self, filters=(*self.filters, (field_name, op, value)))
@@ -143,6 +145,10 @@ class Query:
 
     def start_after(self, snapshot: Snapshot) -> Query:
         return replace(self, after=snapshot)
+
+    def start_after_id(self, doc_id: str) -> Query:
+        """Resume a scan ordered by `__name__` after the document `doc_id` (which need not exist any more)."""
+        return replace(self, after_id=doc_id)
 
     def shape(self, aggregate: tuple[str, str | None] | None = None) -> QueryShape:
         scope = self.collection if self.group else _pattern((*self.parent, self.collection))
@@ -175,6 +181,8 @@ class Tally:
     reads: int = 0
     writes: int = 0
     queries: int = 0
+    contended: int = 0  # writes refused for a lost race or a create conflict
+    round_trips: int = 0  # calls to Firestore (a get_all or a batch is one): what sets a request's latency
     by_collection: Counter = field(default_factory=Counter)  # ("read" | "write", collection pattern) -> count
 
     def add(self, kind: str, collection: str, count: int) -> None:
@@ -194,12 +202,15 @@ class Ledger:
     """Per-process accounting of Firestore calls. Bounded: per-document rates are kept for at most `max_docs`
     documents (then started afresh); shapes are bounded by the code's own queries."""
 
-    def __init__(self, *, max_docs: int = 100_000, clock=time.time):
+    def __init__(self, *, max_docs: int = 100_000, clock=time.time, keep_timeline: bool = False):
         self._lock = threading.Lock()
+        # (second, document path) -> write attempts, for merging several processes' ledgers (bench/scale.py)
+        self.timeline: Counter | None = Counter() if keep_timeline else None
         self._clock = clock
         self._max_docs = max_docs
         self.reads: Counter = Counter()  # collection pattern -> documents read (an aggregation counts 1)
         self.writes: Counter = Counter()  # collection pattern -> documents written
+        self.contention: Counter = Counter()  # collection pattern -> writes refused (lost races, conflicts)
         self.shapes: set[QueryShape] = set()
         self._rate: dict[str, list] = {}  # doc path -> [second, writes in it, peak, second of peak]
 
@@ -211,9 +222,28 @@ class Ledger:
             tally.add(kind, collection, count)
 
     def wrote(self, ref: DocRef) -> None:
-        second = int(self._clock())
+        self._attempt(ref)
         with self._lock:
             self.writes[ref.collection] += 1
+        tally = _current_tally.get()
+        if tally is not None:
+            tally.add("write", ref.collection, 1)
+
+    def contended(self, ref: DocRef) -> None:
+        """A write Firestore refused because the document changed or exists (a lost race, a create conflict):
+        it still counts towards the document's writes per second (it contended for the same document)."""
+        self._attempt(ref)
+        with self._lock:
+            self.contention[ref.collection] += 1
+        tally = _current_tally.get()
+        if tally is not None:
+            tally.contended += 1
+
+    def _attempt(self, ref: DocRef) -> None:
+        second = int(self._clock())
+        with self._lock:
+            if self.timeline is not None:
+                self.timeline[(second, ref.path)] += 1
             if len(self._rate) >= self._max_docs and ref.path not in self._rate:
                 self._rate.clear()
             entry = self._rate.setdefault(ref.path, [second, 0, 0, second])
@@ -222,16 +252,19 @@ class Ledger:
             entry[1] += 1
             if entry[1] > entry[2]:
                 entry[2], entry[3] = entry[1], second
+
+    def called(self) -> None:
+        """One round trip to Firestore (counted per tally: the sequential calls a request makes)."""
         tally = _current_tally.get()
         if tally is not None:
-            tally.add("write", ref.collection, 1)
+            tally.round_trips += 1
 
     def queried(self, shape: QueryShape) -> None:
         with self._lock:
             self.shapes.add(shape)
 
     def hottest(self, top: int = 10) -> list[tuple[str, int]]:
-        """Documents by their peak writes within one second, most written first."""
+        """Documents by their peak write attempts (refused ones included) within one second, most first."""
         with self._lock:
             ranked = sorted(((path, e[2]) for path, e in self._rate.items()), key=lambda pe: -pe[1])
         return ranked[:top]
@@ -240,7 +273,7 @@ class Ledger:
         """Reads and writes by collection and the hottest documents, as JSON-ready data."""
         hottest = self.hottest(top)
         with self._lock:
-            return {"reads": dict(self.reads), "writes": dict(self.writes),
+            return {"reads": dict(self.reads), "writes": dict(self.writes), "contention": dict(self.contention),
                     "peak_writes_per_second": [{"doc": path, "writes": n} for path, n in hottest]}
 
     @contextmanager
@@ -285,6 +318,7 @@ class Db:
 
     # reads
     def get(self, ref: DocRef, *, timeout_s: float | None = None) -> Snapshot:
+        self.ledger.called()
         raw = self._ref(ref).get(**self._call(timeout_s))
         self.ledger.read(ref.collection)
         return self._snapshot(ref, raw)
@@ -294,6 +328,7 @@ class Db:
         if not refs:
             return []
         by_path = {ref.path: ref for ref in refs}
+        self.ledger.called()
         found = {raw.reference.path: raw for raw in self._client.get_all([self._ref(r) for r in by_path.values()],
                                                                           **self._deadline)}
         for ref in by_path.values():
@@ -313,6 +348,8 @@ class Db:
                                    else firestore.Query.ASCENDING)
         if query.after is not None:
             built = built.start_after(query.after._raw)
+        elif query.after_id is not None:
+            built = built.start_after({"__name__": query.after_id})
         if query.limit_to is not None:
             built = built.limit(query.limit_to)
         return built
@@ -321,12 +358,16 @@ class Db:
         return query.shape().collection
 
     def stream(self, query: Query) -> list[Snapshot]:
-        self.ledger.queried(query.shape())
+        shape = query.shape()
+        self.ledger.queried(shape)
+        self.ledger.called()
         parent = query.parent
         snaps = []
-        for raw in self._query(query).stream(**self._deadline):
-            segments = tuple(raw.reference.path.split("/")) if query.group else (*parent, query.collection, raw.id)
-            snaps.append(self._snapshot(DocRef(segments), raw))
+        with _needs_index(shape):
+            for raw in self._query(query).stream(**self._deadline):
+                segments = (tuple(raw.reference.path.split("/")) if query.group
+                            else (*parent, query.collection, raw.id))
+                snaps.append(self._snapshot(DocRef(segments), raw))
         self.ledger.read(self._scope(query), max(1, len(snaps)), kind="query")  # Firestore bills one for none
         return snaps
 
@@ -346,7 +387,9 @@ class Db:
             else:
                 raise ValueError(f"unknown aggregation {kind!r}")
         assert agg is not None, "aggregate() needs at least one aggregation"
-        results = agg.get(**self._deadline)
+        self.ledger.called()
+        with _needs_index(query.shape(aggregate=(aggregations[0][0], aggregations[0][1]))):
+            results = agg.get(**self._deadline)
         self.ledger.read(self._scope(query), 1, kind="query")
         return {result.alias: result.value for result in results[0]}
 
@@ -359,15 +402,18 @@ class Db:
     # writes
     def create(self, ref: DocRef, data: Mapping[str, Any]) -> bool:
         """Create the document; False when it exists already (exactly one creator wins)."""
+        self.ledger.called()
         try:
             self._ref(ref).create(dict(data), **self._deadline)
         except gexc.Conflict:
             self.ledger.read(ref.collection, kind="conflict")  # a failed create costs like a read
+            self.ledger.contended(ref)
             return False
         self.ledger.wrote(ref)
         return True
 
     def set(self, ref: DocRef, data: Mapping[str, Any], *, merge: bool = False) -> Written:
+        self.ledger.called()
         result = self._ref(ref).set(dict(data), merge=merge, **self._deadline)
         self.ledger.wrote(ref)
         return _written(result)
@@ -376,9 +422,11 @@ class Db:
         """Update fields; with `if_unchanged`, only when the document did not change since that read (False when
         it did). Raises Missing when there is no such document."""
         options = self._precondition(if_unchanged)
+        self.ledger.called()
         try:
             self._ref(ref).update(dict(data), **options, **self._deadline)
         except gexc.FailedPrecondition:
+            self.ledger.contended(ref)
             return False
         except gexc.NotFound as exc:
             raise Missing(ref.path) from exc
@@ -386,6 +434,7 @@ class Db:
         return True
 
     def delete(self, ref: DocRef, *, if_unchanged: Snapshot | None = None) -> bool:
+        self.ledger.called()
         try:
             self._ref(ref).delete(**self._precondition(if_unchanged), **self._deadline)
         except gexc.FailedPrecondition:
@@ -433,13 +482,25 @@ class Batch:
 
     def commit(self) -> bool:
         """False when a precondition failed (a conditional document changed, or a created one exists)."""
+        self._db.ledger.called()
         try:
             self._batch.commit(**self._db._deadline)
         except (gexc.FailedPrecondition, gexc.Conflict):
+            for ref in self._refs:
+                self._db.ledger.contended(ref)
             return False
         for ref in self._refs:
             self._db.ledger.wrote(ref)
         return True
+
+
+@contextmanager
+def _needs_index(shape: QueryShape) -> Iterator[None]:
+    """A query's FAILED_PRECONDITION is a missing index (queries have no other precondition): say which shape."""
+    try:
+        yield
+    except gexc.FailedPrecondition as exc:
+        raise IndexMissing(shape, getattr(exc, "message", None) or str(exc)) from exc
 
 
 def _written(result) -> Written:

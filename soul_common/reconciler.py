@@ -18,7 +18,15 @@ The rules (`decide`, pure) for a non-terminal job:
 - a finished job whose completion event was never published (its runner died between the two, and its message
   is gone too) after the same window: publish the event (consumers dedup on the CloudEvent id = job id).
 Every change is a write conditional on the document's update time, so concurrent reconcilers and runners never
-both act on one observation; a publish that fails is undone (published_at cleared) so the next pass retries it."""
+both act on one observation; a publish that fails is undone (published_at cleared) so the next pass retries it.
+
+How it scales: each scan (queued, running, finished-without-event) is ordered by document id and read in pages
+of `page_size` with a cursor, so every job is reached however long the backlog (an unordered `limit` would read
+the same first page forever). One pass at a time for the whole deployment: the runners' loops and the scheduled
+function take `leases/reconciler` first (`PassLease`: held during a pass, and taken only once the taker's
+interval has passed since the last pass ended, so the deployment makes one pass per interval however many
+runners there are), and a leased pass reads at most `max_pages` pages per scan, keeping
+its cursors in the lease document so the next pass goes on from there and wraps around at the end."""
 
 from __future__ import annotations
 
@@ -34,11 +42,12 @@ from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobLane, JobStatus, JobType
 from soul_common import firestore as fs
+from soul_common import retention
 from soul_common.delivery import LANES, policy
 
 log = structlog.get_logger(__name__)
 
-SCAN_LIMIT = 500
+PAGE_SIZE = 300
 
 
 def redelivery_window() -> timedelta:
@@ -68,6 +77,11 @@ class ReconcilePolicy:
     undelivered_after: timedelta = timedelta(hours=1)
     max_attempts: int = 5
     max_republishes: int = 10
+    page_size: int = PAGE_SIZE
+    # Pages per scan in one leased pass (the rest on the next pass, from the cursor); None: the whole scan.
+    max_pages: int | None = 20
+    # A job it fails is kept this long, then Firestore's TTL deletes it (soul_common/retention.py).
+    job_retention: timedelta = retention.JOB_RETENTION
 
 
 def decide(job: JobDoc, now: datetime, policy: ReconcilePolicy) -> Decision | None:
@@ -122,10 +136,55 @@ class ReconcileReport:
     failed: list[str] = field(default_factory=list)
     announced: list[str] = field(default_factory=list)  # finished jobs whose missing event was published
     errors: list[str] = field(default_factory=list)  # jobs whose handling failed this pass (retried next pass)
+    scanned: int = 0  # job documents read
+    pages: int = 0  # queries made
 
     def to_json(self) -> dict:
         return {"republished": self.republished, "failed": self.failed, "announced": self.announced,
-                "errors": self.errors}
+                "errors": self.errors, "scanned": self.scanned, "pages": self.pages}
+
+
+class PassLease:
+    """`leases/reconciler`: who runs the deployment's reconciler pass now, when the last one finished, and where
+    each scan goes on. Taken with a conditional write (one taker wins) and held for the pass (at most `hold`: a
+    holder that died is replaced after that); released when the pass ends. A taker also waits until `every` has
+    passed since the last pass finished, whoever ran it, so the deployment makes one pass per `every` however
+    many runners try (each runner's loop and the scheduled function bring their own interval)."""
+
+    def __init__(self, db: fs.Db, holder: str, every: timedelta, *, hold: timedelta = timedelta(minutes=5),
+                 name: str = "reconciler"):
+        self._db = db
+        self.holder = holder
+        self._every = every
+        self._hold = hold
+        self._ref = fs.doc(names.LEASES, name)
+
+    def take(self, now: datetime | None = None) -> dict[str, str | None] | None:
+        """The scan cursors when this holder now holds the lease; None when a pass runs elsewhere or the last one
+        finished less than `every` ago."""
+        now = now or utcnow()
+        snap = self._db.get(self._ref)
+        data = snap.data or {}
+        expires, finished = data.get("expires_at"), data.get("finished_at")
+        if snap.exists and data.get("holder") != self.holder and expires is not None and expires > now:
+            return None
+        if finished is not None and now - finished < self._every:
+            return None
+        claim = {"holder": self.holder, "taken_at": now, "expires_at": now + self._hold}
+        if not snap.exists:
+            taken = self._db.create(self._ref, {**claim, "cursors": {}})
+        else:
+            try:
+                taken = self._db.update(self._ref, claim, if_unchanged=snap)
+            except fs.Missing:
+                taken = False
+        return dict(data.get("cursors") or {}) if taken else None
+
+    def release(self, cursors: dict[str, str | None]) -> None:
+        """The pass ended: store where each scan goes on and when it finished (a late pass overwriting them
+        only moves where the next one starts)."""
+        now = utcnow()
+        self._db.update(self._ref, {"cursors": cursors, "finished_at": now, "expires_at": now})
 
 
 class Reconciler:
@@ -139,39 +198,67 @@ class Reconciler:
         return self.sweep().republished
 
     def sweep(self) -> ReconcileReport:
-        """One pass over every queued and running job. A job whose handling fails is reported and retried on the
-        next pass; it never stops the pass."""
+        """One whole pass over every queued, running and unannounced finished job, page by page (no lease: for
+        tests and tools). A job whose handling fails is reported and retried on the next pass; it never stops the
+        pass."""
+        cursors: dict[str, str | None] = {}
+        return self._pass(cursors, max_pages=None)
+
+    def run_leased(self, lease: PassLease) -> ReconcileReport | None:
+        """The deployment's pass, when `lease` is taken (None when another holder runs it): at most
+        `policy.max_pages` pages per scan, from where the last pass stopped."""
+        cursors = lease.take()
+        if cursors is None:
+            return None
+        try:
+            return self._pass(cursors, max_pages=self._policy.max_pages)
+        finally:
+            lease.release(cursors)
+
+    def _pass(self, cursors: dict[str, str | None], max_pages: int | None) -> ReconcileReport:
         report = ReconcileReport()
         for status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            query = fs.collection(names.JOBS).where("status", "==", status.value).limit(SCAN_LIMIT)
-            for snap in self._db.stream(query):
-                try:
-                    self._handle(snap, report)
-                except Exception as exc:  # noqa: BLE001 - one job's trouble must not stall the others
-                    report.errors.append(snap.id)
-                    log.warning("reconcile_job_failed", job_id=snap.id, error=repr(exc))
-        self._announce(report)
+            query = fs.collection(names.JOBS).where("status", "==", status.value)
+            self._scan(status.value, query, cursors, max_pages, report, self._handle)
+        for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
+            query = fs.collection(names.JOBS).where("status", "==", status.value).where("event_published_at", "==", None)
+            self._scan(f"{status.value}_unannounced", query, cursors, max_pages, report, self._announce)
         if report.republished or report.failed or report.errors or report.announced:
             log.info("reconcile_pass", **report.to_json())
         return report
 
-    def _announce(self, report: ReconcileReport) -> None:
-        """Publish the completion event of finished jobs whose runner died before publishing it."""
-        now = utcnow()
-        for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
-            query = (fs.collection(names.JOBS).where("status", "==", status.value)
-                     .where("event_published_at", "==", None).limit(SCAN_LIMIT))
-            for snap in self._db.stream(query):
+    def _scan(self, name: str, query: fs.Query, cursors: dict[str, str | None], max_pages: int | None,
+              report: ReconcileReport, handle) -> None:
+        """Read `query` in id order, a page at a time, from `cursors[name]`; leave there where to go on (None:
+        the scan reached the end, the next one starts from the beginning)."""
+        after = cursors.get(name)
+        pages = 0
+        while max_pages is None or pages < max_pages:
+            page = query.order_by("__name__").limit(self._policy.page_size)
+            snaps = self._db.stream(page.start_after_id(after) if after else page)
+            pages += 1
+            report.pages += 1
+            report.scanned += len(snaps)
+            for snap in snaps:
                 try:
-                    job = JobDoc.model_validate(snap.data)
-                    if not needs_announce(job, now, self._policy):
-                        continue
-                    self._events.job_finished(job)
-                    self._db.update(snap.ref, {"event_published_at": utcnow()})
-                    report.announced.append(job.job_id)
-                except Exception as exc:  # noqa: BLE001 - retried next pass
+                    handle(snap, report)
+                except Exception as exc:  # noqa: BLE001 - one job's trouble must not stall the others
                     report.errors.append(snap.id)
                     log.warning("reconcile_job_failed", job_id=snap.id, error=repr(exc))
+            if len(snaps) < self._policy.page_size:
+                after = None
+                break
+            after = snaps[-1].id
+        cursors[name] = after
+
+    def _announce(self, snap, report: ReconcileReport) -> None:
+        """Publish the completion event of a finished job whose runner died before publishing it."""
+        job = JobDoc.model_validate(snap.data)
+        if not needs_announce(job, utcnow(), self._policy):
+            return
+        self._events.job_finished(job)
+        self._db.update(snap.ref, {"event_published_at": utcnow()})
+        report.announced.append(job.job_id)
 
     def _handle(self, snap, report: ReconcileReport) -> None:
         now = utcnow()
@@ -179,7 +266,7 @@ class Reconciler:
             job = JobDoc.model_validate(snap.data)
         except ValidationError as exc:
             error = JobError(type="InvalidJob", message=f"invalid job document: {exc.errors()[0]['msg']}"[:1000])
-            if self._write(snap, _failed(error, now)):
+            if self._write(snap, _failed(error, now, self._policy.job_retention)):
                 report.failed.append(snap.id)
                 log.warning("job_failed_by_reconciler", job_id=snap.id, reason="invalid_document")
             return
@@ -206,7 +293,7 @@ class Reconciler:
 
     def _fail(self, snap, job: JobDoc, reason: str, now: datetime, report: ReconcileReport) -> None:
         error = JobError(type="ReconcilerGaveUp", message=reason)
-        update = _failed(error, now)
+        update = _failed(error, now, self._policy.job_retention)
         if not self._write(snap, update):
             return
         report.failed.append(job.job_id)
@@ -223,6 +310,6 @@ class Reconciler:
             return False
 
 
-def _failed(error: JobError, now: datetime) -> dict:
-    return {"status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
+def _failed(error: JobError, now: datetime, keep: timedelta) -> dict:
+    return {**retention.expires(names.JOBS, now, keep), "status": JobStatus.FAILED.value, "stage": "failed", "finished_at": now, "updated_at": now,
             "error": firestore_dict(error), "lease_owner": None, "lease_expires_at": None}

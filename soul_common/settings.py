@@ -8,6 +8,7 @@ from datetime import timedelta
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from soul_common import retention
 from soul_common.reconciler import ReconcilePolicy, redelivery_window
 
 
@@ -25,6 +26,12 @@ class ReconcileSettings(BaseSettings):
     reconcile_undelivered_after_seconds: float = Field(default=3600.0, ge=1.0)
     reconcile_max_attempts: int = Field(default=5, ge=1)
     reconcile_max_republishes: int = Field(default=10, ge=1)
+    # The deployment-wide pass lease (shared with the runners): no pass starts sooner than this after the last
+    # one ended, whoever ran it (a little under the scheduler's minute).
+    reconcile_min_interval_seconds: float = Field(default=55.0, ge=0.0)
+    reconcile_page_size: int = Field(default=300, ge=1, le=1000)
+    reconcile_max_pages: int = Field(default=20, ge=1)
+    job_retention_days: float = Field(default=retention.JOB_RETENTION.days, gt=0)
 
     def policy(self) -> ReconcilePolicy:
         return ReconcilePolicy(
@@ -33,4 +40,7 @@ class ReconcileSettings(BaseSettings):
             undelivered_after=timedelta(seconds=self.reconcile_undelivered_after_seconds),
             max_attempts=self.reconcile_max_attempts,
             max_republishes=self.reconcile_max_republishes,
+            page_size=self.reconcile_page_size,
+            max_pages=self.reconcile_max_pages,
+            job_retention=timedelta(days=self.job_retention_days),
         )

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+# Index coverage: every query shape the suite runs is checked against infra/terraform/firestore.tf at the end.
+from tests.index_coverage import pytest_configure, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401
+
 if TYPE_CHECKING:
     from emulators import EmulatorStack
 

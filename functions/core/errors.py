@@ -66,6 +66,13 @@ class PayloadTooLarge(SoulError):
     code = "payload_too_large"
 
 
+class RequestTimeout(SoulError):
+    """The request did not arrive in time (its body stalled between two reads); the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class UnsupportedMediaType(SoulError):
     """The body is not JSON."""
 

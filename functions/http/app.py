@@ -32,11 +32,12 @@ from functions.settings import FunctionsSettings
 from functions.wiring import build_services
 from schemas.api import ErrorBody, ErrorDetail
 from schemas.ids import new_ulid
+from soul_common.indexes import IndexMissing
 
 log = structlog.get_logger(__name__)
 
 # google-api-core errors that mean "a backend is down or slow", not "the request is wrong".
-_UNAVAILABLE = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.InternalServerError,
+_UNAVAILABLE = (gexc.FailedPrecondition, gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.InternalServerError,
                 gexc.TooManyRequests)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Pages of the service itself: public even when API keys are configured.
@@ -64,6 +65,10 @@ class Api:
     def services(self):
         return self._services
 
+    @property
+    def settings(self) -> FunctionsSettings:
+        return self._settings
+
     def __call__(self, request: flask.Request) -> flask.Response:
         supplied = request.headers.get("X-Request-Id", "")
         request_id = supplied if _REQUEST_ID.match(supplied) else new_ulid()
@@ -74,6 +79,11 @@ class Api:
         except errors.SoulError as exc:
             response = _json(exc.status, _error_body(exc))
             response.headers.update(exc.headers)
+        except IndexMissing as exc:
+            # A query this deployment has no index for (infra/terraform/firestore.tf): an operator's fix, not
+            # the caller's fault and not a crash. Retryable once the index is built.
+            log.error("firestore_index_missing", shape=repr(exc.shape), reason=exc.reason)
+            response = _json(503, _error_body(errors.Unavailable("a backing service is unavailable; retry later")))
         except _UNAVAILABLE as exc:
             log.warning("backend_unavailable", error=str(exc))
             response = _json(503, _error_body(errors.Unavailable("a backing service is unavailable; retry later")))
@@ -197,10 +207,23 @@ class Api:
             raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
         if not request.is_json:
             raise errors.UnsupportedMediaType("send the body as JSON with 'Content-Type: application/json'")
-        raw = request.get_data(cache=True)
+        # At most limit + 1 bytes are ever read, with or without a Content-Length (a chunked body has none).
+        raw = _read_at_most(request.stream, limit + 1)
         if len(raw) > limit:
             raise errors.PayloadTooLarge(f"the body exceeds {limit} bytes")
         return raw
+
+
+def _read_at_most(stream, size: int) -> bytes:
+    """Up to `size` bytes of `stream` (a read may return fewer than asked before the end)."""
+    parts, got = [], 0
+    while got < size:
+        chunk = stream.read(size - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _query_dict(request: flask.Request) -> dict[str, str]:
@@ -218,6 +241,14 @@ def _json(status: int, body: BaseModel) -> flask.Response:
 
 def _error_body(exc: errors.SoulError) -> ErrorBody:
     return ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message, field=exc.field))
+
+
+def error_response(exc: errors.SoulError) -> flask.Response:
+    """The error shape for failures raised in front of the router (functions/http/asgi.py: body limits)."""
+    response = _json(exc.status, _error_body(exc))
+    response.headers.update(exc.headers)
+    add_security_headers(response, "", None)
+    return response
 
 
 def structured_error(status: int, message: str) -> flask.Response:

@@ -51,6 +51,8 @@ from schemas.api import (
     TaskListQuery,
     TaskPage,
     TaskStats,
+    Usage,
+    UsageQuery,
     VariantPage,
     VideoAccepted,
     VideoEstimate,
@@ -60,7 +62,7 @@ from schemas.api import (
 from schemas.documents import SeenDoc
 from schemas.identity import VERSION_PATTERN, IdentityOut, LoraUpload, ReferenceUpload
 from schemas.ids import JOB_ID_PATTERN, PK_PATTERN, SOUL_ID_PATTERN, USER_ID_PATTERN
-from schemas.jobs import JobLane
+from schemas.jobs import JobLane, VideoResult
 from schemas.push import WarmAnswer, WarmRequest
 
 
@@ -245,7 +247,7 @@ def variants_of_pk(svc: Services, call: Call) -> Reply:
 def _visible_variants(svc: Services, call: Call, variants) -> list:
     """A listing as the caller's content policy lets it see it: withheld variants are left out."""
     viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
-    return [view for view in (svc.images.variant_view(v, viewer) for v in variants) if view is not None]
+    return [view for view in svc.images.variant_views(variants, viewer) if view is not None]
 
 
 def seen_of_user(svc: Services, call: Call) -> Reply:
@@ -318,9 +320,10 @@ def task_get(svc: Services, call: Call) -> Reply:
 
 
 def task_events(svc: Services, call: Call) -> Reply:
-    task_id, tenant = call.path["task_id"], call.principal.tenant
-    svc.tasks.get(task_id, tenant)  # 404 (the visibility rule of GET /tasks/{id}) before the stream opens
-    stream = sse.task_events(lambda: svc.tasks.get(task_id, tenant, admin=call.principal.is_admin), svc.settings)
+    # 429 when this tenant's or this instance's streams are at their cap, 404 (the visibility rule of
+    # GET /tasks/{id}) before the stream opens; the stream follows the instance's shared watcher of the job.
+    stream = sse.open_stream(svc.progress, call.path["task_id"], call.principal.tenant, svc.settings,
+                             admin=call.principal.is_admin)
     return flask.Response(stream, mimetype="text/event-stream",
                           headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -332,6 +335,11 @@ def task_cancel(svc: Services, call: Call) -> Reply:
 def task_list(svc: Services, call: Call) -> Reply:
     assert isinstance(call.query, TaskListQuery)
     return 200, svc.tasks.list(call.query, call.principal.tenant)
+
+
+def usage(svc: Services, call: Call) -> Reply:
+    assert isinstance(call.query, UsageQuery)
+    return 200, svc.usage.usage(call.principal.tenant, call.query.days)
 
 
 def task_stats(svc: Services, call: Call) -> Reply:
@@ -450,6 +458,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "Delete a stored style (admin; the catalog default applies again); last write wins on updated_at.",
              "style", {200: StyleDeleted}, query=StyleDeleteQuery, path_params={"soul_id": SOUL_ID_PATTERN},
              role="admin"),
+    Endpoint("usage", "GET", "/usage", usage,
+             "Your tenant's images, GPU-seconds and dedup savings by UTC day (the deployment-wide summary is "
+             "/tasks/stats/summary, admin).", "tasks", {200: Usage}, query=UsageQuery),
     Endpoint("identity_get", "GET", "/style/<soul_id>/identity", identity_get,
              "A soul's reference images and LoRA adapter (admin).", "style", {200: IdentityOut},
              path_params={"soul_id": SOUL_ID_PATTERN}, role="admin"),

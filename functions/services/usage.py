@@ -1,17 +1,23 @@
-"""GPU-seconds on the functions side: counting dedup hits, and the device-time figures of `/tasks/stats/summary`.
+"""GPU-seconds on the functions side: counting dedup hits, the device-time figures of `/tasks/stats/summary`, and a
+tenant's own usage by day (`GET /usage`).
 
-The runner writes each job's `metrics.gpu_seconds` (its share of a batch); Firestore sums and averages them in
-aggregation queries, so the totals cover every job without reading one. A dedup hit (an image request answered
-with an existing variant) is a render the GPU did not do: counted in a sharded counter, and valued at the
-measured mean GPU-seconds of an image job. The arithmetic is `gpu_stats`, a pure function."""
+The runner adds each finished job to the usage rollups (soul_common/rollups.py: per tenant and day, and the
+deployment's totals), so every figure here reads a few small documents however many jobs there were. A dedup hit
+(an image request answered with an existing variant) is a render the GPU did not do: counted in the deployment's
+sharded counter (added up in memory per instance and flushed off the request path: `BufferedCounter`) and,
+buffered, in the tenant's day; it is valued at the measured mean GPU-seconds of a rendered
+image. The arithmetic is `gpu_stats` and `usage_report`, pure functions."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 import structlog
 
-from functions.adapters.firestore.counters import ShardedCounter
-from functions.adapters.firestore.jobs import JobStore
-from schemas.api import GpuStats
+from functions.adapters.firestore.counters import BufferedCounter, ShardedCounter
+from functions.adapters.firestore.usage import UsageStore
+from schemas._base import utcnow
+from schemas.api import GpuStats, Usage, UsageDay
 
 log = structlog.get_logger(__name__)
 
@@ -31,24 +37,49 @@ def gpu_stats(
     )
 
 
-class GpuUsage:
-    def __init__(self, store: JobStore, dedup_hits: ShardedCounter):
-        self._store = store
-        self._hits = dedup_hits
+def mean_per_image(totals: dict[str, float]) -> float | None:
+    rendered = totals["rendered_images"]
+    return totals["rendered_gpu_seconds"] / rendered if rendered else None
 
-    def record_dedup_hit(self) -> None:
+
+def usage_report(tenant: str, by_day: dict[str, dict[str, float]], mean: float | None) -> Usage:
+    days = [UsageDay(day=day, jobs=int(s["jobs"]), images=int(s["images"]), gpu_seconds=round(s["gpu_seconds"], 3),
+                     image_gpu_seconds=round(s["image_gpu_seconds"], 3), dedup_hits=int(s["dedup_hits"]),
+                     gpu_seconds_saved_by_dedup=None if mean is None else round(s["dedup_hits"] * mean, 3))
+            for day, s in by_day.items()]
+    return Usage(tenant=tenant, days=days, gpu_seconds=round(sum(d.gpu_seconds for d in days), 3),
+                 images=sum(d.images for d in days), dedup_hits=sum(d.dedup_hits for d in days))
+
+
+class GpuUsage:
+    def __init__(self, dedup_hits: BufferedCounter | ShardedCounter, rollups: UsageStore):
+        self._hits = dedup_hits
+        self._rollups = rollups
+
+    def record_dedup_hit(self, tenant: str) -> None:
         """Best effort: the user's answer matters more than a statistic, so a failed count is logged, not raised."""
         try:
             self._hits.increment()
+            self._rollups.add_dedup_hit(tenant, utcnow())
         except Exception:  # noqa: BLE001 - a statistic never fails an answer
             log.warning("dedup_hit_not_counted", exc_info=True)
 
+    def gpu_seconds_today(self, tenant: str) -> float:
+        return self._rollups.gpu_seconds_on(tenant, utcnow().date().isoformat())
+
     def summary(self) -> GpuStats:
-        totals = self._store.gpu_totals()
+        totals = self._rollups.totals()
         return gpu_stats(
-            total=float(totals["total"]),
-            image_total=float(totals["image_total"]),
-            rendered=totals["rendered"],
-            mean_per_image=None if totals["mean"] is None else float(totals["mean"]),
+            total=totals["gpu_seconds"],
+            image_total=totals["image_gpu_seconds"],
+            rendered=int(totals["rendered_images"]),
+            mean_per_image=mean_per_image(totals),
             hits=self._hits.total(),
         )
+
+    def usage(self, tenant: str, days: int, today: date | None = None) -> Usage:
+        """The tenant's own rollups for the last `days` UTC days (today included), days without work left out."""
+        self._rollups.flush()  # this instance's buffered hits first, so a tenant sees its own latest requests
+        last = today or utcnow().date()
+        by_day = self._rollups.days(tenant, last - timedelta(days=days - 1), last)
+        return usage_report(tenant, by_day, mean_per_image(self._rollups.totals()))

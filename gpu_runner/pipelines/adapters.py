@@ -142,7 +142,9 @@ class AdapterHost:
     def _use_hotswap(self, pipe) -> bool:
         if self._hotswap is not None:
             return self._hotswap
-        return hasattr(pipe.unet, "_orig_mod")  # torch.compile's wrapper
+        # torch.compile's wrapper of the whole UNet, or the runner's own compile (startup.prepare_sdxl: regional
+        # compiles blocks in place, leaving no wrapper to see)
+        return hasattr(pipe.unet, "_orig_mod") or bool(getattr(pipe, "_soul_compiled", None))
 
     def _load_state(self, lora, fetch: Fetch) -> dict:
         return _state_dict(fetch(lora.object), lora.object)

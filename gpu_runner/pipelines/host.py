@@ -88,6 +88,7 @@ class ModelHost:
                 model = Path(self._settings.sdxl_model).expanduser()
             self._fingerprint = weights_fingerprint(model)
         return self._fingerprint
+
     def checker(self):
         """The safety checker (pipelines/safety.py), on the render device."""
         with self._lock:

@@ -107,6 +107,7 @@ def prepare_sdxl(pipe, device, plan: CompilePlan, report: StartupReport,
         return acceleration.Acceleration("off", chosen.quantize, "no artifact, fallback eager", chosen.quantize_reason)
 
     acceleration.compile_module(pipe.unet, chosen.compile)
+    pipe._soul_compiled = chosen.compile  # adapters.py hot-swaps LoRAs into a compiled UNet instead of adding them
     if chosen.compile == "full":
         acceleration.compile_module(pipe.vae.decoder, "full")
     try:
@@ -115,6 +116,7 @@ def prepare_sdxl(pipe, device, plan: CompilePlan, report: StartupReport,
     except Exception as exc:  # noqa: BLE001 - a compiler failure must never stop the runner: serve eager
         log.error("compile_failed_serving_eager", error=repr(exc), exc_info=True)
         acceleration.unapply_compile(pipe)
+        pipe._soul_compiled = None
         torch._dynamo.reset()
         report.note(artifacts="compile failed", compile_error=repr(exc)[:500])
         return acceleration.Acceleration("off", chosen.quantize, f"compile failed: {exc!r}"[:200],

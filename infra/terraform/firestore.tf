@@ -14,56 +14,138 @@ resource "google_firestore_database" "default" {
   depends_on = [google_project_service.enabled]
 }
 
-# Composite indexes for the queries in the code. Queries that need none (served by the automatic single-field
-# indexes): variants where pk == ... ordered by __name__ (functions/adapters/firestore/prompts.py), jobs where status == ... (the
-# reconciler, count() per status/type), documents read by id.
+# Every query the code runs is recorded by the gateway (soul_common/firestore.py) and checked against these
+# declarations with Firestore's documented index rules (soul_common/indexes.py) over the whole test suite
+# (tests/conftest.py): a query without its index fails `make test`. Queries that need no composite index (served
+# by the automatic single-field indexes or by merging them): equality filters only (count() per status/type, the
+# reconciler's scans, variants of a pk, a tenant's webhooks), one field's range (warm-pool askers), documents by id.
 locals {
   firestore_indexes = {
-    # GET /tasks: equality filters on any subset of status / type / soul_id / requested_by, newest first
-    # (functions/adapters/firestore/prompts.py jobs_page: order by created_at desc, __name__ desc). One index per filter field;
-    # Firestore merges them (index merging) for queries that combine several equality filters.
-    jobs_status_created = {
+    # GET /tasks (functions/adapters/firestore/jobs.py page): always one array-contains (the tenant's jobs, or
+    # one end user's), equality on any subset of status / type / soul_id, newest first. Firestore merges an
+    # index per equality field that shares the rest (index merging), so two contains x (none + three fields).
+    jobs_tenants_created = {
       collection = "jobs"
-      fields     = [["status", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+      fields     = [["tenants", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
-    jobs_type_created = {
+    jobs_status_tenants_created = {
       collection = "jobs"
-      fields     = [["type", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+      fields     = [["status", "ASCENDING"], ["tenants", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
-    jobs_soul_created = {
+    jobs_type_tenants_created = {
       collection = "jobs"
-      fields     = [["soul_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+      fields     = [["type", "ASCENDING"], ["tenants", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
-    jobs_requester_created = {
+    jobs_soul_tenants_created = {
       collection = "jobs"
-      fields     = [["requested_by", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+      fields     = [["soul_id", "ASCENDING"], ["tenants", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
-    # The most common combination (a user's jobs in one state) gets its own index rather than a merge.
-    jobs_requester_status_created = {
+    jobs_requesters_created = {
       collection = "jobs"
-      fields = [
-        ["requested_by", "ASCENDING"], ["status", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"],
-      ]
+      fields     = [["requester_keys", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
-    # GET /tasks/stats/summary: recent succeeded jobs (functions/adapters/firestore/prompts.py recent_finished: status ==, finished_at desc).
+    jobs_status_requesters_created = {
+      collection = "jobs"
+      fields     = [["status", "ASCENDING"], ["requester_keys", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    jobs_type_requesters_created = {
+      collection = "jobs"
+      fields     = [["type", "ASCENDING"], ["requester_keys", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    jobs_soul_requesters_created = {
+      collection = "jobs"
+      fields     = [["soul_id", "ASCENDING"], ["requester_keys", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    # GET /tasks/stats/summary: recent succeeded jobs (jobs.py recent_finished: status ==, finished_at desc).
     jobs_status_finished = {
       collection = "jobs"
       fields     = [["status", "ASCENDING"], ["finished_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
-    # GET /tasks/{id} of a queued task: count of queued jobs of its lane created before it (store.count_queued_before).
+    # GET /tasks/{id} of a queued task: count of queued jobs of its lane created before it (count_queued_before).
     jobs_status_lane_created = {
       collection = "jobs"
       fields     = [["status", "ASCENDING"], ["lane", "ASCENDING"], ["created_at", "ASCENDING"]]
     }
-    # GET /tasks/stats/summary: sum/avg of metrics.gpu_seconds over image jobs, and over succeeded ones (usage.py).
-    jobs_type_gpu_seconds = {
-      collection = "jobs"
-      fields     = [["type", "ASCENDING"], ["metrics.gpu_seconds", "ASCENDING"]]
+    # The GPU-seconds quota (functions/adapters/firestore/jobs.py gpu_seconds_since, soul_common/rollups.py):
+    # sum(gpu_seconds) over the shards of a tenant's day in usage/{tenant}/days.
+    usage_day_gpu_seconds = {
+      collection = "days"
+      fields     = [["day", "ASCENDING"], ["gpu_seconds", "ASCENDING"]]
     }
-    jobs_type_status_gpu_seconds = {
-      collection = "jobs"
-      fields     = [["type", "ASCENDING"], ["status", "ASCENDING"], ["metrics.gpu_seconds", "ASCENDING"]]
+    # Who waits on a job (functions/adapters/firestore/interest.py): GET /tasks lists a tenant's tasks (its
+    # markers: scope == "tenant") or one end user's (user_key ==), optionally by type and soul, newest job first,
+    # over the `interest` collection group (jobs/*/interest). Joiners write these, never the job document.
+    interest_tenant_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["scope", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
+    interest_tenant_type_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["scope", "ASCENDING"], ["type", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_tenant_soul_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["scope", "ASCENDING"], ["soul_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_tenant_type_soul_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["scope", "ASCENDING"], ["type", "ASCENDING"], ["soul_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_user_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["user_key", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_user_type_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["user_key", "ASCENDING"], ["type", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_user_soul_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["user_key", "ASCENDING"], ["soul_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_user_type_soul_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["user_key", "ASCENDING"], ["type", "ASCENDING"], ["soul_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+  }
+
+  # Single-field settings (google_firestore_field): `indexes = null` keeps Firestore's automatic indexes, a list
+  # replaces them ([] exempts the field: nothing queries it alone, and an index on a timestamp that only grows
+  # hotspots a collection written more than ~500 times a second); `ttl = true` lets Firestore delete a document
+  # after the time in that field (soul_common/retention.py says who writes it; tests check the two agree).
+  firestore_fields = {
+    # TTL policies: one per short-lived kind in soul_common/retention.py (tests/unit/test_retention.py).
+    idempotency_expires_at   = { collection = "idempotency", field = "expires_at", ttl = true, indexes = [] }
+    rate_expires_at          = { collection = "rate", field = "expires_at", ttl = true, indexes = [] }
+    counters_expires_at      = { collection = "counters", field = "expires_at", ttl = true, indexes = [] }
+    jobs_expires_at          = { collection = "jobs", field = "expires_at", ttl = true, indexes = [] }
+    job_heads_expires_at     = { collection = "job_heads", field = "expires_at", ttl = true, indexes = [] }
+    webhooks_expires_at      = { collection = "webhooks", field = "expires_at", ttl = true, indexes = [] }
+    deliveries_expires_at    = { collection = "deliveries", field = "expires_at", ttl = true, indexes = [] }
+    askers_expires_at        = { collection = "askers", field = "expires_at", ttl = true, indexes = [] }
+    webhook_slots_expires_at = { collection = "webhook_slots", field = "expires_at", ttl = true, indexes = [] }
+    # GET /tasks/stats/summary counts delivered pre-renders over every key: a collection-group equality filter.
+    prerenders_delivered = {
+      collection = "prerenders", field = "delivered", ttl = false,
+      indexes    = [["ASCENDING", "COLLECTION"], ["DESCENDING", "COLLECTION"], ["ASCENDING", "COLLECTION_GROUP"]]
+    }
+    # Job fields written on every claim, heartbeat and progress tick, or large maps: no query reads them alone.
+    jobs_updated_at       = { collection = "jobs", field = "updated_at", ttl = false, indexes = [] }
+    jobs_created_at       = { collection = "jobs", field = "created_at", ttl = false, indexes = [] }
+    jobs_lease_expires_at = { collection = "jobs", field = "lease_expires_at", ttl = false, indexes = [] }
+    jobs_progress         = { collection = "jobs", field = "progress", ttl = false, indexes = [] }
+    jobs_eta_seconds      = { collection = "jobs", field = "eta_seconds", ttl = false, indexes = [] }
+    jobs_request          = { collection = "jobs", field = "request", ttl = false, indexes = [] }
+    jobs_result           = { collection = "jobs", field = "result", ttl = false, indexes = [] }
+    jobs_requesters       = { collection = "jobs", field = "requesters", ttl = false, indexes = [] }
   }
 }
 
@@ -72,26 +154,47 @@ resource "google_firestore_index" "indexes" {
 
   database    = google_firestore_database.default.name
   collection  = each.value.collection
-  query_scope = "COLLECTION"
+  query_scope = lookup(each.value, "scope", "COLLECTION")
   api_scope   = "ANY_API"
 
   dynamic "fields" {
     for_each = each.value.fields
     content {
-      field_path = fields.value[0]
-      order      = fields.value[1]
+      field_path   = fields.value[0]
+      order        = fields.value[1] == "CONTAINS" ? null : fields.value[1]
+      array_config = fields.value[1] == "CONTAINS" ? "CONTAINS" : null
     }
   }
 }
 
-# Idempotency-Key records carry expires_at (functions/services/idempotency.py): let Firestore delete them after it.
-resource "google_firestore_field" "idempotency_ttl" {
+resource "google_firestore_field" "fields" {
+  for_each = local.firestore_fields
+
   database   = google_firestore_database.default.name
-  collection = "idempotency"
-  field      = "expires_at"
+  collection = each.value.collection
+  field      = each.value.field
 
-  ttl_config {}
+  dynamic "ttl_config" {
+    for_each = each.value.ttl ? [1] : []
+    content {}
+  }
 
-  # Nothing queries expires_at: no single-field indexes on it (avoids write hotspots on a timestamp field).
-  index_config {}
+  dynamic "index_config" {
+    for_each = each.value.indexes == null ? [] : [1]
+    content {
+      dynamic "indexes" {
+        for_each = each.value.indexes
+        content {
+          order        = indexes.value[0] == "CONTAINS" ? null : indexes.value[0]
+          array_config = indexes.value[0] == "CONTAINS" ? "CONTAINS" : null
+          query_scope  = indexes.value[1]
+        }
+      }
+    }
+  }
+}
+
+moved {
+  from = google_firestore_field.idempotency_ttl
+  to   = google_firestore_field.fields["idempotency_expires_at"]
 }

@@ -1,6 +1,6 @@
 # The functions: Cloud Functions gen2 (Cloud Run functions), Python 3.11, one source archive
 # (infra/build_functions_source.sh), targets of main.py:
-#   api        HTTP API                                   (identity soul-api)
+#   api        HTTP API, target api_async (ASGI)          (identity soul-api)
 #   ingest     soul-requests push subscription             (identity soul-api)
 #   webhooks   soul-events-webhooks push subscription      (identity soul-webhooks): signed webhook deliveries
 #   reconcile  Cloud Scheduler, every minute, OIDC         (identity soul-reconciler): re-publishes lost jobs, so
@@ -18,7 +18,11 @@ locals {
       SOUL_MODEL_TAG               = var.model_tag
       SOUL_REQUIRE_AUTH            = "true"
       LOG_LEVEL                    = var.log_level
-      THREADS                      = tostring(var.api_concurrency) # functions-framework's gunicorn threads
+      THREADS                      = tostring(var.api_concurrency) # threads of the router (api_async: its pool)
+      # Event streams: a cap per instance that fits next to api_concurrency in the instance's request
+      # concurrency (so streams never take the router's slots), ended before the function's 60 s timeout.
+      SOUL_SSE_MAX_STREAMS_PER_INSTANCE = tostring(var.api_streams_per_instance)
+      SOUL_SSE_MAX_DURATION_S           = "55"
       # Set by the platform on every gen2 deploy anyway; stated here so that plans show no permanent diff.
       LOG_EXECUTION_ID = "true"
     },
@@ -39,7 +43,7 @@ resource "google_cloudfunctions2_function" "api" {
 
   build_config {
     runtime         = "python311"
-    entry_point     = "api"
+    entry_point     = "api_async" # ASGI: event streams hold no request thread (functions/http/asgi.py)
     service_account = google_service_account.build.id
 
     source {
@@ -57,7 +61,7 @@ resource "google_cloudfunctions2_function" "api" {
     all_traffic_on_latest_revision   = true
     available_memory                 = var.api_memory
     available_cpu                    = "1" # needed for max_instance_request_concurrency > 1
-    max_instance_request_concurrency = var.api_concurrency
+    max_instance_request_concurrency = var.api_concurrency + var.api_streams_per_instance
     min_instance_count               = var.api_min_instances
     max_instance_count               = var.api_max_instances
     timeout_seconds                  = 60

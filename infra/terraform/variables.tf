@@ -154,9 +154,20 @@ variable "api_max_instances" {
 }
 
 variable "api_concurrency" {
-  description = "Concurrent requests per function instance (also the gunicorn THREADS of functions-framework)."
+  description = "Concurrent non-stream requests per api instance: the router's threads (THREADS)."
   type        = number
   default     = 16
+}
+
+variable "api_streams_per_instance" {
+  description = "Open event streams (GET /tasks/{id}/events) one api instance holds at most; they hold no thread. Cloud Run allows at most 1000 concurrent requests per instance in all."
+  type        = number
+  default     = 500
+
+  validation {
+    condition     = var.api_streams_per_instance >= 1 && var.api_streams_per_instance <= 900
+    error_message = "api_streams_per_instance must be between 1 and 900 (with api_concurrency it must stay within Cloud Run's 1000 concurrent requests per instance)."
+  }
 }
 
 variable "api_memory" {

@@ -234,3 +234,40 @@ def test_previews_arrive_over_sse_in_order_and_stop_at_the_end(api, bucket, tmp_
     # A tenant whose policy withholds flagged images sees no preview (it comes before the verdict).
     assert [k for k, _ in parse(streams["hold"]) if k == "preview"] == []
     assert api.get(f"/tasks/{queued['task_id']}", headers=H["flag"]).json["preview"] is None  # finished
+
+
+def test_a_rerun_keeps_the_verdict_the_upload_carries_and_scores_an_unscored_object(api, db, bucket,
+                                                                                     tmp_path_factory):
+    """A runner that died after the upload: the re-run takes the verdict from the object's metadata (here it would
+    score differently: the threshold changed), and an earlier object without a verdict is scored, never trusted."""
+    from datetime import timedelta
+
+    from google.cloud import pubsub_v1
+
+    from schemas._base import utcnow
+
+    def crash_and_rerun(job_id: str, **overrides) -> dict:
+        db.collection(names.JOBS).document(job_id).update(
+            {"status": "running", "lease_owner": "dead-runner", "lease_expires_at": utcnow() - timedelta(seconds=1),
+             "result": None, "event_published_at": None})
+        publisher = pubsub_v1.PublisherClient()
+        topic = publisher.topic_path(os.environ["GCS_PROJECT_ID"], names.TOPIC_JOBS)
+        publisher.publish(topic, json.dumps({"schema_version": 1, "job_id": job_id, "type": "image"}).encode()).result()
+        run(tmp_path_factory, **overrides)
+        return db.collection(names.JOBS).document(job_id).get().to_dict()
+
+    queued = api.get("/image", query_string=PENGUIN, headers=H["flag"]).json
+    run(tmp_path_factory, **FORCED)
+    again = crash_and_rerun(queued["task_id"])  # threshold 0 now: a fresh score would not flag
+    assert again["attempts"] == 2 and again["result"]["safety"]["flagged"] is True
+    assert again["metrics"]["safety_seconds"] == 0.0  # nothing was scored again
+
+    # An object from before the checker: no verdict in its metadata.
+    variant_id = again["result"]["variant_id"]
+    blob = bucket.blob(names.image_object("nova", queued["pk_id"], variant_id))
+    png = blob.download_as_bytes()
+    blob.delete()
+    bucket.blob(blob.name).upload_from_string(png, content_type="image/png")
+    rescored = crash_and_rerun(queued["task_id"], **FORCED)
+    assert rescored["result"]["safety"]["flagged"] is True and rescored["metrics"]["safety_seconds"] > 0
+    assert bucket.get_blob(rescored["result"]["safety"]["blurred_object"]) is not None

@@ -14,9 +14,11 @@ from google.cloud import firestore
 from functions.adapters.firestore.counters import ShardedCounter
 from functions.services.usage import gpu_stats
 from schemas import names
+from soul_common import rollups
 from soul_common.firestore import Db
 from schemas._base import firestore_dict, utcnow
 from schemas.jobs import ImageJobSpec, ImageResult, JobDoc, JobLane, JobMetrics, JobStatus, JobType, VideoJobSpec
+from functions.adapters.firestore.interest import InterestRecord, interest_id
 from tests.integration.test_api_surface import seed_variants
 
 PENGUIN = {"soul_id": "nova", "cue": "penguin", "user_id": "user123"}
@@ -55,8 +57,19 @@ def video_job(gpu: float) -> JobDoc:
 
 
 def save(db, *jobs: JobDoc) -> None:
+    """Jobs as the runner leaves them: the document, its creator's interest marker (what JobStore.create
+    writes), and (finished with metrics) its share of the usage rollups (what gpu_runner/adapters/jobstore.py
+    finish adds; tests/integration/test_bounded_storage.py runs that)."""
     for job in jobs:
-        db.collection(names.JOBS).document(job.job_id).set(firestore_dict(job))
+        ref = db.collection(names.JOBS).document(job.job_id)
+        ref.set(firestore_dict(job))
+        if job.tenant is not None:
+            ref.collection(names.INTEREST).document(interest_id(job.tenant, None)).set(
+                InterestRecord(job.tenant).document(job, job.created_at))
+        if job.metrics is not None:
+            rollups.record_job(Db(db), tenant=job.tenant, job_type=str(job.type),
+                               succeeded=job.status == JobStatus.SUCCEEDED, gpu_seconds=job.metrics.gpu_seconds,
+                               finished_at=job.finished_at or job.updated_at, writer="runner-test")
 
 
 # --- GET /tasks/{id}: metrics -------------------------------------------------------------------------------------
@@ -65,7 +78,8 @@ def save(db, *jobs: JobDoc) -> None:
 def test_a_task_shows_the_gpu_seconds_the_runner_measured(api, db):
     save(db, image_job(1, JobStatus.SUCCEEDED, gpu=1.25), image_job(2))
     done = api.get(f"/tasks/{image_job(1).job_id}").json
-    assert done["metrics"] == {"gpu_seconds": 1.25, "model": "sdxl-tiny", "device": "cpu", "batch_size": 2}
+    assert done["metrics"] == {"gpu_seconds": 1.25, "model": "sdxl-tiny", "device": "cpu", "batch_size": 2,
+                               "safety_model": None, "safety_seconds": 0.0}
     assert done["queue_position"] is None
     assert api.get(f"/tasks/{image_job(2).job_id}").json["metrics"] is None
     listed = {item["task_id"]: item for item in api.get("/tasks").json["items"]}

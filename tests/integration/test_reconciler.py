@@ -136,6 +136,7 @@ def test_the_reconcile_function_recovers_jobs_with_no_runner_up(db, events, subs
 
     from tests.conftest import REPO
 
+    monkeypatch.setenv("SOUL_RECONCILE_MIN_INTERVAL_SECONDS", "0")  # calls back to back (the deployed: 55 s)
     job_id = put_job(db, 9, status="running", lease_owner="gone", lease_expires_at=utcnow() - timedelta(seconds=5))
     app = create_app(target="reconcile", source=str(REPO / "functions" / "main.py")).test_client()
     answer = app.post("/")
@@ -155,3 +156,43 @@ def test_a_finished_job_whose_event_was_never_published_is_announced(db, events,
     [event] = pull_all(subscriber, names.SUB_EVENTS)
     assert event.message.attributes["ce-id"] == job_id
     assert Reconciler(Db(db), events, POLICY).sweep().announced == []
+
+
+# ---- a reconciler that scales (issue 18): paged scans with a cursor, one pass for the deployment ---------------
+
+PAGED = ReconcilePolicy(unpublished_after=timedelta(seconds=30), requeue_queued_after=timedelta(seconds=420),
+                        page_size=3, max_pages=1)
+
+
+def test_a_whole_pass_finds_every_stale_job_past_the_first_page(db, events, subscriber):
+    lost = sorted(put_job(db, n) for n in range(1, 11))  # never published, two hours old: 10 > one page of 3
+    report = Reconciler(Db(db), events, PAGED).sweep()
+    assert sorted(report.republished) == lost
+    assert report.scanned >= 10 and report.pages >= 4  # 4 pages of queued jobs at least
+    assert queued_messages(subscriber) == lost
+
+
+def test_leased_passes_go_on_from_their_cursor_and_only_one_holder_runs_a_period(db, events, subscriber):
+    from soul_common.reconciler import PassLease
+
+    lost = sorted(put_job(db, n) for n in range(1, 11))
+    gateway = Db(db)
+    reconciler = Reconciler(gateway, events, PAGED)
+    held = PassLease(gateway, "runner-a", timedelta(0))  # (an interval of 0: passes back to back)
+    other = PassLease(gateway, "runner-b", timedelta(minutes=5))
+    first = reconciler.run_leased(held)
+    assert first is not None and len(first.republished) == 3  # one page of queued jobs in this pass
+    assert reconciler.run_leased(other) is None  # a pass ended less than runner-b's interval ago: none now
+    found = set(first.republished)
+    for _ in range(3):  # the holder's next passes go on from the cursor kept in the lease: 3 + 3 + 3 + 1
+        found |= set(reconciler.run_leased(held).republished)
+    assert sorted(found) == lost
+    cursors = db.collection(names.LEASES).document("reconciler").get().to_dict()["cursors"]
+    assert cursors["queued"] is None  # reached the end: the next pass starts again from the first job
+    # while a pass runs nobody else starts one; a holder that died is replaced once its hold expired
+    quick = PassLease(gateway, "runner-c", timedelta(0))
+    assert PassLease(gateway, "runner-a", timedelta(0), hold=timedelta(minutes=5)).take() is not None
+    assert quick.take() is None
+    assert PassLease(gateway, "runner-a", timedelta(0), hold=timedelta(0)).take() is not None  # dies at once
+    assert quick.take() is not None
+    assert queued_messages(subscriber) == lost

@@ -3,6 +3,7 @@ runner pulls, and not alive after SIGTERM has stopped it (what the instance grou
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -83,6 +84,12 @@ def test_in_process_runner_is_ready_while_pulling_and_dead_once_stopped(emulator
         loop = threading.Thread(target=runner.run, daemon=True)
         loop.start()
         wait_for(lambda: probe(server.port, "/readyz") == 200, 60, "ready")
+        runner.warm()  # what --warm does: load the tiny SDXL and render once; the phases show on the probe
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as response:
+            startup = json.loads(response.read())["startup"]
+        assert [p["phase"] for p in startup["phases"]] == ["device", "load", "warmup"]
+        assert all(p["seconds"] >= 0 and p["outcome"] == "ok" for p in startup["phases"])
+        assert startup["acceleration"]["compile"] == "off" and startup["ready"] is True
         runner.stop()
         loop.join(timeout=30)
         assert not loop.is_alive()

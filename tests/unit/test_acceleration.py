@@ -181,8 +181,10 @@ START = textwrap.dedent("""
     image = render_images(host.sdxl(), [RenderSpec("a penguin", "", 64, 64, 2, 5.0, 7)])[0]
     Path(sys.argv[5]).write_bytes(image.tobytes())
     compiled = sum(1 for m in host.sdxl().unet.modules() if getattr(m, "_compiled_call_impl", None) is not None)
+    from torch._dynamo.utils import counters
     print(json.dumps({"report": host.startup.snapshot(), "compiled": compiled,
-                      "acceleration": host.acceleration.as_dict()}))
+                      "acceleration": host.acceleration.as_dict(),
+                      "cache": {**counters["inductor"], **counters["aot_autograd"]}}))
 """)
 
 
@@ -227,11 +229,15 @@ def test_a_second_start_loads_what_the_first_compiled_and_renders_the_same_image
     assert first["compiled"] > 0 and set(phases(first)) >= {"device", "load", "load_artifacts", "compile",
                                                             "save_artifacts"}
     assert phases(first)["compile"]["from_artifacts"] is False
+    assert first["cache"].get("fxgraph_cache_hit", 0) == 0 and first["cache"]["fxgraph_cache_miss"] >= 1
     assert len(list((tmp_path / "artifacts").iterdir())) == 1
 
     second = start(tmp_path, "second", "regional")
     assert second["report"]["artifacts"] == "loaded" and second["report"]["artifact_store"] == "disk"
     assert phases(second)["compile"]["from_artifacts"] is True and "save_artifacts" not in phases(second)
+    # Its own Inductor cache folder was empty: every hit came from the artifact.
+    assert second["cache"].get("fxgraph_cache_miss", 0) == 0 and second["cache"]["fxgraph_cache_hit"] >= 1
+    assert second["cache"].get("autograd_cache_hit", 0) >= 1
 
     # Compiled kernels may round differently from eager ones, but never draw another image.
     reference = torch.frombuffer(bytearray(penguin(eager_host.sdxl()).tobytes()), dtype=torch.uint8).float()
@@ -292,3 +298,21 @@ def test_fp8_on_a_capable_card_quantizes_the_unet_and_keeps_the_picture(tmp_path
     assert fp8_host.acceleration.quantize == "fp8" and fp16_host.acceleration.quantize == "none"
     assert "quantize" in {p["phase"] for p in fp8_host.startup.snapshot()["phases"]}
     assert (fp8 - fp16).abs().mean() <= 8  # the tiny model's pixels are noise; the same noise, not another
+
+
+def test_a_pipeline_the_runner_compiled_gets_its_loras_hot_swapped(tmp_path):
+    """Regional compilation leaves no `_orig_mod` wrapper; adding a LoRA's layers to compiled blocks would recompile
+    them, so the adapter host must see the runner's own compile mark (unless hot swap is set either way)."""
+    from types import SimpleNamespace
+
+    from gpu_runner.pipelines.adapters import AdapterHost
+
+    def adapters(hotswap):
+        return AdapterHost(cache_dir=tmp_path, ip_adapter_model=None, ip_adapter_weight_name=None, resident=2,
+                           budget_bytes=1 << 20, hotswap=hotswap, hotswap_rank=8)
+
+    compiled = SimpleNamespace(unet=torch.nn.Linear(1, 1), _soul_compiled="regional")
+    eager = SimpleNamespace(unet=torch.nn.Linear(1, 1), _soul_compiled=None)
+    assert adapters(None)._use_hotswap(compiled) is True
+    assert adapters(None)._use_hotswap(eager) is False
+    assert adapters(False)._use_hotswap(compiled) is False

@@ -121,26 +121,6 @@ def test_events_map_to_webhook_events_and_stable_delivery_keys():
     assert outgoing({"attributes": {"ce-type": names.EVENT_JOB_STARTED}, "data": "%%"}, lambda j: None) is None
 
 
-def test_an_event_stream_sends_heartbeats_and_ends_at_its_maximum_duration():
-    from functions.settings import FunctionsSettings
-    from functions.http.sse import task_events
-    from schemas.api import Task, TaskActions
-
-    now = [0.0]
-    settings = FunctionsSettings(sse_poll_interval_s=1.0, sse_heartbeat_s=3.0, sse_max_duration_s=10.0)
-    task = Task(task_id="img-1", type="image", status="running", progress=0.5, stage="denoise",
-                created_at=datetime(2026, 11, 25, tzinfo=timezone.utc), actions=TaskActions(self="/tasks/img-1"))
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    frames = list(task_events(lambda: task, settings, clock=lambda: now[0], sleep=sleep))
-    assert frames[0].startswith("retry: ")
-    assert sum(f.startswith("event: update") or "\nevent: update" in f for f in frames) == 1  # nothing changed
-    assert frames.count(": keepalive\n\n") == 3
-    assert "event: timeout" in frames[-1] and now[0] == 10.0
-
-
 def test_a_name_that_does_not_resolve_now_is_a_lookup_failure_not_a_refusal(monkeypatch):
     import socket
 

@@ -12,6 +12,7 @@ from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.push import PrerenderDoc
 from soul_common import firestore as fs
+from soul_common import retention
 
 PRERENDERS = "prerenders"
 ASKERS = "askers"
@@ -42,7 +43,9 @@ class WarmPoolStore:
         return self._db.count(fs.collection(names.WARM_POOL, pk, TENANTS, tenant, ASKERS).where("at", ">=", since))
 
     def record_asker(self, pk: str, tenant: str, user_id: str) -> None:
-        self._db.set(self._tenant(pk, tenant).child(ASKERS, user_id), {"user_id": user_id, "at": utcnow()})
+        now = utcnow()
+        self._db.set(self._tenant(pk, tenant).child(ASKERS, user_id),
+                     {"user_id": user_id, "at": now, **retention.expires(ASKERS, now)})
 
     def record_prerender(self, doc: PrerenderDoc) -> bool:
         """False when another trigger recorded this very pre-render first."""

@@ -10,6 +10,7 @@ from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.push import DeliveryAttempt, DeliveryDoc, WebhookDoc
 from soul_common import firestore as fs
+from soul_common import retention
 
 
 class WebhookStore:
@@ -26,7 +27,7 @@ class WebhookStore:
     # records
     def register(self, doc: WebhookDoc, events: Iterable[str]) -> None:
         """Create or extend the record (the same requester asking again merges its event filter)."""
-        data = firestore_dict(doc)
+        data = {**firestore_dict(doc), **retention.expires(names.WEBHOOKS, utcnow())}
         data["events"] = fs.array_union(events)
         self._db.set(self._hook(doc.job_id, doc.webhook_id), data, merge=True)
 
@@ -36,7 +37,9 @@ class WebhookStore:
         cap holds under any number of concurrent registrations."""
         for n in range(cap):
             ref = fs.doc(names.JOBS, job_id, names.WEBHOOK_SLOTS, f"{tenant}~{n}")
-            if self._db.create(ref, {"tenant": tenant, "webhook_id": webhook_id, "at": utcnow()}):
+            now = utcnow()
+            if self._db.create(ref, {"tenant": tenant, "webhook_id": webhook_id, "at": now,
+                                     **retention.expires(names.WEBHOOK_SLOTS, now)}):
                 return True
             held = self._db.get(ref).data or {}
             if held.get("webhook_id") == webhook_id:
@@ -59,7 +62,7 @@ class WebhookStore:
         """The delivery of this event to this target: `fresh` when it is the first, else the earlier one's state
         (a Pub/Sub redelivery goes on from where it was)."""
         ref = self._delivery(job_id, webhook_id, fresh.key)
-        if self._db.create(ref, firestore_dict(fresh)):
+        if self._db.create(ref, {**firestore_dict(fresh), **retention.expires(names.DELIVERIES, utcnow())}):
             return fresh
         return DeliveryDoc.model_validate(self._db.get(ref).data)
 

@@ -1,0 +1,140 @@
+"""Usage rollups: what finished work cost, summed as it finishes, so the GPU-seconds quota, `GET /usage` and the
+GPU figures of `/tasks/stats/summary` read a few small documents instead of aggregating ever larger job
+collections.
+
+- `usage/{tenant}/days/{day}-{shard}`: one tenant's day (UTC, `day` = "YYYY-MM-DD"): `jobs`, `images` (image
+  jobs that succeeded), `gpu_seconds`, `image_gpu_seconds`, `dedup_hits` (valued at read time at the
+  deployment's mean GPU-seconds per rendered image).
+- `usage_totals/{shard}`: the deployment's running totals: `gpu_seconds`, `image_gpu_seconds`, `rendered_images`,
+  `rendered_gpu_seconds` (over succeeded image jobs: their mean is the value of a dedup hit).
+
+Writes are server-side increments (never lost to a race) on a shard chosen by the writer (a runner always writes
+its own shard, a functions instance its own), so no document is written more often than one writer finishes
+work (~1/s at most) however large the fleet. Readers sum the shards: the quota with one aggregation (1 read),
+`GET /usage` with one range query over at most days x shards documents, the summary with one aggregation.
+
+A runner records a job's rollup right after its finishing write; a runner that dies between the two leaves
+that job out of the sums (it is never counted twice: a finished job is never finished again). The functions buffer
+dedup hits in memory for a few seconds per (tenant, day) and add them in one write (`DedupBuffer`)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import date, datetime, timedelta, timezone
+
+from schemas import names
+from soul_common import firestore as fs
+
+USAGE = "usage"
+DAYS = "days"
+TOTALS = "usage_totals"
+TENANT_SHARDS = 8
+TOTAL_SHARDS = 64
+MAX_DAYS = 92  # the longest window one `GET /usage` reads
+FIELDS = ("jobs", "images", "gpu_seconds", "image_gpu_seconds", "dedup_hits")
+TOTAL_FIELDS = ("gpu_seconds", "image_gpu_seconds", "rendered_images", "rendered_gpu_seconds")
+
+
+def shard_of(writer: str, shards: int) -> int:
+    """A writer's own shard (stable across restarts: the runner id, the instance id)."""
+    return int(hashlib.sha256(writer.encode()).hexdigest()[:8], 16) % shards
+
+
+def day_of(when: datetime) -> str:
+    return when.astimezone(timezone.utc).date().isoformat()
+
+
+def _day_doc(tenant: str, day: str, shard: int) -> fs.DocRef:
+    return fs.doc(USAGE, tenant, DAYS, f"{day}-{shard}")
+
+
+def record_job(db: fs.Db, *, tenant: str | None, job_type: str, succeeded: bool, gpu_seconds: float | None,
+               finished_at: datetime, writer: str) -> None:
+    """Add one finished job to its tenant's day and to the deployment's totals (two increments)."""
+    gpu = float(gpu_seconds or 0.0)
+    image = job_type == "image"
+    rendered = image and succeeded
+    day = day_of(finished_at)
+    tenant = tenant or "default"
+    shard = shard_of(writer, TENANT_SHARDS)
+    db.set(_day_doc(tenant, day, shard), {
+        "tenant": tenant, "day": day, "shard": shard, "jobs": fs.increment(1), "images": fs.increment(int(rendered)),
+        "gpu_seconds": fs.increment(gpu), "image_gpu_seconds": fs.increment(gpu if image else 0.0),
+        "updated_at": finished_at}, merge=True)
+    db.set(fs.doc(TOTALS, str(shard_of(writer, TOTAL_SHARDS))), {
+        "gpu_seconds": fs.increment(gpu), "image_gpu_seconds": fs.increment(gpu if image else 0.0),
+        "rendered_images": fs.increment(int(rendered)), "rendered_gpu_seconds": fs.increment(gpu if rendered else 0.0),
+        "updated_at": finished_at}, merge=True)
+
+
+def record_dedup(db: fs.Db, *, tenant: str, day: str, hits: int, writer: str) -> None:
+    shard = shard_of(writer, TENANT_SHARDS)
+    db.set(_day_doc(tenant, day, shard), {"tenant": tenant, "day": day, "shard": shard,
+                                          "dedup_hits": fs.increment(hits)}, merge=True)
+
+
+def gpu_seconds_on(db: fs.Db, tenant: str, day: str) -> float:
+    """A tenant's GPU-seconds of one day: one aggregation over its shards."""
+    return db.sum(fs.collection(USAGE, tenant, DAYS).where("day", "==", day), "gpu_seconds")
+
+
+def days(db: fs.Db, tenant: str, first: date, last: date) -> dict[str, dict[str, float]]:
+    """A tenant's rollups by day, shards summed, for the days in [first, last] that have any."""
+    if (last - first).days + 1 > MAX_DAYS:
+        raise ValueError(f"a usage window is at most {MAX_DAYS} days")
+    query = (fs.collection(USAGE, tenant, DAYS).where("day", ">=", first.isoformat())
+             .where("day", "<=", last.isoformat()))
+    out: dict[str, dict[str, float]] = {}
+    for snap in db.stream(query):
+        data = snap.data or {}
+        sums = out.setdefault(data["day"], dict.fromkeys(FIELDS, 0.0))
+        for name in FIELDS:
+            sums[name] += float(data.get(name) or 0.0)
+    return dict(sorted(out.items()))
+
+
+def totals(db: fs.Db) -> dict[str, float]:
+    """The deployment's totals: one aggregation over the shards."""
+    sums = db.aggregate(fs.collection(TOTALS), *(("sum", name, name) for name in TOTAL_FIELDS))
+    return {name: float(sums.get(name) or 0.0) for name in TOTAL_FIELDS}
+
+
+class DedupBuffer:
+    """Dedup hits counted in memory per (tenant, day) and added to the rollups at most every `flush_s` (one
+    write per pair per flush): a hit is a request answered from cache, and must not cost a write of its own."""
+
+    def __init__(self, db: fs.Db, writer: str, *, flush_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self._db = db
+        self._writer = writer
+        self._flush_s = flush_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._hits: Counter = Counter()
+        self._last = clock()
+
+    def add(self, tenant: str, when: datetime) -> None:
+        with self._lock:
+            self._hits[(tenant, day_of(when))] += 1
+            due = self._clock() - self._last >= self._flush_s
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was counted (a failed write puts the counts back for the next flush)."""
+        with self._lock:
+            hits, self._hits, self._last = self._hits, Counter(), self._clock()
+        for (tenant, day), count in hits.items():
+            try:
+                record_dedup(self._db, tenant=tenant, day=day, hits=count, writer=self._writer)
+            except Exception:
+                with self._lock:
+                    self._hits[(tenant, day)] += count
+                raise
+
+
+def window(today: date, days_back: int) -> tuple[date, date]:
+    return today - timedelta(days=days_back - 1), today
