@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["pipeline.py", "encoders.py", "quota.py", "fresh.py", "safety.py", "clients.py", "adapters.py", "costs.py", "streams.py"]
+BENCHMARKS = ["pipeline.py", "encoders.py", "quota.py", "fresh.py", "safety.py", "clients.py", "adapters.py", "costs.py",
+              "streams.py", "scale.py"]
 
 
 def main() -> int:

@@ -57,6 +57,10 @@ class FunctionsSettings(BaseSettings):
     quota_gpu_seconds_per_day: float = Field(default=4 * 3600.0, ge=0)
     quota_variants_per_prompt_per_user_per_day: int = Field(default=10, ge=0)
     quota_shards: int = Field(default=4, ge=1, le=64)
+    # How long an instance's lease of a tenant's tokens lasts (functions/services/rate.py): its sync interval.
+    quota_rate_lease_s: float = Field(default=2.0, gt=0, le=60)
+    # Shards of each tenant's jobs-per-hour counter (written at every job creation, read summed).
+    quota_job_counter_shards: int = Field(default=16, ge=1, le=64)
     # A style's `updated_at` may be at most this far in the future (clock skew between callers).
     style_clock_skew_s: float = Field(default=300.0, ge=0)
     # Set in every deployed configuration: refuse to start when auth is off.

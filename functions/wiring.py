@@ -13,7 +13,7 @@ import structlog
 from google.api_core import exceptions as gexc
 
 from functions.adapters.clients import Clients
-from functions.adapters.firestore.counters import ShardedCounter
+from functions.adapters.firestore.counters import BufferedCounter, ShardedCounter
 from functions.adapters.firestore.idempotency import IdempotencyRecords
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.prompts import PromptStore
@@ -96,6 +96,8 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         ),
         keys,
         shards=settings.quota_shards,
+        rate_lease_s=settings.quota_rate_lease_s,
+        job_counter_shards=settings.quota_job_counter_shards,
         enabled=settings.quotas_enabled,
     )
     publisher = Publisher(clients.publisher, settings.project_id)
@@ -113,7 +115,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         encode_seconds_per_frame=settings.estimate_encode_seconds_per_frame,
     )
     styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
-    usage = GpuUsage(ShardedCounter(db, names.COUNTER_DEDUP_HITS), UsageStore(db))
+    usage = GpuUsage(BufferedCounter(ShardedCounter(db, names.COUNTER_DEDUP_HITS)), UsageStore(db))
     content = ContentPolicies(keys, settings)
     tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content,
                         job_retention=timedelta(days=settings.job_retention_days))

@@ -42,9 +42,10 @@ class StyleProfile(Document):
 
 
 class RunnerStats(Document):
-    """`runner_stats/{device_key}`: pace measured by a runner on its device, for estimates."""
+    """`runner_stats/{runner_id}`: pace measured by one runner on its device, for estimates (one writer each)."""
 
     device: str
+    runner_id: str | None = None
     image_seconds: float | None = None  # one whole image job, rendering included
     image_seconds_per_step: float | None = None
     video_seconds_per_frame: float | None = None  # SVD denoising + decoding, per output frame
@@ -61,7 +62,8 @@ class PromptDoc(Document):
     soul_id: str
     cue: str
     style_fingerprint: str
-    variant_ids: list[str] = []
+    variant_ids: list[str] = []  # the runner's, in the batch with each variant: the request path reads these
+    variant_indices: list[int] = []  # the runner's too: the next variant's index without reading the variants
     created_at: datetime
     updated_at: datetime
 

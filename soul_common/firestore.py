@@ -181,6 +181,7 @@ class Tally:
     reads: int = 0
     writes: int = 0
     queries: int = 0
+    contended: int = 0  # writes refused for a lost race or a create conflict
     round_trips: int = 0  # calls to Firestore (a get_all or a batch is one): what sets a request's latency
     by_collection: Counter = field(default_factory=Counter)  # ("read" | "write", collection pattern) -> count
 
@@ -201,12 +202,15 @@ class Ledger:
     """Per-process accounting of Firestore calls. Bounded: per-document rates are kept for at most `max_docs`
     documents (then started afresh); shapes are bounded by the code's own queries."""
 
-    def __init__(self, *, max_docs: int = 100_000, clock=time.time):
+    def __init__(self, *, max_docs: int = 100_000, clock=time.time, keep_timeline: bool = False):
         self._lock = threading.Lock()
+        # (second, document path) -> write attempts, for merging several processes' ledgers (bench/scale.py)
+        self.timeline: Counter | None = Counter() if keep_timeline else None
         self._clock = clock
         self._max_docs = max_docs
         self.reads: Counter = Counter()  # collection pattern -> documents read (an aggregation counts 1)
         self.writes: Counter = Counter()  # collection pattern -> documents written
+        self.contention: Counter = Counter()  # collection pattern -> writes refused (lost races, conflicts)
         self.shapes: set[QueryShape] = set()
         self._rate: dict[str, list] = {}  # doc path -> [second, writes in it, peak, second of peak]
 
@@ -218,9 +222,28 @@ class Ledger:
             tally.add(kind, collection, count)
 
     def wrote(self, ref: DocRef) -> None:
-        second = int(self._clock())
+        self._attempt(ref)
         with self._lock:
             self.writes[ref.collection] += 1
+        tally = _current_tally.get()
+        if tally is not None:
+            tally.add("write", ref.collection, 1)
+
+    def contended(self, ref: DocRef) -> None:
+        """A write Firestore refused because the document changed or exists (a lost race, a create conflict):
+        it still counts towards the document's writes per second (it contended for the same document)."""
+        self._attempt(ref)
+        with self._lock:
+            self.contention[ref.collection] += 1
+        tally = _current_tally.get()
+        if tally is not None:
+            tally.contended += 1
+
+    def _attempt(self, ref: DocRef) -> None:
+        second = int(self._clock())
+        with self._lock:
+            if self.timeline is not None:
+                self.timeline[(second, ref.path)] += 1
             if len(self._rate) >= self._max_docs and ref.path not in self._rate:
                 self._rate.clear()
             entry = self._rate.setdefault(ref.path, [second, 0, 0, second])
@@ -229,9 +252,6 @@ class Ledger:
             entry[1] += 1
             if entry[1] > entry[2]:
                 entry[2], entry[3] = entry[1], second
-        tally = _current_tally.get()
-        if tally is not None:
-            tally.add("write", ref.collection, 1)
 
     def called(self) -> None:
         """One round trip to Firestore (counted per tally: the sequential calls a request makes)."""
@@ -244,7 +264,7 @@ class Ledger:
             self.shapes.add(shape)
 
     def hottest(self, top: int = 10) -> list[tuple[str, int]]:
-        """Documents by their peak writes within one second, most written first."""
+        """Documents by their peak write attempts (refused ones included) within one second, most first."""
         with self._lock:
             ranked = sorted(((path, e[2]) for path, e in self._rate.items()), key=lambda pe: -pe[1])
         return ranked[:top]
@@ -253,7 +273,7 @@ class Ledger:
         """Reads and writes by collection and the hottest documents, as JSON-ready data."""
         hottest = self.hottest(top)
         with self._lock:
-            return {"reads": dict(self.reads), "writes": dict(self.writes),
+            return {"reads": dict(self.reads), "writes": dict(self.writes), "contention": dict(self.contention),
                     "peak_writes_per_second": [{"doc": path, "writes": n} for path, n in hottest]}
 
     @contextmanager
@@ -387,6 +407,7 @@ class Db:
             self._ref(ref).create(dict(data), **self._deadline)
         except gexc.Conflict:
             self.ledger.read(ref.collection, kind="conflict")  # a failed create costs like a read
+            self.ledger.contended(ref)
             return False
         self.ledger.wrote(ref)
         return True
@@ -405,6 +426,7 @@ class Db:
         try:
             self._ref(ref).update(dict(data), **options, **self._deadline)
         except gexc.FailedPrecondition:
+            self.ledger.contended(ref)
             return False
         except gexc.NotFound as exc:
             raise Missing(ref.path) from exc
@@ -464,6 +486,8 @@ class Batch:
         try:
             self._batch.commit(**self._db._deadline)
         except (gexc.FailedPrecondition, gexc.Conflict):
+            for ref in self._refs:
+                self._db.ledger.contended(ref)
             return False
         for ref in self._refs:
             self._db.ledger.wrote(ref)

@@ -25,3 +25,11 @@ class TtlMemo:
             if len(self._entries) >= self._max:
                 self._entries.clear()
             self._entries[key] = (self._clock() + self._ttl_s, value)
+
+    def drop(self, key: object) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()

@@ -64,3 +64,30 @@ def day_window(now: datetime) -> tuple[datetime, str, float]:
     """The UTC day `now` is in: its start, its key and the seconds until it ends."""
     start = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     return start, start.strftime("%Y%m%d"), (start + timedelta(days=1) - now).total_seconds()
+
+
+@dataclass(frozen=True)
+class Grant:
+    granted: int  # tokens taken from the bucket (0: none fits now)
+    tat: float  # the bucket's new theoretical arrival time
+    retry_after: float  # seconds until one more token fits (0 when some were granted)
+
+
+def gcra_take(tat: float | None, now: float, rate: float, burst: int, want: int) -> Grant:
+    """Take up to `want` tokens at once from a GCRA bucket (an instance leasing its share for the next moments);
+    `gcra` is the case `want == 1`. Never more than the bucket holds now, so leases never exceed the tenant's
+    rate and burst summed over every instance."""
+    interval = 1.0 / rate
+    tolerance = interval * (burst - 1)
+    start = max(tat if tat is not None else now, now)
+    room = tolerance - (start - now)
+    if room < 0:
+        return Grant(0, start, -room)
+    granted = min(max(1, want), int(room / interval + 1e-9) + 1)
+    return Grant(granted, start + granted * interval, 0.0)
+
+
+def lease_size(observed_rate: float, lease_s: float, cap: int) -> int:
+    """How many tokens an instance leases at once: what it expects to spend within a lease (at least one, at most
+    `cap`), so a slow tenant's instance holds no tokens another instance could use."""
+    return max(1, min(cap, int(observed_rate * lease_s + 0.999)))

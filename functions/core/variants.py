@@ -30,3 +30,18 @@ def choose_unseen(variants: Sequence[V], seen_ids: Collection[str]) -> V | None:
 def next_variant_index(variants: Sequence[V]) -> int:
     """Index of the variant to make next: one past the highest that exists."""
     return max((v.variant_index for v in variants), default=-1) + 1
+
+
+def first_unseen_id(variant_ids: Sequence[str], seen_ids: Collection[str]) -> str | None:
+    """The first variant id (in the index's creation order) the user has not marked seen; the constant-read path
+    of `choose_unseen`, over `prompts/{pk}.variant_ids` instead of the variant documents."""
+    for variant_id in variant_ids:
+        if variant_id not in seen_ids:
+            return variant_id
+    return None
+
+
+def next_index_of(variant_indices: Collection[int], variant_ids: Sequence[str]) -> int:
+    """Index of the variant to make next from the prompt index: one past the highest recorded index (an index
+    written before indices were recorded counts its ids instead)."""
+    return max(max(variant_indices, default=-1) + 1, len(variant_ids))

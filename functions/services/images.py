@@ -3,12 +3,12 @@ job makes the next one. This is the one code path behind `GET/POST /image`, `/im
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
 from functions.adapters.firestore.jobs import JobStore
-from functions.adapters.firestore.prompts import PromptStore
+from functions.adapters.firestore.prompts import PromptIndex, PromptStore
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core import content_policy, estimates, keys
@@ -17,7 +17,8 @@ from functions.core.errors import ContentRefused, InvalidInput
 from functions.core.normalize import CueError, normalize_cue
 from functions.core.places import UnknownChoice, choose_place, remember, selfie_cue, shipped_places
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
-from functions.core.variants import choose_unseen, next_variant_index
+from functions.core.memo import TtlMemo
+from functions.core.variants import next_index_of
 from functions.services import lanes
 from functions.services.content import ContentPolicies
 from functions.services.jobs import Interest, ensure_job
@@ -35,6 +36,10 @@ from schemas.push import WarmAnswer, WarmRequest
 from schemas.identity import IdentityDoc, LoraRef, ReferenceRef, reference_set_version
 from schemas.ids import new_ulid
 from schemas.jobs import ImageJobSpec, JobDoc, JobLane, JobType
+
+_PACE_TTL_S = 10.0
+_MAX_SKIPPED_VARIANTS = 2
+
 
 @dataclass(frozen=True)
 class ImageAsk:
@@ -90,6 +95,7 @@ class ImageService:
         self._quotas = quotas
         self._usage = usage  # counts dedup hits for the GPU-seconds statistics
         self._warm = warm_pool
+        self._pace = TtlMemo(_PACE_TTL_S, max_entries=1)
         self._identities = identities  # None: souls have no references or adapters (today's keys)
         self.content = content or ContentPolicies(None, settings)
 
@@ -143,50 +149,67 @@ class ImageService:
         self.content.screen(ask.tenant, cue)  # blocked terms: 422 before any read, job or GPU second
         look = self.look(ask.soul_id, ask.kind, cue, ask.seed, ask.scheduler)
         style, pk = look.style, look.pk
-        variants = self._prompts.variants_of(pk)
+        user = scoped_user(ask.tenant, ask.user_id)
+        index_now = self._prompts.index_of(pk, user)  # one round trip, whatever the number of variants
         viewer = self.content.viewer(ask.tenant, admin=ask.admin)
-        if ask.seed is not None and variants:
+        if ask.seed is not None and index_now.variant_ids:
             # A pinned request names one image: the same pinned request is the same variant, seen or not (unless
             # this tenant's policy withholds it: rendering the same seed again would make the same image).
-            pinned = min(variants, key=lambda v: v.variant_index)
-            if not content_policy.deliverable(viewer, pinned.safety):
-                raise ContentRefused("the image this pinned seed makes is withheld by this tenant's content policy; "
-                                     "pin another seed", field="seed")
-            return ImageReady(pk_id=pk, variant=self.variant_view(pinned, viewer))
-        user = scoped_user(ask.tenant, ask.user_id)
-        seen = self._prompts.seen_among(user, [v.variant_id for v in variants])
+            pinned = self._prompts.variant(index_now.variant_ids[0])
+            if pinned is not None:
+                if not content_policy.deliverable(viewer, pinned.safety):
+                    raise ContentRefused("the image this pinned seed makes is withheld by this tenant's content "
+                                         "policy; pin another seed", field="seed")
+                return ImageReady(pk_id=pk, variant=self.variant_view(pinned, viewer))
+        self._warm.observe(pk, ask.kind, user, ask.tenant)
         # Variants are shared between tenants: one this tenant's policy withholds is never its dedup hit (the next
         # variant is made instead, and its own result may be withheld in turn).
-        offered = [v for v in variants if content_policy.deliverable(viewer, v.safety)]
-        unseen = choose_unseen(offered, seen)
-        self._warm.observe(pk, ask.kind, user, ask.tenant)
+        unseen = self._first_unseen(index_now, viewer)
         if unseen is not None:
             if self._usage is not None:
-                self._usage.record_dedup_hit(ask.tenant)
-            left = sum(1 for v in offered if v.variant_id not in seen) - 1  # once this one is taken
-            self._warm.after_take(pk, unseen.variant_index, left, variants,
+                self._usage.record_dedup_hit(ask.tenant)  # in memory; flushed off the request path
+            left = len(index_now.unseen) - 1  # once this one is taken
+            self._warm.after_take(pk, unseen.variant_index, left,
+                                  next_index_of(index_now.variant_indices, index_now.variant_ids),
                                   partial(self.prerender, tenant=ask.tenant), ask.tenant)
             return ImageReady(pk_id=pk, variant=self.variant_view(unseen, viewer))
-        index = next_variant_index(variants)
+        index = next_index_of(index_now.variant_indices, index_now.variant_ids)
+        describe = None
         if index == 0:
             now = utcnow()
-            self._prompts.ensure_prompt(
-                PromptDoc(
-                    pk=pk, kind=ask.kind, soul_id=ask.soul_id, cue=cue,
-                    style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now,
-                )
-            )
-        job = self._ensure_variant_job(ask, pk, cue, look, index)
+            prompt = PromptDoc(pk=pk, kind=ask.kind, soul_id=ask.soul_id, cue=cue,
+                               style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now)
+            describe = partial(self._prompts.ensure_prompt, prompt)  # by the job's creator only, once
+        job = self._ensure_variant_job(ask, pk, cue, look, index, on_created=describe)
         self._warm.after_join(pk, job, ask.tenant, partial(self.prerender, tenant=ask.tenant))
         return ImageQueued(
             status=job.status,
             task_id=job.job_id,
             pk_id=pk,
             status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",
-            estimated_seconds=estimates.image_seconds(self._jobs.runner_stats(), self._defaults),
+            estimated_seconds=estimates.image_seconds(self._runner_stats(), self._defaults),
         )
 
-    def _ensure_variant_job(self, ask: ImageAsk, pk: str, cue: str, look: Look, index: int) -> JobDoc:
+    def _first_unseen(self, index: PromptIndex, viewer: Viewer) -> VariantDoc | None:
+        """The first variant of the index the user has not seen and may be given: one read, a few more only when
+        the tenant's content policy withholds the first ones (at most `_MAX_SKIPPED_VARIANTS` are stepped over,
+        so reads stay bounded; past them a new variant is made)."""
+        for variant_id in index.unseen[:_MAX_SKIPPED_VARIANTS + 1]:
+            variant = self._prompts.variant(variant_id)
+            if variant is not None and content_policy.deliverable(viewer, variant.safety):
+                return variant
+        return None
+
+    def _runner_stats(self) -> list:
+        """The runners' pace for estimates, read at most once per `_PACE_TTL_S` per instance (it changes per job)."""
+        stats = self._pace.get("stats")
+        if stats is None:
+            stats = self._jobs.runner_stats()
+            self._pace.put("stats", stats)
+        return stats  # type: ignore[return-value]
+
+    def _ensure_variant_job(self, ask: ImageAsk, pk: str, cue: str, look: Look, index: int,
+                            on_created: Callable[[], None] | None = None) -> JobDoc:
         """The job making variant `index` of `pk` (created once, whoever asks first; promoted when waited on)."""
         style, identity = look.style, look.identity
         refs = identity.references if identity else []
@@ -224,6 +247,7 @@ class ImageService:
             ),
             Interest(ask.tenant, ask.user_id),
             admit=lambda: self._quotas.admit_job(ask.tenant, user_key=user, pk=pk),
+            on_created=(lambda _job: on_created()) if on_created is not None else None,
         )
         return lanes.promote_if_waited_on(self._jobs, self._publisher, job, ask.lane)
 

@@ -3,8 +3,9 @@
 A job's id is named from the work it does (plus "-rN" for the Nth retry), so every caller asking for the same
 work computes the same id. Firestore's create() then admits exactly one creator and answers the others with an
 immediate Conflict; a read-then-write transaction would livelock under contention on the emulator. The winner
-publishes the job; the others join it: their tenant (and end user) is added to the job's interest records, so a
-cancel withdraws only that tenant's interest (functions/services/tasks.py).
+publishes the job; the others join it: their tenant (and end user) is recorded in interest documents of their own
+(`jobs/{id}/interest/*`, functions/adapters/firestore/interest.py), never on the job document, which the runner
+writes while it works; a cancel withdraws only that tenant's interest (functions/services/tasks.py).
 
 A failed or canceled job is followed by the next retry's id. A `job_heads/{first id}` document remembers which
 retry is current and which retries failed: only failures use up the retry budget (work that always fails cannot
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from functions.adapters.firestore.interest import InterestRecord
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.pubsub import Publisher
 from functions.core.errors import Unavailable
@@ -51,14 +53,19 @@ class Interest:
         }
 
     def recorded_on(self, job: JobDoc) -> bool:
+        """Recorded on the job document itself: the creator's interest (and that of jobs from before issue 17)."""
         if self.tenant not in job.tenants:
             return False
         return self.user_id is None or self.user_id in job.requesters.get(self.tenant, [])
 
+    def record(self) -> InterestRecord:
+        user_key = scoped_user(self.tenant, self.user_id) if self.user_id else None
+        return InterestRecord(self.tenant, self.user_id, user_key)
+
 
 def ensure_job(
     store: JobStore, publisher: Publisher, build: Callable[[int], JobDoc], interest: Interest,
-    admit: Admit | None = None,
+    admit: Admit | None = None, on_created: Callable[[JobDoc], None] | None = None,
 ) -> JobDoc:
     """`build(retry)` makes the job document for that retry number; returns the job that does the work (or, once
     the failure budget is spent, the last failed one)."""
@@ -68,13 +75,18 @@ def ensure_job(
         job = build(retry).model_copy(update=interest.fields())
         existing = store.job(job.job_id)
         if existing is None:
-            refund = admit() if admit else None
-            if store.create(job):
-                _publish(store, publisher, job)
-                return job
-            if refund:
-                refund()
-            continue  # another creator won this id a moment ago: look at its job
+            with store.creation_lock(job.job_id):  # this instance's other askers wait, then find the job
+                existing = store.job(job.job_id)
+                if existing is None:
+                    refund = admit() if admit else None
+                    if store.create(job, interest.record()):
+                        if on_created is not None:
+                            on_created(job)  # e.g. the prompt index entry: written by the creator, once
+                        _publish(store, publisher, job)
+                        return job
+                    if refund:
+                        refund()
+                    continue  # another instance created this id a moment ago: look at its job
         if _live(existing):
             joined = _join(store, existing, interest)
             if joined is not None:
@@ -100,16 +112,18 @@ def _live(job: JobDoc) -> bool:
 
 
 def _join(store: JobStore, job: JobDoc, interest: Interest) -> JobDoc | None:
-    """Add this tenant's interest to `job`, unless the job stopped being live meanwhile (then None).
+    """Record this tenant's interest in `job`, unless the job stopped being live meanwhile (then None).
 
-    The union is commutative, so concurrent joiners never conflict; the read after it closes the race with a
-    cancel: a cancel that read the job before our write fails its precondition and sees us, a cancel that wrote
-    first is seen here, and this request moves on to a fresh job."""
+    The records are documents of their own, created once: a joiner never writes the job document, so it never
+    contends with the runner's conditional writes, and a user asking again writes nothing. The read of the job
+    after recording closes the race with a cancel: a cancel that wrote first is seen here and this request moves
+    on to a fresh job; a cancel after it finds this tenant's marker and lets the job go on."""
     if interest.recorded_on(job) or (not job.tenants and job.tenant is None):
-        return job  # already waiting, or a job from before tenancy (kept as it is)
-    user_key = scoped_user(interest.tenant, interest.user_id) if interest.user_id else None
-    if not store.add_interest(job.job_id, interest.tenant, interest.user_id, user_key):
-        return None
+        return job  # already waiting (the creator), or a job from before tenancy (kept as it is)
+    marker, mine = store.interest.recorded(job.job_id, interest.record())
+    if mine:
+        return job  # a user asking again: two reads, no write
+    store.interest.record(job, interest.record(), utcnow(), marker=marker)
     current = store.job(job.job_id)
     return current if current is not None and _live(current) else None
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from functions.core import errors
-from functions.services.tasks import TaskService, visible_to
+from functions.services.tasks import TaskService
 from schemas.api import Task
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobStatus
 
@@ -223,7 +223,7 @@ class ProgressHub:
             assert snap is not None
             if snap.failed:
                 raise errors.Unavailable("the task could not be read; retry later")
-            if snap.job is None or not visible_to(snap.job, tenant):  # GET /tasks/{id}'s rule, on the snapshot
+            if snap.job is None or not self._tasks.visible(snap.job, tenant):  # GET /tasks/{id}: on the snapshot
                 raise errors.NotFound(f"no task '{task_id}'", field="task_id")
         except BaseException:
             follow.close()
@@ -233,7 +233,7 @@ class ProgressHub:
     def view(self, snap: Snapshot, tenant: str, *, admin: bool = False) -> Task:
         """`snap` as GET /tasks/{id} would show it to `tenant` (signed result and preview included)."""
         job = snap.job
-        if job is None or not visible_to(job, tenant):
+        if job is None or not self._tasks.visible(job, tenant):
             raise errors.NotFound("the task does not show to this tenant", field="task_id")
         task = self._tasks.view(job, tenant, admin=admin)
         return task.model_copy(update={"queue_position": snap.queue_position}) \

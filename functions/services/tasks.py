@@ -1,5 +1,10 @@
 """Tasks: a job document as the `/tasks` API shows it (with signed URLs for finished results), listing with
-filters, cancellation, and summary statistics."""
+filters, cancellation, and summary statistics.
+
+Reads per request are constant (issue 17): `GET /tasks/{id}` reads the job, the tenant's interest marker when the
+job document does not name the tenant (a joiner's), one end user for the view, and a queue position that is
+cached per job for `QUEUE_POSITION_TTL_S`; the two interest facts are cached per instance for
+`INTEREST_TTL_S` (an open event stream asks twice a second)."""
 
 from __future__ import annotations
 
@@ -8,11 +13,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from functions.adapters.firestore.jobs import JobStore
+from functions.adapters.firestore.paging import _RESERVED_ID as _RESERVED
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core import content_policy
 from functions.core.content_policy import Viewer
-from functions.core.errors import Conflict, NotFound, Unavailable
+from functions.core.errors import Conflict, InvalidInput, NotFound, Unavailable
+from functions.core.memo import TtlMemo
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.services.content import ContentPolicies
 from functions.services.links import variant_link, variant_links, withheld_view
@@ -26,6 +33,8 @@ from schemas.jobs import TERMINAL_STATUSES, ImageResult, JobDoc, JobEvent, JobSt
 from soul_common import retention
 
 STATS_SAMPLE = 500
+QUEUE_POSITION_TTL_S = 3.0
+INTEREST_TTL_S = 5.0
 
 
 def visible_to(job: JobDoc, tenant: str) -> bool:
@@ -56,14 +65,45 @@ class TaskService:
         self._base_url = base_url
         self._usage = usage
         self._content = content  # None: every tenant sees results as under the default policy (`flag`)
+        self._positions = TtlMemo(QUEUE_POSITION_TTL_S)
+        self._interest = TtlMemo(INTEREST_TTL_S)
+
+    def _joined(self, job: JobDoc, tenant: str) -> tuple[bool, str | None]:
+        """(whether `tenant` waits on the job through its interest records, one of its end users), cached."""
+        key = (job.job_id, tenant)
+        known = self._interest.get(key)
+        if known is None:
+            joined = self._store.interest.visible(job.job_id, tenant)
+            known = (joined, self._store.interest.first_user(job.job_id, tenant) if joined else None)
+            if joined:  # only what stays true until a cancel (which drops it): a tenant may join any moment
+                self._interest.put(key, known)
+        return known  # type: ignore[return-value]
+
+    def visible(self, job: JobDoc, tenant: str) -> bool:
+        """GET /tasks/{id}'s rule: the job names the tenant, or the tenant's interest marker exists (cached)."""
+        return self._visible(job, tenant)
+
+    def _visible(self, job: JobDoc, tenant: str) -> bool:
+        return visible_to(job, tenant) or (bool(job.tenants or job.tenant) and self._joined(job, tenant)[0])
+
+    def _queue_position(self, job: JobDoc, version: object) -> int:
+        """Cached per job (and its document's version) for a few seconds: a queued task polled every second
+        costs one aggregation per instance per interval, not one per poll."""
+        key = (job.job_id, version)
+        position = self._positions.get(key)
+        if position is None:
+            position = self._store.count_queued_before(job)
+            self._positions.put(key, position)
+        return position  # type: ignore[return-value]
 
     def get(self, task_id: str, tenant: str, *, admin: bool = False) -> Task:
-        job = self._store.job(task_id)
-        if job is None or not visible_to(job, tenant):
+        version = self._store.read(task_id)
+        job = version.job
+        if job is None or not self._visible(job, tenant):
             raise NotFound(f"no task '{task_id}'", field="task_id")
         view = self.view(job, tenant, admin=admin)
         if job.status == JobStatus.QUEUED:
-            view = view.model_copy(update={"queue_position": self._store.count_queued_before(job)})
+            view = view.model_copy(update={"queue_position": self._queue_position(job, version.snapshot.update_time)})
         return view
 
     def snapshot(self, task_id: str) -> tuple[JobDoc | None, int | None]:
@@ -74,23 +114,27 @@ class TaskService:
         return job, position
 
     def list(self, query: TaskListQuery, tenant: str) -> TaskPage:
-        filters = {
-            field: str(value)
-            for field, value in (("status", query.status), ("type", query.type), ("soul_id", query.soul_id))
-            if value is not None
-        }
-        contains = (("requester_keys", scoped_user(tenant, query.user_id)) if query.user_id is not None
-                    else ("tenants", tenant))
-        jobs, cursor = self._store.page(filters, query.page_size, query.cursor, contains=contains)
-        return TaskPage(items=[self.view(job, tenant, sign=False) for job in jobs], next_cursor=cursor)
+        """The tenant's (or one end user's) tasks, newest first, from the interest records (one query and one
+        batched read of the jobs per page). A status filter applies to the jobs read, so such a page may hold
+        fewer than `page_size` items; `next_cursor` goes on."""
+        filters = {field: str(value) for field, value in (("type", query.type), ("soul_id", query.soul_id))
+                   if value is not None}
+        user = (query.user_id, scoped_user(tenant, query.user_id)) if query.user_id is not None else None
+        if query.status is not None:
+            self._cursor_in(query.cursor, str(query.status))
+        ids, cursor = self._store.interest.page(tenant, user, filters, query.page_size, query.cursor)
+        jobs = [job for job in self._store.jobs(ids) if query.status is None or str(job.status) == str(query.status)]
+        return TaskPage(items=[self.view(job, tenant, sign=False, user_id=query.user_id) for job in jobs],
+                        next_cursor=cursor)
 
     def images(self, tenant: str, page_size: int, cursor: str | None, *,
                admin: bool = False) -> tuple[list[Variant], str | None]:
         """`GET /static/images`: the images of this tenant's finished image jobs, newest first, with signed URLs:
         the visibility of `/tasks` (the same query as `GET /tasks?status=succeeded&type=image`, its cursor a job
         id within those results), as the tenant's content policy lets it see them."""
-        filters = {"status": JobStatus.SUCCEEDED.value, "type": JobType.IMAGE.value}
-        jobs, after = self._store.page(filters, page_size, cursor, contains=("tenants", tenant))
+        self._cursor_in(cursor, JobStatus.SUCCEEDED.value)
+        ids, after = self._store.interest.page(tenant, None, {"type": JobType.IMAGE.value}, page_size, cursor)
+        jobs = [job for job in self._store.jobs(ids) if job.status == JobStatus.SUCCEEDED]
         viewer = self.viewer(tenant, admin=admin)  # withheld images are left out (content policy)
         images = [job.result for job in jobs if isinstance(job.result, ImageResult)]
         # signed together: reused when fresh, the rest in parallel
@@ -100,9 +144,19 @@ class TaskService:
         """`GET /static/videos/{task}.{fmt}`: the object of an animation of a task this tenant may see (the rule
         of `GET /tasks/{id}`: video task ids are computable from public values), or None."""
         job = self._store.job(task_id)
-        if job is None or not visible_to(job, tenant) or not isinstance(job.result, VideoResult):
+        if job is None or not self._visible(job, tenant) or not isinstance(job.result, VideoResult):
             return None
         return next((o.object for o in job.result.outputs if o.format == fmt), None)
+
+    def _cursor_in(self, cursor: str | None, status: str) -> None:
+        """A status filter applies to the jobs read, so a cursor must name a job in that status (else it is not a
+        position in this list: the same answer as a cursor naming nothing; the tenant's own records are checked by
+        the interest query)."""
+        if not cursor:
+            return
+        job = None if _RESERVED.match(cursor) else self._store.job(cursor)
+        if job is None or str(job.status) != status:
+            raise InvalidInput("cursor does not name a position in this list", field="cursor")
 
     def cancel(self, task_id: str, tenant: str) -> tuple[int, Task]:
         """Withdraw `tenant`'s interest. When other tenants still wait, the job goes on for them and this tenant
@@ -111,17 +165,24 @@ class TaskService:
         for _ in range(5):
             version = self._store.read(task_id)
             job = version.job
-            if job is None or not visible_to(job, tenant):
+            if job is None or not self._visible(job, tenant):
                 raise NotFound(f"no task '{task_id}'", field="task_id")
             if JobStatus(job.status) in TERMINAL_STATUSES:
                 raise Conflict(
                     f"task '{task_id}' is already {job.status}; only queued or running tasks can be canceled"
                 )
+            # This tenant's interest records go first; then whoever is left decides whether the work goes on.
+            self._store.interest.withdraw(task_id, tenant)
+            self._interest.drop((task_id, tenant))
+            self._positions.clear()  # everyone behind a canceled job moves up
             now = utcnow()
             others = [t for t in job.tenants if t != tenant]
             mine = {scoped_user(tenant, user) for user in job.requesters.get(tenant, [])}
-            if others:
-                update = JobStore.withdrawal(tenant, others, [k for k in job.requester_keys if k not in mine], now)
+            tenancy = bool(job.tenants or job.tenant)
+            someone_left = bool(others) or (tenancy and self._store.interest.anyone_waiting(task_id))
+            if someone_left:
+                update = (JobStore.withdrawal(tenant, others, [k for k in job.requester_keys if k not in mine], now)
+                          if tenant in job.tenants else None)
             elif job.status == JobStatus.QUEUED:
                 update = {"status": JobStatus.CANCELED.value, "stage": "canceled", "finished_at": now,
                           "cancel_requested": True, "updated_at": now, "event_published_at": now,
@@ -129,9 +190,9 @@ class TaskService:
             else:
                 update = {"cancel_requested": True, "updated_at": now}
             # Conditional on the read: a runner claiming the job at the same moment wins or loses cleanly.
-            if not self._store.update_if_unchanged(version, update):
+            if update is not None and not self._store.update_if_unchanged(version, update):
                 continue
-            if others:
+            if someone_left:
                 withdrawn = self.view(job, tenant).model_copy(update={
                     "status": JobStatus.CANCELED.value, "stage": "canceled", "cancel_requested": True,
                     "finished_at": now, "result": None,
@@ -176,10 +237,13 @@ class TaskService:
         return self._content.viewer(tenant, admin=admin) if self._content is not None else Viewer(admin=admin)
 
     def view(self, job: JobDoc, tenant: str, *, sign: bool = True, admin: bool = False,
-             viewer: Viewer | None = None) -> Task:
+             viewer: Viewer | None = None, user_id: str | None = None) -> Task:
         """The job as `tenant` sees it: only its own end users, never another tenant's, and its result as the
         tenant's content policy lets it see it (`viewer` overrides the tenant's, e.g. for a webhook body)."""
         viewer = viewer or self.viewer(tenant, admin=admin)
+        user_id = user_id or _user_seen_by(job, tenant)
+        if user_id is None and sign and tenant and job.tenant is not None and tenant not in job.tenants:
+            user_id = self._joined(job, tenant)[1]  # a joiner: its user is on its interest record
         url = f"{self._base_url}/tasks/{job.job_id}"
         active = JobStatus(job.status) not in TERMINAL_STATUSES
         return Task(
@@ -190,7 +254,7 @@ class TaskService:
             stage=job.stage,
             eta_seconds=job.eta_seconds,
             soul_id=job.soul_id,
-            user_id=_user_seen_by(job, tenant),
+            user_id=user_id,
             cue=getattr(job.request, "cue", None),
             created_at=job.created_at,
             started_at=job.started_at,

@@ -4,7 +4,8 @@ tenant's own usage by day (`GET /usage`).
 The runner adds each finished job to the usage rollups (soul_common/rollups.py: per tenant and day, and the
 deployment's totals), so every figure here reads a few small documents however many jobs there were. A dedup hit
 (an image request answered with an existing variant) is a render the GPU did not do: counted in the deployment's
-sharded counter and, buffered, in the tenant's day; it is valued at the measured mean GPU-seconds of a rendered
+sharded counter (added up in memory per instance and flushed off the request path: `BufferedCounter`) and,
+buffered, in the tenant's day; it is valued at the measured mean GPU-seconds of a rendered
 image. The arithmetic is `gpu_stats` and `usage_report`, pure functions."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import date, timedelta
 
 import structlog
 
-from functions.adapters.firestore.counters import ShardedCounter
+from functions.adapters.firestore.counters import BufferedCounter, ShardedCounter
 from functions.adapters.firestore.usage import UsageStore
 from schemas._base import utcnow
 from schemas.api import GpuStats, Usage, UsageDay
@@ -51,7 +52,7 @@ def usage_report(tenant: str, by_day: dict[str, dict[str, float]], mean: float |
 
 
 class GpuUsage:
-    def __init__(self, dedup_hits: ShardedCounter, rollups: UsageStore):
+    def __init__(self, dedup_hits: BufferedCounter | ShardedCounter, rollups: UsageStore):
         self._hits = dedup_hits
         self._rollups = rollups
 

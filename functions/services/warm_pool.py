@@ -34,7 +34,7 @@ from functions.adapters.firestore.warm_pool import WarmPoolStore
 from functions.core import keys
 from functions.core.errors import InvalidInput, TooManyRequests
 from functions.core.memo import TtlMemo
-from functions.core.variants import next_variant_index
+from functions.core.variants import next_index_of, next_variant_index
 from functions.settings import FunctionsSettings
 from schemas._base import utcnow
 from schemas.documents import PromptDoc, VariantDoc
@@ -98,7 +98,7 @@ class WarmPool:
         self._pool.record_asker(pk, tenant, user_id)
         self._askers.put((pk, tenant, user_id), True)
 
-    def after_take(self, pk: str, taken_index: int, unseen_left: int, variants: Sequence[VariantDoc],
+    def after_take(self, pk: str, taken_index: int, unseen_left: int, next_index: int,
                    prerender: Prerender, tenant: str) -> list[str]:
         """A user was given variant `taken_index` and has `unseen_left` others: top up what waits for them."""
         if not self._settings.warm_pool_enabled:
@@ -106,7 +106,7 @@ class WarmPool:
         self._mark_delivered(pk, taken_index)
         if unseen_left >= self._settings.warm_pool_max_ahead:
             return []
-        return self._replenish(pk, tenant, next_variant_index(variants), unseen_left, prerender,
+        return self._replenish(pk, tenant, next_index, unseen_left, prerender,
                                f"a user took variant {taken_index} with {unseen_left} unseen left")
 
     def after_join(self, pk: str, job: JobDoc, tenant: str, prerender: Prerender | None = None) -> list[str]:
@@ -123,12 +123,12 @@ class WarmPool:
         """A user marked a variant seen: when it was their last unseen one, queue the next before they ask."""
         if not self._settings.warm_pool_enabled:
             return []
-        variants = self._prompts.variants_of(variant.pk)
-        seen = self._prompts.seen_among(user_id, [v.variant_id for v in variants])
-        left = sum(1 for v in variants if v.variant_id not in seen)
+        index = self._prompts.index_of(variant.pk, user_id)  # constant reads, whatever the variants
+        left = len(index.unseen)
         if left >= self._settings.warm_pool_max_ahead:
             return []
-        return self._replenish(variant.pk, tenant, next_variant_index(variants), left, prerender,
+        return self._replenish(variant.pk, tenant, next_index_of(index.variant_indices, index.variant_ids), left,
+                               prerender,
                                f"a user marked variant {variant.variant_index} seen with {left} unseen left")
 
     def warm(self, pk: str, variants: int, existing: Sequence[VariantDoc], prerender: Prerender,

@@ -20,7 +20,7 @@ from functions.services.content import ContentPolicies
 from functions.settings import FunctionsSettings
 from schemas import names
 from schemas._base import utcnow
-from schemas.jobs import TERMINAL_STATUSES, JobEvent, JobStatus
+from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobEvent, JobStatus
 from schemas.safety import ContentPolicy
 from schemas.push import (
     DEFAULT_WEBHOOK_EVENTS,
@@ -90,19 +90,19 @@ class WebhookRegistry:
                 f"it with GET /tasks/{job_id} or an existing webhook", field="webhook",
             )
         self._hooks.register(doc, [e.value for e in wanted])
+        job = self._jobs.job(job_id)  # read after the record exists: a completion before it is caught up below
         live = [e.value for e in wanted if e is not WebhookEvent.COMPLETED]
-        if live:
+        if live and job is not None:
             # The runner publishes start/progress events only for jobs whose document asks for them (`notify`),
-            # so soul-events carries them only where a webhook waits.
-            self._jobs.want_events(job_id, live)
+            # so soul-events carries them only where a webhook waits; written only when not asked yet.
+            self._jobs.want_events(job_id, live, already=job.notify)
         log.info("webhook_registered", job_id=job_id, webhook_id=doc.webhook_id, events=[e.value for e in wanted])
-        self._catch_up(job_id)
+        self._catch_up(job)
         return doc
 
-    def _catch_up(self, job_id: str) -> None:
+    def _catch_up(self, job: JobDoc | None) -> None:
         """A job that finished before this record existed already had its completion event: announce it again
         (same CloudEvent id, so other consumers drop it as a duplicate; targets already served are skipped)."""
-        job = self._jobs.job(job_id)
         if job is None or JobStatus(job.status) not in TERMINAL_STATUSES:
             return
         event = JobEvent(job_id=job.job_id, type=job.type, status=job.status, soul_id=job.soul_id,

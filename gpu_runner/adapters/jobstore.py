@@ -9,6 +9,8 @@ job's status, stage, progress and result never change again."""
 from __future__ import annotations
 
 import re
+import threading
+import zlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -33,12 +35,16 @@ PACE_WEIGHT = 0.2
 
 class JobStore:
     def __init__(self, db: fs.Db, runner_id: str, lease: timedelta, *,
-                 job_retention: timedelta = retention.JOB_RETENTION):
+                 job_retention: timedelta = retention.JOB_RETENTION, renew_every: timedelta | None = None):
         self._db = db
         self._job_retention = job_retention  # a finished job's TTL (soul_common/retention.py)
         self._runner_id = runner_id
         self._lease = lease
+        # A beat writes when the lease was last extended this long ago (default a sixth of the lease: 10 s of 60).
+        self._renew_every = renew_every if renew_every is not None else lease / 6
         self._held: dict[str, int] = {}  # job id -> lease generation we claimed
+        self._pace: dict | None = None  # this runner's pace document as last written
+        self._locks = [threading.RLock() for _ in range(16)]  # per job (striped): our writers take turns
 
     @staticmethod
     def _ref(job_id: str) -> fs.DocRef:
@@ -55,7 +61,15 @@ class JobStore:
 
     def _conditional(self, job_id: str, change: Callable[[JobDoc, datetime], dict | None]) -> JobDoc | None:
         """Read the job, let `change` compute the update (None = nothing to do), write it only if the document
-        did not change in between; retry a few times on a lost race."""
+        did not change in between; retry a few times on a lost race. This runner's own writers of one job (the
+        progress thread, the heartbeat, the finish) take turns, so they never make each other retry."""
+        with self._job_lock(job_id):
+            return self._conditional_unlocked(job_id, change)
+
+    def _job_lock(self, job_id: str) -> threading.RLock:
+        return self._locks[zlib.crc32(job_id.encode()) % len(self._locks)]
+
+    def _conditional_unlocked(self, job_id: str, change: Callable[[JobDoc, datetime], dict | None]) -> JobDoc | None:
         for _ in range(_OPTIMISTIC_RETRIES):
             snap, job = self._read(job_id)
             now = utcnow()
@@ -99,10 +113,15 @@ class JobStore:
         return decided["d"], job
 
     def renew(self, job_id: str) -> bool:
-        """Extend our lease; returns whether a cancel was requested. Raises LeaseLost if the job is not ours."""
+        """Keep our lease; returns whether a cancel was requested. Raises LeaseLost if the job is not ours.
+        Coalesced with progress: every progress write extends the lease too, so a beat writes only when no write
+        of ours extended it for `renew_every` (a beat always reads, which is how a cancel is noticed)."""
 
         def change(job: JobDoc, now: datetime) -> dict | None:
             self._assert_owner(job)
+            extended = job.lease_expires_at
+            if extended is not None and extended - now > self._lease - self._renew_every:
+                return None  # a recent write of ours (progress, stage) already renewed it
             return {"lease_expires_at": now + self._lease}
 
         job = self._conditional(job_id, change)
@@ -111,11 +130,13 @@ class JobStore:
     def progress(self, job_id: str, progress: float, stage: str, eta_seconds: float | None,
                  preview: JobPreview | None = None) -> None:
         """Fenced like every other write: a progress tick landing after the finish (or after another runner took
-        the job) raises LeaseLost instead of making a finished job look half done. A preview rides on the tick."""
+        the job) raises LeaseLost instead of making a finished job look half done. A preview rides on the tick.
+        It renews the lease in the same write (one write per tick, not a progress write and a renewal)."""
 
         def change(job: JobDoc, now: datetime) -> dict | None:
             self._assert_owner(job)
-            update = {"progress": round(min(max(progress, 0.0), 1.0), 4), "stage": stage, "eta_seconds": eta_seconds}
+            update = {"progress": round(min(max(progress, 0.0), 1.0), 4), "stage": stage, "eta_seconds": eta_seconds,
+                      "lease_expires_at": now + self._lease}
             if preview is not None:
                 update["preview"] = firestore_dict(preview)
             return update
@@ -224,20 +245,30 @@ class JobStore:
             )
 
     def record_pace(self, device: str, **measured: float) -> None:
-        """Fold measured figures (e.g. image_seconds_per_step) into this device's moving averages, for estimates.
-        A transaction-free read-modify-write: a lost race only loses one sample of an average."""
-        ref = fs.doc(names.RUNNER_STATS, _device_key(device))
-        current = self._db.get(ref).data or {}
-        update = {"device": device, "samples": int(current.get("samples", 0)) + 1, "updated_at": utcnow()}
+        """Fold measured figures (e.g. image_seconds_per_step) into this runner's moving averages, for estimates.
+        One document per runner (`runner_stats/{runner id}`, with its device), written by that runner alone: a
+        fleet of one device type never shares a hot pace document. The runner keeps its averages in memory after
+        the first read, so a sample costs one write."""
+        ref = fs.doc(names.RUNNER_STATS, _device_key(self._runner_id))
+        if self._pace is None:
+            self._pace = dict(self._db.get(ref).data or {})
+        current = self._pace
+        update = {"device": device, "runner_id": self._runner_id, "samples": int(current.get("samples", 0)) + 1,
+                  "updated_at": utcnow()}
         for field, value in measured.items():
             previous = current.get(field)
             update[field] = value if previous is None else round(previous + PACE_WEIGHT * (value - previous), 6)
         self._db.set(ref, update, merge=True)
+        current.update(update)
 
     # results the runner owns
     def save_variant(self, job_id: str, variant: VariantDoc) -> None:
         """Idempotent: the variant id was fixed when the job was created, so a re-run writes the same document.
         Fenced: one atomic batch with a conditional touch of the job we hold, so a stale runner writes nothing."""
+        with self._job_lock(job_id):
+            self._save_variant(job_id, variant)
+
+    def _save_variant(self, job_id: str, variant: VariantDoc) -> None:
         for _ in range(_OPTIMISTIC_RETRIES):
             snap, job = self._read(job_id)
             self._assert_owner(job)
@@ -254,7 +285,8 @@ def add_variant_writes(batch: fs.Batch, variant: VariantDoc, now: datetime) -> N
     """The variant document and its place in the prompt index, added to `batch` (one atomic commit)."""
     batch.set(fs.doc(names.VARIANTS, variant.variant_id), firestore_dict(variant))
     batch.set(fs.doc(names.PROMPTS, variant.pk),
-              {"variant_ids": fs.array_union([variant.variant_id]), "updated_at": now}, merge=True)
+              {"variant_ids": fs.array_union([variant.variant_id]),
+               "variant_indices": fs.array_union([variant.variant_index]), "updated_at": now}, merge=True)
 
 
 def _held_by_other(raw: dict, runner_id: str, now: datetime) -> bool:

@@ -1,7 +1,8 @@
 """Progress of the running job: throttled writes (about one per second per job), an ETA from the measured pace,
 and the place where cancellation and lost leases interrupt the work, between two denoising steps.
 
-With `background=True` the writes go through a writer thread (latest value wins), so a Firestore round trip never
+With `background=True` the writes go through a writer thread (latest value wins, at most one write per
+`min_gap_s`: a burst of stage changes is one write), so a Firestore round trip never
 stalls the device between two steps; `close()` stops and joins it before the job is finished, and a write refused
 for a lost lease signals the work (which stops at its next step)."""
 
@@ -40,6 +41,7 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
         *,
         background: bool = False,
+        min_gap_s: float = 0.5,
     ):
         self._write = write
         self._signals = signals
@@ -49,6 +51,7 @@ class ProgressReporter:
         self._last_write = float("-inf")
         self._closed = False
         self._background = background
+        self._min_gap = min_gap_s  # writer thread: stage changes closer than this are coalesced (latest wins)
         self._pending: tuple | None = None
         self._preview = None  # the latest preview not yet written: rides on the next (throttled) write
         self._last: tuple[float, str] | None = None
@@ -123,4 +126,7 @@ class ProgressReporter:
                 self._signals.lease_lost.set()
                 return
             except Exception:  # noqa: BLE001 - advisory: the next tick writes again
-                continue
+                pass
+            # Pace the job document: what arrives within the gap is coalesced into one write (latest wins).
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed, timeout=self._min_gap)

@@ -72,6 +72,49 @@ locals {
       collection = "days"
       fields     = [["day", "ASCENDING"], ["gpu_seconds", "ASCENDING"]]
     }
+    # Who waits on a job (functions/adapters/firestore/interest.py): GET /tasks lists a tenant's tasks (its
+    # markers: scope == "tenant") or one end user's (user_key ==), optionally by type and soul, newest job first,
+    # over the `interest` collection group (jobs/*/interest). Joiners write these, never the job document.
+    interest_tenant_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["scope", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_tenant_type_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["scope", "ASCENDING"], ["type", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_tenant_soul_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["scope", "ASCENDING"], ["soul_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_tenant_type_soul_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["scope", "ASCENDING"], ["type", "ASCENDING"], ["soul_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_user_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["user_key", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_user_type_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["user_key", "ASCENDING"], ["type", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_user_soul_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["user_key", "ASCENDING"], ["soul_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    interest_user_type_soul_created = {
+      collection = "interest"
+      scope      = "COLLECTION_GROUP"
+      fields     = [["tenant", "ASCENDING"], ["user_key", "ASCENDING"], ["type", "ASCENDING"], ["soul_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
   }
 
   # Single-field settings (google_firestore_field): `indexes = null` keeps Firestore's automatic indexes, a list

@@ -18,6 +18,7 @@ from soul_common import rollups
 from soul_common.firestore import Db
 from schemas._base import firestore_dict, utcnow
 from schemas.jobs import ImageJobSpec, ImageResult, JobDoc, JobLane, JobMetrics, JobStatus, JobType, VideoJobSpec
+from functions.adapters.firestore.interest import InterestRecord, interest_id
 from tests.integration.test_api_surface import seed_variants
 
 PENGUIN = {"soul_id": "nova", "cue": "penguin", "user_id": "user123"}
@@ -56,10 +57,15 @@ def video_job(gpu: float) -> JobDoc:
 
 
 def save(db, *jobs: JobDoc) -> None:
-    """Jobs as the runner leaves them: the document, and (finished with metrics) its share of the usage rollups
-    (what gpu_runner/adapters/jobstore.py finish adds; tests/integration/test_bounded_storage.py runs that)."""
+    """Jobs as the runner leaves them: the document, its creator's interest marker (what JobStore.create
+    writes), and (finished with metrics) its share of the usage rollups (what gpu_runner/adapters/jobstore.py
+    finish adds; tests/integration/test_bounded_storage.py runs that)."""
     for job in jobs:
-        db.collection(names.JOBS).document(job.job_id).set(firestore_dict(job))
+        ref = db.collection(names.JOBS).document(job.job_id)
+        ref.set(firestore_dict(job))
+        if job.tenant is not None:
+            ref.collection(names.INTEREST).document(interest_id(job.tenant, None)).set(
+                InterestRecord(job.tenant).document(job, job.created_at))
         if job.metrics is not None:
             rollups.record_job(Db(db), tenant=job.tenant, job_type=str(job.type),
                                succeeded=job.status == JobStatus.SUCCEEDED, gpu_seconds=job.metrics.gpu_seconds,

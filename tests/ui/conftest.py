@@ -131,6 +131,7 @@ def ui_stack(emulator_stack, api_app, tmp_path_factory) -> Iterator[UiStack]:
         model_cache_dir=tmp_path_factory.getbasetemp() / "models",
         pull_timeout_seconds=0.5, heartbeat_seconds=0.2, progress_interval_seconds=0.1,
         svd_image_width=96, svd_image_height=64, tiny_max_steps=12, tiny_svd_max_steps=3,
+        preview_every=3,  # previews of the forming image on `event: preview` (the page shows them in the card)
     )
     runner = RunnerSwitch(settings, ModelHost(settings))
     runner.resume()

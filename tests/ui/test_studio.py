@@ -226,9 +226,23 @@ def test_phone_targets_are_at_least_44px(browser, ui_stack):
         ui_stack.runner.pause()
 
 
+def test_previews_from_the_real_stream_show_in_the_card_before_the_result(ui, ui_stack):
+    ui_stack.runner.pace_s = 0.3
+    open_page(ui, ui_stack, "?user=live-preview-user&soul=mira")
+    ui.page.evaluate(RECORD)
+    generate(ui, "umbrella in the rain")
+    step = card(ui).locator(".preview-step")
+    expect(step).to_have_text(re.compile(r"Step \d+ of \d+"), timeout=90_000)
+    expect(card(ui).locator("img.preview")).to_be_visible()
+    assert card(ui).get_attribute("data-status") == "running"
+    expect(card(ui)).to_have_attribute("data-via", "events")
+    ui.shot("live-preview")
+    done_image(card(ui))
+
+
 def test_preview_images_show_in_the_card_while_it_renders(ui, ui_stack):
-    """The `preview` event's handler ({task_id, step, steps, url}), fed through the card's own listener: the
-    runner here sends no previews (the content-policy issue adds them server-side)."""
+    """The `preview` event's handler ({task_id, step, steps, url}) fed through the card's own listener: an older
+    step never replaces a newer one, and the result replaces the preview."""
     ui_stack.runner.pace_s = 0.3
     open_page(ui, ui_stack, "?user=preview-user")
     generate(ui, "lighthouse at dusk")
@@ -238,12 +252,13 @@ def test_preview_images_show_in_the_card_while_it_renders(ui, ui_stack):
       const c = document.createElement("canvas"); c.width = c.height = 8;
       const g = c.getContext("2d"); g.fillStyle = "#c33"; g.fillRect(0, 0, 8, 8);
       const send = (step, url) => li.dispatchEvent(new CustomEvent("soul-preview",
-        {detail: {task_id: li.dataset.task, step, steps: 12, url}}));
-      send(4, c.toDataURL()); send(2, "data:image/png;base64,AAAA");  // a late, older step is ignored
+        {detail: {task_id: li.dataset.task, step, steps: 1000, url}}));
+      // (beyond the real previews' steps, so that none of them replaces it)
+      send(999, c.toDataURL()); send(2, "data:image/png;base64,AAAA");  // a late, older step is ignored
     }""")
     preview = card(ui).locator("img.preview")
     expect(preview).to_be_visible()
-    expect(card(ui).locator(".preview-step")).to_have_text("Step 4 of 12")
+    expect(card(ui).locator(".preview-step")).to_have_text("Step 999 of 1000")
     assert preview.get_attribute("src").startswith("data:image/png;base64,iVBOR")
     ui.shot("preview")
     done_image(card(ui))

@@ -14,6 +14,7 @@ import pytest
 
 from functions.core import errors
 from functions.http.sse import EventStream, open_stream
+from functions.services.tasks import visible_to
 from functions.services.progress import ProgressHub, StreamCaps, Watch, admit
 from functions.settings import FunctionsSettings
 from schemas.api import Task, TaskActions
@@ -41,6 +42,9 @@ class CountingTasks:
         with self.lock:
             self.reads += 1
         return self.current, None
+
+    def visible(self, job, tenant):
+        return visible_to(job, tenant)  # the real service also consults the tenant's interest marker
 
     def view(self, job, tenant, *, sign=True, admin=False):
         return Task(task_id=job.job_id, type=job.type, status=job.status, progress=job.progress, stage=job.stage,

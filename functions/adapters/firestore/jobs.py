@@ -1,14 +1,18 @@
-"""Job documents as the functions see them: `jobs/{job_id}` (created once by the first asker; interest, cancels,
-promotion and webhook wishes recorded later), `job_heads/{first job id}` (which retry of a piece of work is
+"""Job documents as the functions see them: `jobs/{job_id}` (created once by the first asker, with its interest
+records; cancels, promotion and webhook wishes recorded later; joiners never write it: functions/adapters/firestore/
+interest.py), `job_heads/{first job id}` (which retry of a piece of work is
 current), listings and the aggregations over jobs (queue position, counts; GPU-seconds from the usage rollups), and the pace documents
 runners write (`runner_stats`). The runner's own writes to a job are in gpu_runner/adapters/jobstore.py."""
 
 from __future__ import annotations
 
+import threading
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from functions.adapters.firestore.interest import InterestRecord, InterestStore
 from functions.adapters.firestore.paging import page
 from schemas import names
 from schemas._base import firestore_dict, utcnow
@@ -16,6 +20,8 @@ from schemas.documents import RunnerStats
 from schemas.jobs import JobDoc, JobStatus
 from soul_common import firestore as fs
 from soul_common import retention, rollups
+
+_CREATION_STRIPES = 64
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,13 @@ class JobVersion:
 class JobStore:
     def __init__(self, db: fs.Db):
         self._db = db
+        self.interest = InterestStore(db)  # who waits on a job: its own documents, never the job's
+        self._creating = [threading.Lock() for _ in range(_CREATION_STRIPES)]
+
+    def creation_lock(self, job_id: str) -> threading.Lock:
+        """Held around "read the job, create it if absent": requests of one instance asking for the same new
+        job at once make one create() attempt, not one each (a conflict is a write attempt on that document)."""
+        return self._creating[zlib.crc32(job_id.encode()) % _CREATION_STRIPES]
 
     @staticmethod
     def _ref(job_id: str) -> fs.DocRef:
@@ -43,9 +56,14 @@ class JobStore:
         snap = self._db.get(self._ref(job_id))
         return JobVersion(JobDoc.model_validate(snap.data) if snap.exists else None, snap)
 
-    def create(self, job: JobDoc) -> bool:
-        """Create the job document; False when a job of that id already exists (the other creator won)."""
-        return self._db.create(self._ref(job.job_id), firestore_dict(job))
+    def create(self, job: JobDoc, interest: InterestRecord | None = None) -> bool:
+        """Create the job document (with its creator's interest records, atomically); False when a job of that
+        id already exists (the other creator won)."""
+        if interest is None:
+            return self._db.create(self._ref(job.job_id), firestore_dict(job))
+        batch = self._db.batch().create(self._ref(job.job_id), firestore_dict(job))
+        self.interest.add_to_batch(batch, job, interest, job.created_at)
+        return batch.commit()
 
     def update(self, job_id: str, update: Mapping) -> bool:
         """Apply `update`; False when the job does not exist."""
@@ -64,24 +82,19 @@ class JobStore:
     def mark_published(self, job_id: str, when: datetime) -> None:
         self._db.update(self._ref(job_id), {"published_at": when})
 
-    def add_interest(self, job_id: str, tenant: str, user_id: str | None, user_key: str | None) -> bool:
-        """Record that `tenant` (and its end user) waits on the job; unions commute, so joiners never conflict.
-        False when the job is gone."""
-        update: dict = {"tenants": fs.array_union([tenant])}
-        if user_id:
-            update[fs.field_path("requesters", tenant)] = fs.array_union([user_id])
-            update["requester_keys"] = fs.array_union([user_key])
-        return self.update(job_id, update)
-
     @staticmethod
     def withdrawal(tenant: str, remaining_tenants: list[str], remaining_keys: list[str], now: datetime) -> dict:
         """The update that takes `tenant`'s interest off a job other tenants still wait on."""
         return {"tenants": remaining_tenants, "requester_keys": remaining_keys, "updated_at": now,
                 fs.field_path("requesters", tenant): fs.DELETE_FIELD}
 
-    def want_events(self, job_id: str, events: Iterable[str]) -> None:
-        """Ask the runner to publish these live events (start, progress) for the job."""
-        self._db.update(self._ref(job_id), {"notify": fs.array_union(events)})
+    def want_events(self, job_id: str, events: Iterable[str], already: Iterable[str] = ()) -> None:
+        """Ask the runner to publish these live events (start, progress) for the job; nothing is written when
+        the job asks for them already (`already`: its `notify` as read), so webhook registrations on a hot job
+        write it at most once per kind of event."""
+        missing = [e for e in events if e not in set(already)]
+        if missing:
+            self._db.update(self._ref(job_id), {"notify": fs.array_union(missing)})
 
     # job heads
     def head(self, base_job_id: str) -> tuple[int, set[int]]:
@@ -99,6 +112,11 @@ class JobStore:
         self._db.set(fs.doc(names.JOB_HEADS, base_job_id), update, merge=True)
 
     # listings and aggregations
+    def jobs(self, job_ids: list[str]) -> list[JobDoc]:
+        """The jobs named, in that order (missing ones left out): one round trip."""
+        snaps = self._db.get_all([self._ref(j) for j in job_ids])
+        return [JobDoc.model_validate(s.data) for s in snaps if s.exists]
+
     def page(self, filters: Mapping[str, str], page_size: int, cursor: str | None,
              contains: tuple[str, str] | None = None) -> tuple[list[JobDoc], str | None]:
         """Newest first, with equality filters and at most one array-contains filter."""

@@ -1,0 +1,133 @@
+"""Who waits on a job: `jobs/{job_id}/interest/{digest}`, one small document per (job, tenant) — the tenant's
+marker — and one per (job, tenant, end user), each created once by the request that first records it.
+
+Why not arrays on the job document: a hot cue has hundreds of users joining one job within seconds, and every
+`ArrayUnion` on the job was a write to the one document the runner writes conditionally (its lease, progress and
+result lost the race to joiners), a document limited to about one sustained write per second and 1 MiB (the
+`requesters` arrays reach that after a few thousand joiners, each element an index entry). An interest document
+is written once and never contended, and the job document stays bounded: it keeps only the creator's interest
+(set at creation) and is written, while it runs, by its runner and a cancel alone.
+
+Listings (`GET /tasks`, by tenant or by end user) query the `interest` collection group (indexes in
+infra/terraform/firestore.tf) and read the jobs they name in one round trip."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from functions.adapters.firestore.paging import _RESERVED_ID, page
+from functions.core.errors import InvalidInput
+from schemas import names
+from schemas.jobs import JobDoc
+from soul_common import firestore as fs
+
+TENANT = "tenant"  # `scope` of a tenant's marker
+USER = "user"  # `scope` of one end user's record
+_WITHDRAW_BATCH = 400  # documents one cancel deletes per commit (Firestore allows 500 writes per batch)
+
+
+def interest_id(tenant: str, user_id: str | None) -> str:
+    """The interest document's id: fixed by who is asking, so recording the same interest twice is one create."""
+    return hashlib.sha256(f"{tenant}\0{user_id or ''}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class InterestRecord:
+    tenant: str
+    user_id: str | None = None
+    user_key: str | None = None
+
+    @property
+    def scope(self) -> str:
+        return USER if self.user_id else TENANT
+
+    def document(self, job: JobDoc, now: datetime) -> dict:
+        return {"job_id": job.job_id, "tenant": self.tenant, "scope": self.scope, "user_id": self.user_id,
+                "user_key": self.user_key, "type": str(job.type), "soul_id": job.soul_id,
+                "created_at": job.created_at, "joined_at": now}
+
+
+class InterestStore:
+    def __init__(self, db: fs.Db):
+        self._db = db
+
+    @staticmethod
+    def ref(job_id: str, tenant: str, user_id: str | None = None) -> fs.DocRef:
+        return fs.doc(names.JOBS, job_id, names.INTEREST, interest_id(tenant, user_id))
+
+    def records_for(self, interest: InterestRecord) -> list[InterestRecord]:
+        """The documents one request's interest consists of: the tenant's marker, and its user's record."""
+        marker = InterestRecord(interest.tenant)
+        return [marker, interest] if interest.user_id else [marker]
+
+    def add_to_batch(self, batch: fs.Batch, job: JobDoc, interest: InterestRecord, now: datetime) -> None:
+        """The creator's records, created in the batch that creates the job."""
+        for record in self.records_for(interest):
+            batch.create(self.ref(job.job_id, record.tenant, record.user_id), record.document(job, now))
+
+    def recorded(self, job_id: str, interest: InterestRecord) -> tuple[bool, bool]:
+        """(the tenant's marker exists, this user's record exists): two documents, one round trip."""
+        refs = [self.ref(job_id, r.tenant, r.user_id) for r in self.records_for(interest)]
+        snaps = self._db.get_all(refs)
+        marker = snaps[0].exists
+        return marker, (snaps[-1].exists if interest.user_id else marker)
+
+    def record(self, job: JobDoc, interest: InterestRecord, now: datetime, *, marker: bool) -> None:
+        """Create `interest`'s records on `job` (`marker`: the tenant's marker exists already, per `recorded`):
+        what exists is never written again; concurrent first joiners of one tenant may both try its marker, one
+        create wins and the others' conflict is harmless."""
+        for record in self.records_for(interest):
+            if record.scope == TENANT and marker:
+                continue
+            self._db.create(self.ref(job.job_id, record.tenant, record.user_id), record.document(job, now))
+
+    def visible(self, job_id: str, tenant: str) -> bool:
+        """Whether `tenant` waits on the job through a join (one read)."""
+        return self._db.get(self.ref(job_id, tenant)).exists
+
+    def first_user(self, job_id: str, tenant: str) -> str | None:
+        """One end user of `tenant` waiting on the job (for the task view), or None."""
+        query = (fs.collection(names.JOBS, job_id, names.INTEREST).where("tenant", "==", tenant)
+                 .where("scope", "==", USER).limit(1))
+        snaps = self._db.stream(query)
+        return snaps[0].data.get("user_id") if snaps else None
+
+    def anyone_waiting(self, job_id: str) -> bool:
+        """Whether any tenant still has a marker on the job (one small query; after a withdrawal)."""
+        query = fs.collection(names.JOBS, job_id, names.INTEREST).where("scope", "==", TENANT).limit(1)
+        return bool(self._db.stream(query))
+
+    def withdraw(self, job_id: str, tenant: str) -> int:
+        """Delete every interest record of `tenant` on the job (a cancel: rare, so a query here is fine)."""
+        query = fs.collection(names.JOBS, job_id, names.INTEREST).where("tenant", "==", tenant).limit(_WITHDRAW_BATCH)
+        removed = 0
+        while True:
+            snaps = self._db.stream(query)
+            for snap in snaps:
+                self._db.delete(snap.ref)
+            removed += len(snaps)
+            if len(snaps) < _WITHDRAW_BATCH:
+                return removed
+
+    def page(self, tenant: str, user: tuple[str, str] | None, filters: Mapping[str, str], page_size: int,
+             cursor: str | None) -> tuple[list[str], str | None]:
+        """Job ids `tenant` (or its user `(user_id, user_key)`) waits on, newest job first; the cursor is a job
+        id (its interest document is the anchor)."""
+        query = fs.collection_group(names.INTEREST).where("tenant", "==", tenant)
+        if user is not None:
+            query = query.where("user_key", "==", user[1])
+        else:
+            query = query.where("scope", "==", TENANT)
+        for field_name, value in filters.items():
+            query = query.where(field_name, "==", value)
+        query = query.order_by("created_at", descending=True).order_by("__name__", descending=True)
+        if cursor and _RESERVED_ID.match(cursor):
+            raise InvalidInput("cursor does not name a position in this list", field="cursor")
+        anchor = self.ref(cursor, tenant, user[0] if user else None) if cursor else None
+        snaps, after = page(self._db, query, anchor, page_size,
+                            member=lambda data: all(data.get(f) == v for f, v in filters.items()))
+        ids = [s.data["job_id"] for s in snaps]
+        return ids, (ids[-1] if after is not None else None)
