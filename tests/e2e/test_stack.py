@@ -71,7 +71,10 @@ def test_the_seed_curl_travels_the_whole_pipeline(stack):
     assert again.status_code == 200 and again.json()["status"] == "ready"
     variant = again.json()["variant"]
     assert variant["variant_id"] == task["result"]["variant"]["variant_id"]
-    assert set(variant) == {"variant_id", "pk_id", "url", "expires_at", "width", "height", "seed", "created_at"}
+    assert set(variant) == {"variant_id", "pk_id", "url", "expires_at", "width", "height", "seed", "created_at",
+                            "safety", "reproducibility", "original_url"}
+    assert variant["original_url"] is None  # policy `flag`: no blurred rendition, no original to hand out
+    assert variant["reproducibility"]["seed"] == variant["seed"]
     other = requests.get(f"{base}/image", params={"soul_id": "nova", "cue": " Penguin! ", "user_id": "u2"}, timeout=10)
     assert other.status_code == 200 and other.json()["variant"]["variant_id"] == variant["variant_id"]
     posted = requests.post(f"{base}/image", json={"soul_id": "nova", "cue": "PENGUIN", "user_id": "u3"}, timeout=10)

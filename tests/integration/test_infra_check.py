@@ -117,7 +117,7 @@ def test_functions_archive_ships_soul_common_and_every_target(source_tree):
         shim = archive.read("main.py").decode()
     assert "soul_common/__init__.py" in names and "functions/main.py" in names
     assert not any(n.startswith(("gpu_runner/", "emulators/", "tests/")) for n in names)
-    assert "from functions.main import api, ingest, reconcile, webhooks" in shim
+    assert "from functions.main import api_async, ingest, reconcile, webhooks" in shim
     again = run("bash", str(source_tree / "infra" / "build_functions_source.sh"), str(source_tree / "b.zip"), cwd=source_tree)
     assert again.returncode == 0 and out.read_bytes() == (source_tree / "b.zip").read_bytes()  # deterministic
 
