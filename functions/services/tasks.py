@@ -171,15 +171,17 @@ class TaskService:
                 raise Conflict(
                     f"task '{task_id}' is already {job.status}; only queued or running tasks can be canceled"
                 )
-            # This tenant's interest records go first; then whoever is left decides whether the work goes on.
-            self._store.interest.withdraw(task_id, tenant)
-            self._interest.drop((task_id, tenant))
+            # Whoever else waits decides whether the work goes on. Only then are this tenant's interest records
+            # withdrawn (the task no longer shows to it); a job canceled for good stays in its listings, canceled.
             self._positions.clear()  # everyone behind a canceled job moves up
             now = utcnow()
             others = [t for t in job.tenants if t != tenant]
             mine = {scoped_user(tenant, user) for user in job.requesters.get(tenant, [])}
             tenancy = bool(job.tenants or job.tenant)
-            someone_left = bool(others) or (tenancy and self._store.interest.anyone_waiting(task_id))
+            someone_left = bool(others) or (tenancy and self._store.interest.anyone_else_waiting(task_id, tenant))
+            if someone_left:
+                self._store.interest.withdraw(task_id, tenant)
+                self._interest.drop((task_id, tenant))
             if someone_left:
                 update = (JobStore.withdrawal(tenant, others, [k for k in job.requester_keys if k not in mine], now)
                           if tenant in job.tenants else None)

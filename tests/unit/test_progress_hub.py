@@ -23,6 +23,15 @@ from schemas.jobs import JobDoc
 CREATED = datetime(2026, 11, 25, tzinfo=timezone.utc)
 
 
+
+def run_isolated(coroutine):
+    """asyncio.run on a thread of its own: an earlier test (Playwright's sync API) may leave a loop running on this
+    thread, and asyncio.run refuses to nest."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
 def job(status: str = "running", progress: float = 0.5, tenants: tuple[str, ...] = ("acme",)) -> JobDoc:
     # The watcher never looks into the request: a constructed document is enough.
     return JobDoc.model_construct(job_id="img-1", type="image", status=status, progress=progress, stage="denoise",
@@ -83,7 +92,7 @@ def test_reads_of_a_followed_job_do_not_grow_with_its_followers():
     for followers in (1, 300):
         tasks = CountingTasks(job())
         hub = hub_of(tasks)
-        asyncio.run(follow_for(hub, followers, 0.5))
+        run_isolated(follow_for(hub, followers, 0.5))
         counts[followers] = tasks.reads
     # ~0.5 s / 0.02 s = 25 reads either way (one seed read + one per interval), never one per follower
     assert counts[300] <= counts[1] + 5 and counts[1] <= 40
@@ -100,7 +109,7 @@ def test_every_follower_sees_each_change_once_and_the_end():
         tasks.current = job(status="succeeded", progress=1.0)
 
     threading.Thread(target=runner).start()
-    results = asyncio.run(follow_for(hub, 50, 5))
+    results = run_isolated(follow_for(hub, 50, 5))
     for frames in results:
         updates = [f for f in frames if "event: update" in f]
         assert len(updates) == 3 and '"progress":0.6' in updates[1]

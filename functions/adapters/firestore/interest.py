@@ -95,10 +95,10 @@ class InterestStore:
         snaps = self._db.stream(query)
         return snaps[0].data.get("user_id") if snaps else None
 
-    def anyone_waiting(self, job_id: str) -> bool:
-        """Whether any tenant still has a marker on the job (one small query; after a withdrawal)."""
-        query = fs.collection(names.JOBS, job_id, names.INTEREST).where("scope", "==", TENANT).limit(1)
-        return bool(self._db.stream(query))
+    def anyone_else_waiting(self, job_id: str, tenant: str) -> bool:
+        """Whether a tenant other than `tenant` has a marker on the job (one marker per tenant: two suffice)."""
+        query = fs.collection(names.JOBS, job_id, names.INTEREST).where("scope", "==", TENANT).limit(2)
+        return any(snap.data.get("tenant") != tenant for snap in self._db.stream(query))
 
     def withdraw(self, job_id: str, tenant: str) -> int:
         """Delete every interest record of `tenant` on the job (a cancel: rare, so a query here is fine)."""
