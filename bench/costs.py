@@ -12,7 +12,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -34,25 +33,12 @@ class Counts:
 
 
 def run(repeats: int) -> dict:
-    from emulators import EmulatorStack, StackConfig
-    from soul_common.logs import configure_logging
+    from bench.stack import emulated_stack
 
-    configure_logging("WARNING", component="bench")
-    work = Path(tempfile.mkdtemp(prefix="soul-bench-costs-"))
-    stack = EmulatorStack(StackConfig(state_dir=work / "emulators", retry_min_backoff_s=0, retry_max_backoff_s=0))
-    stack.start()
-    try:
-        stack.provision()
-        os.environ.update(stack.env())
-        keys = work / "keys.json"
-        keys.write_text(json.dumps([{"tenant": "bench", "role": "client", "key": KEY},
-                                    {"tenant": "bench", "role": "admin", "key": ADMIN}]))
-        os.environ["SOUL_API_KEYS_FILE"] = str(keys)
-        os.environ.pop("SOUL_API_KEYS", None)
+    with emulated_stack("costs", [{"tenant": "bench", "role": "client", "key": KEY},
+                                  {"tenant": "bench", "role": "admin", "key": ADMIN}]):
         os.environ.setdefault("SOUL_BACKEND_TIMEOUT_S", "30")
         return _measure(repeats)
-    finally:
-        stack.stop()
 
 
 def _instrument(counts: Counts) -> None:

@@ -14,35 +14,22 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench.stack and the repository's packages, run as a file or with -m
 KEY = "bench-tenant-key-000001"
 HEADERS = {"X-API-Key": KEY}
 
 
 def run(seconds: float, threads: int, samples: int) -> dict:
-    from emulators import EmulatorStack, StackConfig
-    from soul_common.logs import configure_logging
+    from bench.stack import emulated_stack
 
-    configure_logging("WARNING", component="bench")  # one log line per request would drown the figures
-    work = Path(tempfile.mkdtemp(prefix="soul-bench-quota-"))
-    stack = EmulatorStack(StackConfig(state_dir=work / "emulators", retry_min_backoff_s=0, retry_max_backoff_s=0))
-    stack.start()
-    try:
-        stack.provision()
-        os.environ.update(stack.env())
-        keys = work / "keys.json"
-        keys.write_text(json.dumps([{"tenant": "bench", "role": "client", "key": KEY}]))
-        os.environ["SOUL_API_KEYS_FILE"] = str(keys)
-        os.environ.pop("SOUL_API_KEYS", None)
+    with emulated_stack("quota", [{"tenant": "bench", "role": "client", "key": KEY}]):
         return {"rate": _rate(_client(), seconds, threads), "jobs": _jobs(_client()),
                 "overhead": _overhead(_client(), _client(SOUL_QUOTAS_ENABLED="false"), samples)}
-    finally:
-        stack.stop()
 
 
 def _client(**env: str):

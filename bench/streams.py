@@ -19,7 +19,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench.stack and the repository's packages, run as a file or with -m
 KEY = "bench-streams-key-000001"
 HEADERS = {"X-API-Key": KEY}
 HIT = {"soul_id": "nova", "cue": "streams penguin", "user_id": "viewer"}
@@ -34,20 +34,9 @@ HOT = {"soul_id": "nova", "cue": "hot cue everyone follows", "user_id": "fan"}
 
 
 def run(followers: int, samples: int) -> dict:
-    from emulators import EmulatorStack, StackConfig
-    from soul_common.logs import configure_logging
+    from bench.stack import emulated_stack
 
-    configure_logging("WARNING", component="bench")
-    work = Path(tempfile.mkdtemp(prefix="soul-bench-streams-"))
-    stack = EmulatorStack(StackConfig(state_dir=work / "emulators", retry_min_backoff_s=0, retry_max_backoff_s=0))
-    stack.start()
-    try:
-        stack.provision()
-        os.environ.update(stack.env())
-        keys = work / "keys.json"
-        keys.write_text(json.dumps([{"tenant": "bench", "role": "client", "key": KEY}]))
-        os.environ["SOUL_API_KEYS_FILE"] = str(keys)
-        os.environ.pop("SOUL_API_KEYS", None)
+    with emulated_stack("streams", [{"tenant": "bench", "role": "client", "key": KEY}]) as work:
         os.environ["SOUL_QUOTAS_ENABLED"] = "false"  # measure the hit and the streams, not the rate limiter
         cap = str(followers + 100)
         os.environ["SOUL_SSE_MAX_STREAMS_PER_TENANT"] = os.environ["SOUL_SSE_MAX_STREAMS_PER_INSTANCE"] = cap
@@ -56,8 +45,6 @@ def run(followers: int, samples: int) -> dict:
             return {"followers": followers, "samples": samples,
                     "hit": _hits(base, task_id, job_ref, followers, samples),
                     "reads": _reads(task_id, job_ref, followers)}
-    finally:
-        stack.stop()
 
 
 class _server:
