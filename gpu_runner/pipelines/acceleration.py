@@ -186,11 +186,6 @@ def apply(pipe, acceleration: Acceleration, *, decoder: Callable[[], torch.nn.Mo
 def unapply_compile(pipe) -> None:
     """Back to eager after a failed compile: torch.compile on a module in place wraps its forward; dropping the
     wrapper (`_compiled_call_impl`) restores the eager call on every module it touched."""
-    for sub in pipe.unet.modules():
-        if getattr(sub, "_compiled_call_impl", None) is not None:
+    for model in (pipe.unet, getattr(pipe, "vae", None)):
+        for sub in model.modules() if model is not None else ():
             sub._compiled_call_impl = None
-    vae = getattr(pipe, "vae", None)
-    if vae is not None:
-        for sub in vae.modules():
-            if getattr(sub, "_compiled_call_impl", None) is not None:
-                sub._compiled_call_impl = None
