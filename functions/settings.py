@@ -63,6 +63,9 @@ class FunctionsSettings(BaseSettings):
     quota_job_counter_shards: int = Field(default=16, ge=1, le=64)
     # A style's `updated_at` may be at most this far in the future (clock skew between callers).
     style_clock_skew_s: float = Field(default=300.0, ge=0)
+    # How long an instance keeps a soul's style and identity for image requests (0: read them on every request).
+    # A change made through this instance shows at once, one made through another within this many seconds.
+    look_cache_s: float = Field(default=5.0, ge=0, le=300)
     # Set in every deployed configuration: refuse to start when auth is off.
     require_auth: bool = False
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)

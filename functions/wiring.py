@@ -114,7 +114,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         video_seconds_per_frame=settings.svd_estimated_seconds_per_frame,
         encode_seconds_per_frame=settings.estimate_encode_seconds_per_frame,
     )
-    styles = StyleService(StyleStore(db), settings.style_clock_skew_s)
+    styles = StyleService(StyleStore(db), settings.style_clock_skew_s, cache_s=settings.look_cache_s)
     usage = GpuUsage(BufferedCounter(ShardedCounter(db, names.COUNTER_DEDUP_HITS)), UsageStore(db))
     content = ContentPolicies(keys, settings)
     tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content,
@@ -125,6 +125,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
         UploadLimits(reference_max_bytes=settings.reference_max_bytes,
                      reference_max_pixels=settings.reference_max_pixels, lora_max_bytes=settings.lora_max_bytes,
                      lora_max_rank=settings.lora_max_rank),
+        cache_s=settings.look_cache_s,
     )
     return Services(
         settings=settings,

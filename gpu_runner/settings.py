@@ -106,6 +106,10 @@ class RunnerSettings(BaseSettings):
     # Also how soon a cancel request is noticed (the beat reads the job document).
     heartbeat_seconds: float = Field(default=2.0, ge=0.2)
     progress_interval_seconds: float = Field(default=1.0, ge=0.0)
+    # Progress and stage writes (advisory) wait this long after the runner's last write of the job's document
+    # (claim, variant, finish are never delayed): about one write per second per document, Firestore's sustained
+    # rate, and a sub-second job's lifecycle writes are not crowded into one second by ticks (issue 17).
+    job_write_gap_seconds: float = Field(default=1.0, ge=0.0)
     pull_timeout_seconds: float = Field(default=5.0, ge=0.1)
     idle_sleep_seconds: float = Field(default=0.05, ge=0.0)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0.0)

@@ -335,6 +335,8 @@ class Runner:
             signals,
             self._settings.progress_interval_seconds,
             background=True,
+            last_doc_write=lambda: self._store.last_write(job.job_id),
+            doc_gap_s=self._settings.job_write_gap_seconds,
         )
         heartbeat = Heartbeat(
             renew_lease=lambda: self._store.renew(job.job_id),

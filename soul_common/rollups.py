@@ -13,21 +13,21 @@ its own shard, a functions instance its own), so no document is written more oft
 work (~1/s at most) however large the fleet. Readers sum the shards: the quota with one aggregation (1 read),
 `GET /usage` with one range query over at most days x shards documents, the summary with one aggregation.
 
-A runner records a job's rollup right after its finishing write; a runner that dies between the two leaves
-that job out of the sums (it is never counted twice: a finished job is never finished again). The functions buffer
-dedup hits in memory for a few seconds per (tenant, day) and add them in one write (`DedupBuffer`)."""
+A runner adds a job's rollup in the very commit that finishes the job (`add_job` on the finishing batch): a job
+is in the sums exactly when it is finished, never lost to a runner dying in between, never counted twice (a
+finished job is never finished again). The functions count dedup hits in memory per (tenant, day) and a background
+thread adds them every few seconds in one write per pair (`DedupBuffer`): never on the request path."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 
 from schemas import names
 from soul_common import firestore as fs
+from soul_common.flusher import Flusher
 
 USAGE = "usage"
 DAYS = "days"
@@ -52,20 +52,21 @@ def _day_doc(tenant: str, day: str, shard: int) -> fs.DocRef:
     return fs.doc(USAGE, tenant, DAYS, f"{day}-{shard}")
 
 
-def record_job(db: fs.Db, *, tenant: str | None, job_type: str, succeeded: bool, gpu_seconds: float | None,
-               finished_at: datetime, writer: str) -> None:
-    """Add one finished job to its tenant's day and to the deployment's totals (two increments)."""
+def add_job(batch: fs.Batch, *, tenant: str | None, job_type: str, succeeded: bool, gpu_seconds: float | None,
+            finished_at: datetime, writer: str) -> None:
+    """Add one finished job to its tenant's day and to the deployment's totals (two increments, in `batch`: the
+    commit that finishes the job)."""
     gpu = float(gpu_seconds or 0.0)
     image = job_type == "image"
     rendered = image and succeeded
     day = day_of(finished_at)
     tenant = tenant or "default"
     shard = shard_of(writer, TENANT_SHARDS)
-    db.set(_day_doc(tenant, day, shard), {
+    batch.set(_day_doc(tenant, day, shard), {
         "tenant": tenant, "day": day, "shard": shard, "jobs": fs.increment(1), "images": fs.increment(int(rendered)),
         "gpu_seconds": fs.increment(gpu), "image_gpu_seconds": fs.increment(gpu if image else 0.0),
         "updated_at": finished_at}, merge=True)
-    db.set(fs.doc(TOTALS, str(shard_of(writer, TOTAL_SHARDS))), {
+    batch.set(fs.doc(TOTALS, str(shard_of(writer, TOTAL_SHARDS))), {
         "gpu_seconds": fs.increment(gpu), "image_gpu_seconds": fs.increment(gpu if image else 0.0),
         "rendered_images": fs.increment(int(rendered)), "rendered_gpu_seconds": fs.increment(gpu if rendered else 0.0),
         "updated_at": finished_at}, merge=True)
@@ -104,36 +105,36 @@ def totals(db: fs.Db) -> dict[str, float]:
 
 
 class DedupBuffer:
-    """Dedup hits counted in memory per (tenant, day) and added to the rollups at most every `flush_s` (one
-    write per pair per flush): a hit is a request answered from cache, and must not cost a write of its own."""
+    """Dedup hits counted in memory per (tenant, day) and added to the rollups by a background flusher every
+    `flush_s` (one write per pair per flush): a hit is a request answered from cache, and must neither cost nor
+    wait on a write of its own. An instance that dies loses at most one interval of hits (a statistic)."""
 
-    def __init__(self, db: fs.Db, writer: str, *, flush_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, db: fs.Db, writer: str, *, flush_s: float = 5.0):
         self._db = db
         self._writer = writer
-        self._flush_s = flush_s
-        self._clock = clock
         self._lock = threading.Lock()
         self._hits: Counter = Counter()
-        self._last = clock()
+        self._flusher = Flusher(self.flush, flush_s, "usage-flush")
 
     def add(self, tenant: str, when: datetime) -> None:
         with self._lock:
             self._hits[(tenant, day_of(when))] += 1
-            due = self._clock() - self._last >= self._flush_s
-        if due:
-            self.flush()
+        self._flusher.start()
 
     def flush(self) -> None:
         """Write what was counted (a failed write puts the counts back for the next flush)."""
         with self._lock:
-            hits, self._hits, self._last = self._hits, Counter(), self._clock()
+            hits, self._hits = self._hits, Counter()
+        failed: Exception | None = None
         for (tenant, day), count in hits.items():
             try:
                 record_dedup(self._db, tenant=tenant, day=day, hits=count, writer=self._writer)
-            except Exception:
+            except Exception as exc:  # noqa: BLE001 - every pair is tried; the failed ones wait for the next flush
+                failed = exc
                 with self._lock:
                     self._hits[(tenant, day)] += count
-                raise
+        if failed is not None:
+            raise failed
 
 
 def window(today: date, days_back: int) -> tuple[date, date]:

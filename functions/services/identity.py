@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functions.adapters.firestore.identities import IdentityStore
 from functions.adapters.gcs import AssetStore
 from functions.core.errors import Conflict, NotFound, Unavailable
+from functions.core.memo import TtlMemo
 from functions.core.uploads import UploadLimits, lora_targets, reencode_reference, validate_lora
 from functions.services.styles import StyleService
 from schemas import names
@@ -30,25 +31,35 @@ from schemas.identity import (
 )
 
 _RACE_RETRIES = 8
+_UNKNOWN = object()  # not in the cache (None is a cached answer: no identity)
 
 
 class IdentityService:
     def __init__(self, store: IdentityStore, assets: AssetStore, styles: StyleService, model_tag: str,
-                 limits: UploadLimits = UploadLimits()):
+                 limits: UploadLimits = UploadLimits(), cache_s: float = 0.0):
         self._store = store
         self._assets = assets
         self._styles = styles
         self._model_tag = model_tag
         self._limits = limits
+        # Kept per instance like the style (StyleService.current): a change here shows at once, elsewhere within
+        # `cache_s`; a soul without an identity is kept too (most souls), so a dedup hit reads neither document.
+        self._cache = TtlMemo(cache_s, max_entries=4096) if cache_s > 0 else None
 
     def current(self, soul_id: str) -> IdentityDoc | None:
-        """What image requests key and render with (one document read)."""
+        """What image requests key and render with (one document read, or none within `cache_s`)."""
+        if self._cache is not None:
+            hit = self._cache.get(soul_id, _UNKNOWN)
+            if hit is not _UNKNOWN:
+                return hit  # type: ignore[return-value]
         doc, _ = self._store.read(soul_id)
+        if self._cache is not None:
+            self._cache.put(soul_id, doc)
         return doc
 
     def get(self, soul_id: str) -> IdentityOut:
         style = self._styles.get(soul_id).style  # 404 for an unknown soul
-        return _view(soul_id, self.current(soul_id), style.identity_scale)
+        return _view(soul_id, self._store.read(soul_id)[0], style.identity_scale)
 
     def add_reference(self, soul_id: str, data: bytes) -> IdentityOut:
         style = self._styles.get(soul_id).style
@@ -120,6 +131,8 @@ class IdentityService:
                 return base
             changed = changed.model_copy(update={"updated_at": utcnow()})
             if self._store.write(changed, version):
+                if self._cache is not None:
+                    self._cache.drop(soul_id)  # this instance's next request keys with the new identity
                 return changed
         raise Unavailable(f"the identity of '{soul_id}' is under concurrent writes; retry")
 

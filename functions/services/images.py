@@ -103,7 +103,7 @@ class ImageService:
     def look(self, soul_id: str, kind: str, cue: str, seed: int | None = None,
              scheduler: str | None = None) -> Look:
         """The style (stored wins over the catalog; else 404), identity and pins of a request, and its key."""
-        style = self._styles.get(soul_id).style
+        style = self._styles.current(soul_id).style
         if scheduler is not None and scheduler not in style.schedulers:
             allowed = ", ".join(style.schedulers) or "none"
             raise InvalidInput(f"scheduler '{scheduler}' is not allowed for '{soul_id}' (allowed: {allowed})",

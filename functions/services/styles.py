@@ -5,7 +5,11 @@ unchanged since the read (create() when absent, an update-time precondition when
 and decides again. Read-then-write transactions would livelock under contention on the Firestore emulator.
 A delete is a tombstone with its own `updated_at`, so an older write arriving late cannot resurrect a style, and a
 delete older than the stored write loses (409). An `updated_at` further in the future than the allowed clock
-skew is refused: it would otherwise win against every later write."""
+skew is refused: it would otherwise win against every later write.
+
+The request path reads a soul's style through `current`, kept per instance for `cache_s` (every image request
+needs it; a dedup hit reads no style document): a write on this instance shows at once, one on another instance
+within `cache_s`. `GET /style/{soul}` (`get`) always reads the stored document."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from functions.core import keys
 from functions.core.catalog import shipped_souls
 from functions.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from functions.core.lww import incoming_wins
+from functions.core.memo import TtlMemo
 from schemas._base import utcnow
 from schemas.api import StyleDeleted, StyleOut, StylePage, StyleUpsert
 from schemas.documents import Style
@@ -24,9 +29,21 @@ _RACE_RETRIES = 8
 
 
 class StyleService:
-    def __init__(self, store: StyleStore, skew_s: float = 300.0):
+    def __init__(self, store: StyleStore, skew_s: float = 300.0, cache_s: float = 0.0):
         self._store = store
         self._skew = timedelta(seconds=skew_s)
+        self._cache = TtlMemo(cache_s, max_entries=4096) if cache_s > 0 else None
+
+    def current(self, soul_id: str) -> StyleOut:
+        """The style image requests key and render with: stored wins over the catalog (else NotFound), kept for
+        `cache_s` on this instance (unknown souls are not kept: each is read again)."""
+        hit = self._cache.get(soul_id) if self._cache is not None else None
+        if hit is not None:
+            return hit  # type: ignore[return-value]
+        style = self.get(soul_id)
+        if self._cache is not None:
+            self._cache.put(soul_id, style)
+        return style
 
     def _stamp(self, updated_at: datetime | None) -> datetime:
         now = utcnow()
@@ -76,6 +93,8 @@ class StyleService:
 
     def _write_lww(self, soul_id: str, incoming: dict) -> dict:
         """Store `incoming` unless a newer write is stored; return what is stored afterwards."""
+        if self._cache is not None:
+            self._cache.drop(soul_id)  # this instance's next request reads what is stored now
         for _ in range(_RACE_RETRIES):
             stored, version = self._store.read(soul_id)
             if not incoming_wins(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from soul_common import retention, rollups
 log = structlog.get_logger(__name__)
 
 _OPTIMISTIC_RETRIES = 5
+_MAX_TRACKED = 4096  # jobs whose last write time this runner remembers
 # Weight of a new sample in the moving averages of measured pace.
 PACE_WEIGHT = 0.2
 
@@ -45,6 +47,18 @@ class JobStore:
         self._held: dict[str, int] = {}  # job id -> lease generation we claimed
         self._pace: dict | None = None  # this runner's pace document as last written
         self._locks = [threading.RLock() for _ in range(16)]  # per job (striped): our writers take turns
+        self._written: dict[str, float] = {}  # job id -> when (monotonic) this runner last wrote its document
+
+    def last_write(self, job_id: str) -> float | None:
+        """When (time.monotonic) this runner last wrote the job's document, or None: the progress writer keeps its
+        advisory writes at least a pace gap after it, so a job's lifecycle writes and ticks never crowd one
+        second (gpu_runner/stages/progress.py)."""
+        return self._written.get(job_id)
+
+    def _wrote(self, job_id: str) -> None:
+        if len(self._written) >= _MAX_TRACKED and job_id not in self._written:
+            self._written.clear()  # bounded: a runner holds a few jobs at a time; stale entries only pace less
+        self._written[job_id] = time.monotonic()
 
     @staticmethod
     def _ref(job_id: str) -> fs.DocRef:
@@ -59,17 +73,20 @@ class JobStore:
         except ValidationError as exc:
             raise InvalidJob(f"job {job_id} document is invalid: {exc.errors(include_url=False)[0]['msg']}") from exc
 
-    def _conditional(self, job_id: str, change: Callable[[JobDoc, datetime], dict | None]) -> JobDoc | None:
+    def _conditional(self, job_id: str, change: Callable[[JobDoc, datetime], dict | None],
+                     also: Callable[[fs.Batch, JobDoc], None] | None = None) -> JobDoc | None:
         """Read the job, let `change` compute the update (None = nothing to do), write it only if the document
-        did not change in between; retry a few times on a lost race. This runner's own writers of one job (the
+        did not change in between; retry a few times on a lost race. `also(batch, changed job)` adds writes that
+        must land in the same commit as the update, or not at all. This runner's own writers of one job (the
         progress thread, the heartbeat, the finish) take turns, so they never make each other retry."""
         with self._job_lock(job_id):
-            return self._conditional_unlocked(job_id, change)
+            return self._conditional_unlocked(job_id, change, also)
 
     def _job_lock(self, job_id: str) -> threading.RLock:
         return self._locks[zlib.crc32(job_id.encode()) % len(self._locks)]
 
-    def _conditional_unlocked(self, job_id: str, change: Callable[[JobDoc, datetime], dict | None]) -> JobDoc | None:
+    def _conditional_unlocked(self, job_id: str, change: Callable[[JobDoc, datetime], dict | None],
+                              also: Callable[[fs.Batch, JobDoc], None] | None = None) -> JobDoc | None:
         for _ in range(_OPTIMISTIC_RETRIES):
             snap, job = self._read(job_id)
             now = utcnow()
@@ -77,9 +94,17 @@ class JobStore:
             if update is None:
                 return job
             update["updated_at"] = now
-            if not self._db.update(snap.ref, update, if_unchanged=snap):
+            changed = job.model_copy(update=update)
+            if also is None:
+                written = self._db.update(snap.ref, update, if_unchanged=snap)
+            else:
+                batch = self._db.batch().update(snap.ref, update, if_unchanged=snap)
+                also(batch, changed)
+                written = batch.commit()
+            if not written:
                 continue
-            return job.model_copy(update=update)
+            self._wrote(job_id)
+            return changed
         raise TransientError(f"job {job_id} kept changing under us")
 
     def claim(self, job_id: str, expected_type: JobType | str) -> tuple[ClaimDecision, JobDoc]:
@@ -166,23 +191,18 @@ class JobStore:
                 update["metrics"] = firestore_dict(metrics)
             return update
 
-        job = self._conditional(job_id, change)
+        def rollup(batch: fs.Batch, job: JobDoc) -> None:
+            rollups.add_job(batch, tenant=job.tenant, job_type=str(job.type), succeeded=status is JobStatus.SUCCEEDED,
+                            gpu_seconds=metrics.gpu_seconds if metrics is not None else None,
+                            finished_at=job.finished_at or utcnow(), writer=self._runner_id)
+
+        # The usage rollups (soul_common/rollups.py) ride in the finishing commit: a job is in the sums exactly
+        # when it is finished, even if this runner dies right after.
+        job = self._conditional(job_id, change, also=rollup)
         assert job is not None
         self._held.pop(job_id, None)
-        self._add_to_rollups(job, status, metrics)
+        self._written.pop(job_id, None)
         return job
-
-    def _add_to_rollups(self, job: JobDoc, status: JobStatus, metrics: JobMetrics | None) -> None:
-        """The finished job's GPU-seconds into its tenant's day and the deployment's totals (soul_common/rollups.py)
-        on this runner's shard. After the finish: a failure here leaves the job out of the sums, never counts it
-        twice, and never fails the job."""
-        try:
-            rollups.record_job(self._db, tenant=job.tenant, job_type=str(job.type),
-                               succeeded=status is JobStatus.SUCCEEDED,
-                               gpu_seconds=metrics.gpu_seconds if metrics is not None else None,
-                               finished_at=job.finished_at or utcnow(), writer=self._runner_id)
-        except Exception:  # noqa: BLE001 - a statistic never fails a finished job
-            log.warning("usage_rollup_failed", job_id=job.job_id, exc_info=True)
 
     def fail_unowned(self, job_id: str, error: JobError) -> bool:
         """Record a job failed because its (parsed, valid) message is being given up on; returns whether it did.
@@ -277,6 +297,7 @@ class JobStore:
                                             if_unchanged=snap)
             add_variant_writes(batch, variant, now)
             if batch.commit():
+                self._wrote(job_id)
                 return
         raise TransientError(f"job {job_id} kept changing under us")
 

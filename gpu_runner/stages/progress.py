@@ -2,8 +2,9 @@
 and the place where cancellation and lost leases interrupt the work, between two denoising steps.
 
 With `background=True` the writes go through a writer thread (latest value wins, at most one write per
-`min_gap_s`: a burst of stage changes is one write), so a Firestore round trip never
-stalls the device between two steps; `close()` stops and joins it before the job is finished, and a write refused
+`min_gap_s`: a burst of stage changes is one write, and none sooner than `doc_gap_s` after the runner's last write of
+the job's document, `last_doc_write`: its claim, variant and finish are never crowded by ticks into one second), so
+a Firestore round trip never stalls the device between two steps; `close()` stops and joins it before the job is finished, and a write refused
 for a lost lease signals the work (which stops at its next step)."""
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class ProgressReporter:
         *,
         background: bool = False,
         min_gap_s: float = 0.5,
+        last_doc_write: Callable[[], float | None] | None = None,
+        doc_gap_s: float = 0.0,
     ):
         self._write = write
         self._signals = signals
@@ -52,6 +55,8 @@ class ProgressReporter:
         self._closed = False
         self._background = background
         self._min_gap = min_gap_s  # writer thread: stage changes closer than this are coalesced (latest wins)
+        self._last_doc_write = last_doc_write  # when (on `clock`) the job's document was last written by anyone here
+        self._doc_gap = doc_gap_s
         self._pending: tuple | None = None
         self._preview = None  # the latest preview not yet written: rides on the next (throttled) write
         self._last: tuple[float, str] | None = None
@@ -113,10 +118,17 @@ class ProgressReporter:
                 self._writer.start()
             self._cond.notify_all()
 
+    def _quiet_for(self) -> float:
+        """Seconds until the job's document may take an advisory write (0: now)."""
+        last = self._last_doc_write() if self._last_doc_write is not None else None
+        return 0.0 if last is None else max(0.0, last + self._doc_gap - self._clock())
+
     def _write_loop(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._closed or self._pending is not None)
+                while not self._closed and (wait := self._quiet_for()) > 0:
+                    self._cond.wait_for(lambda: self._closed, timeout=wait)  # newer values replace the pending one
                 if self._closed:
                     return
                 value, self._pending = self._pending, None

@@ -65,6 +65,32 @@ def test_usage_is_a_tenants_own_by_day_from_rollups_the_runner_writes(emulator_s
     assert {d.to_dict()["shard"] for d in days} >= {rollups.shard_of("runner-u", rollups.TENANT_SHARDS)}
 
 
+def test_a_jobs_rollup_lands_in_the_commit_that_finishes_it_or_not_at_all(emulator_stack, monkeypatch, tmp_path,
+                                                                         clean_firestore, drain_jobs, db):
+    """A finish refused (the lease was taken over) adds nothing to the sums; an accepted one adds its share in the
+    same commit, so no runner death between the two can leave a finished job out of the quota and /usage."""
+    from gpu_runner.errors import LeaseLost
+
+    client, _ = make_api(monkeypatch, tmp_path)
+    task = client.get("/image", query_string=PENGUIN, headers=H_ACME).json["task_id"]
+    stale = RunnerJobStore(Db(db), "runner-stale", timedelta(seconds=30))
+    stale.claim(task, "image")
+    db.collection(names.JOBS).document(task).update({"lease_owner": "runner-new", "lease_generation": 99})
+    with pytest.raises(LeaseLost):
+        stale.finish(task, JobStatus.SUCCEEDED, metrics=JobMetrics(gpu_seconds=9.0, model="tiny", device="cpu"))
+    assert rollups.totals(Db(db))["gpu_seconds"] == 0.0
+    assert list(db.collection(rollups.USAGE).document("acme").collection(rollups.DAYS).stream()) == []
+
+    calls: list[int] = []
+    real_commit = rollups.fs.Batch.commit
+    monkeypatch.setattr(rollups.fs.Batch, "commit", lambda self: calls.append(len(self._refs)) or real_commit(self))
+    db.collection(names.JOBS).document(task).update({"lease_owner": None, "status": "queued"})
+    finish(db, task, 2.0, runner="runner-new")
+    assert 3 in calls  # the job's update and its two rollup increments, one commit
+    assert rollups.totals(Db(db))["gpu_seconds"] == 2.0
+    assert rollups.gpu_seconds_on(Db(db), "acme", utcnow().date().isoformat()) == 2.0
+
+
 def test_the_gpu_quota_reads_the_rollup_of_the_day(emulator_stack, monkeypatch, tmp_path, clean_firestore,
                                                    drain_jobs, db):
     client, api = make_api(monkeypatch, tmp_path, quotas={"gpu_seconds_per_day": 50})

@@ -67,9 +67,11 @@ def save(db, *jobs: JobDoc) -> None:
             ref.collection(names.INTEREST).document(interest_id(job.tenant, None)).set(
                 InterestRecord(job.tenant).document(job, job.created_at))
         if job.metrics is not None:
-            rollups.record_job(Db(db), tenant=job.tenant, job_type=str(job.type),
-                               succeeded=job.status == JobStatus.SUCCEEDED, gpu_seconds=job.metrics.gpu_seconds,
-                               finished_at=job.finished_at or job.updated_at, writer="runner-test")
+            batch = Db(db).batch()
+            rollups.add_job(batch, tenant=job.tenant, job_type=str(job.type),
+                            succeeded=job.status == JobStatus.SUCCEEDED, gpu_seconds=job.metrics.gpu_seconds,
+                            finished_at=job.finished_at or job.updated_at, writer="runner-test")
+            batch.commit()
 
 
 # --- GET /tasks/{id}: metrics -------------------------------------------------------------------------------------

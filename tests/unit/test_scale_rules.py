@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from functions.adapters.firestore.counters import BufferedCounter
 from functions.core.quota_policy import gcra, gcra_take, lease_size
 from functions.core.variants import first_unseen_id, next_index_of
@@ -150,3 +152,105 @@ def test_the_progress_writer_coalesces_a_burst_of_stages():
     reporter.close()
     assert 1 <= len(writes) <= 3, writes  # 20 stage changes within 0.1 s: one write, then the latest
     assert writes[-1] == "stage-19"
+
+
+def test_progress_waits_a_gap_after_the_runners_own_writes_of_the_job():
+    """The claim, the variant and the finish are the job document's lifecycle writes; ticks and stage changes
+    keep `doc_gap_s` away from them, so a sub-second job's document is never written more than its lifecycle
+    writes in one second (Firestore: about one sustained write per second per document)."""
+    writes: list[tuple[str, float]] = []
+    last = [time.monotonic()]  # the claim, just now
+    reporter = ProgressReporter(lambda f, s, e: writes.append((s, time.monotonic())), JobSignals(),
+                                min_interval_s=0.0, background=True, min_gap_s=0.0,
+                                last_doc_write=lambda: last[0], doc_gap_s=0.4)
+    reporter.stage("loading_model", 0.02)
+    reporter.stage("denoising", 0.3)
+    time.sleep(0.2)
+    assert writes == []  # within the gap: nothing, the newest value waits
+    time.sleep(0.35)
+    assert [s for s, _ in writes] == ["denoising"] and writes[0][1] - last[0] >= 0.4
+    last[0] = time.monotonic()  # the variant's write
+    reporter.stage("uploading", 0.92)
+    time.sleep(0.1)
+    reporter.close()  # the finish: the pending tick is dropped, never written after it
+    assert [s for s, _ in writes] == ["denoising"]
+
+
+def test_usage_rollups_of_dedup_hits_are_written_by_the_background_flusher_only():
+    """A dedup hit adds to memory and returns; the (tenant, day) rollup write happens on the flusher's thread,
+    one per pair per interval, even when Firestore is slow or failing at that moment."""
+    import threading
+    from datetime import datetime, timezone
+
+    from soul_common.rollups import DedupBuffer
+
+    class SlowDb:
+        def __init__(self):
+            self.writes: list[tuple[str, dict, str]] = []
+            self.fail = True
+
+        def set(self, ref, data, merge=False):
+            time.sleep(0.05)
+            if self.fail:
+                self.fail = False
+                raise RuntimeError("firestore unavailable")
+            self.writes.append((ref.path, dict(data), threading.current_thread().name))
+
+    db = SlowDb()
+    buffer = DedupBuffer(db, "functions-test", flush_s=0.2)
+    now = datetime(2026, 12, 2, 12, tzinfo=timezone.utc)
+    started = time.monotonic()
+    for _ in range(300):
+        buffer.add("acme", now)
+    buffer.add("globex", now)
+    assert time.monotonic() - started < 0.2  # 301 hits, no write waited on
+    deadline = time.monotonic() + 5
+    while len(db.writes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    by_doc = {path: data["dedup_hits"] for path, data, _ in db.writes}
+    assert len(db.writes) == 2 and {name for *_, name in db.writes} == {"usage-flush"}
+    assert sorted(v.value for v in by_doc.values()) == [1, 300]  # the failed flush's counts were kept
+
+
+class CountingStyleStore:
+    """StyleStore's surface over a dict, counting reads."""
+
+    def __init__(self):
+        self.docs: dict[str, dict] = {}
+        self.reads = 0
+
+    def read(self, soul_id):
+        self.reads += 1
+        doc = self.docs.get(soul_id)
+        return (dict(doc) if doc else None), (doc or {}).get("updated_at")
+
+    def write(self, soul_id, doc, version):
+        self.docs[soul_id] = dict(doc)
+        return True
+
+
+def test_an_instance_keeps_a_souls_style_for_requests_and_forgets_it_on_its_own_writes():
+    from functions.core.errors import NotFound
+    from functions.services.styles import StyleService
+    from schemas.api import StyleUpsert
+
+    store, clock = CountingStyleStore(), [0.0]
+    service = StyleService(store, cache_s=5.0)
+    service._cache._clock = lambda: clock[0]  # noqa: SLF001 - the memo's clock, to step time
+    shipped = service.current("nova").style
+    for _ in range(10):
+        assert service.current("nova").style == shipped
+    assert store.reads == 1  # ten requests, one read
+    changed = shipped.model_copy(update={"guidance": shipped.guidance + 1})
+    service.put(StyleUpsert(soul_id="nova", display_name="Nova", style=changed))
+    assert service.current("nova").style == changed  # this instance's own write shows at once
+    store.docs["nova"] = {**store.docs["nova"], "style": shipped.model_dump(mode="json")}  # another instance's
+    assert service.current("nova").style == changed
+    clock[0] += 5.1
+    assert service.current("nova").style == shipped  # ... shows within cache_s
+    reads = store.reads
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            service.current("nobody")
+    assert store.reads == reads + 3  # unknown souls are never kept
+    assert StyleService(store).current("nova") and store.reads == reads + 4  # cache_s 0: every call reads

@@ -11,14 +11,11 @@ from __future__ import annotations
 import random
 import threading
 
-import structlog
-
 from schemas import names
 from soul_common import firestore as fs
+from soul_common.flusher import Flusher
 
 DEFAULT_SHARDS = 16
-
-log = structlog.get_logger(__name__)
 
 
 class ShardedCounter:
@@ -47,18 +44,14 @@ class BufferedCounter:
 
     def __init__(self, counter: ShardedCounter, *, flush_s: float = 2.0):
         self._counter = counter
-        self._flush_s = flush_s
         self._pending = 0
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._flusher: threading.Thread | None = None
+        self._flusher = Flusher(self.flush, flush_s, "counter-flush")
 
     def increment(self, by: int = 1) -> None:
         with self._lock:
             self._pending += by
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._run, name="counter-flush", daemon=True)
-                self._flusher.start()
+        self._flusher.start()
 
     def flush(self) -> None:
         """Write what is pending now (one increment); kept for the next flush when the write fails."""
@@ -77,11 +70,3 @@ class BufferedCounter:
         with self._lock:
             pending = self._pending
         return self._counter.total() + pending
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(self._flush_s)
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - a statistic: kept in memory and tried again next interval
-                log.warning("counter_flush_failed", exc_info=True)
