@@ -426,9 +426,9 @@ def _runner_process(out: Path) -> int:
     gave_up = Counter()
     original = jobstore.JobStore._conditional
 
-    def counted(store, job_id, change):
+    def counted(store, job_id, change, *args, **kwargs):
         try:
-            return original(store, job_id, change)
+            return original(store, job_id, change, *args, **kwargs)
         except jobstore.TransientError as exc:
             if "kept changing" in str(exc):
                 gave_up["n"] += 1

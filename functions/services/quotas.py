@@ -5,9 +5,9 @@ in Firestore under `tenants/{tenant}/...`:
   its share of the rate, updated with a precondition (so concurrent instances never both spend the same token);
   instances lease tokens from it in batches and spend them in memory (functions/services/rate.py), so a request
   does no Firestore call unless its instance ran dry;
-- jobs created per hour: a sharded counter per UTC hour, reserved before a job is created, refunded when another
-  creator won the race;
-- GPU-seconds per day: the sum of `metrics.gpu_seconds` the runner recorded on jobs this tenant created today;
+- jobs created per hour: a sharded counter per UTC hour, reserved before a job is created (one shard written,
+  the shards summed by one aggregation), refunded when another creator won the race;
+- GPU-seconds per day: the tenant's usage rollup of the day (soul_common/rollups.py: one aggregation);
 - variants per prompt key per end user per day: one counter per (user, prompt key, UTC day).
 
 Every refusal is a 429 with `Retry-After` in the error shape. Counter documents carry `expires_at` for a
@@ -44,7 +44,7 @@ class QuotaService:
         self.enabled = enabled
         self._rate = LocalRateLimiter(self._lease, lease_s=rate_lease_s)
         # The jobs-per-hour counter is written at each creation: one tenant creating 50 jobs/s puts ~3 writes/s
-        # on each of 16 shards (each creation reads them all in one round trip).
+        # on each of 16 shards (each creation sums them with one aggregation: one read).
         self._job_shards = max(1, job_counter_shards)
         self._job_turn = itertools.count(random.randrange(self._job_shards))
 
@@ -113,10 +113,10 @@ class QuotaService:
 
     def _reserve_job(self, tenant: str, quota: Quota, now: datetime) -> Refund:
         hour, left = hour_window(now)
-        shards = [f"jobs-{hour}-{i}" for i in range(self._job_shards)]
-        mine = shards[next(self._job_turn) % len(shards)]  # round robin: an even spread, not random peaks
-        self._counters.add(tenant, mine, 1, expires_at=now + timedelta(hours=2))
-        total = self._counters.total(tenant, shards)
+        group = f"jobs-{hour}"
+        mine = f"{group}-{next(self._job_turn) % self._job_shards}"  # round robin: an even spread, not random peaks
+        self._counters.add(tenant, mine, 1, expires_at=now + timedelta(hours=2), group=group)
+        total = self._counters.total(tenant, group)
 
         def refund() -> None:
             self._counters.add(tenant, mine, -1)

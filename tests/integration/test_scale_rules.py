@@ -194,6 +194,30 @@ def test_the_rate_limiter_leases_tokens_instead_of_writing_per_request(app, db):
     assert synchronous <= 8, synchronous
 
 
+def test_creating_a_job_reads_the_same_whatever_the_counter_shards(emulator_stack, monkeypatch, tmp_path,
+                                                                   clean_firestore, drain_jobs):
+    """The jobs-per-hour quota writes one shard and sums them all with one aggregation: a new job's reads do not
+    grow with `SOUL_QUOTA_JOB_COUNTER_SHARDS` (they were 16 document reads with 16 shards), and the sum is exact."""
+    reads = {}
+    for shards in (1, 16, 64):
+        monkeypatch.setenv("SOUL_QUOTA_JOB_COUNTER_SHARDS", str(shards))
+        client, api = make_api(monkeypatch, tmp_path)
+        ledger = api.services.db.ledger
+        client.get("/image", query_string={**PENGUIN, "cue": f"warm {shards}"}, headers=H_ACME)  # rate lease
+        counts = []
+        for i in range(3):
+            response, tally = costs(ledger, lambda: client.get(
+                "/image", query_string={**PENGUIN, "cue": f"new cue {shards} {i}"}, headers=H_ACME))
+            assert response.status_code == 202, response.json
+            counts.append(tally.by_collection[("read", "tenants/*/counters")])
+        reads[shards] = max(counts)
+        api.services.usage._hits.flush()
+    assert set(reads.values()) == {1}, reads  # one aggregation, billed as one read
+    hour = [d for d in api.services.db._client.collection("tenants").document("acme").collection("counters").stream()
+            if d.id.startswith("jobs-")]
+    assert sum(d.to_dict()["n"] for d in hour) == 3 * 4  # every creation counted once
+
+
 def test_the_backfill_gives_jobs_from_before_interest_documents_their_records_and_expiry(app, db):
     """Jobs written before issue 17 name their askers on the job document only; listings read interest records,
     so those jobs were invisible in `GET /tasks` until `python -m functions.backfill` ran (once, resumable)."""

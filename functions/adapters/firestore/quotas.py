@@ -4,7 +4,6 @@ The arithmetic and the decisions are functions/core/quota_policy.py's and functi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 
 from schemas import names
@@ -42,18 +41,22 @@ class QuotaStore:
     def _counter(tenant: str, name: str) -> fs.DocRef:
         return fs.doc(names.TENANTS, tenant, "counters", name)
 
-    def add(self, tenant: str, name: str, by: int, expires_at: datetime | None = None) -> int | None:
-        """Add `by` to a counter on the server; its value afterwards when the write reports it."""
+    def add(self, tenant: str, name: str, by: int, expires_at: datetime | None = None,
+            group: str | None = None) -> int | None:
+        """Add `by` to a counter on the server; its value afterwards when the write reports it. `group` names the
+        counter a shard belongs to (`total` sums a group's shards)."""
         update: dict = {"n": fs.increment(by)}
         if expires_at is not None:
             update["expires_at"] = expires_at
+        if group is not None:
+            update["group"] = group
         written = self._db.set(self._counter(tenant, name), update, merge=True)
         return int(written.transforms[0]) if written.transforms else None
 
     def value(self, tenant: str, name: str) -> int:
         return int((self._db.get(self._counter(tenant, name)).data or {}).get("n", 0))
 
-    def total(self, tenant: str, counter_names: Sequence[str]) -> int:
-        """The sum of several counters (the shards of one), in one round trip."""
-        snaps = self._db.get_all([self._counter(tenant, n) for n in counter_names])
-        return sum(int((s.data or {}).get("n", 0)) for s in snaps)
+    def total(self, tenant: str, group: str) -> int:
+        """The sum of a sharded counter's shards (those written with `group`): one aggregation, billed as one read
+        however many shards there are."""
+        return int(self._db.sum(fs.collection(names.TENANTS, tenant, "counters").where("group", "==", group), "n"))
