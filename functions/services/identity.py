@@ -14,7 +14,7 @@ from collections.abc import Callable
 from functions.adapters.firestore.identities import IdentityStore
 from functions.adapters.gcs import AssetStore
 from functions.core.errors import Conflict, NotFound, Unavailable
-from functions.core.memo import TtlMemo
+from functions.core.memo import RefreshingMemo
 from functions.core.uploads import UploadLimits, lora_targets, reencode_reference, validate_lora
 from functions.services.styles import StyleService
 from schemas import names
@@ -31,7 +31,6 @@ from schemas.identity import (
 )
 
 _RACE_RETRIES = 8
-_UNKNOWN = object()  # not in the cache (None is a cached answer: no identity)
 
 
 class IdentityService:
@@ -44,18 +43,13 @@ class IdentityService:
         self._limits = limits
         # Kept per instance like the style (StyleService.current): a change here shows at once, elsewhere within
         # `cache_s`; a soul without an identity is kept too (most souls), so a dedup hit reads neither document.
-        self._cache = TtlMemo(cache_s, max_entries=4096) if cache_s > 0 else None
+        self._cache = RefreshingMemo(cache_s) if cache_s > 0 else None
 
     def current(self, soul_id: str) -> IdentityDoc | None:
-        """What image requests key and render with (one document read, or none within `cache_s`)."""
-        if self._cache is not None:
-            hit = self._cache.get(soul_id, _UNKNOWN)
-            if hit is not _UNKNOWN:
-                return hit  # type: ignore[return-value]
-        doc, _ = self._store.read(soul_id)
-        if self._cache is not None:
-            self._cache.put(soul_id, doc)
-        return doc
+        """What image requests key and render with (one document read, or none: kept like the style)."""
+        if self._cache is None:
+            return self._store.read(soul_id)[0]
+        return self._cache.get(soul_id, lambda: self._store.read(soul_id)[0])  # type: ignore[return-value]
 
     def get(self, soul_id: str) -> IdentityOut:
         style = self._styles.get(soul_id).style  # 404 for an unknown soul

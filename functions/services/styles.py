@@ -7,9 +7,9 @@ A delete is a tombstone with its own `updated_at`, so an older write arriving la
 delete older than the stored write loses (409). An `updated_at` further in the future than the allowed clock
 skew is refused: it would otherwise win against every later write.
 
-The request path reads a soul's style through `current`, kept per instance for `cache_s` (every image request
-needs it; a dedup hit reads no style document): a write on this instance shows at once, one on another instance
-within `cache_s`. `GET /style/{soul}` (`get`) always reads the stored document."""
+The request path reads a soul's style through `current`, kept per instance (every image request needs it; a dedup
+hit reads no style document) and read again in the background every `cache_s`: a write on this instance shows at
+once, one on another instance within about `cache_s`. `GET /style/{soul}` (`get`) always reads the stored document."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from functions.core import keys
 from functions.core.catalog import shipped_souls
 from functions.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from functions.core.lww import incoming_wins
-from functions.core.memo import TtlMemo
+from functions.core.memo import RefreshingMemo
 from schemas._base import utcnow
 from schemas.api import StyleDeleted, StyleOut, StylePage, StyleUpsert
 from schemas.documents import Style
@@ -32,18 +32,15 @@ class StyleService:
     def __init__(self, store: StyleStore, skew_s: float = 300.0, cache_s: float = 0.0):
         self._store = store
         self._skew = timedelta(seconds=skew_s)
-        self._cache = TtlMemo(cache_s, max_entries=4096) if cache_s > 0 else None
+        self._cache = RefreshingMemo(cache_s) if cache_s > 0 else None
 
     def current(self, soul_id: str) -> StyleOut:
-        """The style image requests key and render with: stored wins over the catalog (else NotFound), kept for
-        `cache_s` on this instance (unknown souls are not kept: each is read again)."""
-        hit = self._cache.get(soul_id) if self._cache is not None else None
-        if hit is not None:
-            return hit  # type: ignore[return-value]
-        style = self.get(soul_id)
-        if self._cache is not None:
-            self._cache.put(soul_id, style)
-        return style
+        """The style image requests key and render with: stored wins over the catalog (else NotFound), kept on
+        this instance (functions/core/memo.py `RefreshingMemo`: read again in the background after `cache_s`);
+        unknown souls are not kept, each is read again."""
+        if self._cache is None:
+            return self.get(soul_id)
+        return self._cache.get(soul_id, lambda: self.get(soul_id))  # type: ignore[return-value]
 
     def _stamp(self, updated_at: datetime | None) -> datetime:
         now = utcnow()

@@ -24,8 +24,8 @@ from tests.integration.test_security import H_ACME, H_GLOBEX, PENGUIN, make_api,
 
 RATE = "tenants/*/rate"
 # prompts/{pk} + the user's seen_by_pk/{pk} (one round trip) and the chosen variant; the soul's style and identity
-# are kept per instance for a few seconds (functions/services/styles.py `current`, identity.py `current`): 5 reads
-# without that, 4 before identities (issue 20).
+# are kept per instance and read again in the background (functions/services/styles.py `current`, identity.py
+# `current`): 5 reads without that, 4 before identities (issue 20).
 HIT_READS = 3
 
 

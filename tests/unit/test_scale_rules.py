@@ -247,10 +247,39 @@ def test_an_instance_keeps_a_souls_style_for_requests_and_forgets_it_on_its_own_
     store.docs["nova"] = {**store.docs["nova"], "style": shipped.model_dump(mode="json")}  # another instance's
     assert service.current("nova").style == changed
     clock[0] += 5.1
-    assert service.current("nova").style == shipped  # ... shows within cache_s
+    assert service.current("nova").style == changed  # past cache_s: served while read again in the background
+    deadline = time.monotonic() + 5
+    while service.current("nova").style != shipped and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert service.current("nova").style == shipped  # ... so another instance's write shows within about cache_s
+    clock[0] += 5.1 + 60
+    assert service.current("nova").style == shipped  # long unused: read on the request
     reads = store.reads
     for _ in range(3):
         with pytest.raises(NotFound):
             service.current("nobody")
     assert store.reads == reads + 3  # unknown souls are never kept
     assert StyleService(store).current("nova") and store.reads == reads + 4  # cache_s 0: every call reads
+
+
+def test_a_refreshing_memo_reads_once_per_interval_in_the_background_and_never_resurrects_a_drop():
+    from functions.core.memo import RefreshingMemo
+
+    clock, loads, gate = [0.0], [], threading.Event()
+
+    def load():
+        loads.append(threading.current_thread().name)
+        gate.wait(5)
+        return len(loads)
+
+    memo = RefreshingMemo(1.0, stale_s=10.0, clock=lambda: clock[0])
+    gate.set()
+    assert memo.get("k", load) == 1 and loads == ["MainThread"]  # first sight: read on the request
+    clock[0] = 1.5
+    gate.clear()
+    assert [memo.get("k", load) for _ in range(20)] == [1] * 20  # stale served, one background read in flight
+    memo.drop("k")  # this instance's own write, while that read is in flight
+    gate.set()
+    time.sleep(0.1)
+    assert loads[1] == "memo-refresh" and len(loads) == 2
+    assert memo.get("k", load) == 3  # the in-flight read did not put the dropped value back: read afresh
