@@ -21,41 +21,6 @@ resource "google_firestore_database" "default" {
 # reconciler's scans, variants of a pk, a tenant's webhooks), one field's range (warm-pool askers), documents by id.
 locals {
   firestore_indexes = {
-    # GET /tasks (functions/adapters/firestore/jobs.py page): always one array-contains (the tenant's jobs, or
-    # one end user's), equality on any subset of status / type / soul_id, newest first. Firestore merges an
-    # index per equality field that shares the rest (index merging), so two contains x (none + three fields).
-    jobs_tenants_created = {
-      collection = "jobs"
-      fields     = [["tenants", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
-    }
-    jobs_status_tenants_created = {
-      collection = "jobs"
-      fields     = [["status", "ASCENDING"], ["tenants", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
-    }
-    jobs_type_tenants_created = {
-      collection = "jobs"
-      fields     = [["type", "ASCENDING"], ["tenants", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
-    }
-    jobs_soul_tenants_created = {
-      collection = "jobs"
-      fields     = [["soul_id", "ASCENDING"], ["tenants", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
-    }
-    jobs_requesters_created = {
-      collection = "jobs"
-      fields     = [["requester_keys", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
-    }
-    jobs_status_requesters_created = {
-      collection = "jobs"
-      fields     = [["status", "ASCENDING"], ["requester_keys", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
-    }
-    jobs_type_requesters_created = {
-      collection = "jobs"
-      fields     = [["type", "ASCENDING"], ["requester_keys", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
-    }
-    jobs_soul_requesters_created = {
-      collection = "jobs"
-      fields     = [["soul_id", "ASCENDING"], ["requester_keys", "CONTAINS"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
-    }
     # GET /tasks/stats/summary: recent succeeded jobs (jobs.py recent_finished: status ==, finished_at desc).
     jobs_status_finished = {
       collection = "jobs"

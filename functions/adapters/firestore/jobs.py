@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 from functions.adapters.firestore.interest import InterestRecord, InterestStore
-from functions.adapters.firestore.paging import page
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.documents import RunnerStats
@@ -116,24 +115,6 @@ class JobStore:
         """The jobs named, in that order (missing ones left out): one round trip."""
         snaps = self._db.get_all([self._ref(j) for j in job_ids])
         return [JobDoc.model_validate(s.data) for s in snaps if s.exists]
-
-    def page(self, filters: Mapping[str, str], page_size: int, cursor: str | None,
-             contains: tuple[str, str] | None = None) -> tuple[list[JobDoc], str | None]:
-        """Newest first, with equality filters and at most one array-contains filter."""
-        query = fs.collection(names.JOBS)
-        for field_name, value in filters.items():
-            query = query.where(field_name, "==", value)
-        if contains is not None:
-            query = query.where(contains[0], "array_contains", contains[1])
-        query = query.order_by("created_at", descending=True).order_by("__name__", descending=True)
-
-        def member(data: dict) -> bool:  # the cursor's job must be one this very query returns
-            if any(str(data.get(f)) != v for f, v in filters.items()):
-                return False
-            return contains is None or contains[1] in (data.get(contains[0]) or [])
-
-        snaps, after = page(self._db, query, self._ref(cursor) if cursor else None, page_size, member)
-        return [JobDoc.model_validate(s.data) for s in snaps], after
 
     def count_by(self, field_name: str, value: str) -> int:
         return self._db.count(fs.collection(names.JOBS).where(field_name, "==", value))
