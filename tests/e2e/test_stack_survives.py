@@ -44,9 +44,11 @@ def test_emulators_env_finds_the_stack_started_by_make_run(stack):
 
 def test_the_reconcile_function_runs_and_is_called_like_cloud_scheduler(stack):
     answer = requests.post(stack["reconcile"], timeout=30)
-    assert answer.status_code in (200, 409), answer.text  # 409: the scheduled call is in a pass right now
-    if answer.status_code == 200:
-        assert answer.json()["status"] == "ok" and set(answer.json()) >= {"republished", "failed", "errors"}
+    assert answer.status_code == 200, answer.text
+    # "skipped": the stack's own scheduled call (or a runner) holds this period's pass: a success for the scheduler
+    assert answer.json()["status"] in ("ok", "skipped"), answer.json()
+    if answer.json()["status"] == "ok":
+        assert set(answer.json()) >= {"republished", "failed", "errors"}
     time.sleep(3)  # the e2e stack calls it every 2 s
     assert '"reconcile_call_failed"' not in (stack["workdir"] / "devstack.log").read_text()
 
