@@ -1,101 +1,17 @@
 """`python -m functions.backfill [--page-size N] [--after JOB_ID] [--dry-run]`: brings job documents written before
-today's shape up to it, once, after an upgrade. Resumable and idempotent: it scans `jobs` in id order a page at a
-time (printing the cursor as it goes), and every write is a create of a document whose id is fixed, or a field
-that only it sets, so running it twice, or two at once, writes nothing more.
-
-What it does to each job:
-- **Interest records** (issue 17): jobs created before interest documents kept every asker on the job itself
-  (`tenants`, `requesters`, `requester_keys`); listings (`GET /tasks`) read `jobs/{id}/interest/*` now, so those
-  jobs were missing from them. Each (tenant) and (tenant, end user) on the job gets its record.
-- **Expiry** (issue 18): a job that finished before finished jobs got `expires_at` never expires; it gets
-  `finished_at + job retention` (`SOUL_JOB_RETENTION_DAYS`), like a job finishing today.
-
-Reads: one per job (paged queries), plus one round trip per job with askers to see which records exist."""
+today's shape up to it, once, after an upgrade (what it writes: functions/adapters/firestore/backfill.py).
+Resumable and idempotent: the cursor it prints is where `--after` picks up; running it twice writes nothing more."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import timedelta
 
-from pydantic import ValidationError
-
-from functions.adapters.firestore.interest import InterestRecord, InterestStore
-from functions.core.tenants import scoped_user
-from schemas import names
-from schemas._base import utcnow
-from schemas.jobs import TERMINAL_STATUSES, JobDoc
-from soul_common import firestore as fs
-from soul_common import retention
-
-
-@dataclass
-class Progress:
-    jobs: int = 0
-    invalid: int = 0  # documents that are not jobs of any known shape: left alone, counted
-    interest_created: int = 0
-    expiry_set: int = 0
-    cursor: str | None = None  # the last job id done: `--after` resumes here
-
-
-def askers(job: JobDoc) -> list[InterestRecord]:
-    """Everyone the job document itself names as waiting: each tenant, and each tenant's end users."""
-    tenants = dict.fromkeys([*([job.tenant] if job.tenant else []), *job.tenants, *job.requesters])
-    records = [InterestRecord(tenant) for tenant in tenants]
-    for tenant, users in job.requesters.items():
-        records += [InterestRecord(tenant, user, scoped_user(tenant, user)) for user in dict.fromkeys(users)]
-    return records
-
-
-def backfill_job(db: fs.Db, store: InterestStore, job: JobDoc, raw: dict, retain: timedelta, *,
-                 dry_run: bool) -> tuple[int, int]:
-    """(interest records created, 1 if the expiry was set) for one job (`raw`: its stored fields)."""
-    records = askers(job)
-    created = 0
-    if records:
-        refs = [store.ref(job.job_id, r.tenant, r.user_id) for r in records]
-        now = utcnow()
-        for record, snap in zip(records, db.get_all(refs), strict=True):
-            if snap.exists:
-                continue
-            if dry_run or db.create(snap.ref, record.document(job, now)):
-                created += 1
-    expiry = 0
-    if job.status in TERMINAL_STATUSES and job.finished_at is not None \
-            and raw.get(retention.TTL_FIELD) is None:
-        if not dry_run:
-            db.update(fs.doc(names.JOBS, job.job_id), retention.expires(names.JOBS, job.finished_at, retain))
-        expiry = 1
-    return created, expiry
-
-
-def run(db: fs.Db, *, page_size: int = 300, after: str | None = None, retain: timedelta = retention.JOB_RETENTION,
-        dry_run: bool = False, report=None) -> Progress:
-    store = InterestStore(db)
-    progress = Progress(cursor=after)
-    while True:
-        query = fs.collection(names.JOBS).order_by("__name__").limit(page_size)
-        if progress.cursor:
-            query = query.start_after_id(progress.cursor)
-        snaps = db.stream(query)
-        for snap in snaps:
-            progress.jobs += 1
-            try:
-                job = JobDoc.model_validate(snap.data)
-            except ValidationError:
-                progress.invalid += 1
-                continue
-            created, expiry = backfill_job(db, store, job, snap.data or {}, retain, dry_run=dry_run)
-            progress.interest_created += created
-            progress.expiry_set += expiry
-        if snaps:
-            progress.cursor = snaps[-1].id
-            if report is not None:
-                report(progress)
-        if len(snaps) < page_size:
-            return progress
+from functions.adapters.clients import make_clients
+from functions.adapters.firestore import backfill
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,15 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.page_size <= 1000:
         parser.error("--page-size must be between 1 and 1000")
 
-    from google.cloud import firestore
-
     from functions.settings import FunctionsSettings
 
     settings = FunctionsSettings()
-    db = fs.Db(firestore.Client(project=settings.project_id), timeout_s=settings.backend_timeout_s)
-    done = run(db, page_size=args.page_size, after=args.after,
-               retain=timedelta(days=settings.job_retention_days), dry_run=args.dry_run,
-               report=lambda p: print(json.dumps({"progress": asdict(p)}), file=sys.stderr))
+    db = backfill.open_db(make_clients(settings.project_id).firestore, settings.backend_timeout_s)
+    done = backfill.run(db, page_size=args.page_size, after=args.after,
+                        retain=timedelta(days=settings.job_retention_days), dry_run=args.dry_run,
+                        report=lambda p: print(json.dumps({"progress": asdict(p)}), file=sys.stderr))
     print(json.dumps({"done": asdict(done), "dry_run": args.dry_run}))
     return 0
 

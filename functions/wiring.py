@@ -83,7 +83,8 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
     if unsigned and keys:
         log.warning("webhooks_refused_for_tenants_without_a_secret", tenants=unsigned)
     db = Db(clients.firestore, timeout_s=settings.backend_timeout_s)
-    prompts, jobs, webhook_store = PromptStore(db), JobStore(db), WebhookStore(db)
+    prompts, webhook_store = PromptStore(db), WebhookStore(db)
+    jobs = JobStore(db, job_retention=timedelta(days=settings.job_retention_days))
     quotas = QuotaService(
         QuotaStore(db),
         jobs,

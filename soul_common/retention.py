@@ -22,6 +22,13 @@ TTL_FIELD = "expires_at"
 # A finished job (and its head) is kept this long by default: `GET /tasks/{id}` and webhooks' redeliveries read
 # it; the runners' and functions' settings can change it (`job_retention_days`).
 JOB_RETENTION = timedelta(days=30)
+# An interest record (jobs/{id}/interest/*) is written when its job is created or joined, before the job finishes;
+# it lives the job's retention plus this margin, so it never expires before its job (a listing skips a job that is
+# already gone).
+INTEREST_MARGIN = timedelta(days=2)
+# A runner's pace document (runner_stats/{runner}): rewritten with every job it finishes; a runner gone for a day
+# is forgotten (and estimates read only the runners seen within this window).
+RUNNER_STATS_LIFETIME = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,13 @@ EXPIRING: tuple[Expiring, ...] = (
     Expiring(names.WEBHOOK_SLOTS, JOB_RETENTION + timedelta(days=1), "functions/adapters/firestore/webhooks.py "
              "claim_slot"),
     Expiring("askers", timedelta(days=2), "functions/adapters/firestore/warm_pool.py record_asker"),
+    # a tenant's warm-pool document for a key that holds only today's counter (not a setting)
+    Expiring("tenants", timedelta(days=2), "functions/adapters/firestore/warm_pool.py count_made (cleared by "
+             "set_explicit_ahead)"),
+    # who waits on a job: outlives the job it names by the longest a job waits and runs before it finishes
+    Expiring(names.INTEREST, JOB_RETENTION + INTEREST_MARGIN, "functions/adapters/firestore/interest.py (with "
+             "each record)"),
+    Expiring(names.RUNNER_STATS, RUNNER_STATS_LIFETIME, "gpu_runner/adapters/jobstore.py record_pace"),
 )
 
 

@@ -115,11 +115,14 @@ def _guarded_protocol(detour):
                 self._disarm_head()  # the head is complete: the body's pace is the app's to bound
 
         def _over_limit(self, data: bytes) -> bool:
-            """Count the head's bytes and line lengths; refuse (and say True) when a limit breaks."""
-            self._head_bytes += len(data)
+            """Count the head's bytes and line lengths; refuse (and say True) when a limit breaks. Counting stops
+            at the blank line that ends the head: what follows it in the same read is the body's (a client that
+            sends head and body at once, or a busy server reading both in one go, is no header overflow)."""
             start = 0
             while True:
                 end = data.find(b"\n", start)
+                taken = (len(data) if end < 0 else end + 1) - start
+                self._head_bytes += taken
                 self._line_bytes += (len(data) if end < 0 else end) - start
                 line_limit = MAX_REQUEST_LINE if self._first_line else MAX_HEADER_LINE
                 if self._line_bytes > line_limit:
@@ -129,15 +132,17 @@ def _guarded_protocol(detour):
                         self._refuse(431, "Request Header Fields Too Large",
                                      f"a header line exceeds {MAX_HEADER_LINE} bytes")
                     return True
+                if self._head_bytes > MAX_HEAD + MAX_REQUEST_LINE:
+                    self._refuse(431, "Request Header Fields Too Large", f"the headers exceed {MAX_HEAD} bytes")
+                    return True
                 if end < 0:
-                    break
-                if self._line_bytes > 1 or not self._first_line:  # blank lines before a request line do not count
+                    return False
+                blank = self._line_bytes <= 1  # "\r\n" or "\n"
+                if not self._first_line and blank:
+                    return False  # the head is complete; h11 takes the rest as the body
+                if not blank:  # blank lines before a request line do not count
                     self._first_line = False
                 self._line_bytes, start = 0, end + 1
-            if self._head_bytes > MAX_HEAD + MAX_REQUEST_LINE:
-                self._refuse(431, "Request Header Fields Too Large", f"the headers exceed {MAX_HEAD} bytes")
-                return True
-            return False
 
         def send_400_response(self, msg: str) -> None:
             self._refuse(400, "Bad Request", msg)

@@ -273,8 +273,9 @@ class JobStore:
         if self._pace is None:
             self._pace = dict(self._db.get(ref).data or {})
         current = self._pace
+        now = utcnow()
         update = {"device": device, "runner_id": self._runner_id, "samples": int(current.get("samples", 0)) + 1,
-                  "updated_at": utcnow()}
+                  "updated_at": now, **retention.expires(names.RUNNER_STATS, now)}
         for field, value in measured.items():
             previous = current.get(field)
             update[field] = value if previous is None else round(previous + PACE_WEIGHT * (value - previous), 6)

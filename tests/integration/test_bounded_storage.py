@@ -17,6 +17,7 @@ from gpu_runner.adapters.jobstore import JobStore as RunnerJobStore
 from schemas import names
 from schemas._base import utcnow
 from schemas.jobs import JobMetrics, JobStatus
+from soul_common import firestore as fs
 from soul_common import retention, rollups
 from soul_common.firestore import Db
 from soul_common.indexes import IndexMissing
@@ -116,7 +117,10 @@ def test_every_short_lived_writer_writes_its_ttl_field(emulator_stack, monkeypat
     other = client.get("/image", query_string={**PENGUIN, "cue": "yak"}, headers=H_ACME).json["task_id"]
     assert client.delete(f"/tasks/{other}", headers=H_ACME).status_code == 200  # canceled while queued
     api.services.jobs.advance_head(task_id, 1)
-    WarmPoolStore(Db(db)).record_asker(created.json["pk_id"], "acme", "acme:user123")  # (the pool is off by default)
+    pool = WarmPoolStore(Db(db))  # (the pool is off by default)
+    pool.record_asker(created.json["pk_id"], "acme", "acme:user123")
+    pool.count_made(created.json["pk_id"], "acme", utcnow().date().isoformat())
+    RunnerJobStore(Db(db), "runner-u", timedelta(seconds=30)).record_pace("cpu", image_seconds=1.0)
 
     def ttl_of(collection: str) -> list:
         return [s.to_dict().get(retention.TTL_FIELD) for s in db.collection_group(collection).stream()]
@@ -130,6 +134,50 @@ def test_every_short_lived_writer_writes_its_ttl_field(emulator_stack, monkeypat
         assert all(v is not None and v > now for v in values), (kind.collection, values)
     job = db.collection(names.JOBS).document(task_id).get().to_dict()
     assert abs((job["expires_at"] - job["finished_at"]) - retention.JOB_RETENTION) < timedelta(seconds=1)
+    for record in db.collection(names.JOBS).document(task_id).collection(names.INTEREST).stream():
+        joined, expires = record.get("joined_at"), record.get(retention.TTL_FIELD)  # outlives its job
+        assert abs(expires - joined - retention.JOB_RETENTION - retention.INTEREST_MARGIN) < timedelta(seconds=1)
+
+
+def test_estimates_read_only_the_runners_seen_within_a_day(emulator_stack, clean_firestore, db):
+    """`runner_stats` documents expire a day after their runner last wrote; estimates read only those seen within
+    that day, newest first and at most RUNNER_STATS_READ, whatever the size the fleet once had."""
+    from functions.adapters.firestore import jobs as api_jobs
+
+    now = utcnow()
+    for i in range(5):
+        db.collection(names.RUNNER_STATS).document(f"old-{i}").set(
+            {"device": "cpu", "runner_id": f"old-{i}", "image_seconds": 99.0, "samples": 3,
+             "updated_at": now - retention.RUNNER_STATS_LIFETIME - timedelta(minutes=1 + i)})
+    for i in range(3):
+        RunnerJobStore(Db(db), f"live-{i}", timedelta(seconds=30)).record_pace("cpu", image_seconds=2.0 + i)
+    ledger = fs.Ledger()
+    store = api_jobs.JobStore(Db(db, ledger=ledger))
+    with ledger.tally() as tally:
+        stats = store.runner_stats()
+    assert tally.reads == 3 and tally.queries == 1  # the old ones are never read
+    assert sorted(s.runner_id for s in stats) == ["live-0", "live-1", "live-2"]
+    assert [s.updated_at for s in stats] == sorted((s.updated_at for s in stats), reverse=True)
+    assert [s.runner_id for s in store.runner_stats(limit=2)] == [s.runner_id for s in stats[:2]]
+
+
+def test_a_warm_pool_day_counter_expires_and_a_tenants_setting_stays(emulator_stack, clean_firestore, db):
+    """A tenant's warm-pool document for a key that holds only the day's counter expires (nobody may ask for that
+    key again); one that holds the tenant's explicit `ahead` is a setting and never does, in either order."""
+    pool = WarmPoolStore(Db(db))
+    today = utcnow().date().isoformat()
+    ref = db.collection(names.WARM_POOL).document("pk-1").collection("tenants").document("acme")
+    pool.count_made("pk-1", "acme", today)
+    pool.count_made("pk-1", "acme", today)
+    counted = ref.get().to_dict()
+    assert counted["made_today"] == 2 and counted["made_day"] == today
+    assert counted[retention.TTL_FIELD] - utcnow() > retention.lifetime("tenants") - timedelta(minutes=1)
+    pool.set_explicit_ahead("pk-1", "acme", 3)
+    kept = ref.get().to_dict()
+    assert retention.TTL_FIELD not in kept and kept["explicit_ahead"] == 3 and kept["made_today"] == 2
+    pool.count_made("pk-1", "acme", "2999-01-01")  # a new day on a document with a setting: still no expiry
+    later = ref.get().to_dict()
+    assert retention.TTL_FIELD not in later and later["made_today"] == 1 and later["explicit_ahead"] == 3
 
 
 def test_webhook_records_and_deliveries_carry_their_ttl(emulator_stack, clean_firestore, db):

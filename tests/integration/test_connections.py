@@ -281,3 +281,15 @@ def test_a_body_that_stalls_is_a_408(server):
                      + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"soul")
         answer = recv_all(sock, timeout=30)
     assert status_of(answer) == 408 and body_of(answer)["error"]["code"] == "request_timeout"
+
+
+def test_a_head_and_a_long_lined_body_in_one_write_are_read_as_a_request(server):
+    """The head's line limits end at its blank line: a body line longer than any header may be is the body's
+    (clients send head and body in one write; under load the server reads them in one go)."""
+    port, _ = server
+    body = json.dumps({"soul": "ember", "cue": "a" * 20000}).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /image HTTP/1.1\r\nHost: x\r\nX-API-Key: " + HOARDER.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        answer = read_head(sock)
+    assert status_of(answer) == 400, answer[:300]

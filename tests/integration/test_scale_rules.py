@@ -9,6 +9,7 @@ written by the job's creator only; the rate limiter and the dedup-hit counter st
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -221,7 +222,7 @@ def test_creating_a_job_reads_the_same_whatever_the_counter_shards(emulator_stac
 def test_the_backfill_gives_jobs_from_before_interest_documents_their_records_and_expiry(app, db):
     """Jobs written before issue 17 name their askers on the job document only; listings read interest records,
     so those jobs were invisible in `GET /tasks` until `python -m functions.backfill` ran (once, resumable)."""
-    from functions import backfill
+    from functions.adapters.firestore import backfill
     from schemas._base import firestore_dict
     from schemas.jobs import JobStatus
     from tests.integration.test_gpu_usage import image_job
@@ -253,3 +254,33 @@ def test_the_backfill_gives_jobs_from_before_interest_documents_their_records_an
     assert (again.jobs, again.interest_created, again.expiry_set) == (5, 0, 0)  # idempotent
     resumed = backfill.run(Db(db), page_size=2, after=old[2].job_id)
     assert resumed.jobs == 2
+    for headers, user in ((H_ACME, None), (H_ACME, "u3"), (H_GLOBEX, "g")):  # filtered listings, by tenant or user
+        mine = {job.job_id for job in old if user in (None, "g") or job.job_id == old[2].job_id}
+        by = {"user_id": user} if user else {}
+        assert listed(headers, **by, type="image") == mine and listed(headers, **by, type="video") == set()
+        assert listed(headers, **by, soul_id="nova") == mine and listed(headers, **by, soul_id="ember") == set()
+        assert listed(headers, **by, type="image", soul_id="nova") == mine
+
+
+def test_the_backfill_command_line_reports_its_cursor_and_refuses_a_bad_page_size(app, db, capsys):
+    from functions import backfill
+    from schemas._base import firestore_dict
+    from schemas.jobs import JobStatus
+    from tests.integration.test_gpu_usage import image_job
+
+    with pytest.raises(SystemExit) as refused:
+        backfill.main(["--page-size", "0"])
+    assert refused.value.code == 2 and "--page-size must be between 1 and 1000" in capsys.readouterr().err
+    old = [image_job(n, JobStatus.SUCCEEDED) for n in range(1, 4)]
+    for job in old:
+        db.collection(names.JOBS).document(job.job_id).set(firestore_dict(job))
+    assert backfill.main(["--page-size", "2", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    dry = json.loads(out)
+    assert dry["dry_run"] is True and dry["done"]["jobs"] == 3 and dry["done"]["expiry_set"] == 3
+    assert [json.loads(line)["progress"]["cursor"] for line in err.splitlines()] == [old[1].job_id, old[2].job_id]
+    assert "expires_at" not in db.collection(names.JOBS).document(old[0].job_id).get().to_dict()  # nothing written
+    assert backfill.main(["--after", old[0].job_id]) == 0
+    done = json.loads(capsys.readouterr().out)["done"]
+    assert done["jobs"] == 2 and done["expiry_set"] == 2 and done["interest_created"] == 2
+    assert "expires_at" not in db.collection(names.JOBS).document(old[0].job_id).get().to_dict()  # before --after

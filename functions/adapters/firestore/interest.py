@@ -16,13 +16,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from functions.adapters.firestore.paging import _RESERVED_ID, page
 from functions.core.errors import InvalidInput
 from schemas import names
 from schemas.jobs import JobDoc
 from soul_common import firestore as fs
+from soul_common import retention
 
 TENANT = "tenant"  # `scope` of a tenant's marker
 USER = "user"  # `scope` of one end user's record
@@ -44,15 +45,19 @@ class InterestRecord:
     def scope(self) -> str:
         return USER if self.user_id else TENANT
 
-    def document(self, job: JobDoc, now: datetime) -> dict:
+    def document(self, job: JobDoc, now: datetime, retain: timedelta = retention.JOB_RETENTION) -> dict:
+        """`retain`: how long finished jobs are kept; the record outlives its job by `retention.INTEREST_MARGIN`."""
         return {"job_id": job.job_id, "tenant": self.tenant, "scope": self.scope, "user_id": self.user_id,
-                "user_key": self.user_key, "type": str(job.type), "soul_id": job.soul_id,
-                "created_at": job.created_at, "joined_at": now}
+                "user_key": self.user_key, "type": str(job.type),
+                "soul_id": job.soul_id or getattr(job.request, "soul_id", None),  # (older jobs: on the request)
+                "created_at": job.created_at, "joined_at": now,
+                **retention.expires(names.INTEREST, now, retain + retention.INTEREST_MARGIN)}
 
 
 class InterestStore:
-    def __init__(self, db: fs.Db):
+    def __init__(self, db: fs.Db, retain: timedelta = retention.JOB_RETENTION):
         self._db = db
+        self._retain = retain  # finished jobs' retention: each record expires after it (soul_common/retention.py)
 
     @staticmethod
     def ref(job_id: str, tenant: str, user_id: str | None = None) -> fs.DocRef:
@@ -66,7 +71,8 @@ class InterestStore:
     def add_to_batch(self, batch: fs.Batch, job: JobDoc, interest: InterestRecord, now: datetime) -> None:
         """The creator's records, created in the batch that creates the job."""
         for record in self.records_for(interest):
-            batch.create(self.ref(job.job_id, record.tenant, record.user_id), record.document(job, now))
+            batch.create(self.ref(job.job_id, record.tenant, record.user_id),
+                         record.document(job, now, self._retain))
 
     def recorded(self, job_id: str, interest: InterestRecord) -> tuple[bool, bool]:
         """(the tenant's marker exists, this user's record exists): two documents, one round trip."""
@@ -82,7 +88,8 @@ class InterestStore:
         for record in self.records_for(interest):
             if record.scope == TENANT and marker:
                 continue
-            self._db.create(self.ref(job.job_id, record.tenant, record.user_id), record.document(job, now))
+            self._db.create(self.ref(job.job_id, record.tenant, record.user_id),
+                            record.document(job, now, self._retain))
 
     def visible(self, job_id: str, tenant: str) -> bool:
         """Whether `tenant` waits on the job through a join (one read)."""

@@ -10,7 +10,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from functions.adapters.firestore.interest import InterestRecord, InterestStore
 from schemas import names
@@ -31,10 +31,13 @@ class JobVersion:
     snapshot: fs.Snapshot
 
 
+RUNNER_STATS_READ = 100  # runners' pace documents an estimate reads, at most
+
+
 class JobStore:
-    def __init__(self, db: fs.Db):
+    def __init__(self, db: fs.Db, *, job_retention: timedelta = retention.JOB_RETENTION):
         self._db = db
-        self.interest = InterestStore(db)  # who waits on a job: its own documents, never the job's
+        self.interest = InterestStore(db, job_retention)  # who waits on a job: its own documents, never the job's
         self._creating = [threading.Lock() for _ in range(_CREATION_STRIPES)]
 
     def creation_lock(self, job_id: str) -> threading.Lock:
@@ -140,8 +143,13 @@ class JobStore:
         return sum(day["gpu_seconds"] for day in by_day.values())
 
     # runners' pace and readiness
-    def runner_stats(self) -> list[RunnerStats]:
-        return [RunnerStats.model_validate(s.data) for s in self._db.stream(fs.collection(names.RUNNER_STATS))]
+    def runner_stats(self, *, limit: int = RUNNER_STATS_READ) -> list[RunnerStats]:
+        """The runners seen within `retention.RUNNER_STATS_LIFETIME` (their documents expire after it), newest
+        first, at most `limit`: a fixed read whatever the size the fleet once had."""
+        since = utcnow() - retention.RUNNER_STATS_LIFETIME
+        query = fs.collection(names.RUNNER_STATS).where("updated_at", ">=", since) \
+            .order_by("updated_at", descending=True).limit(limit)
+        return [RunnerStats.model_validate(s.data) for s in self._db.stream(query)]
 
     def ping(self) -> None:
         """A cheap read that fails when Firestore is unreachable."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from functions.core.errors import Unavailable
 from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.push import PrerenderDoc
@@ -36,8 +37,10 @@ class WarmPoolStore:
         return self._db.get(self._tenant(pk, tenant)).data or {}
 
     def set_explicit_ahead(self, pk: str, tenant: str, ahead: int) -> None:
+        """A tenant's setting is kept until changed: it clears the expiry a counter-only document carries."""
         self._db.set(self._tenant(pk, tenant), {"pk": pk, "tenant": tenant, "explicit_ahead": ahead,
-                                                "updated_at": utcnow()}, merge=True)
+                                                "updated_at": utcnow(), retention.TTL_FIELD: fs.DELETE_FIELD},
+                     merge=True)
 
     def count_askers_since(self, pk: str, tenant: str, since: datetime) -> int:
         return self._db.count(fs.collection(names.WARM_POOL, pk, TENANTS, tenant, ASKERS).where("at", ">=", since))
@@ -51,12 +54,28 @@ class WarmPoolStore:
         """False when another trigger recorded this very pre-render first."""
         return self._db.create(self._key(doc.pk).child(PRERENDERS, str(doc.variant_index)), firestore_dict(doc))
 
-    def count_made(self, pk: str, tenant: str, today: str) -> None:
-        """One more pre-render of the key for the tenant today (the per-key daily cap, per tenant)."""
-        if self.key_state(pk, tenant).get("made_day") != today:
-            self._db.set(self._tenant(pk, tenant), {"made_day": today, "made_today": 1}, merge=True)
-        else:
-            self._db.update(self._tenant(pk, tenant), {"made_today": fs.increment(1)})
+    def count_made(self, pk: str, tenant: str, today: str, *, attempts: int = 5) -> None:
+        """One more pre-render of the key for the tenant today (the per-key daily cap, per tenant).
+
+        A document that holds only this counter (no explicit `ahead`) expires two days after its day began
+        (soul_common/retention.py): keys nobody asks for again leave nothing behind. Each write is conditional
+        on the document read, so a setting written in between is never given an expiry."""
+        ref = self._tenant(pk, tenant)
+        for _ in range(attempts):
+            snap = self._db.get(ref)
+            state = snap.data or {}
+            if state.get("made_day") == today:
+                update = {"made_today": fs.increment(1)}
+            else:
+                update = {"made_day": today, "made_today": 1}
+                if state.get("explicit_ahead") is None:
+                    update.update(retention.expires(TENANTS, utcnow()))
+            if snap.exists:
+                if self._db.update(ref, update, if_unchanged=snap):
+                    return
+            elif self._db.create(ref, {"pk": pk, "tenant": tenant, **update}):
+                return
+        raise Unavailable(f"warm_pool/{pk}/tenants/{tenant} kept changing under us")
 
     def prerender(self, pk: str, index: int) -> dict | None:
         return self._db.get(self._key(pk).child(PRERENDERS, str(index))).data
