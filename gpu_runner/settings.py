@@ -55,6 +55,10 @@ class RunnerSettings(BaseSettings):
     lora_budget_mb: float = Field(default=1024.0, gt=0)
     lora_hotswap: bool | None = None
     lora_hotswap_rank: int = Field(default=128, ge=1, le=1024)
+    # The layers the compiled UNet's LoRA slot covers (adapters.py): names or dotted tails, comma-separated. A LoRA
+    # that trains other layers is refused by a compiled runner (an eager one takes it).
+    lora_slot_targets: str = Field(default="to_q,to_k,to_v,to_out.0,q_proj,k_proj,v_proj,out_proj",
+                                   pattern=r"^[A-Za-z0-9_.]+(,[A-Za-z0-9_.]+)*$")
 
     # Speed (gpu_runner/pipelines/acceleration.py): `auto` takes what was measured to pay on this card (else off/none).
     compile: str = Field(default="auto", pattern="^(auto|off|regional|full)$")
@@ -156,3 +160,7 @@ class RunnerSettings(BaseSettings):
     def subscription_list(self) -> list[str]:
         given = [name.strip() for name in self.subscriptions.split(",") if name.strip()]
         return given or [self.subscription, names.SUB_RUNNER_BACKGROUND]
+
+    @property
+    def lora_slot_target_list(self) -> tuple[str, ...]:
+        return tuple(self.lora_slot_targets.split(","))

@@ -149,22 +149,23 @@ def quantize_fp8(module: torch.nn.Module) -> None:
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
 
 
-def compile_module(module: torch.nn.Module, mode: str) -> int:
+def compile_module(module: torch.nn.Module, mode: str, *, backend: str = "inductor") -> int:
     """Compile `module` in place (`regional`: its repeated blocks; `full`: the whole module). Returns how many
-    modules were handed to torch.compile. Compilation itself is lazy: it runs on the first call (the warm-up)."""
+    modules were handed to torch.compile. Compilation itself is lazy: it runs on the first call (the warm-up).
+    (`backend`: tests trace with dynamo's `eager` backend to count graphs in seconds.)"""
     if mode == "off":
         return 0
     if mode == "full":
-        module.compile(fullgraph=False)
+        module.compile(fullgraph=False, backend=backend)
         return 1
     declared = getattr(module, "_repeated_blocks", None)
     if declared and hasattr(module, "compile_repeated_blocks"):
-        module.compile_repeated_blocks(fullgraph=True)
+        module.compile_repeated_blocks(fullgraph=True, backend=backend)
         return sum(1 for sub in module.modules() if type(sub).__name__ in declared)
     count = 0
     for sub in module.modules():
         if type(sub).__name__ in REGION_CLASSES:
-            sub.compile(fullgraph=True)
+            sub.compile(fullgraph=True, backend=backend)
             count += 1
     return count
 

@@ -4,9 +4,15 @@ calls `prepare` there), so a batch's whole call sees one adapter set.
 
 - **LoRA**: loaded by name (`{name}-{version}`) through diffusers/peft without reloading the base model, kept
   resident in a least-recently-used set bounded by count (`SOUL_LORA_RESIDENT`) and bytes
-  (`SOUL_LORA_BUDGET_MB`); a render activates exactly its adapter at its scale, or none (adapters disabled). When
-  the UNet is compiled (`torch.compile`), adding adapters would recompile it: one slot is hot-swapped in place
-  instead (`load_lora_weights(..., hotswap=True)`; the compile step must call `enable_lora_hotswap` first).
+  (`SOUL_LORA_BUDGET_MB`); a render activates exactly its adapter at its scale, or none (adapters disabled).
+- **LoRA on a compiled UNet**: adding adapter layers, `disable_lora` and a new scale each change what torch.compile
+  traced, so each would recompile (and after a few, dynamo gives up and runs eager). So before the runner compiles
+  (`startup.prepare_sdxl` calls `prepare_slot`), one slot is made: zero LoRA weights at `SOUL_LORA_HOTSWAP_RANK`
+  on every layer `SOUL_LORA_SLOT_TARGETS` names, scalings as tensors (`enable_lora_hotswap`). The graphs are
+  traced with the slot in them; a render's LoRA is copied into it (`load_lora_weights(..., hotswap=True)`), its
+  scale written into the scaling tensors in place, and a render without one runs the slot at scale 0 (which adds
+  exactly zero). The price: the slot's low-rank matmuls in every call. A LoRA outside the slot (another layer, a
+  higher rank) is refused with a clear error, never a silent recompile.
 - **IP-Adapter**: loaded once on first use (`load_ip_adapter` + its image encoder, from `SOUL_IP_ADAPTER_MODEL`,
   a local folder, or the tiny random one); a render with references passes them at the style's `identity_scale`,
   one without passes a blank image at scale 0 (adds exactly zero: the same pixels as without the adapter).
@@ -35,6 +41,7 @@ from diffusers import (
 from PIL import Image
 
 from gpu_runner.errors import InvalidRenderSpec
+from gpu_runner.pipelines.lora_targets import COMPONENTS, linear_table
 from gpu_runner.pipelines.specs import RenderSpec
 
 log = structlog.get_logger(__name__)
@@ -50,6 +57,9 @@ SCHEDULER_CLASSES: dict[str, tuple[type, dict]] = {
     "heun": (HeunDiscreteScheduler, {}),
 }
 HOTSWAP_SLOT = "soul-slot"
+# What most SDXL LoRAs train (diffusers' and kohya's defaults): the UNet's attention projections and the text
+# encoders' (`SOUL_LORA_SLOT_TARGETS`).
+DEFAULT_SLOT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")
 _REFERENCE_CACHE = 16  # decoded reference images kept (a few souls' sets)
 
 Fetch = Callable[[str], bytes]  # object name -> bytes (the runner's GCS media store)
@@ -75,7 +85,8 @@ class Conditioning:
 
 class AdapterHost:
     def __init__(self, *, cache_dir: Path, ip_adapter_model: str | None, ip_adapter_weight_name: str,
-                 resident: int, budget_bytes: int, hotswap: bool | None = None, hotswap_rank: int = 128):
+                 resident: int, budget_bytes: int, hotswap: bool | None = None, hotswap_rank: int = 128,
+                 slot_targets: tuple[str, ...] = DEFAULT_SLOT_TARGETS):
         self._cache_dir = Path(cache_dir)
         self._ip_model = ip_adapter_model
         self._ip_weight_name = ip_adapter_weight_name
@@ -85,6 +96,10 @@ class AdapterHost:
         self._hotswap_rank = hotswap_rank
         self._loras: OrderedDict[str, int] = OrderedDict()  # adapter name -> bytes, least recently used first
         self._slot: str | None = None  # the LoRA in the hot-swap slot
+        self._slot_targets = tuple(slot_targets)
+        self._slot_ready = False  # prepare_slot made the slot before compilation: LoRAs only ever swap into it
+        self._slot_scalings: list[tuple[dict, float]] = []  # (a layer's scaling dict, its LoRA's own scaling)
+        self._slot_layers: set[str] = set()  # "<component>.<layer>" the slot covers
         self._ip_loaded = False
         self._references: OrderedDict[str, Image.Image] = OrderedDict()
         self._default_scheduler = None
@@ -110,6 +125,8 @@ class AdapterHost:
     def _lora(self, pipe, spec: RenderSpec, fetch: Fetch) -> bool:
         """Activate the spec's LoRA (loading it when not resident) or none; True when it had to be loaded."""
         lora = spec.lora
+        if self._slot_ready:
+            return self._slot_lora(pipe, lora, fetch)
         if lora is None:
             if self.resident:
                 pipe.disable_lora()
@@ -138,6 +155,82 @@ class AdapterHost:
         pipe.enable_lora()
         pipe.set_adapters([active], adapter_weights=[float(lora.scale)])
         return loaded
+
+    # ---- the slot of a compiled UNet ------------------------------------------------------------------------------
+
+    def prepare_slot(self, pipe) -> int:
+        """Make the LoRA slot, before the UNet is compiled (see the module docstring); the number of layers in it
+        (0: hot swap is off by setting, so a compiled UNet recompiles for LoRAs)."""
+        if self._hotswap is False or self._slot_ready:
+            return 0
+        state = slot_state(pipe, self._slot_targets, self._hotswap_rank)
+        if not state:
+            raise ValueError(f"SOUL_LORA_SLOT_TARGETS {','.join(self._slot_targets)} names no layer of this model")
+        pipe.enable_lora_hotswap(target_rank=self._hotswap_rank)
+        pipe.load_lora_weights(state, adapter_name=HOTSWAP_SLOT)
+        self._slot_layers = {key.rsplit(".lora_", 1)[0] for key in state}
+        pipe._soul_hotswap_ready = True
+        self._slot_ready, self._slot = True, None
+        self._keep_slot_scalings(pipe)
+        self._scale_slot(0.0)
+        layers = len(state) // 2
+        log.info("lora_slot_prepared", layers=layers, rank=self._hotswap_rank, targets=list(self._slot_targets))
+        return layers
+
+    def _slot_lora(self, pipe, lora, fetch: Fetch) -> bool:
+        if lora is None:
+            self._scale_slot(0.0)  # the slot stays in the graph: at scale 0 it adds exactly zero
+            return False
+        adapter = f"{lora.name}-{lora.version}"
+        loaded = False
+        if self._slot != adapter:
+            state = self._load_state(lora, fetch)
+            rank = max((min(v.shape[:2]) for k, v in state.items() if ".lora_A." in k and v.ndim >= 2), default=0)
+            if rank > self._hotswap_rank:  # peft would widen the slot's tensors: a recompile of every block
+                raise self._misfit(adapter, f"its rank is {rank}")
+            outside = sorted({k.rsplit(".lora_", 1)[0] for k in state if ".lora_" in k} - self._slot_layers)
+            if outside:  # checked here: a refused hot swap in diffusers deletes the slot itself
+                raise self._misfit(adapter, f"it trains {len(outside)} other layers ({', '.join(outside[:3])}, ...)")
+            self._slot = None  # until the swap is whole: a failed one leaves weights of no known LoRA
+            try:
+                pipe.load_lora_weights(state, adapter_name=HOTSWAP_SLOT, hotswap=True)
+            except (ValueError, RuntimeError, KeyError, NotImplementedError) as exc:
+                if HOTSWAP_SLOT in getattr(pipe.unet, "peft_config", {}):
+                    self._scale_slot(0.0)
+                else:  # gone with the failed swap: serve as an uncompiled-for-LoRA runner (LoRAs recompile)
+                    log.error("lora_slot_lost", adapter=adapter, error=repr(exc))
+                    self._slot_ready, self._slot_scalings = False, []
+                raise self._misfit(adapter, str(exc)) from exc
+            self._keep_slot_scalings(pipe)
+            self._slot, loaded = adapter, True
+            self.stats.loads += 1
+            log.info("lora_loaded", adapter=adapter, hotswap=True, resident=self.resident)
+        else:
+            self.stats.hits += 1
+        self._scale_slot(float(lora.scale))
+        return loaded
+
+    def _misfit(self, adapter: str, why: str) -> InvalidRenderSpec:
+        return InvalidRenderSpec(f"the LoRA {adapter} does not fit this runner's compiled LoRA slot (layers "
+                                 f"{','.join(self._slot_targets)}, rank <= {self._hotswap_rank}): {why}"[:1000])
+
+    def _keep_slot_scalings(self, pipe) -> None:
+        """Each slot layer's scaling as its LoRA set it (alpha / rank), what a render's scale multiplies."""
+        self._slot_scalings = [
+            (layer.scaling, float(layer.scaling[HOTSWAP_SLOT]))
+            for component in COMPONENTS if getattr(pipe, component, None) is not None
+            for layer in getattr(pipe, component).modules()
+            if isinstance(getattr(layer, "scaling", None), dict) and HOTSWAP_SLOT in layer.scaling
+        ]
+
+    def _scale_slot(self, scale: float) -> None:
+        """Written into the scaling tensors in place: the compiled graphs read them, nothing they guard changes."""
+        for scaling, own in self._slot_scalings:
+            value = scaling[HOTSWAP_SLOT]
+            if isinstance(value, torch.Tensor):
+                value.fill_(own * scale)
+            else:  # a component that is not compiled may keep plain floats
+                scaling[HOTSWAP_SLOT] = own * scale
 
     def _use_hotswap(self, pipe) -> bool:
         if self._hotswap is not None:
@@ -234,6 +327,27 @@ class AdapterHost:
             self._schedulers[name] = cls.from_config(self._default_scheduler.config, **overrides)
         pipe.scheduler = self._schedulers[name]
         return name
+
+
+def slot_state(pipe, targets: tuple[str, ...], rank: int) -> dict[str, torch.Tensor]:
+    """Zero LoRA weights (diffusers/peft layout) at `rank` on every linear layer of the pipeline's UNet and text
+    encoders whose name ends with one of `targets` (a name or a dotted tail such as `to_out.0`)."""
+    state: dict[str, torch.Tensor] = {}
+    for component in COMPONENTS:
+        module = getattr(pipe, component, None)
+        if module is None:
+            continue
+        weight = next(module.parameters())
+        for name, (features_in, features_out) in linear_table(module).items():
+            if ".lora_" in name:  # a layer of an adapter loaded before
+                continue
+            name = name.removesuffix(".base_layer")  # a layer peft wrapped before: its adapters' keys use this name
+            if not any(name == t or name.endswith("." + t) for t in targets):
+                continue
+            kw = {"dtype": weight.dtype, "device": weight.device}
+            state[f"{component}.{name}.lora_A.weight"] = torch.zeros(rank, features_in, **kw)
+            state[f"{component}.{name}.lora_B.weight"] = torch.zeros(features_out, rank, **kw)
+    return state
 
 
 def scheduler_name(scheduler) -> str:

@@ -63,17 +63,20 @@ class ModelHost:
     def adapters(self):
         """The SDXL pipeline's LoRA/IP-Adapter/scheduler state (gpu_runner/pipelines/adapters.py)."""
         with self._lock:
-            if self._adapters is None:
-                from gpu_runner.pipelines.adapters import AdapterHost
+            return self._adapter_host()
 
-                s = self._settings
-                self._adapters = AdapterHost(
-                    cache_dir=Path(s.model_cache_dir), ip_adapter_model=s.ip_adapter_model,
-                    ip_adapter_weight_name=s.ip_adapter_weight_name, resident=s.lora_resident,
-                    budget_bytes=int(s.lora_budget_mb * 1024 * 1024), hotswap=s.lora_hotswap,
-                    hotswap_rank=s.lora_hotswap_rank,
-                )
-            return self._adapters
+    def _adapter_host(self):  # under self._lock
+        if self._adapters is None:
+            from gpu_runner.pipelines.adapters import AdapterHost
+
+            s = self._settings
+            self._adapters = AdapterHost(
+                cache_dir=Path(s.model_cache_dir), ip_adapter_model=s.ip_adapter_model,
+                ip_adapter_weight_name=s.ip_adapter_weight_name, resident=s.lora_resident,
+                budget_bytes=int(s.lora_budget_mb * 1024 * 1024), hotswap=s.lora_hotswap,
+                hotswap_rank=s.lora_hotswap_rank, slot_targets=s.lora_slot_target_list,
+            )
+        return self._adapters
 
     def weights_fingerprint(self) -> str:
         """Of the SDXL weights this runner serves (computed once)."""
@@ -154,7 +157,8 @@ class ModelHost:
         plan = CompilePlan(compile=self._settings.compile, quantize=self._settings.quantize,
                            fallback=self._settings.compile_fallback, shapes=self.compile_shapes(),
                            stores=self.artifact_stores())
-        self.acceleration = prepare_sdxl(pipe, device, plan, self.startup, render_images)
+        self.acceleration = prepare_sdxl(pipe, device, plan, self.startup, render_images,
+                                         before_compile=self._adapter_host().prepare_slot)
         return pipe
 
     def svd(self):

@@ -127,6 +127,59 @@ def test_a_hot_swapped_slot_renders_what_a_fresh_load_renders(pipe, cache):
     assert np.array_equal(got[0], got[2])
 
 
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def test_a_compiled_unet_with_its_lora_slot_never_recompiles_for_loras_scales_or_none(pipe, cache):
+    """The slot is made before compiling (adapters.py `prepare_slot`): a first LoRA, another one, another scale and
+    a render without one reuse the graphs traced at the warm-up, and each renders what an eager pipeline renders.
+    Traced with dynamo's eager backend: recompiles are dynamo's guards, whatever backend then compiles."""
+    from gpu_runner.pipelines import acceleration
+
+    torch._dynamo.reset()
+    objects, table = Objects(), pipeline_table(pipe)  # (before anything wraps its layers)
+    plain, eager = host(cache, hotswap=False), load_sdxl(None, cache, CPU)
+    one = with_lora(objects, eager, "one", seed=21)
+    two = with_lora(objects, eager, "two", seed=22, rank=8)
+    wide = with_lora(objects, eager, "wide", seed=23, rank=16)  # above the slot's rank
+    objects["loras/ff.safetensors"] = lora_bytes(eager.unet, rank=4, seed=24, targets=("ff.net.2",))
+    elsewhere = replace(SPEC, lora=LoraChoice(name="ff", version="1" * 16, scale=1.0, object="loras/ff.safetensors"))
+    base = render(load_sdxl(None, cache, CPU), host(cache), objects)
+    expected = {name: render(eager, plain, objects, spec) for name, spec in (
+        ("one", one), ("two", two), ("one at 0.4", replace(one, lora=replace(one.lora, scale=0.4))))}
+
+    slotted = host(cache, hotswap_rank=8)
+    attention = [name for part in table.values() for name in part
+                 if name.rsplit(".", 1)[-1] in {"to_q", "to_k", "to_v", "q_proj", "k_proj", "v_proj", "out_proj"}
+                 or name.endswith("to_out.0")]
+    assert slotted.prepare_slot(pipe) == len(attention) > 0  # every attention projection, UNet and text encoders
+    acceleration.compile_module(pipe.unet, "regional", backend="eager")
+    pipe._soul_compiled = "regional"
+    assert np.array_equal(render(pipe, slotted, objects), base)  # the warm-up: the slot at scale 0 adds nothing
+    traced = compiled_graphs()
+    assert traced >= 1
+    got = {"one": render(pipe, slotted, objects, one), "two": render(pipe, slotted, objects, two),
+           "one at 0.4": render(pipe, slotted, objects, replace(one, lora=replace(one.lora, scale=0.4)))}
+    none_again = render(pipe, slotted, objects)
+    assert compiled_graphs() == traced  # not one recompile
+    for name, image in got.items():
+        assert np.abs(image - expected[name]).max() <= 1, name
+    assert np.array_equal(none_again, base) and np.abs(got["one"] - base).max() > 0
+    assert slotted.stats.loads == 3 and slotted.resident == [f"one-{21:016x}"]
+
+    with pytest.raises(InvalidRenderSpec, match="compiled LoRA slot.*rank is 16"):
+        render(pipe, slotted, objects, wide)
+    assert compiled_graphs() == traced
+    with pytest.raises(InvalidRenderSpec, match="compiled LoRA slot"):  # a layer the slot does not cover
+        render(pipe, slotted, objects, elsewhere)
+    assert np.array_equal(render(pipe, slotted, objects), base) and compiled_graphs() == traced
+    assert np.abs(render(pipe, slotted, objects, one) - expected["one"]).max() <= 1  # loaded again after the refusal
+    assert compiled_graphs() == traced
+
+
 def test_references_condition_the_image_through_the_ip_adapter(pipe, cache):
     objects, adapters = Objects(), host(cache)
     base = render(pipe, adapters, objects)
