@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import signal
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,10 +47,31 @@ def emulator_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulato
         signal.signal(signal.SIGTERM, previous)
 
 
+def _track_memos() -> weakref.WeakSet:
+    """Every instance cache of Firestore reads (functions/core/memo.py) made in this process, so a wiped database
+    takes them along: the session's api instance would otherwise serve a style an earlier test wrote."""
+    from functions.core.memo import RefreshingMemo
+
+    memos: weakref.WeakSet = weakref.WeakSet()
+    original = RefreshingMemo.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        memos.add(self)
+
+    RefreshingMemo.__init__ = init
+    return memos
+
+
+_MEMOS = _track_memos()
+
+
 @pytest.fixture
 def clean_firestore(emulator_stack: EmulatorStack) -> Iterator[None]:
-    """An empty Firestore emulator database for this test."""
+    """An empty Firestore emulator database for this test (and no instance cache of what was there)."""
     emulator_stack.reset_firestore()
+    for memo in list(_MEMOS):
+        memo.clear()
     yield
 
 

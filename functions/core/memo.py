@@ -70,6 +70,12 @@ class RefreshingMemo:
                 self._entries.clear()
             self._entries[key] = (self._clock(), value)
 
+    def clear(self) -> None:
+        """Forget every entry (reads in flight put nothing back)."""
+        with self._lock:
+            self._entries.clear()
+            self._drops += 1
+
     def drop(self, key: object) -> None:
         with self._lock:
             self._entries.pop(key, None)

@@ -283,3 +283,6 @@ def test_a_refreshing_memo_reads_once_per_interval_in_the_background_and_never_r
     time.sleep(0.1)
     assert loads[1] == "memo-refresh" and len(loads) == 2
     assert memo.get("k", load) == 3  # the in-flight read did not put the dropped value back: read afresh
+    memo.put("other", "x")
+    memo.clear()  # everything goes (a wiped database, in tests)
+    assert memo.get("other", lambda: "y") == "y" and memo.get("k", load) == 4
