@@ -97,7 +97,8 @@ def main() -> int:
 
     def host(**kwargs) -> AdapterHost:
         options = dict(cache_dir=cache, ip_adapter_model=None, ip_adapter_weight_name="ip-adapter.safetensors",
-                       resident=1, budget_bytes=1 << 40, hotswap=False, hotswap_rank=args.rank)
+                       tiny_ip_adapter=True, resident=1, budget_bytes=1 << 40, hotswap=False,
+                       hotswap_rank=args.rank)
         return AdapterHost(**{**options, **kwargs})
 
     def clear() -> None:

@@ -355,13 +355,12 @@ def report(rows: list[Row], device_name: str) -> str:
 COLD_CHILD = """
 import json, sys, time
 from gpu_runner.pipelines.host import ModelHost
-from gpu_runner.pipelines.sdxl import render_images
 from gpu_runner.pipelines.specs import RenderSpec
 from gpu_runner.settings import RunnerSettings
 size, steps = int(sys.argv[1]), int(sys.argv[2])
 host = ModelHost(RunnerSettings())
 host.warm_sdxl()
-render_images(host.sdxl(), [RenderSpec("portrait of nova, penguin", "blurry", size, size, steps, 7.0, 0)])
+host.render_plain(host.sdxl(), [RenderSpec("portrait of nova, penguin", "blurry", size, size, steps, 7.0, 0)])
 print(json.dumps({"first_image_at": time.time(), "startup": host.startup.snapshot(),
                   "acceleration": host.acceleration.as_dict()}))
 """

@@ -13,15 +13,23 @@ calls `prepare` there), so a batch's whole call sees one adapter set.
   scale written into the scaling tensors in place, and a render without one runs the slot at scale 0 (which adds
   exactly zero). The price: the slot's low-rank matmuls in every call. A LoRA outside the slot (another layer, a
   higher rank) is refused with a clear error, never a silent recompile.
-- **IP-Adapter**: loaded once on first use (`load_ip_adapter` + its image encoder, from `SOUL_IP_ADAPTER_MODEL`,
-  a local folder, or the tiny random one); a render with references passes them at the style's `identity_scale`,
-  one without passes a blank image at scale 0 (adds exactly zero: the same pixels as without the adapter).
+- **IP-Adapter**: loaded once on first use, or before compiling (`prepare_ip_slot`), with its image encoder, from
+  `SOUL_IP_ADAPTER_MODEL` (a local folder; the tiny random one only for the tiny model: a runner with real weights
+  and no IP-Adapter refuses references with a clear error). A reference set is encoded once (embeddings kept per
+  set) and its embeddings repeated up to `IP_IMAGE_SLOTS` (the least common multiple of 1..MAX_REFERENCES), every
+  reference the same number of times: attention over repeated keys is attention over the set, so the image is
+  diffusers' own concatenation of the set, and every render shows the UNet one shape. The style's
+  `identity_scale` is folded into the adapter's `to_v_ip` weights (the attention output is linear in its values)
+  while the processors' own scale stays 1.0, a constant the compiled graphs never see change; a render without
+  references runs at scale 0, which adds exactly zero (the base model's pixels). So neither a reference set, its
+  size, a scale nor none recompiles a compiled UNet.
 - **Schedulers**: the allow-list of schemas/identity.py mapped to diffusers classes, built from the pipeline's own
   scheduler config; no name means the pipeline's default."""
 
 from __future__ import annotations
 
 import io
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -43,6 +51,7 @@ from PIL import Image
 from gpu_runner.errors import InvalidRenderSpec
 from gpu_runner.pipelines.lora_targets import COMPONENTS, linear_table
 from gpu_runner.pipelines.specs import RenderSpec
+from schemas.identity import MAX_REFERENCES
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +70,9 @@ HOTSWAP_SLOT = "soul-slot"
 # encoders' (`SOUL_LORA_SLOT_TARGETS`).
 DEFAULT_SLOT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")
 _REFERENCE_CACHE = 16  # decoded reference images kept (a few souls' sets)
+_EMBEDDING_CACHE = 16  # encoded reference sets kept
+# Image embeddings per render: every set size divides it, so each reference of a set appears equally often.
+IP_IMAGE_SLOTS = math.lcm(*range(1, MAX_REFERENCES + 1))
 
 Fetch = Callable[[str], bytes]  # object name -> bytes (the runner's GCS media store)
 
@@ -86,10 +98,12 @@ class Conditioning:
 class AdapterHost:
     def __init__(self, *, cache_dir: Path, ip_adapter_model: str | None, ip_adapter_weight_name: str,
                  resident: int, budget_bytes: int, hotswap: bool | None = None, hotswap_rank: int = 128,
-                 slot_targets: tuple[str, ...] = DEFAULT_SLOT_TARGETS):
+                 slot_targets: tuple[str, ...] = DEFAULT_SLOT_TARGETS, tiny_ip_adapter: bool = False):
+        """`ip_adapter_model` None: the tiny random IP-Adapter when `tiny_ip_adapter` (the tiny model), else none."""
         self._cache_dir = Path(cache_dir)
         self._ip_model = ip_adapter_model
         self._ip_weight_name = ip_adapter_weight_name
+        self._tiny_ip = tiny_ip_adapter
         self._resident_max = resident
         self._budget = budget_bytes
         self._hotswap = hotswap  # None: when the UNet is compiled
@@ -101,7 +115,10 @@ class AdapterHost:
         self._slot_scalings: list[tuple[dict, float]] = []  # (a layer's scaling dict, its LoRA's own scaling)
         self._slot_layers: set[str] = set()  # "<component>.<layer>" the slot covers
         self._ip_loaded = False
+        self._ip_values: list[tuple[torch.Tensor, torch.Tensor]] = []  # (a to_v_ip weight, its trained value)
+        self._ip_scale: float | None = None  # folded into the to_v_ip weights now
         self._references: OrderedDict[str, Image.Image] = OrderedDict()
+        self._embeddings: OrderedDict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._default_scheduler = None
         self._schedulers: dict[str, object] = {}
         self.stats = AdapterStats()
@@ -157,6 +174,20 @@ class AdapterHost:
         return loaded
 
     # ---- the slot of a compiled UNet ------------------------------------------------------------------------------
+
+    def before_compile(self, pipe) -> dict:
+        """What a compiled UNet needs in it before anything is traced (startup.prepare_sdxl): the LoRA slot and the
+        IP-Adapter. Each on its own: one that fails leaves the other, and the runner serves; the facts for the
+        start-up report."""
+        facts: dict = {}
+        for name, make, none in (("lora_slot_layers", self.prepare_slot, 0),
+                                 ("ip_adapter_slot", self.prepare_ip_slot, False)):
+            try:
+                facts[name] = make(pipe)
+            except Exception as exc:  # noqa: BLE001 - its renders then recompile; every other render is unchanged
+                log.error("adapter_slot_failed", slot=name, error=repr(exc), exc_info=True)
+                facts[name], facts[f"{name}_error"] = none, repr(exc)[:500]
+        return facts
 
     def prepare_slot(self, pipe) -> int:
         """Make the LoRA slot, before the UNet is compiled (see the module docstring); the number of layers in it
@@ -266,22 +297,72 @@ class AdapterHost:
 
     # ---- IP-Adapter ---------------------------------------------------------------------------------------------
 
+    def prepare_ip_slot(self, pipe) -> bool:
+        """Load the IP-Adapter before the UNet is compiled, so the graphs are traced with it (False: this runner has
+        none)."""
+        if not self._has_ip_adapter():
+            return False
+        if not self._ip_loaded:
+            self._load_ip_adapter(pipe)
+        return True
+
+    def _has_ip_adapter(self) -> bool:
+        return self._ip_model is not None or self._tiny_ip
+
     def _ip_adapter(self, pipe, spec: RenderSpec, fetch: Fetch) -> tuple[dict, float]:
-        seconds = 0.0
+        """The pipeline's `ip_adapter_image_embeds` for this render (none while no IP-Adapter is loaded) and the
+        seconds spent loading the adapter or encoding a set seen for the first time."""
         if not spec.references and not self._ip_loaded:
             return {}, 0.0
+        started = time.perf_counter()
+        loaded = False
         if not self._ip_loaded:
-            started = time.perf_counter()
+            if not self._has_ip_adapter():
+                raise InvalidRenderSpec("this runner has no IP-Adapter for reference images: SOUL_IP_ADAPTER_MODEL "
+                                        "(a local folder with its weights and image_encoder/) is not set")
             self._load_ip_adapter(pipe)
-            seconds = time.perf_counter() - started
-        if not spec.references:
-            pipe.set_ip_adapter_scale(0.0)  # adds exactly zero: the render is the base model's
-            return {"ip_adapter_image": [[Image.new("RGB", (64, 64))]]}, seconds
-        images = [self._reference(name, fetch) for name in spec.references]
-        pipe.set_ip_adapter_scale(float(spec.identity_scale))
-        return {"ip_adapter_image": [images]}, seconds
+            loaded = True
+        # no references: a blank image's embeddings at scale 0, which add exactly zero (the base model's render)
+        names = tuple(sorted(spec.references))
+        encoded = names not in self._embeddings
+        positive, negative = self._embeddings_of(pipe, names, fetch)
+        self._scale_ip(float(spec.identity_scale) if names else 0.0)
+        guided = spec.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None  # the pipeline's own test
+        embeds = torch.cat([negative, positive]) if guided else positive
+        seconds = time.perf_counter() - started if loaded or (encoded and names) else 0.0
+        return {"ip_adapter_image_embeds": [embeds]}, seconds
+
+    def _embeddings_of(self, pipe, names: tuple[str, ...], fetch: Fetch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positive, negative) embeddings of a reference set, each repeated to IP_IMAGE_SLOTS images, in the layout
+        `ip_adapter_image_embeds` takes (1, images, ...); kept per set."""
+        kept = self._embeddings.get(names)
+        if kept is not None:
+            self._embeddings.move_to_end(names)
+            return kept
+        from diffusers.models.embeddings import ImageProjection
+
+        images = [self._reference(name, fetch) for name in names] or [Image.new("RGB", (64, 64))]
+        projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+        positive, negative = pipe.encode_image(images, pipe.device, 1, not isinstance(projection, ImageProjection))
+        repeat = IP_IMAGE_SLOTS // len(images)
+        kept = (positive.repeat_interleave(repeat, dim=0)[None], negative.repeat_interleave(repeat, dim=0)[None])
+        self._embeddings[names] = kept
+        while len(self._embeddings) > _EMBEDDING_CACHE:
+            self._embeddings.popitem(last=False)
+        return kept
+
+    def _scale_ip(self, scale: float) -> None:
+        """The identity scale, folded into the to_v_ip weights in place (see the module docstring)."""
+        if scale == self._ip_scale:
+            return
+        with torch.no_grad():
+            for weight, trained in self._ip_values:
+                torch.mul(trained, scale, out=weight)
+        self._ip_scale = scale
 
     def _load_ip_adapter(self, pipe) -> None:
+        from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
+
         if self._ip_model is None:
             from gpu_runner.pipelines.tiny_adapters import IP_ADAPTER_WEIGHTS, ensure_tiny_ip_adapter
 
@@ -295,6 +376,12 @@ class AdapterHost:
                              image_encoder_folder="image_encoder", local_files_only=True)
         if pipe.image_encoder is not None:
             pipe.image_encoder.to(device=pipe.device, dtype=pipe.unet.dtype)
+        self._ip_values = []
+        for processor in pipe.unet.attn_processors.values():
+            if isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)):
+                processor.scale = [1.0] * len(processor.scale)  # never changed again: the scale is in the weights
+                self._ip_values += [(layer.weight, layer.weight.detach().clone()) for layer in processor.to_v_ip]
+        self._ip_scale = None
         self._ip_loaded = True
         self.stats.ip_adapter_loads += 1
         log.info("ip_adapter_loaded", model=self._ip_model or "tiny")

@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from gpu_runner.errors import InvalidRenderSpec
 from gpu_runner.pipelines.startup import StartupReport
 from gpu_runner.settings import RunnerSettings
 
@@ -75,6 +76,7 @@ class ModelHost:
                 ip_adapter_weight_name=s.ip_adapter_weight_name, resident=s.lora_resident,
                 budget_bytes=int(s.lora_budget_mb * 1024 * 1024), hotswap=s.lora_hotswap,
                 hotswap_rank=s.lora_hotswap_rank, slot_targets=s.lora_slot_target_list,
+                tiny_ip_adapter=self.tiny_sdxl,
             )
         return self._adapters
 
@@ -119,14 +121,24 @@ class ModelHost:
 
     def warm_sdxl(self) -> None:
         """Load (and compile) SDXL now and render once, so the first job pays for neither."""
-        from gpu_runner.pipelines.sdxl import render_images
         from gpu_runner.pipelines.startup import warm_up
 
         pipe = self.sdxl()
         if self.acceleration is not None and self.acceleration.compile == "off":  # compiled ones warmed up already
             with self.startup.phase("warmup"):
-                warm_up(pipe, self.compile_shapes()[:1], render_images)
+                warm_up(pipe, self.compile_shapes()[:1], self.render_plain)
         self.startup.note(ready=True)
+
+    def render_plain(self, pipe, specs: list) -> list:
+        """`specs` (no LoRA, no references) through the runner's own render call, adapters included: a UNet that
+        holds the IP-Adapter or the LoRA slot is called as a job calls it (the warm-up, the cold-start benchmark)."""
+        from gpu_runner.pipelines.sdxl import render_images
+
+        def no_objects(name: str) -> bytes:
+            raise InvalidRenderSpec(f"a plain render reads no objects, asked for {name!r}")
+
+        adapters = self._adapter_host()  # unlocked: the warm-up runs while _load_sdxl holds the lock
+        return render_images(pipe, specs, prepare=lambda p: adapters.prepare(p, specs[0], no_objects).kwargs)
 
     def compile_shapes(self) -> list[tuple[int, int, int]]:
         from gpu_runner.pipelines.specs import parse_compile_shapes
@@ -144,7 +156,7 @@ class ModelHost:
         return [LocalArtifactStore(Path(folder)), *self._extra_stores]
 
     def _load_sdxl(self):
-        from gpu_runner.pipelines.sdxl import load_sdxl, render_images
+        from gpu_runner.pipelines.sdxl import load_sdxl
         from gpu_runner.pipelines.startup import CompilePlan, prepare_sdxl
 
         with self.startup.phase("device"):
@@ -157,8 +169,8 @@ class ModelHost:
         plan = CompilePlan(compile=self._settings.compile, quantize=self._settings.quantize,
                            fallback=self._settings.compile_fallback, shapes=self.compile_shapes(),
                            stores=self.artifact_stores())
-        self.acceleration = prepare_sdxl(pipe, device, plan, self.startup, render_images,
-                                         before_compile=self._adapter_host().prepare_slot)
+        self.acceleration = prepare_sdxl(pipe, device, plan, self.startup, self.render_plain,
+                                         before_compile=self._adapter_host().before_compile)
         return pipe
 
     def svd(self):

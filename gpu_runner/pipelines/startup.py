@@ -82,11 +82,12 @@ class CompilePlan:
 
 def prepare_sdxl(pipe, device, plan: CompilePlan, report: StartupReport,
                  render: Callable[[object, list[RenderSpec]], object],
-                 before_compile: Callable[[object], int] | None = None) -> acceleration.Acceleration:
+                 before_compile: Callable[[object], dict] | None = None) -> acceleration.Acceleration:
     """Make `pipe` fast before its first job (see the module docstring); `render(pipe, specs)` is the runner's own
-    render call, so the warm-up compiles exactly the graphs jobs run. `before_compile(pipe)` changes the UNet's
-    structure for good before anything is traced or keyed (the LoRA slot, adapters.py `prepare_slot`: it returns
-    the layers it added); if it fails the runner serves without it, and says so."""
+    render call (adapters included), so the warm-up compiles exactly the graphs jobs run. `before_compile(pipe)`
+    changes the UNet's structure for good before anything is traced or keyed (the LoRA slot and the IP-Adapter,
+    adapters.py `before_compile`: it returns facts for the report); if it fails the runner serves without it, and
+    says so."""
     caps = acceleration.capabilities(device)
     chosen = acceleration.choose(plan.compile, plan.quantize, caps)
     report.note(device=caps.gpu_name, acceleration=chosen.as_dict())
@@ -100,11 +101,11 @@ def prepare_sdxl(pipe, device, plan: CompilePlan, report: StartupReport,
 
     if before_compile is not None:
         try:
-            with report.phase("lora_slot"):
-                report.note(lora_slot_layers=before_compile(pipe))
-        except Exception as exc:  # noqa: BLE001 - LoRA renders then recompile; every other render is unchanged
-            log.error("lora_slot_failed", error=repr(exc), exc_info=True)
-            report.note(lora_slot_layers=0, lora_slot_error=repr(exc)[:500])
+            with report.phase("adapter_slots"):
+                report.note(**before_compile(pipe))
+        except Exception as exc:  # noqa: BLE001 - adapter renders then recompile; every other render is unchanged
+            log.error("adapter_slots_failed", error=repr(exc), exc_info=True)
+            report.note(adapter_slots_error=repr(exc)[:500])
     key = compile_cache.artifact_key(pipe.unet, device_name=caps.gpu_name, compile_mode=chosen.compile,
                                      quantize=chosen.quantize, dtype=device.dtype, shapes=plan.shapes)
     with report.phase("load_artifacts", key=key.digest):

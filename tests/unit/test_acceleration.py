@@ -169,7 +169,6 @@ START = textwrap.dedent("""
     from pathlib import Path
     import torch
     from gpu_runner.pipelines.host import ModelHost
-    from gpu_runner.pipelines.sdxl import render_images
     from gpu_runner.pipelines.specs import RenderSpec
     from gpu_runner.settings import RunnerSettings
 
@@ -178,7 +177,7 @@ START = textwrap.dedent("""
                               compile_shapes="64x64:1")
     host = ModelHost(settings)
     host.warm_sdxl()
-    image = render_images(host.sdxl(), [RenderSpec("a penguin", "", 64, 64, 2, 5.0, 7)])[0]
+    image = host.render_plain(host.sdxl(), [RenderSpec("a penguin", "", 64, 64, 2, 5.0, 7)])[0]
     Path(sys.argv[5]).write_bytes(image.tobytes())
     compiled = sum(1 for m in host.sdxl().unet.modules() if getattr(m, "_compiled_call_impl", None) is not None)
     from torch._dynamo.utils import counters
@@ -229,6 +228,9 @@ def test_a_second_start_loads_what_the_first_compiled_and_renders_the_same_image
     assert first["compiled"] > 0 and set(phases(first)) >= {"device", "load", "load_artifacts", "compile",
                                                             "save_artifacts"}
     assert phases(first)["compile"]["from_artifacts"] is False
+    # traced with the LoRA slot and the IP-Adapter in the UNet (adapters.py before_compile), warmed up through them
+    assert first["report"]["lora_slot_layers"] > 0 and first["report"]["ip_adapter_slot"] is True
+    assert "adapter_slots" in phases(first) and "adapter_slots_error" not in first["report"]
     assert first["cache"].get("fxgraph_cache_hit", 0) == 0 and first["cache"]["fxgraph_cache_miss"] >= 1
     assert len(list((tmp_path / "artifacts").iterdir())) == 1
 

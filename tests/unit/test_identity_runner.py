@@ -28,7 +28,7 @@ from gpu_runner.pipelines.lora_targets import pipeline_table  # noqa: E402
 from gpu_runner.pipelines.sdxl import load_sdxl, render_images  # noqa: E402
 from gpu_runner.pipelines.specs import LoraChoice, RenderSpec, batch_key  # noqa: E402
 from gpu_runner.pipelines.tiny import ensure_tiny_sdxl  # noqa: E402
-from gpu_runner.pipelines.tiny_adapters import lora_bytes  # noqa: E402
+from gpu_runner.pipelines.tiny_adapters import IP_ADAPTER_WEIGHTS, ensure_tiny_ip_adapter, lora_bytes  # noqa: E402
 from schemas.identity import SCHEDULERS  # noqa: E402
 
 CPU = DeviceChoice(device="cpu", dtype=torch.float32, name="cpu")
@@ -61,7 +61,7 @@ class Objects(dict):
 
 def host(cache, **kwargs) -> AdapterHost:
     options = dict(cache_dir=cache, ip_adapter_model=None, ip_adapter_weight_name="ip-adapter.safetensors",
-                   resident=4, budget_bytes=1 << 30)
+                   tiny_ip_adapter=True, resident=4, budget_bytes=1 << 30)
     return AdapterHost(**{**options, **kwargs})
 
 
@@ -178,6 +178,78 @@ def test_a_compiled_unet_with_its_lora_slot_never_recompiles_for_loras_scales_or
     assert np.array_equal(render(pipe, slotted, objects), base) and compiled_graphs() == traced
     assert np.abs(render(pipe, slotted, objects, one) - expected["one"]).max() <= 1  # loaded again after the refusal
     assert compiled_graphs() == traced
+
+
+def reference_specs(objects: Objects, count: int = 4) -> list[RenderSpec]:
+    """Specs with 1..count noise references (each set its own version), at identity scale 0.8."""
+    names = []
+    for index in range(count):
+        names.append(f"references/nova/{index}.png")
+        objects[names[-1]] = png(np.random.default_rng(100 + index).integers(0, 255, (48, 48, 3)))
+    return [replace(SPEC, references=tuple(names[:n]), reference_set_version=f"{n:016x}", identity_scale=0.8)
+            for n in range(1, count + 1)]
+
+
+def test_a_compiled_unet_with_its_ip_adapter_slot_never_recompiles_for_references_their_count_scale_or_none(
+        pipe, cache):
+    """The IP-Adapter is loaded before compiling (adapters.py `prepare_ip_slot`): renders with one to four
+    references, another scale and none reuse the graphs traced at the warm-up, and each renders what an eager
+    pipeline renders. A render without references is the base model's, to the pixel."""
+    from gpu_runner.pipelines import acceleration
+
+    torch._dynamo.reset()
+    objects, eager = Objects(), load_sdxl(None, cache, CPU)
+    specs = reference_specs(objects)
+    base = render(load_sdxl(None, cache, CPU), host(cache), objects)
+    plain = host(cache)
+    cases = {f"{len(spec.references)} references": spec for spec in specs}
+    cases["2 references at 0.3"] = replace(specs[1], identity_scale=0.3)
+    expected = {name: render(eager, plain, objects, spec) for name, spec in cases.items()}
+
+    slotted = host(cache)
+    facts = slotted.before_compile(pipe)
+    assert facts["ip_adapter_slot"] is True and slotted.stats.ip_adapter_loads == 1
+    acceleration.compile_module(pipe.unet, "regional", backend="eager")
+    pipe._soul_compiled = "regional"
+    assert np.array_equal(render(pipe, slotted, objects), base)  # the warm-up: no references adds nothing
+    traced = compiled_graphs()
+    assert traced >= 1
+    got = {name: render(pipe, slotted, objects, spec) for name, spec in cases.items()}
+    none_again = render(pipe, slotted, objects)
+    assert compiled_graphs() == traced  # not one recompile
+    for name, image in got.items():
+        assert np.abs(image - expected[name]).max() <= 1, name
+        assert np.abs(image - base).max() > 0, name
+    assert len({png(image) for image in got.values()}) == len(got)  # each set and scale is its own image
+    assert np.array_equal(none_again, base) and slotted.stats.ip_adapter_loads == 1
+
+
+def test_references_are_attended_to_together_not_averaged(pipe, cache):
+    """The runner repeats a set's image embeddings up to a fixed count (a compiled UNet sees one shape): every
+    reference the same number of times, so attention over them is what diffusers' own concatenation of the set
+    gives, and the same set in another order is the same image."""
+    objects, adapters = Objects(), host(cache)
+    spec = reference_specs(objects, 3)[2]
+    ours = render(pipe, adapters, objects, spec)
+    reordered = render(pipe, adapters, objects, replace(spec, references=tuple(reversed(spec.references))))
+    theirs = load_sdxl(None, cache, CPU)  # diffusers alone: its loader, its scale, its concatenation of the set
+    theirs.load_ip_adapter(str(ensure_tiny_ip_adapter(cache, theirs.unet)), subfolder="",
+                           weight_name=IP_ADAPTER_WEIGHTS, image_encoder_folder="image_encoder", local_files_only=True)
+    theirs.set_ip_adapter_scale(spec.identity_scale)
+    images = [Image.open(io.BytesIO(objects[name])).convert("RGB") for name in spec.references]
+    direct = render_images(theirs, [spec], prepare=lambda p: {"ip_adapter_image": [images]})[0]
+    assert np.abs(ours - np.asarray(direct, dtype=np.int16)).max() <= 1
+    assert np.abs(ours - reordered).max() <= 1
+
+
+def test_a_runner_with_real_weights_and_no_ip_adapter_refuses_references_clearly(pipe, cache):
+    objects = Objects()
+    spec = reference_specs(objects, 1)[0]
+    adapters = host(cache, tiny_ip_adapter=False)
+    with pytest.raises(InvalidRenderSpec, match="SOUL_IP_ADAPTER_MODEL"):
+        render(pipe, adapters, objects, spec)
+    assert adapters.before_compile(pipe)["ip_adapter_slot"] is False
+    assert render(pipe, adapters, objects).shape == (64, 64, 3)  # without references it serves
 
 
 def test_references_condition_the_image_through_the_ip_adapter(pipe, cache):
