@@ -121,8 +121,15 @@ async def api_async(request: AsgiRequest) -> AsgiResponse:
     return _Delegate(_served)
 
 
+def _header_timeout_s() -> float:
+    try:
+        return FunctionsSettings().header_timeout_s
+    except (ValidationError, ConfigError):  # `api` answers the configuration error on each request
+        return front.HEADER_TIMEOUT_S
+
+
 # The ASGI server's head deadline and limits; /favicon.ico and /robots.txt reach the api there too.
-front.install_asgi(detour=_served)
+front.install_asgi(detour=_served, header_timeout_s=_header_timeout_s())
 
 
 @functions_framework.cloud_event

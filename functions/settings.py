@@ -122,6 +122,8 @@ class FunctionsSettings(BaseSettings):
     worker_threads: int = Field(default=16, ge=1, le=512, validation_alias=AliasChoices("SOUL_WORKER_THREADS",
                                                                                           "THREADS"))
     body_idle_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # How long a connection may take to send its request line and headers (functions/http/front.py): 408 after.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=120)
     # Where the emulators are (local only; set by emulators/): their ports are never webhook targets.
     firestore_emulator_host: str | None = Field(default=None, validation_alias=AliasChoices("FIRESTORE_EMULATOR_HOST"))
     pubsub_emulator_host: str | None = Field(default=None, validation_alias=AliasChoices("PUBSUB_EMULATOR_HOST"))

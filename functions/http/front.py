@@ -6,7 +6,7 @@ those answers are the same `{"error": {"code", "message", "field"}}` JSON with t
 every other answer.
 
 The deployed api (`api_async`, ASGI: uvicorn's h11 protocol under gunicorn) gets `GuardedH11Protocol`: a
-connection must deliver its request line and headers within `HEADER_TIMEOUT_S` (408, then closed: a half-open
+connection must deliver its request line and headers within `header_timeout_s` (408, then closed: a half-open
 connection holds a socket for that long and never a thread), a request line longer than `MAX_REQUEST_LINE` is a
 414 and a header line longer than `MAX_HEADER_LINE` or a head larger than `MAX_HEAD` a 431, each refused as soon
 as the bytes that break the limit arrive (counted, never parsed: an 8 MiB request line costs the same as 8 KiB);
@@ -23,6 +23,7 @@ CODES = {400: "invalid_argument", 403: "permission_denied", 408: "request_timeou
          417: "expectation_failed", 431: "request_header_fields_too_large", 500: "internal"}
 
 HEADER_TIMEOUT_S = 10.0  # request line + headers must arrive within this, from the connection or the last answer
+#                          (the default of `header_timeout_s` in functions/settings.py, SOUL_HEADER_TIMEOUT_S)
 KEEPALIVE_S = 5.0  # an idle keep-alive connection is closed after this
 MAX_REQUEST_LINE = 8190  # bytes (gunicorn's default bound, which functions-framework turns off)
 MAX_HEADER_LINE = 8190
@@ -62,7 +63,7 @@ def install() -> bool:
 RESERVED_PATHS = frozenset({"/favicon.ico", "/robots.txt"})
 
 
-def _guarded_protocol(detour):
+def _guarded_protocol(detour, header_timeout_s: float = HEADER_TIMEOUT_S):
     """`GuardedH11Protocol`, built on uvicorn's h11 protocol (imported only where uvicorn serves); requests for
     `RESERVED_PATHS` go straight to the ASGI app `detour` when one is given."""
     import h11
@@ -89,7 +90,7 @@ def _guarded_protocol(detour):
         def _arm_head(self) -> None:
             self._head_bytes = self._line_bytes = 0
             self._first_line = True
-            self._head_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._head_timeout)
+            self._head_timer = self.loop.call_later(header_timeout_s, self._head_timeout)
 
         def _disarm_head(self) -> None:
             timer, self._head_timer = getattr(self, "_head_timer", None), None
@@ -100,7 +101,7 @@ def _guarded_protocol(detour):
             self._head_timer = None
             if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
                 self._refuse(408, "Request Timeout",
-                             f"the request line and headers did not arrive within {HEADER_TIMEOUT_S:g} s")
+                             f"the request line and headers did not arrive within {header_timeout_s:g} s")
 
         def _refuse(self, status: int, reason: str, message: str) -> None:
             self._disarm_head()
@@ -160,7 +161,7 @@ def _guarded_protocol(detour):
     return GuardedH11Protocol
 
 
-def install_asgi(detour=None) -> bool:
+def install_asgi(detour=None, header_timeout_s: float = HEADER_TIMEOUT_S) -> bool:
     """Serve ASGI targets (uvicorn workers under gunicorn, as functions-framework runs them) with
     `GuardedH11Protocol` and the keep-alive bound; False where uvicorn's gunicorn worker is not installed.
     `detour`: the ASGI app that answers `RESERVED_PATHS`."""
@@ -168,7 +169,7 @@ def install_asgi(detour=None) -> bool:
         from uvicorn_worker import UvicornWorker
     except ImportError:
         return False
-    UvicornWorker.CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "loop": "asyncio", "http": _guarded_protocol(detour),
+    UvicornWorker.CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "loop": "asyncio", "http": _guarded_protocol(detour, header_timeout_s),
                                    "timeout_keep_alive": KEEPALIVE_S, "server_header": False,
                                    # h11's own bound stays above ours, so ours answers first, in the error shape
                                    "h11_max_incomplete_event_size": 2 * (MAX_HEAD + MAX_REQUEST_LINE)}
