@@ -176,6 +176,47 @@ def _vae_tiling(pipe) -> None:
     pipe.vae.enable_tiling()
 
 
+def _slots(cache: Path, rank: int | None, ip_adapter: bool, compiled: bool = False, fp8: bool = False) -> Callable:
+    """What a compiled runner does at start (startup.prepare_sdxl): attention and layout, fp8 if asked, then its
+    adapters' `before_compile`, the LoRA slot at `rank` (None: no slot) and the IP-Adapter (random weights in the
+    real layout, a tiny image encoder: the UNet's cost is the same), then the regional compile. Rendered through the
+    runner's `prepare`, at rest (no LoRA, no references: scale 0), so the picture must be the reference's and the
+    time is the slots' price."""
+
+    def apply(pipe) -> None:
+        from gpu_runner.pipelines.acceleration import compile_module, quantize_fp8
+        from gpu_runner.pipelines.adapters import AdapterHost
+
+        (_channels_last if compiled else _sdpa)(pipe)
+        if fp8:
+            quantize_fp8(pipe.unet)
+        host = AdapterHost(cache_dir=cache / f"slots-{pipe.unet.config.cross_attention_dim}", ip_adapter_model=None,
+                           ip_adapter_weight_name="ip-adapter.safetensors", resident=1, budget_bytes=1 << 30,
+                           hotswap=rank is not None, hotswap_rank=rank or 1, tiny_ip_adapter=ip_adapter)
+        if rank is not None:
+            host.prepare_slot(pipe)
+        if ip_adapter:
+            host.prepare_ip_slot(pipe)
+        if compiled:
+            compile_module(pipe.unet, "regional")
+        pipe._soul_bench_adapters = host
+
+    return apply
+
+
+def slot_variants(cache: Path) -> list[tuple[str, Callable]]:
+    return [
+        ("fp16 + SDPA + LoRA slot r128 + IP-Adapter, at rest", _slots(cache, 128, True)),
+        ("SDPA + channels_last + regional compile + LoRA slot r128", _slots(cache, 128, False, compiled=True)),
+        ("SDPA + channels_last + regional compile + LoRA slot r32", _slots(cache, 32, False, compiled=True)),
+        ("SDPA + channels_last + regional compile + IP-Adapter", _slots(cache, None, True, compiled=True)),
+        ("SDPA + channels_last + regional compile + LoRA slot r128 + IP-Adapter",
+         _slots(cache, 128, True, compiled=True)),
+        ("SDPA + channels_last + fp8 + regional compile + LoRA slot r128 + IP-Adapter",
+         _slots(cache, 128, True, compiled=True, fp8=True)),
+    ]
+
+
 Variant = tuple[str, Callable]
 SDXL_VARIANTS: list[Variant] = [
     ("fp16, classic attention", _classic_attention),
@@ -201,8 +242,14 @@ SVD_VARIANTS: list[Variant] = [
 
 def _run_sdxl(pipe, size: int, steps: int, device: str) -> np.ndarray:
     generator = torch.Generator(device="cpu").manual_seed(0)
+    extra = {}
+    if (adapters := getattr(pipe, "_soul_bench_adapters", None)) is not None:  # a slots variant: as the runner calls
+        from gpu_runner.pipelines.specs import RenderSpec
+
+        spec = RenderSpec("portrait of nova, penguin", "blurry", size, size, steps, 7.0, 0)
+        extra = adapters.prepare(pipe, spec, lambda name: b"").kwargs
     out = pipe("portrait of nova, penguin", negative_prompt="blurry", width=size, height=size,
-               num_inference_steps=steps, guidance_scale=7.0, generator=generator, output_type="np")
+               num_inference_steps=steps, guidance_scale=7.0, generator=generator, output_type="np", **extra)
     _sync(device)
     return out.images[0]
 
@@ -323,7 +370,8 @@ def run(device: str, tiny: bool, cache: Path, pipelines: tuple[str, ...] = ("sdx
     rows: list[Row] = []
     if "sdxl" in pipelines:
         rows += _measure(
-            "SDXL", _select(SDXL_VARIANTS, compile_mode, device), lambda: build_sdxl(device, dtype, tiny, cache),
+            "SDXL", _select(SDXL_VARIANTS + slot_variants(cache), compile_mode, device),
+            lambda: build_sdxl(device, dtype, tiny, cache),
             lambda pipe, warmup: _run_sdxl(pipe, size, 2 if warmup else steps, device),
             None if tiny else SDXL_TFLOP, device, sink,
         )

@@ -21,6 +21,9 @@ def test_gpu_benchmark_harness_runs_on_the_tiny_models(tmp_path, capsys):
     assert all(r["seconds"] > 0 and r["max_abs_diff"] is not None for r in rows)
     sdpa = [r for r in rows if r["variant"] == "fp16 + SDPA"]
     assert all(r["max_abs_diff"] == 0 for r in sdpa)
+    # the compiled runner's LoRA slot and IP-Adapter, rendered at rest through its own prepare: not a pixel changes
+    [slots] = [r for r in rows if r["variant"] == "fp16 + SDPA + LoRA slot r128 + IP-Adapter, at rest"]
+    assert slots["max_abs_diff"] == 0
     assert "| SDXL | fp16 + SDPA |" in capsys.readouterr().out
 
 
