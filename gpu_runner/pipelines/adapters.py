@@ -325,7 +325,7 @@ class AdapterHost:
         # no references: a blank image's embeddings at scale 0, which add exactly zero (the base model's render)
         names = tuple(sorted(spec.references))
         encoded = names not in self._embeddings
-        positive, negative = self._embeddings_of(pipe, names, fetch)
+        positive, negative = (_tiled(e) for e in self._embeddings_of(pipe, names, fetch))
         self._scale_ip(float(spec.identity_scale) if names else 0.0)
         guided = spec.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None  # the pipeline's own test
         embeds = torch.cat([negative, positive]) if guided else positive
@@ -333,8 +333,8 @@ class AdapterHost:
         return {"ip_adapter_image_embeds": [embeds]}, seconds
 
     def _embeddings_of(self, pipe, names: tuple[str, ...], fetch: Fetch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(positive, negative) embeddings of a reference set, each repeated to IP_IMAGE_SLOTS images, in the layout
-        `ip_adapter_image_embeds` takes (1, images, ...); kept per set."""
+        """(positive, negative) image embeddings of a reference set, one per image (a blank one for no set); kept
+        per set."""
         kept = self._embeddings.get(names)
         if kept is not None:
             self._embeddings.move_to_end(names)
@@ -343,9 +343,7 @@ class AdapterHost:
 
         images = [self._reference(name, fetch) for name in names] or [Image.new("RGB", (64, 64))]
         projection = pipe.unet.encoder_hid_proj.image_projection_layers[0]
-        positive, negative = pipe.encode_image(images, pipe.device, 1, not isinstance(projection, ImageProjection))
-        repeat = IP_IMAGE_SLOTS // len(images)
-        kept = (positive.repeat_interleave(repeat, dim=0)[None], negative.repeat_interleave(repeat, dim=0)[None])
+        kept = pipe.encode_image(images, pipe.device, 1, not isinstance(projection, ImageProjection))
         self._embeddings[names] = kept
         while len(self._embeddings) > _EMBEDDING_CACHE:
             self._embeddings.popitem(last=False)
@@ -435,6 +433,12 @@ def slot_state(pipe, targets: tuple[str, ...], rank: int) -> dict[str, torch.Ten
             state[f"{component}.{name}.lora_A.weight"] = torch.zeros(rank, features_in, **kw)
             state[f"{component}.{name}.lora_B.weight"] = torch.zeros(features_out, rank, **kw)
     return state
+
+
+def _tiled(embeddings: torch.Tensor) -> torch.Tensor:
+    """One embedding per image -> IP_IMAGE_SLOTS of them, each image equally often, in the layout
+    `ip_adapter_image_embeds` takes: (1, images, ...)."""
+    return embeddings.repeat_interleave(IP_IMAGE_SLOTS // embeddings.shape[0], dim=0)[None]
 
 
 def scheduler_name(scheduler) -> str:
