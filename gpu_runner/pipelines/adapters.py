@@ -7,8 +7,9 @@ calls `prepare` there), so a batch's whole call sees one adapter set.
   (`SOUL_LORA_BUDGET_MB`); a render activates exactly its adapter at its scale, or none (adapters disabled).
 - **LoRA on a compiled UNet**: adding adapter layers, `disable_lora` and a new scale each change what torch.compile
   traced, so each would recompile (and after a few, dynamo gives up and runs eager). So before the runner compiles
-  (`startup.prepare_sdxl` calls `prepare_slot`), one slot is made: zero LoRA weights at `SOUL_LORA_HOTSWAP_RANK`
-  on every layer `SOUL_LORA_SLOT_TARGETS` names, scalings as tensors (`enable_lora_hotswap`). The graphs are
+  (`startup.prepare_sdxl` calls `before_compile`, which calls `prepare_slot`), one slot is made: zero LoRA
+  weights at `SOUL_LORA_HOTSWAP_RANK` on every layer `SOUL_LORA_SLOT_TARGETS` names, scalings as tensors
+  (`enable_lora_hotswap`). The graphs are
   traced with the slot in them; a render's LoRA is copied into it (`load_lora_weights(..., hotswap=True)`), its
   scale written into the scaling tensors in place, and a render without one runs the slot at scale 0 (which adds
   exactly zero). The price: the slot's low-rank matmuls in every call. A LoRA outside the slot (another layer, a
