@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.soul-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast test-e2e test-ui browser bench lint clean clients clients-setup node
+.PHONY: setup run test test-fast test-e2e test-ui browser bench lint clean clients clients-setup node gpu-wheels
 
 setup: $(STAMP) clients-setup
 
@@ -68,3 +68,19 @@ bench: setup
 
 clean:
 	rm -rf .soul .pytest_cache $(TS_CLIENT)/dist
+
+# Wheels the lent CUDA machine lacks (no network there; it has torch, transformers, peft, grpcio, ...) for
+# bench/gpu.py and bench/gpu_session.sh: CPython 3.12 x86-64, into .whl/ (ignored; name it in the run's carry).
+# --no-deps: the import closure of bench/gpu.py and gpu_runner's ModelHost, minus what that machine has, plus
+# protobuf and typing-extensions at the floors these wheels check (>= 6.33.5, >= 4.16.0).
+gpu-wheels: setup
+	rm -rf .whl
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
+	  diffusers==0.42.1 torchao==0.18.0 structlog==26.1.0 pydantic==2.14.4 pydantic-core==2.50.5 \
+	  pydantic-settings==2.16.3 python-dotenv==1.2.4 typing-inspection==0.4.5 annotated-types==0.8.0 \
+	  python-ulid==4.1.0 google-api-core==2.44.0 google-auth==2.63.0 google-cloud-core==2.8.0 \
+	  google-cloud-firestore==2.34.1 googleapis-common-protos==1.76.0 grpcio-status==1.85.3 proto-plus==1.29.0 \
+	  cryptography==50.0.2 cffi==2.1.1 protobuf==7.36.2 typing-extensions==4.16.0
+	du -sh .whl
