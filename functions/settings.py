@@ -75,6 +75,9 @@ class FunctionsSettings(BaseSettings):
     # Admin uploads of a soul's identity (functions/core/uploads.py): the whole body (Cloud Run takes at most 32 MiB
     # per HTTP/1 request; base64 in JSON adds a third), one reference image, its pixels, one LoRA and its rank.
     max_upload_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
+    # Upload bodies one api process holds in memory at once, all requests together (functions/http/asgi.py): an
+    # upload past it waits for none of them, it is a 503 with Retry-After. Four whole uploads by default.
+    max_buffered_upload_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
     reference_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     reference_max_pixels: int = Field(default=4096 * 4096, ge=64 * 64, le=8192 * 8192)
     lora_max_bytes: int = Field(default=23 * 1024 * 1024, ge=1024)

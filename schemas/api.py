@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, BeforeValidator, Field
 
 from schemas._base import Contract, Reply
 from schemas.documents import Style
@@ -18,11 +19,20 @@ from schemas.safety import Safety, Withheld
 CUE_MAX_CHARS = 200
 
 
+def _composed(value: object) -> object:
+    """A cue's bound counts characters as composed (NFC): "é" sent as e + U+0301 is one character, as it is
+    once normalized (functions/core/normalize.py); canonically equal cues are equally long."""
+    return unicodedata.normalize("NFC", value) if isinstance(value, str) else value
+
+
+Cue = Annotated[str, BeforeValidator(_composed)]
+
+
 class ImageRequest(Contract):
     """`GET /image?soul_id&cue&user_id` or `POST /image` with the same fields as JSON."""
 
     soul_id: str = Field(pattern=SOUL_ID_PATTERN, description="The soul to draw, e.g. `nova`.")
-    cue: str = Field(min_length=1, max_length=CUE_MAX_CHARS, description="A short cue, e.g. `penguin`.")
+    cue: Cue = Field(min_length=1, max_length=CUE_MAX_CHARS, description="A short cue, e.g. `penguin`.")
     user_id: str = Field(pattern=USER_ID_PATTERN, description="The end user, as asserted by the calling backend.")
     seed: int | None = Field(default=None, ge=0, lt=2**32, description=(
         "Pin the seed: the same pinned request is the same variant, rendered again it is the same pixels."))

@@ -44,6 +44,6 @@ def api_client_with(monkeypatch, name: str, **env: str):
         monkeypatch.setenv(key, value)
     settings = FunctionsSettings()
     api = Api(settings, make_clients(settings.project_id))
-    app = flask.Flask(name)
+    app = flask.Flask(name, static_folder=None)  # Flask's own /static view would shadow the api's /static paths
     app.add_url_rule("/<path:path>", "all", lambda path: api(flask.request), methods=["GET", "POST", "DELETE"])
     return api, app.test_client()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from urllib.parse import parse_qsl
 
 import flask
 import structlog
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 from werkzeug.exceptions import MethodNotAllowed as WzMethodNotAllowed
 from werkzeug.exceptions import NotFound as WzNotFound
 from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Response as WzResponse
 
 from functions.adapters.clients import Clients
 from functions.core import errors
@@ -39,6 +41,10 @@ log = structlog.get_logger(__name__)
 # google-api-core errors that mean "a backend is down or slow", not "the request is wrong".
 _UNAVAILABLE = (gexc.FailedPrecondition, gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.RetryError, gexc.InternalServerError,
                 gexc.TooManyRequests)
+# The deployed front (functions/http/asgi.py) asks the router to judge an upload's head before it reads the body:
+# with this environ key set, an admitted request (endpoint, key and role checked) is answered with this status.
+PREFLIGHT = "soul.preflight"
+PREFLIGHT_ADMITTED = 100
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Pages of the service itself: public even when API keys are configured.
 _PUBLIC_PAGES = {"/openapi.json": "openapi", "/docs": "docs", "/": "web", "/favicon.ico": "favicon",
@@ -94,8 +100,9 @@ class Api:
             structlog.contextvars.unbind_contextvars("request_id")
         response.headers["X-Request-Id"] = request_id
         add_security_headers(response, request.path, self._settings.signed_url_endpoint)
-        log.info("request", method=request.method, path=request.path, status=response.status_code,
-                 latency_ms=round((time.perf_counter() - started) * 1000, 2))
+        if response.status_code != PREFLIGHT_ADMITTED:  # an admitted head is logged with its whole request
+            log.info("request", method=request.method, path=request.path, status=response.status_code,
+                     latency_ms=round((time.perf_counter() - started) * 1000, 2))
         return response
 
     def _options(self, request: flask.Request) -> flask.Response:
@@ -103,15 +110,26 @@ class Api:
         router like every other answer (security headers, request id, the error shape for an unknown path). No
         CORS headers: the API has no browser origin of its own besides its pages, so a cross-origin preflight
         fails closed."""
-        allowed = set(self._routes.bind("localhost").allowed_methods(request.path))
+        allowed = self._allowed(request.path)
         if not allowed:
             raise errors.NotFound(f"no endpoint {request.path}")
-        head = "GET" in allowed and self._public_path(request.path)  # HEAD only where GET is a page or probe
-        methods = [m for m in allowed if m != "HEAD" or head] + ["OPTIONS"]
         response = flask.Response(status=204)
-        response.headers["Allow"] = ", ".join(sorted(set(methods)))
+        response.headers["Allow"] = allowed
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    def _allowed(self, path: str) -> str:
+        """The methods `path` answers, as `Allow` says them (on OPTIONS and on every 405 alike); "" for no path."""
+        allowed = set(self._routes.bind("localhost").allowed_methods(path))
+        if not allowed:
+            return ""
+        head = "GET" in allowed and self._public_path(path)  # HEAD only where GET is a page or probe
+        return ", ".join(sorted({m for m in allowed if m != "HEAD" or head} | {"OPTIONS"}))
+
+    def _not_allowed(self, request: flask.Request) -> errors.MethodNotAllowed:
+        allowed = self._allowed(request.path)
+        return errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allowed}",
+                                       headers={"Allow": allowed})
 
     def _public_path(self, path: str) -> bool:
         try:
@@ -125,18 +143,14 @@ class Api:
             return self._options(request)
         try:
             name, params = self._routes.bind("localhost").match(request.path, method=request.method)
-        except WzMethodNotAllowed as exc:
-            allowed = ", ".join(sorted(exc.valid_methods or []))
-            raise errors.MethodNotAllowed(
-                f"{request.method} is not allowed on {request.path}; use {allowed}", headers={"Allow": allowed}
-            ) from None
+        except WzMethodNotAllowed:
+            raise self._not_allowed(request) from None
         except WzNotFound:
             raise errors.NotFound(f"no endpoint {request.path}") from None
         if request.method == "HEAD" and name not in _PUBLIC_PAGES.values() \
                 and not self._endpoints[name].public:
             # HEAD must never do a GET's work (GET /image creates jobs): only pages and probes answer it.
-            raise errors.MethodNotAllowed(f"HEAD is not allowed on {request.path}; use GET",
-                                          headers={"Allow": "GET"})
+            raise self._not_allowed(request)
         if name == "openapi":
             return flask.Response(json.dumps(openapi_document()), mimetype="application/json")
         if name in ("docs", "web"):
@@ -151,6 +165,8 @@ class Api:
         if endpoint.role == "admin" and not principal.is_admin:
             raise errors.PermissionDenied(f"{request.method} {endpoint.rule} needs an admin key; this key's role "
                                           f"is '{principal.role}'")
+        if request.environ.get(PREFLIGHT):
+            return flask.Response(status=PREFLIGHT_ADMITTED)
         if not endpoint.public:
             self._services.quotas.check_rate(principal.tenant)
         for param, pattern in endpoint.path_params.items():
@@ -174,7 +190,7 @@ class Api:
             response.headers["Idempotency-Key"] = key
             return response
         reply = endpoint.handler(self._services, call)
-        if isinstance(reply, flask.Response):
+        if isinstance(reply, WzResponse):
             return reply
         status, body = reply
         return _json(status, body)
@@ -227,11 +243,19 @@ def _read_at_most(stream, size: int) -> bytes:
 
 
 def _query_dict(request: flask.Request) -> dict[str, str]:
+    """The query's parameters, each given once, decoded as strict UTF-8: werkzeug keeps an undecodable escape
+    (`%ff`) as its literal text, which would make `cue=%ff` and `cue=%25ff` one cue."""
+    try:
+        pairs = parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise errors.InvalidInput("the query string is not UTF-8: percent-escape the UTF-8 bytes of each value",
+                                  field="query") from None
     query: dict[str, str] = {}
-    for name, values in request.args.lists():
-        if len(values) > 1:
-            raise errors.InvalidInput(f"{name} is given {len(values)} times; give it once", field=name)
-        query[name] = values[0]
+    for name, value in pairs:
+        if name in query:
+            count = sum(1 for other, _ in pairs if other == name)
+            raise errors.InvalidInput(f"{name} is given {count} times; give it once", field=name)
+        query[name] = value
     return query
 
 

@@ -4,8 +4,12 @@ ASGI mode: uvicorn under gunicorn): one event loop owns every connection, the sy
 waiting stream holds no thread and a thousand followers leave the threads to everyone else.
 
 Per request: the body is read here, before any thread is taken, and at most `max_body_bytes` + 1 bytes of it
-(`max_upload_body_bytes` for the identity uploads), chunked or not (413, the connection closed); a body that stalls for `body_idle_timeout_s` between two reads is a
-408. The request then becomes a WSGI environ for the router; its answer goes back as it is, except a body that
+(`max_upload_body_bytes` for the identity uploads), chunked or not (413, the connection closed; a declared
+`Content-Length` past the limit is the same 413 before any byte is read); a body that stalls for
+`body_idle_timeout_s` between two reads is a 408. An upload's body is read only once the router has admitted its
+head (the key, its role: `PREFLIGHT`), and while the uploads in memory stay under `max_buffered_upload_bytes`
+(else 503 with Retry-After): no anonymous caller makes the process hold 32 MiB, and no number of callers more than
+the budget. The request then becomes a WSGI environ for the router; its answer goes back as it is, except a body that
 is an `EventStream`, which is iterated asynchronously until it ends or the client leaves."""
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
 from functions.core import errors
-from functions.http.app import error_response
+from functions.http.app import PREFLIGHT, PREFLIGHT_ADMITTED, error_response
 from functions.http.routes import ENDPOINTS
 from functions.http.sse import EventStream
 from functions.settings import FunctionsSettings
@@ -46,28 +50,61 @@ class AsgiApi:
         self._uploads = Map([Rule(ep.rule, endpoint=ep.name, methods=[ep.method]) for ep in ENDPOINTS if ep.upload],
                             strict_slashes=False).bind("localhost")
         self._idle = settings.body_idle_timeout_s
+        self._upload_budget = settings.max_buffered_upload_bytes
+        self._buffered = 0  # upload bytes reserved by requests in flight (only the event loop touches it)
         self._pool = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix="api")
         sys.setswitchinterval(SWITCH_INTERVAL_S)  # this process serves the api and nothing else
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return
+        limit = self._limit_for(scope)
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:
+            await _send_plain(send, error_response(errors.PayloadTooLarge(f"the body exceeds {limit} bytes")),
+                              close=True)
+            return
+        if limit <= self._limit:
+            await self._serve(scope, receive, send, limit)
+            return
+        # An upload: its head is judged before its body is read, and its body must fit in the process's budget.
+        status, headers, chunks, _ = await self._in_pool(wsgi_environ(scope, b"", preflight=True))
+        if status != PREFLIGHT_ADMITTED:
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [*headers, (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": b"".join(chunks)})
+            return
+        reserve = declared if declared is not None else limit
+        if self._buffered + reserve > self._upload_budget:
+            busy = errors.Unavailable("too many uploads in progress; retry shortly", headers={"Retry-After": "1"})
+            await _send_plain(send, error_response(busy), close=True)
+            return
+        self._buffered += reserve
         try:
-            body = await self._read_body(receive, self._limit_for(scope))
+            await self._serve(scope, receive, send, limit)
+        finally:
+            self._buffered -= reserve
+
+    async def _serve(self, scope: dict, receive: Callable, send: Callable, limit: int) -> None:
+        try:
+            body = await self._read_body(receive, limit)
         except errors.SoulError as exc:
             await _send_plain(send, error_response(exc), close=True)
             return
         if body is None:  # the client left before its body arrived
             return
         environ = wsgi_environ(scope, body)
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()
-        status, headers, chunks, stream = await loop.run_in_executor(self._pool, context.run, self._run, environ)
+        status, headers, chunks, stream = await self._in_pool(environ)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         if stream is None:
             await send({"type": "http.response.body", "body": b"".join(chunks)})
             return
         await _send_stream(stream, send, receive)
+
+    async def _in_pool(self, environ: dict) -> tuple[int, list, list[bytes], EventStream | None]:
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._pool, context.run, self._run, environ)
 
     def _limit_for(self, scope: dict) -> int:
         try:
@@ -141,9 +178,18 @@ async def _send_plain(send: Callable, response: flask.Response, *, close: bool) 
     await send({"type": "http.response.body", "body": response.get_data()})
 
 
-def wsgi_environ(scope: dict, body: bytes) -> dict:
-    """The WSGI environ (PEP 3333) of an ASGI HTTP request whose body has been read. Header names with an
-    underscore are dropped (as gunicorn does): `X_Api_Key` must never pass for `X-Api-Key`."""
+def _declared_length(scope: dict) -> int | None:
+    """The request's `Content-Length`, when it declares one (h11 has refused a malformed or repeated one)."""
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def wsgi_environ(scope: dict, body: bytes, *, preflight: bool = False) -> dict:
+    """The WSGI environ (PEP 3333) of an ASGI HTTP request whose body has been read (or, with `preflight`, of its
+    head alone, for the router to admit). Header names with an underscore are dropped (as gunicorn does):
+    `X_Api_Key` must never pass for `X-Api-Key`."""
     server = scope.get("server") or ("localhost", 80)
     client = scope.get("client") or ("", 0)
     environ = {
@@ -164,6 +210,7 @@ def wsgi_environ(scope: dict, body: bytes) -> dict:
         "wsgi.multithread": True,
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
+        PREFLIGHT: preflight,
     }
     for raw_name, raw_value in scope.get("headers", []):
         name = raw_name.decode("latin-1")

@@ -61,11 +61,21 @@ def install() -> bool:
 
 # Paths functions-framework's ASGI app answers itself with a plain-text 404 (its Flask app hands them to us).
 RESERVED_PATHS = frozenset({"/favicon.ico", "/robots.txt"})
+# The methods its routes take; it answers any other (and a target that is not a path: `*`, `http://host/...`)
+# with a plain-text 405 or 404. Those go to the api too, to be answered in the error shape with one `Allow` list.
+ROUTED_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH"})
+
+
+def detoured(scope: dict) -> bool:
+    """Whether a request goes straight to the api rather than through functions-framework's routes."""
+    path = scope.get("path", "")
+    return path in RESERVED_PATHS or scope.get("method") not in ROUTED_METHODS or not path.startswith("/")
 
 
 def _guarded_protocol(detour, header_timeout_s: float = HEADER_TIMEOUT_S):
     """`GuardedH11Protocol`, built on uvicorn's h11 protocol (imported only where uvicorn serves); requests for
-    `RESERVED_PATHS` go straight to the ASGI app `detour` when one is given."""
+    `RESERVED_PATHS` (and the requests `detoured` names) go straight to the ASGI app `detour` when one is
+    given."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -78,7 +88,7 @@ def _guarded_protocol(detour, header_timeout_s: float = HEADER_TIMEOUT_S):
                 served = self.app
 
                 async def app(scope, receive, send):
-                    target = detour if scope.get("path") in RESERVED_PATHS else served
+                    target = detour if scope.get("type") == "http" and detoured(scope) else served
                     await target(scope, receive, send)
 
                 self.app = app

@@ -129,7 +129,10 @@ def registers_webhook(handler: Handler) -> Handler:
 
 
 def redirect(url: str) -> flask.Response:
-    response = flask.redirect(url, code=302)
+    """A 302 to `url`, built without Flask's app context: the deployed front (functions/http/asgi.py) runs the
+    router outside one, where `flask.redirect` would answer a plain werkzeug response."""
+    response = flask.Response(status=302)
+    response.headers["Location"] = url
     response.headers["Cache-Control"] = "private, no-store"  # the target is a short-lived signed URL
     return response
 

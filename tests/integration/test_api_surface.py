@@ -312,3 +312,18 @@ def test_error_shape_for_odd_input(api):
         assert 400 <= response.status_code < 500, path
         assert set(response.json["error"]) == {"code", "message", "field"}
         assert re.match(r"^[a-z_]+$", response.json["error"]["code"])
+
+
+def test_a_cue_is_bounded_as_composed_text_and_a_query_must_be_utf8(api):
+    """Canonically equal cues are one cue of one length (NFD "e" + U+0301 counts as "é"); an undecodable escape
+    in the query is a 400, not the literal text `%ff` (which would make `%ff` and `%25ff` one cue)."""
+    composed = api.post("/image", json={"soul_id": "nova", "cue": "\u00e9" * 200, "user_id": "u"})
+    decomposed = api.post("/image", json={"soul_id": "nova", "cue": "e\u0301" * 200, "user_id": "u"})
+    assert composed.status_code == decomposed.status_code == 202, decomposed.json
+    assert composed.json["pk_id"] == decomposed.json["pk_id"]
+    assert api.post("/image", json={"soul_id": "nova", "cue": "e\u0301" * 201, "user_id": "u"}).status_code == 400
+    bad = api.get("/image?soul_id=nova&user_id=u&cue=%ff%fe%20zz")
+    assert bad.status_code == 400 and bad.json["error"]["field"] == "query"
+    literal = api.get("/image?soul_id=nova&user_id=u&cue=%25ff%25fe%20zz")
+    same = api.post("/image", json={"soul_id": "nova", "cue": "%ff%fe zz", "user_id": "v"})
+    assert literal.status_code == 202 and literal.json["pk_id"] == same.json["pk_id"]

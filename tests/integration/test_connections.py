@@ -294,3 +294,35 @@ def test_a_head_and_a_long_lined_body_in_one_write_are_read_as_a_request(server)
                      + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         answer = read_head(sock)
     assert status_of(answer) == 400, answer[:300]
+
+
+@pytest.mark.parametrize(("request_line", "status", "allow"), [
+    (b"BREW /image HTTP/1.1", 405, "GET, OPTIONS, POST"),  # a method functions-framework's routes do not take
+    (b"HEAD /image HTTP/1.1", 405, "GET, OPTIONS, POST"),  # HEAD never does GET /image's work; same Allow
+    (b"PUT /tasks HTTP/1.1", 405, "GET, OPTIONS"),
+    (b"GET * HTTP/1.1", 404, None),  # targets that are not a path
+    (b"GET http://elsewhere.example/healthz HTTP/1.1", 404, None),
+])
+def test_odd_methods_and_targets_are_answered_by_the_api_in_the_error_shape(server, request_line, status, allow):
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request_line + b"\r\nHost: x\r\nX-API-Key: " + OTHER.encode() + b"\r\nConnection: close\r\n\r\n")
+        answer = recv_all(sock, timeout=10)
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert status_of(answer) == status and "content-type: application/json" in head, answer[:300]
+    if not request_line.startswith(b"HEAD"):
+        assert set(body_of(answer)["error"]) == {"code", "message", "field"}
+    if allow is not None:
+        assert f"allow: {allow.lower()}\r\n" in head + "\r\n"
+
+
+def test_a_declared_length_past_the_limit_is_a_413_at_once(server):
+    """No body is waited for: the client that sends its head and waits (Expect: 100-continue) is told at once."""
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /image HTTP/1.1\r\nHost: x\r\nX-API-Key: " + OTHER.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n")
+        answer = recv_all(sock, timeout=HEAD_S + 5)
+    assert status_of(answer) == 413 and body_of(answer)["error"]["code"] == "payload_too_large"
+    assert time.monotonic() - started < HEAD_S - 1

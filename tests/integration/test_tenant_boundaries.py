@@ -162,3 +162,15 @@ def test_options_answers_like_every_other_route(api_app, clean_firestore):
     unknown = client.options("/nowhere")
     assert unknown.status_code == 404 and unknown.json["error"]["code"] == "not_found"
     assert unknown.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_every_405_says_the_allow_list_options_says(api_app, clean_firestore):
+    client = api_app.test_client()
+    for method, path in (("PUT", "/tasks"), ("HEAD", "/tasks"), ("HEAD", "/image"), ("PUT", "/image"),
+                         ("POST", "/healthz"), ("PATCH", "/tasks/abc")):
+        response = client.open(path, method=method)
+        assert response.status_code == 405, (method, path)
+        allowed = response.headers["Allow"]
+        assert allowed == client.options(path).headers["Allow"], (method, path)
+        if method != "HEAD":
+            assert response.json["error"]["message"].endswith(f"use {allowed}")
