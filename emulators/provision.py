@@ -20,7 +20,7 @@ from schemas import names
 from soul_common.delivery import LANES, DeliveryPolicy, policy
 
 TOPICS = (names.TOPIC_JOBS, names.TOPIC_JOBS_BACKGROUND, names.TOPIC_JOBS_DEAD_LETTER, names.TOPIC_EVENTS,
-          names.TOPIC_REQUESTS)
+          names.TOPIC_REQUESTS, names.TOPIC_WEBHOOK_RETRIES)
 
 
 def publisher_client(target: str) -> pubsub_v1.PublisherClient:
@@ -97,7 +97,8 @@ def provision_pubsub(
     webhooks_endpoint: str | None = None,
 ) -> None:
     """Topics and subscriptions of the pipeline on the emulator at `target` (host:port). `push_endpoint` is the
-    ingest function (soul-requests), `webhooks_endpoint` the webhooks function (soul-events)."""
+    ingest function (soul-requests), `webhooks_endpoint` the webhooks function (soul-events and its own
+    soul-webhook-retries)."""
     if not 0 <= retry_min_backoff_s <= retry_max_backoff_s <= 600:
         raise EmulatorError(
             f"retry backoffs must satisfy 0 <= min <= max <= 600 s, got min={retry_min_backoff_s}, "
@@ -126,6 +127,7 @@ def provision_pubsub(
             _ensure_push_subscription(subscriber, project_id, push_endpoint, policy(names.SUB_REQUESTS_PUSH))
         if webhooks_endpoint is not None:
             _ensure_push_subscription(subscriber, project_id, webhooks_endpoint, policy(names.SUB_EVENTS_WEBHOOKS))
+            _ensure_push_subscription(subscriber, project_id, webhooks_endpoint, policy(names.SUB_WEBHOOK_RETRIES))
     except gexc.GoogleAPICallError as exc:
         raise EmulatorError(f"provisioning Pub/Sub on {target} failed: {exc}") from exc
     finally:

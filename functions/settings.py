@@ -96,8 +96,10 @@ class FunctionsSettings(BaseSettings):
     webhook_timeout_s: float = Field(default=5.0, gt=0, le=30)
     webhook_targets_per_tenant_per_job: int = Field(default=5, ge=1, le=100)
     webhook_parallel_targets: int = Field(default=64, ge=1, le=256)  # targets of one event delivered at once
-    # Below the push subscription's ack deadline (with one attempt's timeout): checked in `_webhooks_fit_one_push`.
-    webhook_retry_budget_s: float = Field(default=120.0, ge=0)
+    # A failing target is retried, one push of soul-webhook-retries per attempt, for at most the budget (an hour
+    # at most: its attempts are listed on the delivery document); the backoff's maximum and one attempt's timeout
+    # fit in that subscription's ack deadline: `_webhook_retries_fit_their_push`.
+    webhook_retry_budget_s: float = Field(default=120.0, ge=0, le=3600)
     webhook_backoff_initial_s: float = Field(default=1.0, gt=0, le=60)
     webhook_backoff_max_s: float = Field(default=30.0, gt=0, le=300)
     # Warm pool (functions/services/warm_pool.py): pre-render `ahead` unseen variants of prompt keys with demand.
@@ -133,15 +135,15 @@ class FunctionsSettings(BaseSettings):
     storage_emulator_host: str | None = Field(default=None, validation_alias=AliasChoices("STORAGE_EMULATOR_HOST"))
 
     @model_validator(mode="after")
-    def _webhooks_fit_one_push(self) -> FunctionsSettings:
-        """Every retry of a delivery happens inside one push of soul-events-webhooks: past its ack deadline Pub/Sub
-        would push the event again while the first push still retries."""
-        deadline = policy(names.SUB_EVENTS_WEBHOOKS).ack_deadline_s
-        if self.webhook_retry_budget_s + self.webhook_timeout_s >= deadline:
+    def _webhook_retries_fit_their_push(self) -> FunctionsSettings:
+        """A push of soul-webhook-retries waits until its attempt is due (at most the backoff's maximum) and makes
+        it: past the subscription's ack deadline Pub/Sub would push the retry again while the first still waits."""
+        deadline = policy(names.SUB_WEBHOOK_RETRIES).ack_deadline_s
+        if self.webhook_backoff_max_s + self.webhook_timeout_s >= deadline:
             raise ValueError(
-                f"SOUL_WEBHOOK_RETRY_BUDGET_S ({self.webhook_retry_budget_s:g}) + SOUL_WEBHOOK_TIMEOUT_S "
+                f"SOUL_WEBHOOK_BACKOFF_MAX_S ({self.webhook_backoff_max_s:g}) + SOUL_WEBHOOK_TIMEOUT_S "
                 f"({self.webhook_timeout_s:g}) must stay below the {deadline} s ack deadline of "
-                f"{names.SUB_EVENTS_WEBHOOKS}"
+                f"{names.SUB_WEBHOOK_RETRIES}"
             )
         return self
 

@@ -38,6 +38,11 @@ class InvalidRenderSpec(InvalidJob, ValueError):
     """The job's request makes an invalid render (size, steps, guidance, seed, frames out of bounds)."""
 
 
+class NonFiniteRender(InvalidJob):
+    """The render's latents hold NaN or infinite values (a broken LoRA or weights, an overflow): there is no image
+    to store, and a black one must never be served in its place. Terminal: the same render gives the same."""
+
+
 class JobCanceled(RunnerError):
     """A cancel was requested while the job ran; it stops at the next step."""
 

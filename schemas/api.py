@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import unicodedata
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BeforeValidator, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
 from schemas._base import Contract, Reply
 from schemas.documents import Style
@@ -26,6 +26,17 @@ def _composed(value: object) -> object:
 
 
 Cue = Annotated[str, BeforeValidator(_composed)]
+
+
+def _in_utc(value: datetime) -> datetime:
+    """An instant as UTC, refused when UTC cannot hold it (year 1 at +23:59 is the year 0): stored, it must be."""
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("the time is out of range once in UTC") from None
+
+
+UtcInstant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class ImageRequest(Contract):
@@ -147,7 +158,7 @@ class StyleUpsert(Contract):
     soul_id: str = Field(pattern=SOUL_ID_PATTERN)
     display_name: str = Field(default="", max_length=100)
     style: Style
-    updated_at: AwareDatetime | None = Field(
+    updated_at: UtcInstant | None = Field(
         default=None, description="With a time zone; at most the configured clock skew in the future."
     )
 
@@ -155,7 +166,7 @@ class StyleUpsert(Contract):
 class StyleDeleteQuery(Contract):
     """`DELETE /style/{soul_id}?updated_at=...`: the delete takes part in last-write-wins like a write."""
 
-    updated_at: AwareDatetime | None = Field(default=None, description="With a time zone; default: now.")
+    updated_at: UtcInstant | None = Field(default=None, description="With a time zone; default: now.")
 
 
 class Me(Reply):

@@ -32,6 +32,7 @@ TOPIC_JOBS_BACKGROUND = "soul-jobs-background"  # the background lane: pre-rende
 TOPIC_JOBS_DEAD_LETTER = "soul-jobs-dead-letter"
 TOPIC_EVENTS = "soul-events"
 TOPIC_REQUESTS = "soul-requests"
+TOPIC_WEBHOOK_RETRIES = "soul-webhook-retries"  # a webhook target's next attempt, published by the webhooks function
 
 # Pub/Sub subscriptions.
 SUB_RUNNER = "soul-jobs-runner"
@@ -40,6 +41,7 @@ SUB_EVENTS_WEBHOOKS = "soul-events-webhooks"  # push subscription to the `webhoo
 SUB_JOBS_DEAD_LETTER = "soul-jobs-dead-letter-sub"
 SUB_EVENTS = "soul-events-sub"
 SUB_REQUESTS_PUSH = "soul-requests-ingest"
+SUB_WEBHOOK_RETRIES = "soul-webhook-retries-push"  # push subscription to the `webhooks` function (its retries)
 
 # Delivery policy of the runner's subscription.
 MAX_DELIVERY_ATTEMPTS = 5

@@ -83,6 +83,7 @@ class DeliveryDoc(Document):
     status: Literal["pending", "delivered", "failed"] = "pending"
     attempts: list[DeliveryAttempt] = Field(default_factory=list)
     first_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = None  # while pending: when the scheduled retry is due
     finished_at: datetime | None = None
 
 

@@ -81,10 +81,14 @@ POLICIES: MappingProxyType[str, DeliveryPolicy] = MappingProxyType({
         # How long Pub/Sub waits for the ingest function's answer.
         DeliveryPolicy(names.SUB_REQUESTS_PUSH, names.TOPIC_REQUESTS, 60, names.MAX_DELIVERY_ATTEMPTS, **_RETRY,
                        push=True),
-        # The webhooks function retries each target itself within its budget (below this deadline, and below the
-        # function's timeout of the same length), in one push.
+        # The webhooks function makes each target's first attempt (all targets of the event in parallel, in
+        # rounds of its parallel senders) in one push; a target to retry becomes a message on soul-webhook-retries.
         DeliveryPolicy(names.SUB_EVENTS_WEBHOOKS, names.TOPIC_EVENTS, 300, names.MAX_DELIVERY_ATTEMPTS, **_RETRY,
                        push=True),
+        # One retry of one target per push: the wait until it is due (at most the backoff's maximum) and one
+        # attempt, so a failing target holds one short push of this subscription, never the events' one.
+        DeliveryPolicy(names.SUB_WEBHOOK_RETRIES, names.TOPIC_WEBHOOK_RETRIES, 60, names.MAX_DELIVERY_ATTEMPTS,
+                       **_RETRY, push=True),
     )
 })
 

@@ -34,6 +34,12 @@ class Publisher:
         future = self._client.publish(self._events_topic, data, **attributes)
         return future.result(timeout=PUBLISH_TIMEOUT_S)
 
+    def publish_webhook_retry(self, data: bytes, attributes: dict[str, str]) -> str:
+        """A webhook target's next attempt on soul-webhook-retries (functions/services/webhook_delivery.py)."""
+        future = self._client.publish(self._client.topic_path(self._project_id, names.TOPIC_WEBHOOK_RETRIES), data,
+                                      **attributes)
+        return future.result(timeout=PUBLISH_TIMEOUT_S)
+
     def ping(self) -> None:
         """Readiness: every topic the functions publish to exists and can be seen. Publishes nothing.
 

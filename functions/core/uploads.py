@@ -156,8 +156,30 @@ def validate_lora(data: bytes, targets: dict[str, dict[str, tuple[int, int]]] | 
         rank = max(rank, a[0])
     if not modules:
         raise InvalidInput("the file holds no tensors", field="lora")
+    _all_finite(data, header)
     components = tuple(sorted({component for component, _ in modules}))
     return LoraFacts(rank=rank, tensors=len(header), components=components)
+
+
+# Each dtype's word and exponent bits: all of them set is an infinity or a NaN.
+_NON_FINITE = {"F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80), "F32": ("<u4", 0x7F800000)}
+
+
+def _all_finite(data: bytes, header: dict[str, dict]) -> None:
+    """Every weight a number: one NaN or infinity in a LoRA makes every render of its soul a black image.
+    (numpy only here: the api imports it on the first LoRA upload, not at its cold start.)"""
+    import numpy as np
+
+    body = 8 + int.from_bytes(data[:8], "little")
+    for key, entry in header.items():
+        begin, end = entry["data_offsets"]
+        kind, exponent = _NON_FINITE[entry["dtype"]]
+        word = np.dtype(kind).newbyteorder("<")
+        bits = np.frombuffer(data, dtype=word, count=(end - begin) // word.itemsize, offset=body + begin)
+        bad = int(np.count_nonzero((bits & exponent) == exponent))
+        if bad:
+            raise InvalidInput(f"tensor {key!r} holds {bad} NaN or infinite values: every render with it would be "
+                               "black", field="lora")
 
 
 def _safetensors_header(data: bytes, limits: UploadLimits) -> dict[str, dict]:

@@ -181,6 +181,9 @@ def install_asgi(detour=None, header_timeout_s: float = HEADER_TIMEOUT_S) -> boo
         return False
     UvicornWorker.CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "loop": "asyncio", "http": _guarded_protocol(detour, header_timeout_s),
                                    "timeout_keep_alive": KEEPALIVE_S, "server_header": False,
+                                   # The peer address stays the peer's: uvicorn would take X-Forwarded-For from
+                                   # a local peer; the api reads it itself, only as far as SOUL_TRUSTED_PROXY_HOPS.
+                                   "proxy_headers": False,
                                    # h11's own bound stays above ours, so ours answers first, in the error shape
                                    "h11_max_incomplete_event_size": 2 * (MAX_HEAD + MAX_REQUEST_LINE)}
     return True

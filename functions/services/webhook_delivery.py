@@ -2,9 +2,18 @@
 code path locally). Each event goes to every target whose filter wants it, signed per the Standard Webhooks
 spec (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>`,
 by the `standardwebhooks` package), and is retried per target with exponential backoff for a bounded time
-(targets are delivered independently, in parallel; each attempt has one overall deadline):
-a target that answered 2xx is never sent the event again, even when Pub/Sub redelivers it. Every attempt is
-recorded under the webhook record and listed by `GET /tasks/{id}`.
+(targets are delivered independently, in parallel; each attempt has one overall deadline): a target that
+answered 2xx is never sent the event again, even when Pub/Sub redelivers it. Every attempt is recorded under the
+webhook record and listed by `GET /tasks/{id}`.
+
+A push of soul-events makes each target's *first* attempt only, so it ends within one attempt's deadline (per
+round of parallel senders). A target to try again becomes a message on soul-webhook-retries (the event's own
+message, naming the target and when it is due: `RETRY_TARGET`, `RETRY_DUE`), pushed back to this function: that
+push waits until the attempt is due (at most the backoff's maximum), makes it, and schedules the next one. A
+failing or hanging target therefore holds short pushes of the retry subscription, never the events' pushes nor
+their push window, and other targets are told at once. The delivery document keeps when its next attempt is due
+(`next_attempt_at`), so a redelivered copy of a retry message does nothing, and a retry lost to a crash before it
+was published is scheduled again by the event's redelivery.
 
 Targets are vetted after DNS resolution and the connection goes to the vetted IP (functions/core/ssrf.py,
 functions/adapters/webhook_http.py); no redirect is followed, an attempt has one short overall deadline, and only
@@ -21,7 +30,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from itertools import zip_longest
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from pydantic import ValidationError
@@ -62,6 +71,37 @@ class RetryPolicy:
     @classmethod
     def of(cls, settings: FunctionsSettings) -> RetryPolicy:
         return cls(settings.webhook_retry_budget_s, settings.webhook_backoff_initial_s, settings.webhook_backoff_max_s)
+
+    def delay_after(self, attempts: int) -> float:
+        """The wait before the next attempt once `attempts` were made: doubling from the initial, to the maximum."""
+        return min(self.initial_s * 2 ** max(attempts - 1, 0), self.max_s)
+
+
+# Attributes a retry message adds to the event's own: the one target it is for, and when its attempt is due.
+RETRY_TARGET = "soul-webhook-id"
+RETRY_DUE = "soul-due-at"
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What a soul-webhook-retries message asks: the next attempt of one target, due at `due_at`."""
+
+    webhook_id: str
+    due_at: datetime
+
+    @classmethod
+    def of(cls, attributes: Mapping[str, str]) -> Retry | None:
+        """The retry a message's attributes name; None for an event; ValueError for a malformed retry."""
+        if RETRY_TARGET not in attributes:
+            return None
+        due = datetime.fromisoformat(str(attributes.get(RETRY_DUE, "")))
+        if due.tzinfo is None:
+            raise ValueError("the retry's due time has no time zone")
+        return cls(str(attributes[RETRY_TARGET]), due)
+
+
+# Publishes a retry message: the event's data and attributes with RETRY_TARGET and RETRY_DUE.
+Scheduler = Callable[[bytes, dict[str, str]], object]
 
 
 @dataclass(frozen=True)
@@ -109,9 +149,10 @@ class Deliverer:
     """Sends one event to its targets and records every attempt. `sleep` and `sender` are injectable."""
 
     def __init__(self, store: WebhookStore, registry: WebhookRegistry, settings: FunctionsSettings, *,
-                 sender: Sender = post, resolver: ssrf.Resolver = ssrf.system_resolver,
-                 sleep: Callable[[float], None] = time.sleep):
+                 schedule: Callable[[str, datetime], None], sender: Sender = post,
+                 resolver: ssrf.Resolver = ssrf.system_resolver, sleep: Callable[[float], None] = time.sleep):
         self._store = store
+        self._schedule_retry = schedule  # (webhook_id, due_at): publish that target's next attempt
         self._registry = registry
         self._settings = settings
         self._policy = RetryPolicy.of(settings)
@@ -124,23 +165,39 @@ class Deliverer:
         fresh = DeliveryDoc(key=out.key, message_id=message_id, event=out.event, event_type=out.event_type)
         return self._store.open_delivery(out.job_id, hook.webhook_id, fresh)
 
-    def deliver(self, out: Outgoing) -> dict[str, str]:
-        """Deliver to every target that wants the event; {webhook_id: final status}. Each target is delivered on
-        its own (in parallel, with its own retries and backoff), so a slow or hanging target, whoever's it is,
-        delays no other target's delivery by more than the time to start a thread."""
+    def deliver(self, out: Outgoing, retry: Retry | None = None) -> dict[str, str]:
+        """Without `retry` (a soul-events push): the first attempt of every target that wants the event and was
+        never tried, all in parallel. With it (a soul-webhook-retries push): the attempt of that one target, once
+        due. {webhook_id: status after this push}; "pending" is a target whose next attempt is scheduled. Each
+        target is delivered on its own, so a slow or hanging target, whoever's it is, delays no other target's
+        delivery by more than the time to start a thread."""
         pending: list[tuple[WebhookDoc, DeliveryDoc]] = []
         final: dict[str, str] = {}
         for hook in self._registry.targets(out.job_id, out.event):
+            if retry is not None and hook.webhook_id != retry.webhook_id:
+                continue
             doc = self._open(out, hook)
             if doc.status == "pending" and self._out_of_time(doc):
                 # A redelivery (the function crashed or timed out mid-retries): the bound is from the first try.
                 self._finish(out, hook, "failed")
                 doc = doc.model_copy(update={"status": "failed"})
-            if doc.status == "pending":
-                pending.append((hook, doc))
             final[hook.webhook_id] = doc.status
+            if doc.status != "pending":
+                continue
+            if retry is None and doc.first_attempt_at is not None:
+                # Tried before: its retries are scheduled; unless a crash lost the schedule, then it is made now.
+                if doc.next_attempt_at is None:
+                    self._schedule(out, hook, doc)
+                continue
+            if retry is not None and doc.next_attempt_at is not None and doc.next_attempt_at != retry.due_at:
+                continue  # a stale copy of a retry message (Pub/Sub delivers at least once): a later one is due
+            pending.append((hook, doc))
         if not pending:
             return final
+        if retry is not None:
+            wait = (retry.due_at - utcnow()).total_seconds()
+            if wait > 0:
+                self._sleep(min(wait, self._policy.max_s))
         workers = min(len(pending), self._settings.webhook_parallel_targets)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook") as pool:
             futures = {pool.submit(self._deliver_one, out, hook, doc): hook for hook, doc in by_turns(pending)}
@@ -149,20 +206,28 @@ class Deliverer:
         return final
 
     def _deliver_one(self, out: Outgoing, hook: WebhookDoc, doc: DeliveryDoc) -> str:
-        """One target's delivery: attempts with exponential backoff until it ends or the retry budget is spent."""
-        delay = self._policy.initial_s
-        started = time.monotonic()
-        while True:
-            status, doc = self._attempt(out, hook, doc)
-            if status != "pending":
-                return status
-            if time.monotonic() - started + delay > self._policy.budget_s:
-                self._finish(out, hook, "failed")
-                log.warning("webhook_gave_up", job_id=out.job_id, webhook_id=hook.webhook_id,
-                            event_type=out.event_type)
-                return "failed"
-            self._sleep(delay)
-            delay = min(delay * 2, self._policy.max_s)
+        """One attempt; when it may be retried, the next one is scheduled within the retry budget."""
+        status, doc = self._attempt(out, hook, doc)
+        if status != "pending":
+            return status
+        delay = self._policy.delay_after(len(doc.attempts))
+        assert doc.first_attempt_at is not None
+        if (utcnow() - doc.first_attempt_at).total_seconds() + delay > self._policy.budget_s:
+            self._finish(out, hook, "failed")
+            log.warning("webhook_gave_up", job_id=out.job_id, webhook_id=hook.webhook_id, event_type=out.event_type,
+                        attempts=len(doc.attempts))
+            return "failed"
+        self._schedule(out, hook, doc, delay)
+        return "pending"
+
+    def _schedule(self, out: Outgoing, hook: WebhookDoc, doc: DeliveryDoc, delay: float | None = None) -> None:
+        """Publish the target's next attempt, then note when it is due (a crash between the two leaves it
+        unnoted: the event's redelivery schedules it again, and the copy that arrives first is the one made)."""
+        due = utcnow() + timedelta(seconds=self._policy.delay_after(len(doc.attempts)) if delay is None else delay)
+        self._schedule_retry(hook.webhook_id, due)
+        self._store.schedule_attempt(out.job_id, hook.webhook_id, out.key, due)
+        log.info("webhook_retry_scheduled", job_id=out.job_id, webhook_id=hook.webhook_id,
+                 event_type=out.event_type, due_at=due.isoformat())
 
     def _out_of_time(self, doc: DeliveryDoc) -> bool:
         started = doc.first_attempt_at
@@ -194,8 +259,8 @@ class Deliverer:
         attempt = DeliveryAttempt(at=now, status_code=code, error=error,
                                   duration_ms=round((time.perf_counter() - began) * 1000, 1))
         first = doc.first_attempt_at is None
-        if first:
-            doc = doc.model_copy(update={"first_attempt_at": now})
+        doc = doc.model_copy(update={"attempts": [*doc.attempts, attempt],
+                                     "first_attempt_at": now if first else doc.first_attempt_at})
         self._store.record_attempt(out.job_id, hook.webhook_id, out.key, attempt, first=first,
                                    status=None if status == "pending" else status)
         log.info("webhook_attempt", job_id=out.job_id, webhook_id=hook.webhook_id, event_type=out.event_type,
@@ -253,9 +318,18 @@ def outgoing(message: Mapping, job_data: Callable[[str, ContentPolicy], dict | N
     return Outgoing(job_id=job_id, event=kind, event_type=event_type, key=key, body=encode(view), bodies=bodies)
 
 
-def handle_event(svc, message: Mapping, **deliverer_options) -> dict[str, str]:
-    """The `webhooks` function's body: one soul-events message. Raises only when Firestore fails (Pub/Sub then
-    redelivers, and targets already served are skipped)."""
+def handle_event(svc, message: Mapping, *, schedule: Scheduler | None = None,
+                 **deliverer_options) -> dict[str, str]:
+    """The `webhooks` function's body: one soul-events message (first attempts), or one soul-webhook-retries
+    message (one target's next attempt). Retries are published with `schedule(data, attributes)` (by default on
+    soul-webhook-retries). Raises only when Firestore or Pub/Sub fails (Pub/Sub then redelivers, and targets
+    already served are skipped)."""
+    attributes = {str(k): str(v) for k, v in (message.get("attributes") or {}).items()}
+    try:
+        retry = Retry.of(attributes)
+    except ValueError as exc:  # nothing a redelivery could fix: acknowledged, and said
+        log.warning("webhook_retry_unreadable", error=str(exc))
+        return {}
 
     jobs: dict[str, JobDoc | None] = {}
 
@@ -272,5 +346,12 @@ def handle_event(svc, message: Mapping, **deliverer_options) -> dict[str, str]:
     out = outgoing(message, task_view, sign=lambda name: svc.signer.sign(name).url)
     if out is None:
         return {}
-    deliverer = Deliverer(svc.webhook_store, svc.webhooks, svc.settings, **deliverer_options)
-    return deliverer.deliver(out)
+    publish = schedule or svc.publisher.publish_webhook_retry
+    event_attributes = {k: v for k, v in attributes.items() if k not in (RETRY_TARGET, RETRY_DUE)}
+    data = base64.b64decode(str(message.get("data") or ""))
+
+    def scheduled(webhook_id: str, due: datetime) -> None:
+        publish(data, {**event_attributes, RETRY_TARGET: webhook_id, RETRY_DUE: due.isoformat()})
+
+    deliverer = Deliverer(svc.webhook_store, svc.webhooks, svc.settings, schedule=scheduled, **deliverer_options)
+    return deliverer.deliver(out, retry)

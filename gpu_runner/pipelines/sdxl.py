@@ -13,6 +13,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 
+from gpu_runner.errors import NonFiniteRender
 from gpu_runner.pipelines.clip import sdxl_config_folder
 from gpu_runner.pipelines.device import DeviceChoice
 from gpu_runner.pipelines.previews import Previews
@@ -77,6 +78,9 @@ def _render_call(
     generators = [torch.Generator(device=device).manual_seed(spec.seed) for spec in specs]
 
     def step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        if step_index + 1 == pipeline.num_timesteps and not torch.isfinite(callback_kwargs["latents"]).all():
+            raise NonFiniteRender("the render's latents hold NaN or infinite values (a broken LoRA or weights): "
+                                  "no image was stored")
         if on_step is not None:
             on_step(step_index + 1, pipeline.num_timesteps)
         if previews is not None and previews.due(step_index + 1, pipeline.num_timesteps):

@@ -199,6 +199,13 @@ resource "google_project_iam_member" "webhooks_firestore" {
   member  = google_service_account.webhooks.member
 }
 
+# Publishes a target's next attempt on soul-webhook-retries (and nothing else).
+resource "google_pubsub_topic_iam_member" "webhooks_publishes_retries" {
+  topic  = google_pubsub_topic.webhook_retries.name
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.webhooks.member
+}
+
 resource "google_secret_manager_secret_iam_member" "webhooks_reads_secret" {
   count = var.webhook_secret_id != "" ? 1 : 0
 

@@ -5,18 +5,20 @@ locals {
   topic_jobs_dead_letter = "soul-jobs-dead-letter"
   topic_events           = "soul-events"
   topic_requests         = "soul-requests"
+  topic_webhook_retries  = "soul-webhook-retries"
   sub_runner             = "soul-jobs-runner"
   sub_runner_background  = "soul-jobs-background-runner"
   sub_events_webhooks    = "soul-events-webhooks"
   sub_jobs_dead_letter   = "soul-jobs-dead-letter-sub"
   sub_events             = "soul-events-sub"
   sub_requests_push      = "soul-requests-ingest"
+  sub_webhook_retries    = "soul-webhook-retries-push"
   max_delivery_attempts  = 5 # schemas/names.py MAX_DELIVERY_ATTEMPTS
 
   # Infra-only names (no code reads them): where soul-requests messages that ingest keeps failing on end up.
   topic_requests_dead_letter = "soul-requests-dead-letter"
   sub_requests_dead_letter   = "soul-requests-dead-letter-sub"
-  # Events the webhooks function kept failing on (its own retries exhausted and Pub/Sub's too).
+  # Events (and retries of one target) the webhooks function kept failing on: Pub/Sub's attempts exhausted.
   topic_events_webhooks_dead_letter = "soul-events-webhooks-dead-letter"
   sub_events_webhooks_dead_letter   = "soul-events-webhooks-dead-letter-sub"
 

@@ -327,3 +327,11 @@ def test_a_cue_is_bounded_as_composed_text_and_a_query_must_be_utf8(api):
     literal = api.get("/image?soul_id=nova&user_id=u&cue=%25ff%25fe%20zz")
     same = api.post("/image", json={"soul_id": "nova", "cue": "%ff%fe zz", "user_id": "v"})
     assert literal.status_code == 202 and literal.json["pk_id"] == same.json["pk_id"]
+
+
+def test_a_style_time_past_what_utc_holds_is_a_400(api):
+    for instant in ("0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"):
+        response = api.post("/style", json={"soul_id": "atlas", "style": {}, "updated_at": instant})
+        assert response.status_code == 400 and response.json["error"]["field"] == "updated_at", response.json
+        deleted = api.delete("/style/atlas", query_string={"updated_at": instant})
+        assert deleted.status_code == 400 and deleted.json["error"]["field"] == "updated_at"

@@ -326,3 +326,13 @@ def test_a_declared_length_past_the_limit_is_a_413_at_once(server):
         answer = recv_all(sock, timeout=HEAD_S + 5)
     assert status_of(answer) == 413 and body_of(answer)["error"]["code"] == "payload_too_large"
     assert time.monotonic() - started < HEAD_S - 1
+
+
+def test_wrong_keys_are_limited_by_the_peer_whatever_x_forwarded_for_says(server):
+    """With no trusted proxy (SOUL_TRUSTED_PROXY_HOPS 0), a forged X-Forwarded-For must not make each guess a new
+    source: uvicorn would take the header from a local peer. (Last in this module: it limits 127.0.0.1.)"""
+    port, _ = server
+    codes = [requests.get(f"http://127.0.0.1:{port}/me", timeout=5,
+                          headers={"X-API-Key": f"wrong-{n}", "X-Forwarded-For": f"198.51.100.{n}"}).status_code
+             for n in range(30)]
+    assert codes[0] == 403 and 429 in codes, codes

@@ -12,6 +12,7 @@ import secrets
 import tempfile
 import threading
 import time
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -24,7 +25,7 @@ from schemas import names
 from schemas._base import utcnow
 from schemas.jobs import JobEvent, JobStatus, JobType
 from schemas.push import JobStarted
-from tests.support import api_client_with
+from tests.support import api_client_with, pull_all
 
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()  # alpha's own
 DEFAULT_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()  # the default tenant's (ingest)
@@ -128,9 +129,24 @@ def _keys_file(**secrets_by_tenant: str | None) -> str:
 def _app(monkeypatch, receiver_pool=(), keys_file: str | None = None, **env: str):
     ports = ",".join(str(r.port) for r in receiver_pool)
     api, client = api_client_with(monkeypatch, "webhooks", SOUL_API_KEYS_FILE=keys_file or _keys_file(),
-                                  SOUL_WEBHOOK_BACKOFF_INITIAL_S="0.05", SOUL_WEBHOOK_LOOPBACK_PORTS=ports,
-                                  **{"SOUL_WEBHOOK_SECRET": DEFAULT_SECRET, **env})
+                                  SOUL_WEBHOOK_LOOPBACK_PORTS=ports,
+                                  **{"SOUL_WEBHOOK_SECRET": DEFAULT_SECRET, "SOUL_WEBHOOK_BACKOFF_INITIAL_S": "0.05",
+                                     **env})
     return api.services, client
+
+
+def deliver_all(svc, message: dict, **options) -> dict[str, str]:
+    """`handle_event` as the two push subscriptions run it: the event's push, then every retry message it (and
+    each retry) published, in order, until none is left; the statuses as they ended."""
+    queue: list[dict] = []
+
+    def schedule(data: bytes, attributes: dict[str, str]) -> None:
+        queue.append({"attributes": attributes, "data": base64.b64encode(data).decode()})
+
+    final = handle_event(svc, message, schedule=schedule, **options)
+    while queue:
+        final.update(handle_event(svc, queue.pop(0), schedule=schedule, **options))
+    return final
 
 
 @pytest.fixture
@@ -162,7 +178,7 @@ def test_signed_delivery_retries_on_500_then_succeeds_and_is_listed_for_its_tena
     assert joined.json["task_id"] == task_id
 
     message = finish(task_id)
-    outcome = handle_event(svc, message)
+    outcome = deliver_all(svc, message)
     assert sorted(outcome.values()) == ["delivered", "delivered"]
     assert [len(receiver.calls), len(other.calls)] == [2, 1]
     (first_headers, first_body), (headers, body) = receiver.calls
@@ -205,7 +221,7 @@ def test_gives_up_after_the_bound_without_resending_to_a_target_that_succeeded(
     failing, fine = receivers([500]), receivers([200])
     task_id = client.post("/image", json={**PENGUIN, "webhook": failing.url}, headers=ALPHA).json["task_id"]
     client.post("/image", json={**PENGUIN, "webhook": fine.url, "user_id": "u2"}, headers=ALPHA)
-    outcome = handle_event(svc, finish(task_id))
+    outcome = deliver_all(svc, finish(task_id))
     assert sorted(outcome.values()) == ["delivered", "failed"]
     assert 2 <= len(failing.calls) <= 6 and len(fine.calls) == 1
     by_url = {d["url"]: d for d in client.get(f"/tasks/{task_id}", headers=ALPHA).json["deliveries"]}
@@ -311,7 +327,7 @@ def test_a_redelivered_event_past_the_bound_is_given_up_without_sending(local, r
     task_id = client.post("/image", json={**PENGUIN, "webhook": hook.url}, headers=ALPHA).json["task_id"]
     message = finish(task_id)
     svc_short = _app_services_with_budget(svc, 0.2)
-    assert list(handle_event(svc_short, message).values()) == ["failed"]
+    assert list(deliver_all(svc_short, message).values()) == ["failed"]
     sent = len(hook.calls)
     # The same delivery, left pending by a crash an hour ago: a redelivery must not start the bound again.
     [hook_doc] = db_hooks(task_id)
@@ -357,7 +373,7 @@ def test_one_tenants_hanging_targets_never_delay_another_tenants_delivery(
     assert joined.json["task_id"] == task_id
 
     started = time.monotonic()
-    outcome = handle_event(svc, finish(task_id))
+    outcome = deliver_all(svc, finish(task_id))
     # Served one after another, beta's target would wait for 12 attempts of 2 s; alone, it is told at once.
     assert len(prompt.calls) == 1 and prompt.arrived[0] - started < timeout_s
     assert len(hanging.calls) >= 12  # every hanging target was tried, in parallel, each within its own deadline
@@ -431,3 +447,102 @@ def test_an_emulator_port_can_never_be_declared_a_receiver(emulator_stack, monke
     monkeypatch.setenv("SOUL_WEBHOOK_LOOPBACK_PORTS", f"1,{port}")
     with pytest.raises(ValidationError, match="storage emulator"):
         FunctionsSettings()
+
+
+# ---- retries on their own subscription: a failing target never holds the event's push ------------------------
+
+
+def test_a_failing_target_is_retried_by_its_own_pushes_and_never_holds_the_events_push(
+        emulator_stack, clean_firestore, drain_jobs, monkeypatch, receivers, receiver_pool):
+    """The event's push makes one attempt per target and ends: the 500 target is scheduled (due after the backoff),
+    the healthy one told at once. Each retry push waits until due, makes one attempt, schedules the next; a
+    duplicate retry message and a redelivered event send nothing more."""
+    svc, client = _app(monkeypatch, receiver_pool, SOUL_WEBHOOK_ALLOW_LOOPBACK="true",
+                       SOUL_WEBHOOK_RETRY_BUDGET_S="120", SOUL_WEBHOOK_BACKOFF_INITIAL_S="1")
+    failing, fine = receivers([500, 500, 200]), receivers([200])
+    task_id = client.post("/image", json={**PENGUIN, "webhook": failing.url}, headers=ALPHA).json["task_id"]
+    client.post("/image", json={**PENGUIN, "webhook": fine.url, "user_id": "u2"}, headers=ALPHA)
+    [hook] = [h for h in db_hooks(task_id) if h.to_dict()["url"] == failing.url]
+    published: list[tuple[bytes, dict]] = []
+    slept: list[float] = []
+
+    def schedule(data: bytes, attributes: dict[str, str]) -> None:
+        published.append((data, attributes))
+
+    def as_message(item: tuple[bytes, dict]) -> dict:
+        return {"attributes": item[1], "data": base64.b64encode(item[0]).decode()}
+
+    event = finish(task_id)
+    started = time.monotonic()
+    outcome = handle_event(svc, event, schedule=schedule, sleep=slept.append)
+    assert time.monotonic() - started < 1.0  # one attempt each, no backoff waited in the event's push
+    assert outcome == {hook.id: "pending", **{k: v for k, v in outcome.items() if k != hook.id}}
+    assert sorted(outcome.values()) == ["delivered", "pending"] and len(fine.calls) == 1 and len(failing.calls) == 1
+    [(data, attributes)] = published
+    assert data == base64.b64decode(event["data"]) and attributes["ce-type"] == names.EVENT_JOB_SUCCEEDED
+    assert attributes["soul-webhook-id"] == hook.id
+    due = datetime.fromisoformat(attributes["soul-due-at"])
+    delivery = hook.reference.collection(names.DELIVERIES).document("completed").get().to_dict()
+    assert delivery["next_attempt_at"] == due and 0.5 < (due - utcnow()).total_seconds() <= 1.0
+
+    assert handle_event(svc, event, schedule=schedule) == outcome  # the event redelivered: nothing sent again
+    assert len(failing.calls) == 1 and len(published) == 1
+
+    second = handle_event(svc, as_message(published[0]), schedule=schedule, sleep=slept.append)
+    assert second == {hook.id: "pending"} and len(failing.calls) == 2 and 0 < slept[0] <= 1.0
+    assert handle_event(svc, as_message(published[0]), schedule=schedule) == {hook.id: "pending"}  # a stale copy
+    assert len(failing.calls) == 2 and len(published) == 2
+    next_due = datetime.fromisoformat(published[1][1]["soul-due-at"])
+    assert 1.5 < (next_due - utcnow()).total_seconds() <= 2.0  # the backoff doubles
+
+    third = handle_event(svc, as_message(published[1]), schedule=schedule, sleep=slept.append)
+    assert third == {hook.id: "delivered"} and len(failing.calls) == 3 and len(published) == 2
+    [delivery] = [d for d in client.get(f"/tasks/{task_id}", headers=ALPHA).json["deliveries"]
+                  if d["url"] == failing.url]
+    assert [a["status_code"] for a in delivery["attempts"]] == [500, 500, 200]
+    assert len({h["webhook-id"] for h, _ in failing.calls}) == 1  # every attempt is the same message
+
+
+def test_a_retry_lost_before_it_was_published_is_scheduled_by_the_events_redelivery(local, receivers):
+    svc, client = local
+    hook = receivers([500])
+    task_id = client.post("/image", json={**PENGUIN, "webhook": hook.url}, headers=ALPHA).json["task_id"]
+    event = finish(task_id)
+    assert list(handle_event(svc, event, schedule=lambda data, attributes: None).values()) == ["pending"]
+    [hook_doc] = db_hooks(task_id)
+    delivery = hook_doc.reference.collection(names.DELIVERIES).document("completed")
+    delivery.update({"next_attempt_at": firestore.DELETE_FIELD})  # the crash: attempted, never scheduled
+    published: list[dict] = []
+    assert list(handle_event(svc, event, schedule=lambda d, a: published.append(a)).values()) == ["pending"]
+    assert len(hook.calls) == 1 and [a["soul-webhook-id"] for a in published] == [hook_doc.id]
+    assert delivery.get().to_dict()["next_attempt_at"] == datetime.fromisoformat(published[0]["soul-due-at"])
+
+
+def test_retries_are_published_on_their_topic(local, receivers, subscriber):
+    """The default scheduler publishes on soul-webhook-retries (the emulator's topic, as provisioned)."""
+    svc, client = local
+    project = os.environ["GCS_PROJECT_ID"]
+    path = subscriber.subscription_path(project, f"test-retries-{secrets.token_hex(4)}")
+    subscriber.create_subscription(request={"name": path,
+                                            "topic": f"projects/{project}/topics/{names.TOPIC_WEBHOOK_RETRIES}"})
+    try:
+        hook = receivers([503])
+        task_id = client.post("/image", json={**PENGUIN, "webhook": hook.url}, headers=ALPHA).json["task_id"]
+        assert list(handle_event(svc, finish(task_id)).values()) == ["pending"]
+        [message] = pull_all(subscriber, path.rsplit("/", 1)[1], project=project)
+        attributes = dict(message.message.attributes)
+        assert attributes["soul-webhook-id"] == db_hooks(task_id)[0].id and "soul-due-at" in attributes
+        assert json.loads(message.message.data)["job_id"] == task_id
+    finally:
+        subscriber.delete_subscription(request={"subscription": path})
+
+
+def test_a_malformed_retry_message_is_acknowledged_without_sending(local, receivers):
+    svc, client = local
+    hook = receivers([200])
+    task_id = client.post("/image", json={**PENGUIN, "webhook": hook.url}, headers=ALPHA).json["task_id"]
+    event = finish(task_id)
+    for due in ("tomorrow", "2026-01-01T00:00:00"):  # unreadable; no time zone
+        bad = {**event, "attributes": {**event["attributes"], "soul-webhook-id": "x", "soul-due-at": due}}
+        assert handle_event(svc, bad) == {}
+    assert hook.calls == []

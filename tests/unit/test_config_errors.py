@@ -27,16 +27,19 @@ def test_functions_answer_misconfiguration_in_the_error_shape(monkeypatch):
     assert functions_main._api is None  # nothing half-built is kept: a fixed environment is picked up
 
 
-def test_a_webhook_retry_budget_past_the_push_deadline_is_refused(monkeypatch):
-    """Retries must end inside one push of soul-events-webhooks (soul_common/delivery.py), or Pub/Sub pushes the
-    event again while the first push still retries."""
+def test_a_webhook_backoff_past_the_retry_push_deadline_is_refused(monkeypatch):
+    """A retry push waits until its attempt is due, at most the backoff's maximum, then makes it: both must fit in
+    the ack deadline of soul-webhook-retries (soul_common/delivery.py), or Pub/Sub pushes the retry again. The
+    retry budget itself is bounded by nothing but the caller's patience: it spans many pushes."""
     import pytest
     from pydantic import ValidationError
 
     from functions.settings import FunctionsSettings
 
-    monkeypatch.setenv("SOUL_WEBHOOK_RETRY_BUDGET_S", "299")
-    with pytest.raises(ValidationError, match="soul-events-webhooks"):
+    monkeypatch.setenv("SOUL_WEBHOOK_BACKOFF_MAX_S", "58")
+    with pytest.raises(ValidationError, match="soul-webhook-retries-push"):
         FunctionsSettings()
-    monkeypatch.setenv("SOUL_WEBHOOK_RETRY_BUDGET_S", "240")
-    assert FunctionsSettings().webhook_retry_budget_s == 240
+    monkeypatch.setenv("SOUL_WEBHOOK_BACKOFF_MAX_S", "45")
+    monkeypatch.setenv("SOUL_WEBHOOK_RETRY_BUDGET_S", "3600")
+    settings = FunctionsSettings()
+    assert settings.webhook_backoff_max_s == 45 and settings.webhook_retry_budget_s == 3600

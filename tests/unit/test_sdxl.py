@@ -337,3 +337,17 @@ def test_a_batch_renders_each_item_as_its_solo_render(tiny_pipe: StableDiffusion
     assert np.abs(pixels(together[0]).astype(int) - pixels(together[1]).astype(int)).mean() > 5
     with pytest.raises(AssertionError):
         render_images(tiny_pipe, [specs[0], replace(specs[1], steps=specs[1].steps + 1)])
+
+
+def test_a_render_whose_latents_turn_nan_fails_instead_of_giving_a_black_image(tiny_pipe: StableDiffusionXLPipeline):
+    from gpu_runner.errors import InvalidJob, NonFiniteRender
+
+    poisoned = tiny_pipe.unet.register_forward_hook(
+        lambda module, args, output: (output[0] * float("nan"),) + tuple(output[1:]))
+    try:
+        with pytest.raises(NonFiniteRender, match="NaN or infinite") as raised:
+            render_image(tiny_pipe, SPEC)
+    finally:
+        poisoned.remove()
+    assert isinstance(raised.value, InvalidJob)  # the job fails with the reason; the message is acked
+    assert pixels(render_image(tiny_pipe, SPEC)).std() > 0

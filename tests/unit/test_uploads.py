@@ -151,3 +151,26 @@ def test_limits_and_unknown_models():
     assert set(lora_targets("sdxl-base-1.0")) == {"unet", "text_encoder", "text_encoder_2"}
     assert lora_targets("sdxl-base-1.0")["unet"]["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"] \
         == (2048, 640)
+
+
+@pytest.mark.parametrize("dtype, value", [("F16", "nan"), ("F16", "inf"), ("BF16", "nan"), ("BF16", "-inf"),
+                                          ("F32", "nan"), ("F32", "inf")])
+def test_a_lora_with_a_nan_or_infinite_weight_is_refused(dtype, value):
+    """One such weight makes every render of the soul black; finite extremes of each dtype pass."""
+    import numpy as np
+
+    def with_weight(number: float) -> bytes:
+        data = bytearray(safetensors(lora(dtype=dtype)))
+        size = struct.unpack("<Q", data[:8])[0]
+        if dtype == "BF16":
+            word = (np.array([number], "<f4").view("<u4") >> 16).astype("<u2").tobytes()
+        else:
+            word = np.array([number], "<f2" if dtype == "F16" else "<f4").tobytes()
+        at = 8 + size + 2 * len(word)  # the third weight of lora_A
+        data[at:at + len(word)] = word
+        return bytes(data)
+
+    with pytest.raises(InvalidInput, match="NaN or infinite"):
+        validate_lora(with_weight(float(value)), TARGETS, LIMITS)
+    largest = {"F16": 65504.0, "BF16": 3.0e38, "F32": 3.0e38}[dtype]
+    assert validate_lora(with_weight(-largest), TARGETS, LIMITS).rank == 4

@@ -5,6 +5,7 @@ filter), `.../deliveries/{event key}` (the attempts of one event to that target)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from schemas import names
 from schemas._base import firestore_dict, utcnow
@@ -75,6 +76,10 @@ class WebhookStore:
         if status is not None:
             update.update(status=status, finished_at=utcnow())
         self._db.update(self._delivery(job_id, webhook_id, key), update)
+
+    def schedule_attempt(self, job_id: str, webhook_id: str, key: str, due: datetime) -> None:
+        """Note when the delivery's next attempt is due (its retry message is published)."""
+        self._db.update(self._delivery(job_id, webhook_id, key), {"next_attempt_at": due})
 
     def close_delivery(self, job_id: str, webhook_id: str, key: str, status: str) -> None:
         self._db.update(self._delivery(job_id, webhook_id, key), {"status": status, "finished_at": utcnow()})
