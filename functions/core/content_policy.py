@@ -16,6 +16,7 @@ An image without a verdict (rendered before the checker existed) counts as not f
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from enum import Enum
 
@@ -75,11 +76,12 @@ def withheld_reason(verdict: SafetyVerdict) -> str:
 
 
 def normalize_terms(terms: list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """Blocked terms in the cue's own normal form (the same rules as normalize_cue), so "Blood!" blocks "blood"."""
+    """Blocked terms in the cue's own normal form (the same rules as normalize_cue), so "Blood!" blocks "blood",
+    and in their screening form (`screening_form`), computed once here rather than per request."""
     out = []
     for term in terms:
         try:
-            normal = normalize_cue(term)
+            normal = screening_form(normalize_cue(term))
         except ValueError:
             continue  # a term that normalizes to nothing blocks nothing
         if normal and normal not in out:
@@ -87,13 +89,39 @@ def normalize_terms(terms: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
+# Letters of other scripts drawn like Latin ones (Unicode's confusables, the lowercase letters a cue can hide
+# behind): screened as the Latin letter, so Cyrillic "gоre" is "gore". Only for screening: keys keep the cue.
+_LOOKALIKES = str.maketrans({
+    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t",
+    "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ɡ": "g", "ɑ": "a",
+    "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u",
+    "χ": "x", "ω": "w", "ı": "i", "ł": "l", "ø": "o", "đ": "d", "ħ": "h", "ŧ": "t", "ß": "ss", "æ": "ae", "œ": "oe",
+})
+# Endings a blocked word still matches with: plurals, and the possessive ("penguin's" normalizes to "penguins").
+_ENDINGS = ("", "s", "es")
+
+
+def screening_form(text: str) -> str:
+    """`text` (normalized) as the screen compares it: accents and other marks dropped ("pénguin", Turkish
+    "PENGUİN"), look-alike letters of other scripts read as Latin."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    bare = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFKC", bare.translate(_LOOKALIKES))
+
+
 def blocked_term(normalized_cue: str, terms: tuple[str, ...]) -> str | None:
-    """The first blocked term (already normalized) the cue contains as whole words, or None. "gore" blocks
-    "gore scene" but not "gorey" or "algorithm"; a term of several words matches those words in a row."""
-    words = normalized_cue.split(" ")
+    """The first blocked term (as `normalize_terms` gives it) the cue contains as whole words, or None, the cue
+    compared in its screening form; a word matches a term's word alone or with a plural or possessive ending. "gore"
+    blocks "gore scene", "góre" and "gores" but not "gorey" or "algorithm"; a term of several words matches
+    those words in a row."""
+    words = screening_form(normalized_cue).split(" ")
     for term in terms:
         needle = term.split(" ")
         for start in range(len(words) - len(needle) + 1):
-            if words[start:start + len(needle)] == needle:
+            if all(_matches(word, part) for word, part in zip(words[start:start + len(needle)], needle)):
                 return term
     return None
+
+
+def _matches(word: str, term_word: str) -> bool:
+    return any(word == term_word + ending for ending in _ENDINGS)

@@ -248,9 +248,12 @@ def variants_of_pk(svc: Services, call: Call) -> Reply:
 
 
 def _visible_variants(svc: Services, call: Call, variants) -> list:
-    """A listing as the caller's content policy lets it see it: withheld variants are left out."""
-    viewer = svc.content.viewer(call.principal.tenant, admin=call.principal.is_admin)
-    return [view for view in svc.images.variant_views(variants, viewer) if view is not None]
+    """A listing as the caller's content policy lets it see it: withheld variants are left out, and so are those
+    whose cue holds a term the caller's tenant blocks (another tenant's image of that cue)."""
+    tenant = call.principal.tenant
+    viewer = svc.content.viewer(tenant, admin=call.principal.is_admin)
+    allowed = [v for v in variants if not svc.content.blocks(tenant, v.cue)]
+    return [view for view in svc.images.variant_views(allowed, viewer) if view is not None]
 
 
 def seen_of_user(svc: Services, call: Call) -> Reply:

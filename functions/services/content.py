@@ -9,6 +9,7 @@ from __future__ import annotations
 from functions.core import content_policy as rules
 from functions.core.content_policy import Viewer
 from functions.core.errors import ContentRefused
+from functions.core.normalize import CueError, normalize_cue
 from functions.core.tenants import KeyRing
 from functions.settings import FunctionsSettings
 from schemas.safety import ContentPolicy
@@ -34,6 +35,14 @@ class ContentPolicies:
             own = self._ring.blocked_terms(tenant) if self._ring is not None else ()
             terms = self._terms[tenant] = tuple(dict.fromkeys(self._deployment_terms + rules.normalize_terms(own)))
         return terms
+
+    def blocks(self, tenant: str, cue: str) -> bool:
+        """Whether the tenant blocks a term of `cue` (as sent or stored; it is normalized here)."""
+        try:
+            normalized = normalize_cue(cue)
+        except CueError:
+            return False
+        return rules.blocked_term(normalized, self.blocked_terms(tenant)) is not None
 
     def screen(self, tenant: str, normalized_cue: str) -> None:
         """Refuse a cue that contains one of the tenant's blocked terms (422), naming the policy, not the term."""

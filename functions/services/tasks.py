@@ -238,6 +238,11 @@ class TaskService:
     def viewer(self, tenant: str, *, admin: bool = False) -> Viewer:
         return self._content.viewer(tenant, admin=admin) if self._content is not None else Viewer(admin=admin)
 
+    def screen(self, tenant: str, normalized_cue: str) -> None:
+        """The tenant's blocked terms on a cue it did not send itself (an image it would animate): 422."""
+        if self._content is not None:
+            self._content.screen(tenant, normalized_cue)
+
     def view(self, job: JobDoc, tenant: str, *, sign: bool = True, admin: bool = False,
              viewer: Viewer | None = None, user_id: str | None = None) -> Task:
         """The job as `tenant` sees it: only its own end users, never another tenant's, and its result as the

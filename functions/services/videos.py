@@ -15,6 +15,7 @@ from functions.adapters.firestore.prompts import PromptStore
 from functions.adapters.pubsub import Publisher
 from functions.core import content_policy, estimates
 from functions.core.errors import ContentRefused, InvalidInput, NotFound
+from functions.core.normalize import CueError, normalize_cue
 from functions.core.tenants import DEFAULT_TENANT
 from functions.services.jobs import Interest, ensure_job
 from functions.services.quotas import QuotaService
@@ -77,11 +78,19 @@ class VideoService:
 
     def _refuse_flagged_source(self, variant: VariantDoc, tenant: str) -> None:
         """An animation shows the source image's pixels: a tenant whose policy blurs or withholds a flagged image
-        may not animate one (422), whoever else may."""
+        may not animate one, nor one whose cue holds a term it blocks (422), whoever else may."""
         viewer = self._tasks.viewer(tenant)
         if variant.safety is not None and variant.safety.flagged and not content_policy.sees_flagged_originals(viewer):
             raise ContentRefused(f"the variant was flagged by the safety checker and this tenant's content policy "
                                  f"is '{viewer.policy}': it cannot be animated", field="variant_id")
+        try:
+            cue = normalize_cue(variant.cue or "")
+        except CueError:
+            return  # no cue to screen (a variant of an older record)
+        try:
+            self._tasks.screen(tenant, cue)
+        except ContentRefused as refused:
+            raise ContentRefused(f"the variant's {refused.message.removeprefix('the ')}", field="variant_id") from None
 
     def _animate(
         self, variant: VariantDoc, num_frames: int | None, generate_gif: bool, user_id: str | None, tenant: str

@@ -271,3 +271,28 @@ def test_a_rerun_keeps_the_verdict_the_upload_carries_and_scores_an_unscored_obj
     rescored = crash_and_rerun(queued["task_id"], **FORCED)
     assert rescored["result"]["safety"]["flagged"] is True and rescored["metrics"]["safety_seconds"] > 0
     assert bucket.get_blob(rescored["result"]["safety"]["blurred_object"]) is not None
+
+
+def test_another_tenants_image_of_a_blocked_cue_can_be_neither_listed_nor_animated(api, db):
+    """holdco blocks "blood": an image another tenant made of "Blood moons" (the same word, inflected) is left
+    out of holdco's variant listing and refused as the source of its animation; the other tenant has both."""
+    from gpu_runner.adapters.jobstore import add_variant_writes
+    from schemas._base import utcnow
+    from schemas.documents import VariantDoc
+    from schemas.ids import new_ulid
+    from soul_common.firestore import Db
+
+    pk, variant_id = "b" * 32, new_ulid()
+    batch = Db(db).batch()
+    add_variant_writes(batch, VariantDoc(
+        variant_id=variant_id, pk=pk, soul_id="nova", variant_index=0, object=names.image_object("nova", pk, variant_id),
+        width=64, height=64, seed=1, bytes=10, job_id=f"img-{pk}-0", cue="Blood moons", created_at=utcnow(),
+    ), utcnow())
+    batch.commit()
+    assert api.get(f"/image/variants/{pk}", headers=H["hold"]).json["items"] == []
+    assert [i["variant_id"] for i in api.get(f"/image/variants/{pk}", headers=H["flag"]).json["items"]] == [variant_id]
+    refused = api.post("/video/generate-from-variant", query_string={"variant_id": variant_id}, headers=H["hold"])
+    assert refused.status_code == 422 and refused.json["error"]["code"] == "content_policy"
+    assert refused.json["error"]["field"] == "variant_id"
+    allowed = api.post("/video/generate-from-variant", query_string={"variant_id": variant_id}, headers=H["flag"])
+    assert allowed.status_code == 202, allowed.json

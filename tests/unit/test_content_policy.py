@@ -46,6 +46,9 @@ def test_previews_and_safety_facts_follow_the_policy():
 @pytest.mark.parametrize(("cue", "blocked"), [
     ("red wine at night", "red wine"), ("blood moon", "blood"), ("a blood", "blood"),
     ("bloodhound", None), ("red whine", None), ("wine red", None), ("redwine", None), ("penguin", None),
+    # Inflected, accented, marked or spelled with look-alike letters of other scripts: the same word.
+    ("bloods", "blood"), ("red wines", "red wine"), ("blóod", "blood"), ("blооd moon", "blood"),
+    ("rеd wіne", "red wine"), ("BLOODİ", None), ("bloodiest", None), ("bloody", None),
 ])
 def test_blocked_terms_match_whole_words_of_the_normalized_cue(cue, blocked):
     terms = rules.normalize_terms(["Red  Wine!", "BLOOD", "  ", "!!!"])
@@ -189,3 +192,12 @@ def test_progress_webhooks_carry_a_signed_preview_only_for_policies_that_show_pr
         body = json.loads(out.body_for(policy))["data"]
         assert "preview" not in body and body["progress"] == 0.5
     assert "previews/" not in out.body.decode()  # never the bare object name
+
+
+@pytest.mark.parametrize("cue", ["penguin's", "penguins", "pénguin", "PENGUİN", "pénguin",
+                                 "рenguin", "ρеnguіn"])
+def test_a_blocked_word_is_found_through_inflection_accents_and_look_alike_letters(cue):
+    from functions.core.normalize import normalize_cue
+
+    assert rules.blocked_term(normalize_cue(cue), rules.normalize_terms(["penguin"])) == "penguin"
+    assert rules.blocked_term(normalize_cue(cue), rules.normalize_terms(["pen"])) is None
