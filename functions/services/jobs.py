@@ -120,10 +120,10 @@ def _join(store: JobStore, job: JobDoc, interest: Interest) -> JobDoc | None:
     on to a fresh job; a cancel after it finds this tenant's marker and lets the job go on."""
     if interest.recorded_on(job) or (not job.tenants and job.tenant is None):
         return job  # already waiting (the creator), or a job from before tenancy (kept as it is)
-    marker, mine = store.interest.recorded(job.job_id, interest.record())
+    marker, mine, withdrawn = store.interest.recorded(job.job_id, interest.record())
     if mine:
         return job  # a user asking again: two reads, no write
-    store.interest.record(job, interest.record(), utcnow(), marker=marker)
+    store.interest.record(job, interest.record(), utcnow(), marker=marker, revive=withdrawn)
     current = store.job(job.job_id)
     return current if current is not None and _live(current) else None
 

@@ -235,9 +235,9 @@ class ProgressHub:
         job = snap.job
         if job is None or not self._tasks.visible(job, tenant):
             raise errors.NotFound("the task does not show to this tenant", field="task_id")
-        task = self._tasks.view(job, tenant, admin=admin)
+        task = self._tasks.tenant_view(job, tenant, admin=admin)
         return task.model_copy(update={"queue_position": snap.queue_position}) \
-            if snap.queue_position is not None else task
+            if snap.queue_position is not None and task.status == JobStatus.QUEUED else task
 
     def open_streams(self) -> dict[str, int]:
         with self._lock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.paging import _RESERVED_ID as _RESERVED
@@ -68,16 +68,39 @@ class TaskService:
         self._positions = TtlMemo(QUEUE_POSITION_TTL_S)
         self._interest = TtlMemo(INTEREST_TTL_S)
 
-    def _joined(self, job: JobDoc, tenant: str) -> tuple[bool, str | None]:
-        """(whether `tenant` waits on the job through its interest records, one of its end users), cached."""
+    def _joined(self, job: JobDoc, tenant: str) -> tuple[bool, str | None, datetime | None]:
+        """(whether `tenant` waits, or waited, on the job through its interest records, one of its end users, when
+        it withdrew if it did), cached."""
         key = (job.job_id, tenant)
         known = self._interest.get(key)
         if known is None:
-            joined = self._store.interest.visible(job.job_id, tenant)
-            known = (joined, self._store.interest.first_user(job.job_id, tenant) if joined else None)
-            if joined:  # only what stays true until a cancel (which drops it): a tenant may join any moment
+            marker = self._store.interest.marker(job.job_id, tenant)
+            joined = marker is not None
+            known = (joined, self._store.interest.first_user(job.job_id, tenant) if joined else None,
+                     marker.get("withdrawn_at") if marker else None)
+            if joined and known[2] is None:
+                # only what stays true until a cancel (which drops it): a tenant may join, or join again, any moment
                 self._interest.put(key, known)
         return known  # type: ignore[return-value]
+
+    def _withdrawn_at(self, job: JobDoc, tenant: str) -> datetime | None:
+        """When `tenant` canceled its part of a job others go on waiting for (None: it did not)."""
+        if not (job.tenants or job.tenant) or tenant in job.tenants:
+            return None
+        return self._joined(job, tenant)[2]
+
+    def tenant_view(self, job: JobDoc, tenant: str, *, admin: bool = False) -> Task:
+        """`view`, and canceled for a tenant that withdrew from the job (the event stream's frames)."""
+        view = self.view(job, tenant, admin=admin)
+        withdrawn = self._withdrawn_at(job, tenant)
+        return view if withdrawn is None else self._as_withdrawn(view, withdrawn)
+
+    def _as_withdrawn(self, view: Task, at: datetime) -> Task:
+        """The task as a tenant that withdrew from it sees it: canceled when it canceled, whatever the others get."""
+        return view.model_copy(update={
+            "status": JobStatus.CANCELED.value, "stage": "canceled", "cancel_requested": True, "finished_at": at,
+            "eta_seconds": None, "result": None, "error": None, "preview": None,
+            "queue_position": None, "actions": TaskActions(self=f"{self._base_url}/tasks/{view.task_id}", cancel=None)})
 
     def visible(self, job: JobDoc, tenant: str) -> bool:
         """GET /tasks/{id}'s rule: the job names the tenant, or the tenant's interest marker exists (cached)."""
@@ -102,6 +125,9 @@ class TaskService:
         if job is None or not self._visible(job, tenant):
             raise NotFound(f"no task '{task_id}'", field="task_id")
         view = self.view(job, tenant, admin=admin)
+        withdrawn = self._withdrawn_at(job, tenant)
+        if withdrawn is not None:
+            return self._as_withdrawn(view, withdrawn)
         if job.status == JobStatus.QUEUED:
             view = view.model_copy(update={"queue_position": self._queue_position(job, version.snapshot.update_time)})
         return view
@@ -122,9 +148,10 @@ class TaskService:
         user = (query.user_id, scoped_user(tenant, query.user_id)) if query.user_id is not None else None
         if query.status is not None:
             self._cursor_in(query.cursor, str(query.status))
-        ids, cursor = self._store.interest.page(tenant, user, filters, query.page_size, query.cursor)
-        jobs = [job for job in self._store.jobs(ids) if query.status is None or str(job.status) == str(query.status)]
-        return TaskPage(items=[self.view(job, tenant, sign=False, user_id=query.user_id) for job in jobs],
+        ids, cursor, withdrawn = self._store.interest.page(tenant, user, filters, query.page_size, query.cursor)
+        views = [self.view(job, tenant, sign=False, user_id=query.user_id) for job in self._store.jobs(ids)]
+        views = [self._as_withdrawn(v, withdrawn[v.task_id]) if v.task_id in withdrawn else v for v in views]
+        return TaskPage(items=[v for v in views if query.status is None or str(v.status) == str(query.status)],
                         next_cursor=cursor)
 
     def images(self, tenant: str, page_size: int, cursor: str | None, *,
@@ -133,8 +160,10 @@ class TaskService:
         the visibility of `/tasks` (the same query as `GET /tasks?status=succeeded&type=image`, its cursor a job
         id within those results), as the tenant's content policy lets it see them."""
         self._cursor_in(cursor, JobStatus.SUCCEEDED.value)
-        ids, after = self._store.interest.page(tenant, None, {"type": JobType.IMAGE.value}, page_size, cursor)
-        jobs = [job for job in self._store.jobs(ids) if job.status == JobStatus.SUCCEEDED]
+        ids, after, withdrawn = self._store.interest.page(tenant, None, {"type": JobType.IMAGE.value}, page_size,
+                                                          cursor)
+        jobs = [job for job in self._store.jobs([i for i in ids if i not in withdrawn])
+                if job.status == JobStatus.SUCCEEDED]
         viewer = self.viewer(tenant, admin=admin)  # withheld images are left out (content policy)
         images = [job.result for job in jobs if isinstance(job.result, ImageResult)]
         # signed together: reused when fresh, the rest in parallel
@@ -167,6 +196,8 @@ class TaskService:
             job = version.job
             if job is None or not self._visible(job, tenant):
                 raise NotFound(f"no task '{task_id}'", field="task_id")
+            if self._withdrawn_at(job, tenant) is not None:
+                raise Conflict(f"task '{task_id}' is already canceled; only queued or running tasks can be canceled")
             if JobStatus(job.status) in TERMINAL_STATUSES:
                 raise Conflict(
                     f"task '{task_id}' is already {job.status}; only queued or running tasks can be canceled"
@@ -180,7 +211,7 @@ class TaskService:
             tenancy = bool(job.tenants or job.tenant)
             someone_left = bool(others) or (tenancy and self._store.interest.anyone_else_waiting(task_id, tenant))
             if someone_left:
-                self._store.interest.withdraw(task_id, tenant)
+                self._store.interest.withdraw(task_id, tenant, now)
                 self._interest.drop((task_id, tenant))
             if someone_left:
                 update = (JobStore.withdrawal(tenant, others, [k for k in job.requester_keys if k not in mine], now)
@@ -195,11 +226,7 @@ class TaskService:
             if update is not None and not self._store.update_if_unchanged(version, update):
                 continue
             if someone_left:
-                withdrawn = self.view(job, tenant).model_copy(update={
-                    "status": JobStatus.CANCELED.value, "stage": "canceled", "cancel_requested": True,
-                    "finished_at": now, "result": None,
-                    "actions": TaskActions(self=f"{self._base_url}/tasks/{job.job_id}", cancel=None)})
-                return 200, withdrawn
+                return 200, self._as_withdrawn(self.view(job, tenant), now)
             canceled = job.model_copy(update=update)
             if canceled.status == JobStatus.CANCELED:
                 self._announce(canceled)

@@ -113,15 +113,32 @@ def test_a_cancel_withdraws_only_this_tenants_interest(tenants, db):
     assert withdrawn.status_code == 200 and withdrawn.json["status"] == "canceled"
     stored = job(db, task_id)
     assert stored["status"] == "queued" and not stored["cancel_requested"] and stored["tenants"] == []
-    waiting = [d.to_dict()["tenant"] for d in
-               db.collection(names.JOBS).document(task_id).collection(names.INTEREST).stream()]
-    assert sorted(waiting) == ["globex", "globex"]  # its marker and its user's record: acme's are withdrawn
+    records = [d.to_dict() for d in db.collection(names.JOBS).document(task_id).collection(names.INTEREST).stream()]
+    assert sorted(r["tenant"] for r in records if not r.get("withdrawn_at")) == ["globex", "globex"]
+    assert sorted(r["tenant"] for r in records if r.get("withdrawn_at")) == ["acme", "acme"]  # marker and user
     assert tenants.get(f"/tasks/{task_id}", headers=H_GLOBEX).json["status"] == "queued"
-    assert_error(tenants.get(f"/tasks/{task_id}", headers=H_ACME), 404, "not_found")
+    # The canceller still reads its task as it answered: canceled, listed so, not cancelable again.
+    again = tenants.get(f"/tasks/{task_id}", headers=H_ACME)
+    assert again.status_code == 200, again.json
+    assert {k: again.json[k] for k in ("status", "stage", "result")} == {k: withdrawn.json[k] for k in
+                                                                         ("status", "stage", "result")}
+    assert again.json["actions"]["cancel"] is None and again.json["user_id"] == PENGUIN["user_id"]
+    for query in ({}, {"status": "canceled"}, {"user_id": PENGUIN["user_id"]}):
+        listed = tenants.get("/tasks", query_string=query, headers=H_ACME).json["items"]
+        assert [(t["task_id"], t["status"]) for t in listed] == [(task_id, "canceled")], query
+    assert tenants.get("/tasks", query_string={"status": "queued"}, headers=H_ACME).json["items"] == []
+    assert_error(tenants.delete(f"/tasks/{task_id}", headers=H_ACME), 409, "conflict")
+
+    # Asking again joins the work that goes on; canceling again withdraws again.
+    rejoined = tenants.get("/image", query_string=PENGUIN, headers=H_ACME).json
+    assert rejoined["task_id"] == task_id and tenants.get(f"/tasks/{task_id}", headers=H_ACME).json["status"] == "queued"
+    assert tenants.delete(f"/tasks/{task_id}", headers=H_ACME).json["status"] == "canceled"
+    assert job(db, task_id)["status"] == "queued"
 
     last = tenants.delete(f"/tasks/{task_id}", headers=H_GLOBEX)
     assert last.status_code == 200 and last.json["status"] == "canceled"
     assert job(db, task_id)["status"] == "canceled" and job(db, task_id)["cancel_requested"]
+    assert tenants.get(f"/tasks/{task_id}", headers=H_ACME).json["status"] == "canceled"
 
 
 def test_video_cancels_never_block_an_animation(tenants, db):

@@ -9,7 +9,11 @@ is written once and never contended, and the job document stays bounded: it keep
 (set at creation) and is written, while it runs, by its runner and a cancel alone.
 
 Listings (`GET /tasks`, by tenant or by end user) query the `interest` collection group (indexes in
-infra/terraform/firestore.tf) and read the jobs they name in one round trip."""
+infra/terraform/firestore.tf) and read the jobs they name in one round trip.
+
+A tenant that cancels a job others still wait on withdraws: its records stay, stamped `withdrawn_at`, so the task
+stays readable to it (and listed) as canceled while the work goes on for the others; a withdrawn marker waits on
+nothing (`anyone_else_waiting`), and asking again revives the records."""
 
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from soul_common import retention
 
 TENANT = "tenant"  # `scope` of a tenant's marker
 USER = "user"  # `scope` of one end user's record
-_WITHDRAW_BATCH = 400  # documents one cancel deletes per commit (Firestore allows 500 writes per batch)
+_WITHDRAW_BATCH = 400  # documents one cancel stamps per commit (Firestore allows 500 writes per batch)
+_MARKERS_READ = 100  # markers a cancel reads to find another tenant still waiting (more: assume one is)
 
 
 def interest_id(tenant: str, user_id: str | None) -> str:
@@ -74,26 +79,39 @@ class InterestStore:
             batch.create(self.ref(job.job_id, record.tenant, record.user_id),
                          record.document(job, now, self._retain))
 
-    def recorded(self, job_id: str, interest: InterestRecord) -> tuple[bool, bool]:
-        """(the tenant's marker exists, this user's record exists): two documents, one round trip."""
+    def recorded(self, job_id: str, interest: InterestRecord) -> tuple[bool, bool, bool]:
+        """(the tenant's marker is live, this user's record is live, one of them is withdrawn): two documents, one
+        round trip."""
         refs = [self.ref(job_id, r.tenant, r.user_id) for r in self.records_for(interest)]
         snaps = self._db.get_all(refs)
-        marker = snaps[0].exists
-        return marker, (snaps[-1].exists if interest.user_id else marker)
+        live = [snap.exists and not snap.data.get("withdrawn_at") for snap in snaps]
+        withdrawn = any(snap.exists and snap.data.get("withdrawn_at") for snap in snaps)
+        return live[0], (live[-1] if interest.user_id else live[0]), withdrawn
 
-    def record(self, job: JobDoc, interest: InterestRecord, now: datetime, *, marker: bool) -> None:
-        """Create `interest`'s records on `job` (`marker`: the tenant's marker exists already, per `recorded`):
+    def record(self, job: JobDoc, interest: InterestRecord, now: datetime, *, marker: bool,
+               revive: bool = False) -> None:
+        """Create `interest`'s records on `job` (`marker`: the tenant's marker is live already, per `recorded`):
         what exists is never written again; concurrent first joiners of one tenant may both try its marker, one
-        create wins and the others' conflict is harmless."""
+        create wins and the others' conflict is harmless. `revive`: the tenant withdrew before and asks again, so
+        its records are written afresh."""
         for record in self.records_for(interest):
             if record.scope == TENANT and marker:
                 continue
-            self._db.create(self.ref(job.job_id, record.tenant, record.user_id),
-                            record.document(job, now, self._retain))
+            ref = self.ref(job.job_id, record.tenant, record.user_id)
+            document = record.document(job, now, self._retain)
+            if revive:
+                self._db.set(ref, document)
+            else:
+                self._db.create(ref, document)
 
     def visible(self, job_id: str, tenant: str) -> bool:
-        """Whether `tenant` waits on the job through a join (one read)."""
-        return self._db.get(self.ref(job_id, tenant)).exists
+        """Whether `tenant` waits, or waited, on the job through a join (one read)."""
+        return self.marker(job_id, tenant) is not None
+
+    def marker(self, job_id: str, tenant: str) -> dict | None:
+        """The tenant's marker on the job (one read): None when it never joined; `withdrawn_at` once it canceled."""
+        snap = self._db.get(self.ref(job_id, tenant))
+        return snap.data if snap.exists else None
 
     def first_user(self, job_id: str, tenant: str) -> str | None:
         """One end user of `tenant` waiting on the job (for the task view), or None."""
@@ -103,26 +121,34 @@ class InterestStore:
         return snaps[0].data.get("user_id") if snaps else None
 
     def anyone_else_waiting(self, job_id: str, tenant: str) -> bool:
-        """Whether a tenant other than `tenant` has a marker on the job (one marker per tenant: two suffice)."""
-        query = fs.collection(names.JOBS, job_id, names.INTEREST).where("scope", "==", TENANT).limit(2)
-        return any(snap.data.get("tenant") != tenant for snap in self._db.stream(query))
+        """Whether a tenant other than `tenant` has a live marker on the job (one marker per tenant; a cancel
+        is rare, so up to `_MARKERS_READ` of them are read; past that, someone is assumed to wait)."""
+        query = fs.collection(names.JOBS, job_id, names.INTEREST).where("scope", "==", TENANT).limit(_MARKERS_READ)
+        snaps = self._db.stream(query)
+        return len(snaps) == _MARKERS_READ or any(
+            snap.data.get("tenant") != tenant and not snap.data.get("withdrawn_at") for snap in snaps)
 
-    def withdraw(self, job_id: str, tenant: str) -> int:
-        """Delete every interest record of `tenant` on the job (a cancel: rare, so a query here is fine)."""
+    def withdraw(self, job_id: str, tenant: str, now: datetime) -> int:
+        """Stamp every interest record of `tenant` on the job withdrawn (a cancel: rare, so a query here is fine);
+        the number stamped."""
         query = fs.collection(names.JOBS, job_id, names.INTEREST).where("tenant", "==", tenant).limit(_WITHDRAW_BATCH)
-        removed = 0
+        stamped = 0
         while True:
             snaps = self._db.stream(query)
+            batch = self._db.batch()
             for snap in snaps:
-                self._db.delete(snap.ref)
-            removed += len(snaps)
+                batch.update(snap.ref, {"withdrawn_at": now})
+            if snaps:
+                batch.commit()
+            stamped += len(snaps)
             if len(snaps) < _WITHDRAW_BATCH:
-                return removed
+                return stamped
+            query = query.start_after(snaps[-1])
 
     def page(self, tenant: str, user: tuple[str, str] | None, filters: Mapping[str, str], page_size: int,
-             cursor: str | None) -> tuple[list[str], str | None]:
-        """Job ids `tenant` (or its user `(user_id, user_key)`) waits on, newest job first; the cursor is a job
-        id (its interest document is the anchor)."""
+             cursor: str | None) -> tuple[list[str], str | None, dict[str, datetime]]:
+        """Job ids `tenant` (or its user `(user_id, user_key)`) waits on (or withdrew from), newest job first; the
+        cursor is a job id (its interest document is the anchor); and when it withdrew from which of them."""
         query = fs.collection_group(names.INTEREST).where("tenant", "==", tenant)
         if user is not None:
             query = query.where("user_key", "==", user[1])
@@ -137,4 +163,5 @@ class InterestStore:
         snaps, after = page(self._db, query, anchor, page_size,
                             member=lambda data: all(data.get(f) == v for f, v in filters.items()))
         ids = [s.data["job_id"] for s in snaps]
-        return ids, (ids[-1] if after is not None else None)
+        withdrawn = {s.data["job_id"]: s.data["withdrawn_at"] for s in snaps if s.data.get("withdrawn_at")}
+        return ids, (ids[-1] if after is not None else None), withdrawn
