@@ -26,13 +26,33 @@ def parse_json(model: type[M], raw: bytes) -> M:
     """Validate a JSON body strictly: JSON types must match the schema (no "0" for 0, no 0 for a date). As in
     JSON Schema, a number with a zero fraction (64.0) is an integer; NaN and Infinity are not JSON."""
     try:
-        canonical = json.dumps(json.loads(raw, parse_float=_json_number, parse_constant=_no_constants))
+        canonical = json.dumps(json.loads(raw, parse_float=_json_number, parse_constant=_no_constants,
+                                          object_pairs_hook=_unique_keys))
+    except _DuplicateKey as exc:
+        raise errors.InvalidInput(f"{exc.key}: given twice in one object; give it once", field=exc.key) from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise errors.InvalidInput("the body is not valid JSON") from None
     try:
         return model.model_validate_json(canonical, strict=True)
     except ValidationError as exc:
         raise _invalid(exc) from None
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """An object whose keys are each given once: `{"cue": "a", "cue": "b"}` is refused, as a repeated query
+    parameter is (JSON would keep the last one silently, and another parser the first)."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
 
 
 def _json_number(text: str) -> int | float:

@@ -172,6 +172,7 @@ class Api:
         for param, pattern in endpoint.path_params.items():
             if not re.fullmatch(pattern, params[param]):
                 raise errors.InvalidInput(f"{param} is not well-formed (expected {pattern})", field=param)
+        self._refuse_misplaced_input(request, endpoint)
         call = Call(
             request=request,
             path=params,
@@ -194,6 +195,21 @@ class Api:
             return reply
         status, body = reply
         return _json(status, body)
+
+    @staticmethod
+    def _refuse_misplaced_input(request: flask.Request, endpoint: Endpoint) -> None:
+        """Input where the endpoint reads none is refused, never ignored: query parameters beside a JSON body,
+        a body sent to an endpoint that takes its fields in the query."""
+        if (endpoint.body is not None or endpoint.upload) and endpoint.query is None and request.query_string:
+            names = ", ".join(sorted({name for name, _ in parse_qsl(request.query_string.decode("latin-1"),
+                                                                     keep_blank_values=True)})) or "?"
+            raise errors.InvalidInput(f"{endpoint.method} {endpoint.rule} takes its fields in the body, not in the "
+                                      f"query string (got {names})", field="query")
+        if endpoint.body is None and not endpoint.upload and request.method in ("POST", "PUT", "PATCH", "DELETE") \
+                and (request.content_length or request.headers.get("Transfer-Encoding")):
+            where = "the query string" if endpoint.query is not None else "the path"
+            raise errors.InvalidInput(f"{endpoint.method} {endpoint.rule} takes no body: its fields go in {where}",
+                                      field="body")
 
     def _run(self, endpoint: Endpoint, call: Call) -> StoredReply:
         status, body = endpoint.handler(self._services, call)

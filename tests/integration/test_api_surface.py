@@ -335,3 +335,22 @@ def test_a_style_time_past_what_utc_holds_is_a_400(api):
         assert response.status_code == 400 and response.json["error"]["field"] == "updated_at", response.json
         deleted = api.delete("/style/atlas", query_string={"updated_at": instant})
         assert deleted.status_code == 400 and deleted.json["error"]["field"] == "updated_at"
+
+
+def test_input_where_an_endpoint_reads_none_is_refused_not_ignored(api):
+    """Query parameters beside a JSON body, a body where the fields go in the query, a key given twice in one
+    JSON object: each a 400 naming where the input belongs; nothing is created."""
+    beside = api.post("/image?cue=zebra", json={"soul_id": "nova", "cue": "yak", "user_id": "u"})
+    assert beside.status_code == 400 and beside.json["error"]["field"] == "query" and "cue" in beside.json["error"][
+        "message"]
+    for path in ("/image/mark-seen?user_id=u&variant_id=" + new_ulid(),
+                 "/video/generate-from-variant?variant_id=" + new_ulid()):
+        refused = api.post(path, json={"variant_id": "x"})
+        assert refused.status_code == 400 and refused.json["error"]["field"] == "body", path
+    twice = api.post("/image", data='{"soul_id": "nova", "cue": "yak", "cue": "zebra", "user_id": "u"}',
+                     content_type="application/json")
+    assert twice.status_code == 400 and twice.json["error"]["field"] == "cue"
+    nested = api.post("/style", data='{"soul_id": "atlas", "style": {"steps": 20, "steps": 30}}',
+                      content_type="application/json")
+    assert nested.status_code == 400 and nested.json["error"]["field"] == "steps"
+    assert api.get("/tasks").json["items"] == []
