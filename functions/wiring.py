@@ -119,7 +119,7 @@ def build_services(settings: FunctionsSettings, clients: Clients, keys: KeyRing 
     usage = GpuUsage(BufferedCounter(ShardedCounter(db, names.COUNTER_DEDUP_HITS)), UsageStore(db))
     content = ContentPolicies(keys, settings)
     tasks = TaskService(jobs, signer, publisher, settings.public_base_url, usage=usage, content=content,
-                        job_retention=timedelta(days=settings.job_retention_days))
+                        job_retention=timedelta(days=settings.job_retention_days), webhooks=webhook_store)
     warm_pool = WarmPool(WarmPoolStore(db), jobs, prompts, settings)
     identities = IdentityService(
         IdentityStore(db), AssetStore(clients.storage, settings.bucket), styles, settings.model_tag,

@@ -64,6 +64,9 @@ class WebhookDoc(Document):
     url: str
     events: list[WebhookEvent]
     created_at: datetime
+    # Set when its tenant canceled its part of a job others still wait on: it is sent no more of the job's events
+    # (its task reads canceled); registering it again clears it.
+    withdrawn_at: datetime | None = None
 
 
 class DeliveryAttempt(Contract):

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.firestore.paging import _RESERVED_ID as _RESERVED
+from functions.adapters.firestore.webhooks import WebhookStore
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
 from functions.core import content_policy
@@ -56,9 +57,10 @@ class TaskService:
     def __init__(
         self, store: JobStore, signer: UrlSigner, publisher: Publisher, base_url: str, *,
         usage: GpuUsage | None = None, content: ContentPolicies | None = None,
-        job_retention: timedelta = retention.JOB_RETENTION
+        job_retention: timedelta = retention.JOB_RETENTION, webhooks: WebhookStore | None = None
     ):
         self._store = store
+        self._webhooks = webhooks  # a tenant that withdraws from a job is sent none of its later events
         self._job_retention = job_retention  # a canceled job's TTL (soul_common/retention.py)
         self._signer = signer
         self._publisher = publisher
@@ -212,6 +214,8 @@ class TaskService:
             someone_left = bool(others) or (tenancy and self._store.interest.anyone_else_waiting(task_id, tenant))
             if someone_left:
                 self._store.interest.withdraw(task_id, tenant, now)
+                if self._webhooks is not None:
+                    self._webhooks.withdraw(task_id, tenant, now)
                 self._interest.drop((task_id, tenant))
             if someone_left:
                 update = (JobStore.withdrawal(tenant, others, [k for k in job.requester_keys if k not in mine], now)

@@ -112,7 +112,7 @@ class WebhookRegistry:
                                       time_iso=event.occurred_at.isoformat())
 
     def targets(self, job_id: str, event: WebhookEvent) -> list[WebhookDoc]:
-        return [d for d in self._hooks.hooks(job_id) if event in d.events]
+        return [d for d in self._hooks.hooks(job_id) if event in d.events and d.withdrawn_at is None]
 
     def deliveries(self, job_id: str, tenant: str) -> list[Delivery]:
         """Every delivery to this tenant's webhooks of the job, oldest event first."""

@@ -546,3 +546,28 @@ def test_a_malformed_retry_message_is_acknowledged_without_sending(local, receiv
         bad = {**event, "attributes": {**event["attributes"], "soul-webhook-id": "x", "soul-due-at": due}}
         assert handle_event(svc, bad) == {}
     assert hook.calls == []
+
+
+def test_a_tenant_that_withdrew_from_a_shared_job_is_sent_none_of_its_later_events(local, receivers):
+    """alpha cancels its part of a job beta still waits on: its task reads canceled, so its webhook must not be
+    told the job succeeded; beta's is. Asking again with the webhook registers it afresh."""
+    svc, client = local
+    alphas, betas = receivers([200]), receivers([200])
+    task_id = client.post("/image", json={**PENGUIN, "webhook": alphas.url}, headers=ALPHA).json["task_id"]
+    client.post("/image", json={**PENGUIN, "user_id": "u2", "webhook": betas.url}, headers=BETA)
+    assert client.delete(f"/tasks/{task_id}", headers=ALPHA).json["status"] == "canceled"
+    assert list(deliver_all(svc, finish(task_id)).values()) == ["delivered"]
+    assert alphas.calls == [] and len(betas.calls) == 1
+    assert client.get(f"/tasks/{task_id}", headers=ALPHA).json["status"] == "canceled"
+
+
+def test_a_tenant_that_asks_again_with_its_webhook_is_told_again(local, receivers):
+    svc, client = local
+    alphas, betas = receivers([200]), receivers([200])
+    task_id = client.post("/image", json={**PENGUIN, "webhook": alphas.url}, headers=ALPHA).json["task_id"]
+    client.post("/image", json={**PENGUIN, "user_id": "u2", "webhook": betas.url}, headers=BETA)
+    client.delete(f"/tasks/{task_id}", headers=ALPHA)
+    again = client.post("/image", json={**PENGUIN, "webhook": alphas.url}, headers=ALPHA).json
+    assert again["task_id"] == task_id  # the work beta waits on goes on: alpha joins it again
+    assert sorted(deliver_all(svc, finish(task_id)).values()) == ["delivered", "delivered"]
+    assert len(alphas.calls) == len(betas.calls) == 1

@@ -32,6 +32,11 @@ class WebhookStore:
         data["events"] = fs.array_union(events)
         self._db.set(self._hook(doc.job_id, doc.webhook_id), data, merge=True)
 
+    def withdraw(self, job_id: str, tenant: str, now: datetime) -> None:
+        """Stamp the tenant's records on the job withdrawn (its cancel while others wait): no more deliveries."""
+        for hook in self.hooks(job_id, tenant):
+            self._db.update(self._hook(job_id, hook.webhook_id), {"withdrawn_at": now})
+
     def claim_slot(self, job_id: str, tenant: str, webhook_id: str, cap: int) -> bool:
         """Take one of the tenant's `cap` webhook slots on the job for this target (kept when it holds one
         already); False when all are taken. Slots are created once each (`create()`: exactly one winner), so the
