@@ -204,6 +204,15 @@ def invokers(tf: Terraform, function: str) -> set[str]:
     return found
 
 
+def subscription_topics(tf: Terraform, body: dict) -> set[str]:
+    """The topics a subscription block reads: its own, or, for `for_each = local.X` with `topic = each.value.topic`,
+    every topic the entries of local.X name."""
+    each = re.fullmatch(r"\$\{local\.([a-z0-9_]+)\}", str(body.get("for_each", "")))
+    if each and "each.value" in str(body.get("topic", "")):
+        return {r for r in refs(str(tf.locals.get(each.group(1), ""))) if r.startswith("google_pubsub_topic.")}
+    return set(refs(body.get("topic")))
+
+
 def check_functions(tf: Terraform, targets: tuple[str, ...]) -> list[str]:
     problems = []
     entry = functions_by_entry_point(tf)
@@ -219,13 +228,14 @@ def check_functions(tf: Terraform, targets: tuple[str, ...]) -> list[str]:
         callers = {r for r in refs(oidc.get("service_account_email", "")) if r.startswith("google_service_account.")}
         if not callers or not callers <= invokers(tf, reconcile):
             problems.append("the scheduler's OIDC account has no run.invoker on the `reconcile` function")
-    pushes = {"ingest": "google_pubsub_topic.requests", "webhooks": "google_pubsub_topic.events"}
-    for target, topic in pushes.items():
+    pushes = (("ingest", "google_pubsub_topic.requests"), ("webhooks", "google_pubsub_topic.events"),
+              ("webhooks", "google_pubsub_topic.webhook_retries"))
+    for target, topic in pushes:
         function = entry.get(target)
         fed = [
             b for b in tf.resources.get("google_pubsub_subscription", {}).values()
             if f"google_cloudfunctions2_function.{function}" in refs(block(b, "push_config").get("push_endpoint", ""))
-            and topic in refs(b.get("topic"))
+            and topic in subscription_topics(tf, b)
         ]
         if not function or not fed:
             problems.append(f"no push subscription on {topic} feeds the `{target}` function")

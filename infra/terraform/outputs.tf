@@ -40,7 +40,8 @@ output "subscriptions" {
   value = {
     runner               = google_pubsub_subscription.runner["interactive"].id
     runner_background    = google_pubsub_subscription.runner["background"].id
-    events_webhooks      = google_pubsub_subscription.events_webhooks.id
+    events_webhooks      = google_pubsub_subscription.webhooks_push["events"].id
+    webhook_retries      = google_pubsub_subscription.webhooks_push["retries"].id
     jobs_dead_letter     = google_pubsub_subscription.jobs_dead_letter.id
     events               = google_pubsub_subscription.events.id
     requests_push        = google_pubsub_subscription.requests_push.id

@@ -176,43 +176,6 @@ resource "google_pubsub_subscription" "requests_dead_letter" {
   }
 }
 
-# soul-events -> the `webhooks` function (functions/, written for issue 12): it makes the first attempt of each
-# signed webhook to the URLs the callers gave; a target to retry goes to soul-webhook-retries (below). Pub/Sub
-# retries only when the function fails outright.
-resource "google_pubsub_subscription" "events_webhooks" {
-  name   = local.sub_events_webhooks
-  topic  = google_pubsub_topic.events.id
-  labels = var.labels
-
-  ack_deadline_seconds       = 300 # the function's own bounded delivery attempts fit in one push
-  message_retention_duration = "604800s"
-
-  push_config {
-    push_endpoint = google_cloudfunctions2_function.webhooks.service_config[0].uri
-
-    oidc_token {
-      service_account_email = google_service_account.push.email
-      audience              = google_cloudfunctions2_function.webhooks.service_config[0].uri
-    }
-  }
-
-  expiration_policy {
-    ttl = ""
-  }
-
-  dead_letter_policy {
-    dead_letter_topic     = google_pubsub_topic.events_webhooks_dead_letter.id
-    max_delivery_attempts = local.max_delivery_attempts
-  }
-
-  retry_policy {
-    minimum_backoff = "10s"
-    maximum_backoff = "600s"
-  }
-
-  depends_on = [google_cloud_run_v2_service_iam_member.push_invokes]
-}
-
 # A webhook target's next attempt (the event's message, with the target and when it is due), published by the
 # `webhooks` function and pushed back to it: one short push per retry, so failing targets never hold the pushes
 # of soul-events-webhooks (nor, by their nacks, its push window).
@@ -223,12 +186,33 @@ resource "google_pubsub_topic" "webhook_retries" {
   depends_on   = [google_project_service.enabled, google_kms_crypto_key_iam_member.service_agents]
 }
 
-resource "google_pubsub_subscription" "webhook_retries" {
-  name   = local.sub_webhook_retries
-  topic  = google_pubsub_topic.webhook_retries.id
+# The `webhooks` function's two push subscriptions (functions/, written for issue 12). soul-events: the first
+# attempt of each signed webhook to the URLs the callers gave, every target of the event in one push (rounds of
+# its parallel senders); a target to retry goes to soul-webhook-retries, whose push waits until that attempt is
+# due (<= the backoff's maximum) and makes it. Pub/Sub retries only when the function fails outright.
+locals {
+  webhooks_pushes = {
+    events = {
+      subscription = local.sub_events_webhooks
+      topic        = google_pubsub_topic.events.id
+      ack_deadline = 300
+    }
+    retries = {
+      subscription = local.sub_webhook_retries
+      topic        = google_pubsub_topic.webhook_retries.id
+      ack_deadline = 60
+    }
+  }
+}
+
+resource "google_pubsub_subscription" "webhooks_push" {
+  for_each = local.webhooks_pushes
+
+  name   = each.value.subscription
+  topic  = each.value.topic
   labels = var.labels
 
-  ack_deadline_seconds       = 60 # the wait until due (<= the backoff's maximum) and one attempt
+  ack_deadline_seconds       = each.value.ack_deadline
   message_retention_duration = "604800s"
 
   push_config {
@@ -255,6 +239,11 @@ resource "google_pubsub_subscription" "webhook_retries" {
   }
 
   depends_on = [google_cloud_run_v2_service_iam_member.push_invokes]
+}
+
+moved {
+  from = google_pubsub_subscription.events_webhooks
+  to   = google_pubsub_subscription.webhooks_push["events"]
 }
 
 resource "google_pubsub_topic" "events_webhooks_dead_letter" {
@@ -311,14 +300,15 @@ resource "google_pubsub_topic_iam_member" "agent_publishes_events_webhooks_dead_
   member = local.pubsub_service_agent
 }
 
-resource "google_pubsub_subscription_iam_member" "agent_subscribes_events_webhooks" {
-  subscription = google_pubsub_subscription.events_webhooks.name
+resource "google_pubsub_subscription_iam_member" "agent_subscribes_webhooks_push" {
+  for_each = google_pubsub_subscription.webhooks_push
+
+  subscription = each.value.name
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
 }
 
-resource "google_pubsub_subscription_iam_member" "agent_subscribes_webhook_retries" {
-  subscription = google_pubsub_subscription.webhook_retries.name
-  role         = "roles/pubsub.subscriber"
-  member       = local.pubsub_service_agent
+moved {
+  from = google_pubsub_subscription_iam_member.agent_subscribes_events_webhooks
+  to   = google_pubsub_subscription_iam_member.agent_subscribes_webhooks_push["events"]
 }

@@ -38,26 +38,45 @@ def _value(body: str, key: str) -> str | None:
     return match.group(1) if match else None
 
 
+def _for_each_entries(text: str, local_name: str) -> list[dict[str, str]]:
+    """The entries of `locals { <local_name> = { key = { subscription = ..., topic = ..., ... } } }`."""
+    match = re.search(rf"^\s*{local_name}\s*=\s*\{{", text, re.MULTILINE)
+    assert match, local_name
+    depth, i = 1, match.end()
+    while depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    entries = []
+    for body in re.findall(r"=\s*\{([^{}]*)\}", text[match.end():i - 1]):
+        entries.append(dict(re.findall(r"([a-z_]+)\s*=\s*([A-Za-z0-9_.\[\]\"]+)", body)))
+    return entries
+
+
 def _deployed() -> dict[str, DeliveryPolicy]:
-    """The subscriptions Terraform declares, as DeliveryPolicy records."""
+    """The subscriptions Terraform declares, as DeliveryPolicy records (a `for_each` over a local map of
+    `subscription`, `topic` and an optional `ack_deadline` included)."""
     local = _locals()
     text = (TERRAFORM / "pubsub.tf").read_text()
     topics = {name: local[_value(body, "name").removeprefix("local.")]
               for name, body in _blocks(text, "google_pubsub_topic").items()}
-    runner_lanes = dict(re.findall(r"subscription = local\.([a-z_]+), topic = google_pubsub_topic\.([a-z_]+)\.id",
-                                   text))
+
+    def topic_of(reference: str) -> str:
+        return topics[reference.removeprefix("google_pubsub_topic.").removesuffix(".id")]
+
     deployed = {}
     for body in _blocks(text, "google_pubsub_subscription").values():
-        if "for_each = local.runner_lanes" in body:
-            pairs = [(local[sub], topics[topic]) for sub, topic in runner_lanes.items()]
+        each = re.search(r"for_each = local\.([a-z_]+)", body)
+        if each:
+            pairs = [(local[e["subscription"].removeprefix("local.")], topic_of(e["topic"]), e.get("ack_deadline"))
+                     for e in _for_each_entries(text, each.group(1))]
         else:
-            sub = local[_value(body, "name").removeprefix("local.")]
-            pairs = [(sub, topics[_value(body, "topic").removeprefix("google_pubsub_topic.").removesuffix(".id")])]
+            pairs = [(local[_value(body, "name").removeprefix("local.")], topic_of(_value(body, "topic")), None)]
         attempts = _value(body, "max_delivery_attempts")
         backoffs = [_value(body, "minimum_backoff"), _value(body, "maximum_backoff")]
-        for sub, topic in pairs:
+        for sub, topic, ack_deadline in pairs:
             deployed[sub] = DeliveryPolicy(
-                subscription=sub, topic=topic, ack_deadline_s=int(_value(body, "ack_deadline_seconds") or 10),
+                subscription=sub, topic=topic,
+                ack_deadline_s=int(ack_deadline or _value(body, "ack_deadline_seconds") or 10),
                 max_attempts=int(local["max_delivery_attempts"]) if attempts else None,
                 min_backoff_s=float(backoffs[0].removesuffix("s")) if backoffs[0] else None,
                 max_backoff_s=float(backoffs[1].removesuffix("s")) if backoffs[1] else None,
