@@ -201,8 +201,7 @@ class Api:
         """Input where the endpoint reads none is refused, never ignored: query parameters beside a JSON body,
         a body sent to an endpoint that takes its fields in the query."""
         if (endpoint.body is not None or endpoint.upload) and endpoint.query is None and request.query_string:
-            names = ", ".join(sorted({name for name, _ in parse_qsl(request.query_string.decode("latin-1"),
-                                                                     keep_blank_values=True)})) or "?"
+            names = ", ".join(sorted(request.args))
             raise errors.InvalidInput(f"{endpoint.method} {endpoint.rule} takes its fields in the body, not in the "
                                       f"query string (got {names})", field="query")
         if endpoint.body is None and not endpoint.upload and request.method in ("POST", "PUT", "PATCH", "DELETE") \

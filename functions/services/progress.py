@@ -232,10 +232,9 @@ class ProgressHub:
 
     def view(self, snap: Snapshot, tenant: str, *, admin: bool = False) -> Task:
         """`snap` as GET /tasks/{id} would show it to `tenant` (signed result and preview included)."""
-        job = snap.job
-        if job is None or not self._tasks.visible(job, tenant):
+        task = self._tasks.tenant_view(snap.job, tenant, admin=admin) if snap.job is not None else None
+        if task is None:
             raise errors.NotFound("the task does not show to this tenant", field="task_id")
-        task = self._tasks.tenant_view(job, tenant, admin=admin)
         return task.model_copy(update={"queue_position": snap.queue_position}) \
             if snap.queue_position is not None and task.status == JobStatus.QUEUED else task
 

@@ -85,16 +85,22 @@ class TaskService:
                 self._interest.put(key, known)
         return known  # type: ignore[return-value]
 
-    def _withdrawn_at(self, job: JobDoc, tenant: str) -> datetime | None:
-        """When `tenant` canceled its part of a job others go on waiting for (None: it did not)."""
-        if not (job.tenants or job.tenant) or tenant in job.tenants:
-            return None
-        return self._joined(job, tenant)[2]
+    def _standing(self, job: JobDoc, tenant: str) -> tuple[bool, str | None, datetime | None]:
+        """(whether the task shows to `tenant`, its joined end user, when it withdrew): the job names the tenant,
+        or the tenant's interest marker exists; one lookup of the interest records (cached while live)."""
+        if visible_to(job, tenant):
+            return True, None, None
+        if not (job.tenants or job.tenant):
+            return False, None, None
+        return self._joined(job, tenant)
 
-    def tenant_view(self, job: JobDoc, tenant: str, *, admin: bool = False) -> Task:
-        """`view`, and canceled for a tenant that withdrew from the job (the event stream's frames)."""
-        view = self.view(job, tenant, admin=admin)
-        withdrawn = self._withdrawn_at(job, tenant)
+    def tenant_view(self, job: JobDoc, tenant: str, *, admin: bool = False) -> Task | None:
+        """The task as GET /tasks/{id} shows it to `tenant` (canceled once it withdrew), or None when it does not
+        show to it (the event stream's frames)."""
+        visible, user, withdrawn = self._standing(job, tenant)
+        if not visible:
+            return None
+        view = self.view(job, tenant, admin=admin, user_id=user)
         return view if withdrawn is None else self._as_withdrawn(view, withdrawn)
 
     def _as_withdrawn(self, view: Task, at: datetime) -> Task:
@@ -109,7 +115,7 @@ class TaskService:
         return self._visible(job, tenant)
 
     def _visible(self, job: JobDoc, tenant: str) -> bool:
-        return visible_to(job, tenant) or (bool(job.tenants or job.tenant) and self._joined(job, tenant)[0])
+        return self._standing(job, tenant)[0]
 
     def _queue_position(self, job: JobDoc, version: object) -> int:
         """Cached per job (and its document's version) for a few seconds: a queued task polled every second
@@ -124,13 +130,10 @@ class TaskService:
     def get(self, task_id: str, tenant: str, *, admin: bool = False) -> Task:
         version = self._store.read(task_id)
         job = version.job
-        if job is None or not self._visible(job, tenant):
+        view = self.tenant_view(job, tenant, admin=admin) if job is not None else None
+        if view is None:
             raise NotFound(f"no task '{task_id}'", field="task_id")
-        view = self.view(job, tenant, admin=admin)
-        withdrawn = self._withdrawn_at(job, tenant)
-        if withdrawn is not None:
-            return self._as_withdrawn(view, withdrawn)
-        if job.status == JobStatus.QUEUED:
+        if view.status == JobStatus.QUEUED:
             view = view.model_copy(update={"queue_position": self._queue_position(job, version.snapshot.update_time)})
         return view
 
@@ -196,9 +199,10 @@ class TaskService:
         for _ in range(5):
             version = self._store.read(task_id)
             job = version.job
-            if job is None or not self._visible(job, tenant):
+            visible, _, withdrawn = self._standing(job, tenant) if job is not None else (False, None, None)
+            if not visible:
                 raise NotFound(f"no task '{task_id}'", field="task_id")
-            if self._withdrawn_at(job, tenant) is not None:
+            if withdrawn is not None:
                 raise Conflict(f"task '{task_id}' is already canceled; only queued or running tasks can be canceled")
             if JobStatus(job.status) in TERMINAL_STATUSES:
                 raise Conflict(
@@ -269,10 +273,9 @@ class TaskService:
     def viewer(self, tenant: str, *, admin: bool = False) -> Viewer:
         return self._content.viewer(tenant, admin=admin) if self._content is not None else Viewer(admin=admin)
 
-    def screen(self, tenant: str, normalized_cue: str) -> None:
-        """The tenant's blocked terms on a cue it did not send itself (an image it would animate): 422."""
-        if self._content is not None:
-            self._content.screen(tenant, normalized_cue)
+    def blocks(self, tenant: str, cue: str) -> bool:
+        """Whether the tenant blocks a term of a cue it did not send itself (an image it would animate)."""
+        return self._content is not None and self._content.blocks(tenant, cue)
 
     def view(self, job: JobDoc, tenant: str, *, sign: bool = True, admin: bool = False,
              viewer: Viewer | None = None, user_id: str | None = None) -> Task:

@@ -15,7 +15,6 @@ from functions.adapters.firestore.prompts import PromptStore
 from functions.adapters.pubsub import Publisher
 from functions.core import content_policy, estimates
 from functions.core.errors import ContentRefused, InvalidInput, NotFound
-from functions.core.normalize import CueError, normalize_cue
 from functions.core.tenants import DEFAULT_TENANT
 from functions.services.jobs import Interest, ensure_job
 from functions.services.quotas import QuotaService
@@ -76,26 +75,21 @@ class VideoService:
             raise NotFound(f"no variant '{variant_id}'", field="variant_id")
         return self._animate(variant, num_frames, generate_gif, user_id, tenant)
 
-    def _refuse_flagged_source(self, variant: VariantDoc, tenant: str) -> None:
+    def _refuse_what_may_not_be_animated(self, variant: VariantDoc, tenant: str) -> None:
         """An animation shows the source image's pixels: a tenant whose policy blurs or withholds a flagged image
         may not animate one, nor one whose cue holds a term it blocks (422), whoever else may."""
         viewer = self._tasks.viewer(tenant)
         if variant.safety is not None and variant.safety.flagged and not content_policy.sees_flagged_originals(viewer):
             raise ContentRefused(f"the variant was flagged by the safety checker and this tenant's content policy "
                                  f"is '{viewer.policy}': it cannot be animated", field="variant_id")
-        try:
-            cue = normalize_cue(variant.cue or "")
-        except CueError:
-            return  # no cue to screen (a variant of an older record)
-        try:
-            self._tasks.screen(tenant, cue)
-        except ContentRefused as refused:
-            raise ContentRefused(f"the variant's {refused.message.removeprefix('the ')}", field="variant_id") from None
+        if self._tasks.blocks(tenant, variant.cue):
+            raise ContentRefused(f"the variant's cue contains a term this tenant's content policy blocks (blocked "
+                                 f"terms, policy '{viewer.policy}'); nothing was queued", field="variant_id")
 
     def _animate(
         self, variant: VariantDoc, num_frames: int | None, generate_gif: bool, user_id: str | None, tenant: str
     ) -> tuple[int, VideoAccepted]:
-        self._refuse_flagged_source(variant, tenant)
+        self._refuse_what_may_not_be_animated(variant, tenant)
         frames = num_frames or self._settings.svd_num_frames
         fps = self._settings.svd_fps
         formats = ("gif", "mp4", "webp") if generate_gif else ("mp4", "webp")

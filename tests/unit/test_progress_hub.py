@@ -60,7 +60,7 @@ class CountingTasks:
                     created_at=job.created_at, actions=TaskActions(self=f"/tasks/{job.job_id}"))
 
     def tenant_view(self, job, tenant, *, admin=False):
-        return self.view(job, tenant, admin=admin)  # no tenant here ever withdraws
+        return self.view(job, tenant, admin=admin) if self.visible(job, tenant) else None  # none here withdraws
 
 
 def hub_of(tasks, *, per_instance=1000, per_tenant=1000, interval=0.02) -> ProgressHub:
