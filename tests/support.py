@@ -2,8 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def function_server(target: str, env: dict[str, str], log_path: Path) -> Iterator[tuple[int, subprocess.Popen]]:
+    """The function `target` of functions/main.py served by the real `functions_framework` process (its own
+    process group, stopped by that id), once its /healthz answers: yields its port and process."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "functions_framework", "--target", target, "--source",
+             str(REPO / "functions" / "main.py"), "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert process.poll() is None and time.monotonic() < deadline, f"the {target} server did not start"
+                time.sleep(0.2)
+            yield port, process
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=20)
 
 
 def pull_all(subscriber, subscription: str, *, rounds: int = 2, ack: bool = True, project: str | None = None) -> list:

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,17 +18,11 @@ from google.cloud import firestore
 
 from schemas import names
 from schemas._base import utcnow
+from tests.support import function_server
 
-REPO = Path(__file__).resolve().parents[2]
 HOARDER, OTHER = "key-hoarder-0123456789", "key-other-0123456789ab"
 PER_TENANT, THREADS = 20, 2
 HEAD_S = 4  # the test server's head and body-idle deadlines (10 s deployed): the 408s come sooner
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,35 +34,15 @@ def server(emulator_stack, tmp_path_factory):
         {"tenant": "hoarder", "role": "client", "key": HOARDER, "webhook_secret": "whsec_hoarder_0123456789abcdef"},
         {"tenant": "other", "role": "client", "key": OTHER, "webhook_secret": "whsec_other_0123456789abcdef01"},
     ]))
-    port = free_port()
-    log = (folder / "api.log").open("wb")
     env = {**os.environ, "THREADS": str(THREADS), "SOUL_API_KEYS_FILE": str(keys),
            "SOUL_SSE_MAX_STREAMS_PER_TENANT": str(PER_TENANT), "SOUL_SSE_POLL_INTERVAL_S": "0.2",
            "SOUL_QUOTA_REQUESTS_PER_SECOND": "500", "SOUL_QUOTA_BURST": "1000",
            "SOUL_HEADER_TIMEOUT_S": str(HEAD_S), "SOUL_BODY_IDLE_TIMEOUT_S": str(HEAD_S)}
     env.pop("SOUL_API_KEYS", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "functions_framework", "--target", "api_async", "--source",
-         str(REPO / "functions" / "main.py"), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "the api server did not start"
-            time.sleep(0.2)
+    with function_server("api_async", env, folder / "api.log") as (port, process):
         for key in (HOARDER, OTHER):  # warm: the first authenticated call opens the Firestore channel
             requests.get(f"http://127.0.0.1:{port}/me", headers={"X-API-Key": key}, timeout=30)
         yield port, process
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-        log.close()
 
 
 def other_tenant_is_answered(port: int) -> None:

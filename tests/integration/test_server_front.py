@@ -5,50 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.support import function_server
 
 
 @pytest.fixture(scope="module")
 def server(emulator_stack, tmp_path_factory):
-    port = free_port()
-    log = (tmp_path_factory.mktemp("front") / "api.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "functions_framework", "--target", "api", "--source",
-         str(REPO / "functions" / "main.py"), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env={**os.environ, "THREADS": "2"}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "the api server did not start"
-            time.sleep(0.2)
+    log = tmp_path_factory.mktemp("front") / "api.log"
+    with function_server("api", {**os.environ, "THREADS": "2"}, log) as (port, _):
         yield port
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-        log.close()
 
 
 def raw(port: int, request: bytes) -> tuple[int, dict[str, str], dict]:
