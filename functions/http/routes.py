@@ -329,7 +329,7 @@ def task_events(svc: Services, call: Call) -> Reply:
     # 429 when this tenant's or this instance's streams are at their cap, 404 (the visibility rule of
     # GET /tasks/{id}) before the stream opens; the stream follows the instance's shared watcher of the job.
     stream = sse.open_stream(svc.progress, call.path["task_id"], call.principal.tenant, svc.settings,
-                             admin=call.principal.is_admin)
+                             admin=call.principal.is_admin, last_event_id=call.request.headers.get("Last-Event-ID"))
     return flask.Response(stream, mimetype="text/event-stream",
                           headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

@@ -10,11 +10,18 @@ in-process `api` target, where a stream holds its thread) and an async iterator 
 target, functions/http/asgi.py, where a waiting stream holds no thread at all). A comment line every
 `sse_heartbeat_s` keeps proxies from closing an idle stream; after `sse_max_duration_s` the stream ends with
 `event: timeout` and the client reconnects (a request may not outlive the function's timeout: docs/ARCHITECTURE.md,
-"Live progress"). Closing the stream (the client went away, or it ended) gives its slot back."""
+"Live progress"). Closing the stream (the client went away, or it ended) gives its slot back.
+
+Event ids say what the client has been sent, not how many frames one connection sent: `<digest of the update>.
+<preview step>`. A client that reconnects with `Last-Event-ID` (EventSource does so by itself) is not sent the
+update or preview it already has, on any instance; an id this stream did not make is ignored (the stream starts
+with the current state, as without one)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -26,6 +33,7 @@ from schemas.push import TaskUpdate
 
 RECONNECT_MS = 2000
 KEEPALIVE = ": keepalive\n\n"
+EVENT_ID = re.compile(r"([0-9a-f]{16})\.([0-9]{1,6})")
 
 
 def update_of(task: Task) -> TaskUpdate:
@@ -43,15 +51,23 @@ def frame(event: str, data: str, event_id: int | None = None) -> str:
     return f"{head}event: {event}\ndata: {data}\n\n"
 
 
-def _render(task: Task | None) -> tuple[TaskUpdate | None, str | None, int, str | None]:
-    """A view's update and its JSON, and its preview's step and JSON, made once per change and viewer
+def _render(task: Task | None) -> tuple[TaskUpdate | None, str | None, str, int, str | None]:
+    """A view's update, its JSON and digest, and its preview's step and JSON, made once per change and viewer
     (functions/services/progress.py)."""
     if task is None:
-        return None, None, 0, None
+        return None, None, "", 0, None
     update = update_of(task)
     preview = task.preview
-    return (update, update.model_dump_json(), preview.step if preview is not None else 0,
-            preview.model_dump_json() if preview is not None else None)
+    data = update.model_dump_json()
+    return (update, data, hashlib.blake2b(data.encode(), digest_size=8).hexdigest(),
+            preview.step if preview is not None else 0, preview.model_dump_json() if preview is not None else None)
+
+
+def resumed_from(last_event_id: str | None) -> tuple[str, int]:
+    """The update digest and preview step a `Last-Event-ID` says the client has; ("", 0) for none or a foreign
+    id."""
+    match = EVENT_ID.fullmatch(last_event_id.strip()) if last_event_id else None
+    return (match.group(1), int(match.group(2))) if match else ("", 0)
 
 
 def _error(message: str) -> str:
@@ -62,32 +78,35 @@ class EventStream:
     """The frames of one follower's stream; iterate it once, either way."""
 
     def __init__(self, follow: Follow, first: Snapshot, settings: FunctionsSettings, *,
-                 clock: Callable[[], float] = time.monotonic):
+                 last_event_id: str | None = None, clock: Callable[[], float] = time.monotonic):
         self._follow = follow
         self._first = first
         self._settings = settings
         self._clock = clock
-        self._last: TaskUpdate | None = None
-        self._last_preview_step = 0  # previews come with the view while running, at most one per step
-        self._sent = 0
+        # what the client has: the digest of its last update, the step of its last preview (previews come with
+        # the view while running, at most one per step)
+        self._last_digest, self._last_preview_step = resumed_from(last_event_id)
         self.done = False
+
+    def _id(self) -> str:
+        return f"{self._last_digest}.{self._last_preview_step}"
 
     def _frames(self, snap: Snapshot) -> list[str]:
         """What `snap` adds to the stream; sets `done` when the stream must end."""
         if snap.failed:
             self.done = True
             return [_error("the task could not be read; reconnect to resume")]
-        current, data, preview_step, preview = self._follow.rendered(snap, _render)
+        current, data, digest, preview_step, preview = self._follow.rendered(snap, _render)
         if current is None:  # no longer visible to this tenant (withdrawn) or gone
             self.done = True
             return [_error("the task is no longer available")]
         out = []
-        if current is not self._last and current != self._last:
-            out.append(f"id: {self._sent}\nevent: update\ndata: {data}\n\n")
-            self._sent, self._last = self._sent + 1, current
+        if digest != self._last_digest:
+            self._last_digest = digest
+            out.append(f"id: {self._id()}\nevent: update\ndata: {data}\n\n")
         if preview is not None and preview_step > self._last_preview_step:
-            out.append(f"id: {self._sent}\nevent: preview\ndata: {preview}\n\n")
-            self._sent, self._last_preview_step = self._sent + 1, preview_step
+            self._last_preview_step = preview_step
+            out.append(f"id: {self._id()}\nevent: preview\ndata: {preview}\n\n")
         if JobStatus(current.status) in TERMINAL_STATUSES:
             self.done = True
             out.append(frame("end", json.dumps({"status": current.status})))
@@ -159,7 +178,8 @@ class EventStream:
 
 
 def open_stream(hub: ProgressHub, task_id: str, tenant: str, settings: FunctionsSettings, *,
-                admin: bool = False) -> EventStream:
-    """A stream of `task_id` for `tenant`: 429 when the caps are full, 404 when it does not show to `tenant`."""
+                admin: bool = False, last_event_id: str | None = None) -> EventStream:
+    """A stream of `task_id` for `tenant` from where `last_event_id` left it: 429 when the caps are full, 404 when
+    it does not show to `tenant`."""
     follow, first = hub.follow(task_id, tenant, admin=admin)
-    return EventStream(follow, first, settings)
+    return EventStream(follow, first, settings, last_event_id=last_event_id)

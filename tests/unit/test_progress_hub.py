@@ -191,3 +191,30 @@ def test_a_stream_sends_heartbeats_and_ends_at_its_maximum_duration():
     assert sum("event: update" in f for f in frames) == 1  # nothing changed
     assert frames.count(": keepalive\n\n") == 3
     assert "event: timeout" in frames[-1] and now[0] == 10.0 and follow.closed
+
+
+def test_a_stream_resumed_with_last_event_id_sends_only_what_the_client_lacks():
+    """Event ids name what the client has (update digest, preview step), so a reconnect (EventSource sends
+    Last-Event-ID by itself) is not sent the update it already has, and one made on another instance resumes too;
+    an id this stream did not make is ignored."""
+    tasks = CountingTasks(job(progress=0.3))
+    cfg = settings(sse_max_duration_s=0.3)
+
+    def frames_of(last_event_id=None) -> list[str]:
+        return list(open_stream(hub_of(tasks), "img-1", "acme", cfg, last_event_id=last_event_id))
+
+    def ids(frames):
+        return [f.split("\n", 1)[0].removeprefix("id: ") for f in frames if f.startswith("id: ")]
+
+    first = frames_of()
+    assert sum("event: update" in f for f in first) == 1
+    [seen] = ids(first)
+    assert frames_of(seen) and not any("event: update" in f for f in frames_of(seen))  # nothing new: no replay
+    tasks.current = job(progress=0.7)
+    resumed = frames_of(seen)  # a fresh hub: the digest, not the instance's memory, says what the client has
+    assert [f for f in resumed if "event: update" in f][0].count('"progress":0.7') == 1 and ids(resumed) != [seen]
+    for foreign in ("3", "", "zz.1", "0123456789abcdef.x", "x" * 5000):  # the old per-connection counter, junk
+        assert sum("event: update" in f for f in frames_of(foreign)) == 1
+    tasks.current = job(status="succeeded", progress=1.0)
+    [done] = ids(frames_of())
+    assert [f.split("\n")[0] for f in frames_of(done)] == ["retry: 2000", "event: end"]  # only the end
