@@ -70,6 +70,12 @@ def prompt_key(*, kind: str, soul_id: str, cue: str, style: Style, model_tag: st
     return _digest(payload)[:32]
 
 
+def cue_key(*, kind: str, soul_id: str, cue: str) -> str:
+    """A cue of a soul, whatever the style, identity and pins that make its prompt keys (`cue` normalized): what
+    the variants-per-cue quota counts, so pinning seeds or schedulers does not make a cue new."""
+    return _digest({"v": KEY_VERSION, "kind": kind, "soul": soul_id, "cue": cue})[:32]
+
+
 def image_job_id(pk: str, variant_index: int, retry: int = 0) -> str:
     base = f"img-{pk}-{variant_index}"
     return base if retry == 0 else f"{base}-r{retry}"

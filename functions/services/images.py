@@ -246,7 +246,8 @@ class ImageService:
                 lane=ask.lane,
             ),
             Interest(ask.tenant, ask.user_id),
-            admit=lambda: self._quotas.admit_job(ask.tenant, user_key=user, pk=pk),
+            admit=lambda: self._quotas.admit_job(
+                ask.tenant, user_key=user, cue=keys.cue_key(kind=ask.kind, soul_id=ask.soul_id, cue=cue)),
             on_created=(lambda _job: on_created()) if on_created is not None else None,
         )
         return lanes.promote_if_waited_on(self._jobs, self._publisher, job, ask.lane)

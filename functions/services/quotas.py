@@ -8,7 +8,8 @@ in Firestore under `tenants/{tenant}/...`:
 - jobs created per hour: a sharded counter per UTC hour, reserved before a job is created (one shard written,
   the shards summed by one aggregation), refunded when another creator won the race;
 - GPU-seconds per day: the tenant's usage rollup of the day (soul_common/rollups.py: one aggregation);
-- variants per prompt key per end user per day: one counter per (user, prompt key, UTC day).
+- new variants per cue per end user per day: one counter per (user, cue, UTC day), the cue keyed without the
+  style, identity and pins (`keys.cue_key`): pinning another seed or scheduler is still the same cue.
 
 Every refusal is a 429 with `Retry-After` in the error shape. Counter documents carry `expires_at` for a
 Firestore TTL policy."""
@@ -89,18 +90,18 @@ class QuotaService:
 
     # ---- GPU work ----------------------------------------------------------------------------------------------
 
-    def admit_job(self, tenant: str, *, user_key: str | None = None, pk: str | None = None) -> Refund:
-        """Reserve one job creation for `tenant` (and one new variant of `pk` for `user_key`, when given);
-        raise a 429 when a quota is used up. Returns the refund for a creation that did not happen."""
+    def admit_job(self, tenant: str, *, user_key: str | None = None, cue: str | None = None) -> Refund:
+        """Reserve one job creation for `tenant` (and one new variant of the cue keyed `cue` for `user_key`, when
+        given); raise a 429 when a quota is used up. Returns the refund for a creation that did not happen."""
         if not self.enabled:
             return lambda: None
         quota = self.quota(tenant)
         now = utcnow()
         self._check_gpu_seconds(tenant, quota, now)
         refunds = [self._reserve_job(tenant, quota, now)]
-        if user_key is not None and pk is not None:
+        if user_key is not None and cue is not None:
             try:
-                refunds.append(self._reserve_variant(tenant, quota, now, user_key, pk))
+                refunds.append(self._reserve_variant(tenant, quota, now, user_key, cue))
             except TooManyRequests:
                 refunds[0]()
                 raise
@@ -129,9 +130,9 @@ class QuotaService:
             )
         return refund
 
-    def _reserve_variant(self, tenant: str, quota: Quota, now: datetime, user_key: str, pk: str) -> Refund:
+    def _reserve_variant(self, tenant: str, quota: Quota, now: datetime, user_key: str, cue: str) -> Refund:
         _, day, left = day_window(now)
-        digest = hashlib.sha256(f"{user_key}|{pk}".encode()).hexdigest()[:32]
+        digest = hashlib.sha256(f"{user_key}|{cue}".encode()).hexdigest()[:32]
         name = f"variants-{day}-{digest}"
         count = self._counters.add(tenant, name, 1, expires_at=now + timedelta(days=2))
         if count is None:  # the write did not report the value: read it back

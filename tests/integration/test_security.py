@@ -299,6 +299,23 @@ def test_variants_per_prompt_key_per_user_per_day_are_capped(emulator_stack, mon
     assert client.get("/image", query_string={**PENGUIN, "user_id": "u2"}, headers=H_ACME).status_code == 200
 
 
+def test_pinning_seeds_does_not_make_a_cue_new_for_the_variants_cap(emulator_stack, monkeypatch, tmp_path,
+                                                                   clean_firestore, drain_jobs):
+    """The attack: each pinned seed is its own prompt key, so seed after seed grew one cue without bound."""
+    client, _ = make_api(monkeypatch, tmp_path, quotas={"variants_per_prompt_per_user_per_day": 2})
+    asked = [client.get("/image", query_string={**PENGUIN, "seed": seed}, headers=H_ACME) for seed in (1, 2, 3)]
+    assert [r.status_code for r in asked[:2]] == [202, 202] and asked[0].json["pk_id"] != asked[1].json["pk_id"]
+    assert_error(asked[2], 429, "quota_exceeded")
+    assert asked[2].json["error"]["field"] == "cue"
+    assert_error(client.get("/image", query_string=PENGUIN, headers=H_ACME), 429, "quota_exceeded")
+    # the same pinned request again is the same job (no new variant), another cue and another user are their own
+    assert client.get("/image", query_string={**PENGUIN, "seed": 1}, headers=H_ACME).json["task_id"] \
+        == asked[0].json["task_id"]
+    assert client.get("/image", query_string={**PENGUIN, "cue": "yak", "seed": 3}, headers=H_ACME).status_code == 202
+    assert client.get("/image", query_string={**PENGUIN, "user_id": "u2", "seed": 3},
+                      headers=H_ACME).status_code == 202
+
+
 # ---- idempotency -----------------------------------------------------------------------------------------------
 
 
