@@ -197,6 +197,9 @@ class JobDoc(Document):
     # lease and re-claimed nothing can change nothing, even when the job went back to the same runner id.
     lease_generation: int = Field(default=0, ge=0)
     cancel_requested: bool = False
+    # A cancel that found nobody else waiting says so here before it looks again (functions/services/tasks.py): a
+    # joiner that reads it asks for a fresh job instead. The runner ignores it; it lapses after CANCEL_PENDING_S.
+    cancel_pending_at: datetime | None = None
     created_at: datetime
     published_at: datetime | None = None
     event_published_at: datetime | None = None

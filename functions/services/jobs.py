@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 
@@ -29,6 +30,7 @@ from schemas.jobs import JobDoc, JobStatus
 log = structlog.get_logger(__name__)
 
 MAX_JOB_RETRIES = 3  # retries after failures; a cancel costs none
+CANCEL_PENDING_S = 30.0  # how long a cancel's "nobody else waits?" intent keeps joiners off a job
 _SCAN_LIMIT = 32  # dead retries one request may step over (the head normally points at the live one)
 
 # `admit()` is called right before this request would create a job: it raises when a quota is used up, and
@@ -104,11 +106,17 @@ def ensure_job(
     raise Unavailable("the jobs of this request keep being canceled; retry")
 
 
+def cancel_pending(job: JobDoc, now: datetime, within_s: float = CANCEL_PENDING_S) -> bool:
+    """Whether a cancel is deciding whether anyone else waits on `job` (its intent is younger than `within_s`)."""
+    return job.cancel_pending_at is not None and (now - job.cancel_pending_at).total_seconds() < within_s
+
+
 def _live(job: JobDoc) -> bool:
-    """A job a request may wait on: it is done, or still going and nobody stopped it."""
+    """A job a request may wait on: it is done, or still going and nobody stopped it (or is about to)."""
     if job.status == JobStatus.SUCCEEDED:
         return True
-    return job.status in (JobStatus.QUEUED, JobStatus.RUNNING) and not job.cancel_requested
+    return (job.status in (JobStatus.QUEUED, JobStatus.RUNNING) and not job.cancel_requested
+            and not cancel_pending(job, utcnow()))
 
 
 def _join(store: JobStore, job: JobDoc, interest: Interest) -> JobDoc | None:
@@ -116,8 +124,9 @@ def _join(store: JobStore, job: JobDoc, interest: Interest) -> JobDoc | None:
 
     The records are documents of their own, created once: a joiner never writes the job document, so it never
     contends with the runner's conditional writes, and a user asking again writes nothing. The read of the job
-    after recording closes the race with a cancel: a cancel that wrote first is seen here and this request moves
-    on to a fresh job; a cancel after it finds this tenant's marker and lets the job go on."""
+    after recording closes the race with a cancel, which writes its intent on the job before it looks for other
+    tenants' records: either this read sees the intent (or the cancel) and this request moves on to a fresh job,
+    or the cancel's look finds this tenant's marker and lets the job go on."""
     if interest.recorded_on(job) or (not job.tenants and job.tenant is None):
         return job  # already waiting (the creator), or a job from before tenancy (kept as it is)
     marker, mine, withdrawn = store.interest.recorded(job.job_id, interest.record())

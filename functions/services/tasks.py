@@ -9,11 +9,11 @@ cached per job for `QUEUE_POSITION_TTL_S`; the two interest facts are cached per
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from functions.adapters.firestore.jobs import JobStore
-from functions.adapters.firestore.paging import _RESERVED_ID as _RESERVED
 from functions.adapters.firestore.webhooks import WebhookStore
 from functions.adapters.pubsub import Publisher
 from functions.adapters.signing import UrlSigner
@@ -23,6 +23,7 @@ from functions.core.errors import Conflict, InvalidInput, NotFound, Unavailable
 from functions.core.memo import TtlMemo
 from functions.core.tenants import DEFAULT_TENANT, scoped_user
 from functions.services.content import ContentPolicies
+from functions.services.jobs import CANCEL_PENDING_S, cancel_pending
 from functions.services.links import variant_link, variant_links, withheld_view
 from functions.services.usage import GpuUsage
 from schemas import names
@@ -36,6 +37,12 @@ from soul_common import retention
 STATS_SAMPLE = 500
 QUEUE_POSITION_TTL_S = 3.0
 INTEREST_TTL_S = 5.0
+# A listing whose filter applies to the jobs read (status, finished images) reads up to this many pages of the
+# tenant's interest records to fill one page: a constant bound per request, and few near-empty pages to follow.
+FILTERED_SCAN_PAGES = 4
+
+
+Item = TypeVar("Item")
 
 
 def visible_to(job: JobDoc, tenant: str) -> bool:
@@ -146,33 +153,59 @@ class TaskService:
 
     def list(self, query: TaskListQuery, tenant: str) -> TaskPage:
         """The tenant's (or one end user's) tasks, newest first, from the interest records (one query and one
-        batched read of the jobs per page). A status filter applies to the jobs read, so such a page may hold
-        fewer than `page_size` items; `next_cursor` goes on."""
+        batched read of the jobs per page). A status filter applies to the jobs read: such a listing reads up to
+        `FILTERED_SCAN_PAGES` pages of records to fill a page, so a page may still hold fewer than `page_size`
+        items; `next_cursor` goes on. A cursor is a position in the interest records (the query without the
+        status), so every `next_cursor` given out is taken back, whatever its job's status."""
         filters = {field: str(value) for field, value in (("type", query.type), ("soul_id", query.soul_id))
                    if value is not None}
         user = (query.user_id, scoped_user(tenant, query.user_id)) if query.user_id is not None else None
-        if query.status is not None:
-            self._cursor_in(query.cursor, str(query.status))
-        ids, cursor, withdrawn = self._store.interest.page(tenant, user, filters, query.page_size, query.cursor)
-        views = [self.view(job, tenant, sign=False, user_id=query.user_id) for job in self._store.jobs(ids)]
-        views = [self._as_withdrawn(v, withdrawn[v.task_id]) if v.task_id in withdrawn else v for v in views]
-        return TaskPage(items=[v for v in views if query.status is None or str(v.status) == str(query.status)],
-                        next_cursor=cursor)
+
+        def shown(job: JobDoc, withdrawn_at: datetime | None) -> Task | None:
+            view = self.view(job, tenant, sign=False, user_id=query.user_id)
+            view = self._as_withdrawn(view, withdrawn_at) if withdrawn_at is not None else view
+            return view if query.status is None or str(view.status) == str(query.status) else None
+
+        items, cursor = self._scan(tenant, user, filters, query.page_size, query.cursor, shown,
+                                   pages=1 if query.status is None else FILTERED_SCAN_PAGES)
+        return TaskPage(items=items, next_cursor=cursor)
 
     def images(self, tenant: str, page_size: int, cursor: str | None, *,
                admin: bool = False) -> tuple[list[Variant], str | None]:
         """`GET /static/images`: the images of this tenant's finished image jobs, newest first, with signed URLs:
-        the visibility of `/tasks` (the same query as `GET /tasks?status=succeeded&type=image`, its cursor a job
-        id within those results), as the tenant's content policy lets it see them."""
-        self._cursor_in(cursor, JobStatus.SUCCEEDED.value)
-        ids, after, withdrawn = self._store.interest.page(tenant, None, {"type": JobType.IMAGE.value}, page_size,
-                                                          cursor)
-        jobs = [job for job in self._store.jobs([i for i in ids if i not in withdrawn])
-                if job.status == JobStatus.SUCCEEDED]
+        the visibility of `/tasks` (the same query as `GET /tasks?status=succeeded&type=image`, its cursor a
+        position in the tenant's image tasks), as the tenant's content policy lets it see them."""
+        def finished(job: JobDoc, withdrawn_at: datetime | None) -> ImageResult | None:
+            done = withdrawn_at is None and job.status == JobStatus.SUCCEEDED and isinstance(job.result, ImageResult)
+            return job.result if done else None
+
+        images, after = self._scan(tenant, None, {"type": JobType.IMAGE.value}, page_size, cursor, finished,
+                                   pages=FILTERED_SCAN_PAGES)
         viewer = self.viewer(tenant, admin=admin)  # withheld images are left out (content policy)
-        images = [job.result for job in jobs if isinstance(job.result, ImageResult)]
         # signed together: reused when fresh, the rest in parallel
         return [view for view in variant_links(self._signer, images, viewer) if view is not None], after
+
+    def _scan(self, tenant: str, user: tuple[str, str] | None, filters: dict[str, str], page_size: int,
+              cursor: str | None, keep: Callable[[JobDoc, datetime | None], Item | None], *,
+              pages: int) -> tuple[list[Item], str | None]:
+        """Up to `page_size` of what `keep(job, withdrawn_at)` gives for the tenant's interest records after
+        `cursor`, reading at most `pages` pages of them; the cursor is the last record looked at, None at the
+        end."""
+        items: list[Item] = []
+        for _ in range(pages):
+            ids, after, withdrawn = self._store.interest.page(tenant, user, filters, page_size, cursor)
+            jobs = {job.job_id: job for job in self._store.jobs(ids)}
+            for position, job_id in enumerate(ids):
+                item = keep(jobs[job_id], withdrawn.get(job_id)) if job_id in jobs else None
+                if item is not None:
+                    items.append(item)
+                if len(items) == page_size:
+                    more = position < len(ids) - 1 or after is not None
+                    return items, job_id if more else None
+            if after is None:
+                return items, None
+            cursor = after
+        return items, cursor
 
     def video_output(self, task_id: str, fmt: str, tenant: str) -> str | None:
         """`GET /static/videos/{task}.{fmt}`: the object of an animation of a task this tenant may see (the rule
@@ -181,16 +214,6 @@ class TaskService:
         if job is None or not self._visible(job, tenant) or not isinstance(job.result, VideoResult):
             return None
         return next((o.object for o in job.result.outputs if o.format == fmt), None)
-
-    def _cursor_in(self, cursor: str | None, status: str) -> None:
-        """A status filter applies to the jobs read, so a cursor must name a job in that status (else it is not a
-        position in this list: the same answer as a cursor naming nothing; the tenant's own records are checked by
-        the interest query)."""
-        if not cursor:
-            return
-        job = None if _RESERVED.match(cursor) else self._store.job(cursor)
-        if job is None or str(job.status) != status:
-            raise InvalidInput("cursor does not name a position in this list", field="cursor")
 
     def cancel(self, task_id: str, tenant: str) -> tuple[int, Task]:
         """Withdraw `tenant`'s interest. When other tenants still wait, the job goes on for them and this tenant
@@ -215,15 +238,27 @@ class TaskService:
             others = [t for t in job.tenants if t != tenant]
             mine = {scoped_user(tenant, user) for user in job.requesters.get(tenant, [])}
             tenancy = bool(job.tenants or job.tenant)
-            someone_left = bool(others) or (tenancy and self._store.interest.anyone_else_waiting(task_id, tenant))
+            waiting = others[0] if others else (self._store.interest.other_waiting(task_id, tenant) if tenancy
+                                                else None)
+            if waiting is None and tenancy and not cancel_pending(job, now, CANCEL_PENDING_S / 2):
+                # Nobody else seems to wait: say so on the job, then look again. A joiner records its interest and
+                # then reads the job, so either it sees this intent (and asks for a fresh job) or the next look
+                # finds its record.
+                self._store.update_if_unchanged(version, {"cancel_pending_at": now, "updated_at": now})
+                continue
+            someone_left = waiting is not None
             if someone_left:
                 self._store.interest.withdraw(task_id, tenant, now)
                 if self._webhooks is not None:
                     self._webhooks.withdraw(task_id, tenant, now)
                 self._interest.drop((task_id, tenant))
-            if someone_left:
                 update = (JobStore.withdrawal(tenant, others, [k for k in job.requester_keys if k not in mine], now)
-                          if tenant in job.tenants else None)
+                          if tenant in job.tenants else {})
+                if job.tenant == tenant and waiting:
+                    update["tenant"] = waiting  # the GPU time is charged to a tenant that still wants the work
+                if job.cancel_pending_at is not None:
+                    update["cancel_pending_at"] = None
+                update = update or None
             elif job.status == JobStatus.QUEUED:
                 update = {"status": JobStatus.CANCELED.value, "stage": "canceled", "finished_at": now,
                           "cancel_requested": True, "updated_at": now, "event_published_at": now,

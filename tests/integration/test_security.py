@@ -141,6 +141,50 @@ def test_a_cancel_withdraws_only_this_tenants_interest(tenants, db):
     assert tenants.get(f"/tasks/{task_id}", headers=H_ACME).json["status"] == "canceled"
 
 
+def test_a_join_racing_a_cancel_is_never_answered_with_a_job_about_to_be_canceled(emulator_stack, monkeypatch,
+                                                                                 tmp_path, clean_firestore,
+                                                                                 drain_jobs, db):
+    """The race: acme's cancel looked for other tenants, found none, and canceled on the job's version; globex
+    joined in between (its records are documents of their own, so the version did not move) and was answered 202
+    on a job that then read canceled to it. Now the cancel writes its intent first and looks again."""
+    client, api = make_api(monkeypatch, tmp_path)
+    interest = api.services.jobs.interest
+    task_id = client.get("/image", query_string=PENGUIN, headers=H_ACME).json["task_id"]
+    joined = {}
+    looked = interest.other_waiting
+
+    def look_then_globex_joins(job_id, tenant):
+        answer = looked(job_id, tenant)
+        if not joined:  # between the cancel's first look and its write
+            joined["answer"] = client.get("/image", query_string={**PENGUIN, "user_id": "g-1"}, headers=H_GLOBEX)
+        return answer
+
+    monkeypatch.setattr(interest, "other_waiting", look_then_globex_joins)
+    withdrawn = client.delete(f"/tasks/{task_id}", headers=H_ACME)
+    assert withdrawn.status_code == 200 and withdrawn.json["status"] == "canceled"
+    answer = joined["answer"]
+    assert answer.status_code == 202, answer.json
+    theirs = client.get(f"/tasks/{answer.json['task_id']}", headers=H_GLOBEX).json
+    assert theirs["status"] == "queued" and not theirs["cancel_requested"], theirs
+    stored = job(db, answer.json["task_id"])
+    assert stored["status"] == "queued" and not stored["cancel_requested"]
+    if answer.json["task_id"] == task_id:  # the job goes on for globex, which now pays for its GPU time
+        assert stored["tenant"] == "globex" and stored["cancel_pending_at"] is None
+
+
+def test_the_tenant_left_waiting_pays_for_a_job_its_creator_withdrew_from(tenants, db):
+    """A withdrawn creator was still charged (usage and GPU-seconds quota) for work only others wanted."""
+    task_id = tenants.get("/image", query_string=PENGUIN, headers=H_ACME).json["task_id"]
+    assert tenants.get("/image", query_string={**PENGUIN, "user_id": "g-7"}, headers=H_GLOBEX).json["task_id"] \
+        == task_id
+    assert job(db, task_id)["tenant"] == "acme"
+    assert tenants.delete(f"/tasks/{task_id}", headers=H_ACME).status_code == 200
+    stored = job(db, task_id)
+    assert stored["tenant"] == "globex" and stored["status"] == "queued"
+    assert tenants.get("/image", query_string=PENGUIN, headers=H_ACME).json["task_id"] == task_id  # rejoins
+    assert job(db, task_id)["tenant"] == "globex"  # the payer stays the one that kept waiting
+
+
 def test_video_cancels_never_block_an_animation(tenants, db):
     variant_id = seed_variant(db, "cd" * 16)
     query = {"variant_id": variant_id, "num_frames": 4, "user_id": "user123"}

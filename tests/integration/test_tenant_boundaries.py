@@ -98,12 +98,49 @@ def test_a_cursor_outside_the_callers_results_answers_as_a_missing_one(tenants, 
     assert_error(missing, 400, "invalid_argument")
     assert_error(foreign, 400, "invalid_argument")
     assert foreign.json == missing.json  # one answer: a cursor tells nothing about other tenants' jobs
-    # Within the caller's own results means within this very query, filters included.
-    filtered = tenants.get("/tasks", query_string={"cursor": mine[0], "status": "succeeded"}, headers=H_ACME)
-    assert_error(filtered, 400, "invalid_argument")
+    # Within the caller's own results means within this very query, filters included (a status filter applies
+    # to the jobs read, so a cursor is a position among the tenant's records whatever its job's status).
+    assert tenants.get("/tasks", query_string={"cursor": mine[0], "status": "succeeded"},
+                       headers=H_ACME).status_code == 200
+    assert_error(tenants.get("/tasks", query_string={"cursor": mine[0], "type": "video"}, headers=H_ACME), 400)
     # Listings of images: a cursor of another tenant's finished job is refused the same way.
     finish_image(db, theirs)
     assert_error(tenants.get("/static/images", query_string={"cursor": theirs}, headers=H_ACME), 400)
+
+
+def walk(client, path: str, query: dict) -> list[dict]:
+    """Every item of a listing, following `next_cursor` as a client does (each page must be accepted)."""
+    items, cursor = [], None
+    for _ in range(50):
+        response = client.get(path, query_string={**query, **({"cursor": cursor} if cursor else {})}, headers=H_ACME)
+        assert response.status_code == 200, (cursor, response.json)
+        items += response.json["items"]
+        cursor = response.json["next_cursor"]
+        if cursor is None:
+            return items
+    raise AssertionError("the listing did not end")
+
+
+def test_filtered_listings_take_back_every_cursor_they_give_and_fill_their_pages(tenants, db):
+    """The defect: a status-filtered listing (and /static/images) gave out the last record it scanned as the
+    cursor, then refused it when that job was in another status: the tasks behind it could not be reached."""
+    asked = [tenants.get("/image", query_string={**PENGUIN, "cue": f"cue{n}"}, headers=H_ACME).json["task_id"]
+             for n in range(12)]
+    done = {job_id for n, job_id in enumerate(asked) if n % 3 == 0}  # newest first: queued ones lie between them
+    for job_id in done:
+        finish_image(db, job_id)
+    canceled = asked[1]
+    assert tenants.delete(f"/tasks/{canceled}", headers=H_ACME).status_code == 200
+    succeeded = walk(tenants, "/tasks", {"status": "succeeded", "page_size": 2})
+    assert {t["task_id"] for t in succeeded} == done
+    assert [t["task_id"] for t in walk(tenants, "/tasks", {"status": "canceled", "page_size": 1})] == [canceled]
+    queued = walk(tenants, "/tasks", {"status": "queued", "page_size": 3})
+    assert {t["task_id"] for t in queued} == set(asked) - done - {canceled}
+    images = walk(tenants, "/static/images", {"page_size": 1})
+    assert len(images) == len(done)
+    # A page is filled from a bounded scan of records: the first page of two holds two (cue9, cue6).
+    first = tenants.get("/tasks", query_string={"status": "succeeded", "page_size": 2}, headers=H_ACME).json
+    assert len(first["items"]) == 2 and first["next_cursor"] is not None
 
 
 @pytest.mark.parametrize("cue", ["\ufdfa" * 28, "\u3300" * 200, "\ufdfa" * 12 + " penguin"])

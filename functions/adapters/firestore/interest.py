@@ -13,7 +13,7 @@ infra/terraform/firestore.tf) and read the jobs they name in one round trip.
 
 A tenant that cancels a job others still wait on withdraws: its records stay, stamped `withdrawn_at`, so the task
 stays readable to it (and listed) as canceled while the work goes on for the others; a withdrawn marker waits on
-nothing (`anyone_else_waiting`), and asking again revives the records."""
+nothing (`other_waiting`), and asking again revives the records."""
 
 from __future__ import annotations
 
@@ -120,13 +120,15 @@ class InterestStore:
         snaps = self._db.stream(query)
         return snaps[0].data.get("user_id") if snaps else None
 
-    def anyone_else_waiting(self, job_id: str, tenant: str) -> bool:
-        """Whether a tenant other than `tenant` has a live marker on the job (one marker per tenant; a cancel
-        is rare, so up to `_MARKERS_READ` of them are read; past that, someone is assumed to wait)."""
+    def other_waiting(self, job_id: str, tenant: str) -> str | None:
+        """A tenant other than `tenant` with a live marker on the job, None when there is none (one marker per
+        tenant; a cancel is rare, so up to `_MARKERS_READ` of them are read; past that one is assumed to wait,
+        unnamed: "")."""
         query = fs.collection(names.JOBS, job_id, names.INTEREST).where("scope", "==", TENANT).limit(_MARKERS_READ)
         snaps = self._db.stream(query)
-        return len(snaps) == _MARKERS_READ or any(
-            snap.data.get("tenant") != tenant and not snap.data.get("withdrawn_at") for snap in snaps)
+        waiting = (snap.data["tenant"] for snap in snaps
+                   if snap.data.get("tenant") != tenant and not snap.data.get("withdrawn_at"))
+        return next(waiting, "" if len(snaps) == _MARKERS_READ else None)
 
     def withdraw(self, job_id: str, tenant: str, now: datetime) -> int:
         """Stamp every interest record of `tenant` on the job withdrawn (a cancel: rare, so a query here is fine);
