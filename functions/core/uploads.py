@@ -2,7 +2,12 @@
 allow-list of formats, bounded in bytes and pixels before a pixel is decoded, re-encoded as a plain PNG) and LoRA
 adapters (a safetensors file parsed by hand, no torch: header bounded, every tensor's dtype, shape and byte range
 checked, every key a `lora_A`/`lora_B` pair of a linear layer that exists in the served model with matching
-features, rank capped). A refusal is an `InvalidInput`/`PayloadTooLarge` naming the reason; nothing is fixed up.
+features, rank capped). A refusal is an `InvalidInput`/`PayloadTooLarge` naming the reason in words of its own
+(never a library's text); nothing is fixed up.
+
+A decoded reference takes up to ~200 MB while it is re-encoded (a 4096x4096 RGBA frame, its RGB copy, the
+resampling), however small its file: at most `MAX_CONCURRENT_DECODES` decode at once per process, the others wait
+up to `DECODE_WAIT_S` and are then answered 503 with Retry-After.
 
 The model's linear layers come from `data/lora_targets/{model_tag}.json`, written from the architecture itself by
 `gpu_runner/pipelines/lora_targets.py`."""
@@ -12,17 +17,21 @@ from __future__ import annotations
 import io
 import json
 import math
+import threading
 import warnings
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from functions.core.errors import InvalidInput, PayloadTooLarge
+from functions.core.errors import InvalidInput, PayloadTooLarge, Unavailable
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 _DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
 _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+MAX_CONCURRENT_DECODES = 2
+DECODE_WAIT_S = 10.0
+_DECODES = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,10 @@ class UploadLimits:
     reference_max_bytes: int = 10 * 1024 * 1024
     reference_max_pixels: int = 4096 * 4096
     reference_max_side: int = 1024  # stored size: the IP-Adapter's encoder sees 224 px anyway
+    # A reference must show a face or figure: its shorter side at least this (the encoder crops a centred square
+    # of the shorter side, so a sliver carries nothing and a 1024x1 strip would be scaled to 229376x224 first)
+    reference_min_side: int = 64
+    reference_max_aspect: float = 4.0
     lora_max_bytes: int = 23 * 1024 * 1024
     lora_max_header_bytes: int = 2 * 1024 * 1024
     lora_max_tensors: int = 4096
@@ -56,18 +69,31 @@ class LoraFacts:
 def reencode_reference(data: bytes, limits: UploadLimits) -> ReferenceFacts:
     """Decode `data` as one still PNG, JPEG or WebP image within the limits and return it re-encoded (RGB PNG, no
     metadata, at most `reference_max_side` on its longer side)."""
-    from PIL import Image, UnidentifiedImageError  # deferred: only admin uploads need Pillow
-
     if not data:
         raise InvalidInput("the image is empty", field="image")
     if len(data) > limits.reference_max_bytes:
         raise PayloadTooLarge(f"the image is {len(data)} bytes; at most {limits.reference_max_bytes}", field="image")
+    if not _DECODES.acquire(timeout=DECODE_WAIT_S):
+        raise Unavailable("other reference images are being decoded; retry shortly", field="image",
+                          headers={"Retry-After": "2"})
+    try:
+        return _reencode(data, limits)
+    finally:
+        _DECODES.release()
+
+
+def _reencode(data: bytes, limits: UploadLimits) -> ReferenceFacts:
+    from PIL import Image, UnidentifiedImageError  # deferred: only admin uploads need Pillow
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidInput(f"not a usable image: send a PNG, JPEG or WebP ({_reason(exc)})", field="image") from None
+        except UnidentifiedImageError:
+            raise InvalidInput("not a usable image: send a PNG, JPEG or WebP", field="image") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidInput(f"the image declares more than {limits.reference_max_pixels} pixels",
+                               field="image") from None
         # The header's size is known before any pixel is decoded: a decompression bomb stops here.
         width, height = image.size
         if width * height > limits.reference_max_pixels:
@@ -75,10 +101,18 @@ def reencode_reference(data: bytes, limits: UploadLimits) -> ReferenceFacts:
                                f"{limits.reference_max_pixels}", field="image")
         if getattr(image, "n_frames", 1) > 1:
             raise InvalidInput("animated images are not references: send one still image", field="image")
+        if min(width, height) < limits.reference_min_side:
+            raise InvalidInput(f"the image is {width}x{height}; a reference needs at least "
+                               f"{limits.reference_min_side} pixels on its shorter side", field="image")
+        if max(width, height) > limits.reference_max_aspect * min(width, height):
+            raise InvalidInput(f"the image is {width}x{height}; a reference may be at most "
+                               f"{limits.reference_max_aspect:g} times as long as it is wide", field="image")
+        if image.format == "JPEG":  # decoded at 1/2, 1/4 or 1/8 scale when that still covers the stored size
+            image.draft("RGB", (limits.reference_max_side, limits.reference_max_side))
         try:
             image.load()
-        except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InvalidInput(f"the image does not decode ({_reason(exc)})", field="image") from None
+        except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise InvalidInput("the image does not decode: it is truncated or corrupt", field="image") from None
     rgb = _as_rgb(image)
     if max(rgb.size) > limits.reference_max_side:
         rgb.thumbnail((limits.reference_max_side, limits.reference_max_side), Image.Resampling.LANCZOS)
@@ -96,10 +130,6 @@ def _as_rgb(image):
         canvas.paste(rgba, mask=rgba.getchannel("A"))
         return canvas
     return image.convert("RGB")
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 # ---- LoRA adapters ------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def tiny_unet():
     return tiny_sdxl_pipeline().unet  # the tiny SDXL's architecture and weights, apart from the runner's
 
 
-def noise_png(seed: int, size: int = 48) -> bytes:
+def noise_png(seed: int, size: int = 64) -> bytes:
     out = io.BytesIO()
     Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(out, "PNG")
     return out.getvalue()
@@ -90,7 +90,7 @@ def test_references_are_stored_listed_keyed_and_condition_the_render(api, run_ru
     assert len(refs) == 2 and second.json["reference_set_version"]
     assert sorted(stored_assets(bucket)) == sorted(r["object"] for r in refs)
     stored = Image.open(io.BytesIO(bucket.blob(refs[0]["object"]).download_as_bytes()))
-    assert stored.format == "PNG" and stored.size == (48, 48)
+    assert stored.format == "PNG" and stored.size == (64, 64)
     assert add_reference(api, "nova", noise_png(1)).json["references"] == refs  # the same bytes again: no change
     assert api.get("/style/nova/identity").json["references"] == refs
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 
 import pytest
 from PIL import Image
@@ -54,7 +55,7 @@ def test_allowed_formats_are_reencoded_as_plain_png(fmt):
 
 
 def test_transparency_is_flattened_on_white_and_metadata_dropped():
-    image = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
     from PIL import PngImagePlugin
 
     meta = PngImagePlugin.PngInfo()
@@ -174,3 +175,61 @@ def test_a_lora_with_a_nan_or_infinite_weight_is_refused(dtype, value):
         validate_lora(with_weight(float(value)), TARGETS, LIMITS)
     largest = {"F16": 65504.0, "BF16": 3.0e38, "F32": 3.0e38}[dtype]
     assert validate_lora(with_weight(-largest), TARGETS, LIMITS).rank == 4
+
+
+@pytest.mark.parametrize("size, reason", [((1, 1), "at least 64 pixels"), ((63, 200), "at least 64 pixels"),
+                                          ((16000, 64), "at most 4 times"), ((64, 300), "at most 4 times")])
+def test_a_sliver_or_a_dot_is_not_a_reference(size, reason):
+    """A 1x1 or 16000x1 image carried no identity and was stored; a strip would also be scaled to hundreds of
+    thousands of pixels by the image encoder's shortest-side resize."""
+    with pytest.raises(InvalidInput, match=reason):
+        reencode_reference(encoded(Image.new("L", size), "PNG"), LIMITS)
+    assert reencode_reference(encoded(Image.new("RGB", (64, 256)), "PNG"), LIMITS).height == 256
+
+
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\nzzzz", b"GIF89a....", encoded(Image.new("RGB", (64, 64)), "TIFF")])
+def test_a_refusal_says_no_library_text(data):
+    """Pillow's text named an object and its heap address (`<_io.BytesIO object at 0x7f...>`)."""
+    with pytest.raises(InvalidInput) as refused:
+        reencode_reference(data, LIMITS)
+    assert refused.value.message == "not a usable image: send a PNG, JPEG or WebP"
+
+
+def test_decodes_at_once_are_bounded_and_the_rest_wait_then_get_a_503(monkeypatch):
+    """Eight 4096x4096 uploads of 130 KB each decoded together grew the api by 1.3 GB."""
+    import threading
+
+    from functions.core import uploads
+    from functions.core.errors import Unavailable
+
+    inside, peak, gate = [0], [0], threading.Event()
+    lock = threading.Lock()
+
+    def slow(data, limits):
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        gate.wait(5)
+        with lock:
+            inside[0] -= 1
+        return "decoded"
+
+    monkeypatch.setattr(uploads, "_reencode", slow)
+    monkeypatch.setattr(uploads, "DECODE_WAIT_S", 0.2)
+    results = []
+
+    def upload():
+        try:
+            results.append(uploads.reencode_reference(b"x", LIMITS))
+        except Unavailable as exc:
+            results.append(exc.headers["Retry-After"])
+
+    threads = [threading.Thread(target=upload) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # past the wait: three were turned away while two decode
+    gate.set()
+    for thread in threads:
+        thread.join()
+    assert peak[0] == uploads.MAX_CONCURRENT_DECODES == 2
+    assert sorted(results) == ["2", "2", "2", "decoded", "decoded"]
