@@ -211,7 +211,10 @@ class TaskService:
         """`GET /static/videos/{task}.{fmt}`: the object of an animation of a task this tenant may see (the rule
         of `GET /tasks/{id}`: video task ids are computable from public values), or None."""
         job = self._store.job(task_id)
-        if job is None or not self._visible(job, tenant) or not isinstance(job.result, VideoResult):
+        if job is None or not isinstance(job.result, VideoResult):
+            return None
+        visible, _, withdrawn = self._standing(job, tenant)
+        if not visible or withdrawn is not None:  # a tenant that canceled reads the task canceled, with no result
             return None
         return next((o.object for o in job.result.outputs if o.format == fmt), None)
 

@@ -70,6 +70,22 @@ def test_static_videos_follow_the_visibility_of_tasks(tenants, db):
         assert "Location" not in theirs.headers
 
 
+def test_a_tenant_that_canceled_a_shared_animation_gets_none_of_its_files(tenants, db):
+    """It read the task canceled with no result, and still got a signed URL of the finished GIF."""
+    asked = tenants.get("/image", query_string=PENGUIN, headers=H_ACME).json
+    variant_id = finish_image(db, asked["task_id"])
+    query = {"variant_id": variant_id, "num_frames": 16}
+    task_id = tenants.post("/video/generate-from-variant", query_string=query, headers=H_ACME).json["task_id"]
+    joined = tenants.post("/video/generate-from-variant", query_string=query, headers=H_GLOBEX)
+    assert joined.json["task_id"] == task_id
+    assert tenants.delete(f"/tasks/{task_id}", headers=H_GLOBEX).status_code == 200
+    finish_video(db, task_id, variant_id)
+    assert tenants.get(f"/tasks/{task_id}", headers=H_GLOBEX).json["status"] == "canceled"
+    for fmt in ("gif", "mp4", "webp"):
+        assert_error(tenants.get(f"/static/videos/{task_id}.{fmt}", headers=H_GLOBEX), 404, "not_found")
+    assert tenants.get(f"/static/videos/{task_id}.gif", headers=H_ACME).status_code == 302
+
+
 def test_static_image_listing_shows_only_this_tenants_images(tenants, db):
     acme_job = tenants.get("/image", query_string=PENGUIN, headers=H_ACME).json["task_id"]
     globex_job = tenants.get("/image", query_string={**PENGUIN, "cue": "zebra"}, headers=H_GLOBEX).json["task_id"]
