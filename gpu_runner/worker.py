@@ -104,7 +104,8 @@ class Runner:
                                  self._models, self._failpoints)
         model_tag = Path(settings.sdxl_model).name if settings.sdxl_model else "tiny-sdxl"
         self._render = RenderStage(self._work, model_tag, self._events.job_started)
-        self._finish = FinishStage(self._work, self._store, self._events, model_tag)
+        video_tag = Path(settings.svd_model).name if settings.svd_model else "tiny-svd"
+        self._finish = FinishStage(self._work, self._store, self._events, model_tag, video_model_tag=video_tag)
         self._puller = LanePuller(clients.subscriber, self._paths, settings.pull_timeout_seconds)
         self._lookahead: LookAhead | None = None
         self._finishing: queue.Queue[Ticket] = queue.Queue(maxsize=4)

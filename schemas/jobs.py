@@ -89,6 +89,7 @@ class VideoJobSpec(Contract):
     fps: int = Field(ge=1, le=60)
     formats: tuple[Literal["gif", "mp4", "webp"], ...] = ("gif", "mp4", "webp")
     seed: int = Field(ge=0, lt=2**32)
+    cue: str | None = Field(default=None, max_length=500)  # the source variant's, shown on the task; not keyed
 
 
 JobSpec = Annotated[ImageJobSpec | VideoJobSpec, Field(discriminator="kind")]

@@ -95,7 +95,7 @@ class VideoService:
         formats = ("gif", "mp4", "webp") if generate_gif else ("mp4", "webp")
         spec = VideoJobSpec(
             variant_id=variant.variant_id, source_object=variant.object, num_frames=frames, fps=fps,
-            formats=formats, seed=variant.seed,
+            formats=formats, seed=variant.seed, cue=variant.cue,
         )
         job = ensure_job(
             self._jobs,

@@ -19,11 +19,13 @@ log = structlog.get_logger(__name__)
 
 
 class FinishStage:
-    def __init__(self, work: WorkContext, store: JobStore, events: EventPublisher, model_tag: str):
+    def __init__(self, work: WorkContext, store: JobStore, events: EventPublisher, model_tag: str, *,
+                 video_model_tag: str = "tiny-svd"):
         self._work = work
         self._store = store
         self._events = events
-        self._model_tag = model_tag
+        self._model_tag = model_tag  # the SDXL weights': an image job's metrics name it, an animation's the SVD's
+        self._video_model_tag = video_model_tag
         self._safety = SafetyStage(work)
 
     def succeed(self, ticket: Ticket) -> JobDoc:
@@ -61,7 +63,8 @@ class FinishStage:
         stop_keepalive(ticket)  # no progress tick or renewal may follow the finish (they are fenced anyway)
         verdict = getattr(result, "safety", None)
         lora = ticket.plan.render.lora if ticket.plan is not None else None
-        metrics = JobMetrics(gpu_seconds=round(ticket.gpu_seconds + ticket.safety_seconds, 4), model=self._model_tag,
+        model = self._video_model_tag if ticket.job.type == JobType.VIDEO else self._model_tag
+        metrics = JobMetrics(gpu_seconds=round(ticket.gpu_seconds + ticket.safety_seconds, 4), model=model,
                              device=self._work.models.device.name, batch_size=ticket.batch_size,
                              safety_seconds=round(ticket.safety_seconds, 4),
                              safety_model=verdict.model if verdict is not None else None,

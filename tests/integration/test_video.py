@@ -57,6 +57,8 @@ def test_a_variant_becomes_gif_mp4_and_webp(api, video_settings, video_models, t
     drain(video_settings, video_models)
     task = api.get(f"/tasks/{answer.json['task_id']}").json
     assert task["status"] == "succeeded" and task["type"] == "video", task
+    # the animation says its source's cue and the model that animated it (its GPU-seconds are the SVD's)
+    assert task["cue"] == "penguin" and task["metrics"]["model"] == "tiny-svd", task
     outputs = {o["format"]: o for o in task["result"]["outputs"]}
     assert set(outputs) == {"gif", "mp4", "webp"}
 
