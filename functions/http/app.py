@@ -198,8 +198,15 @@ class Api:
 
     @staticmethod
     def _refuse_misplaced_input(request: flask.Request, endpoint: Endpoint) -> None:
-        """Input where the endpoint reads none is refused, never ignored: query parameters beside a JSON body,
-        a body sent to an endpoint that takes its fields in the query."""
+        """Input where the endpoint reads none is refused, never ignored: query parameters beside a JSON body or
+        on an endpoint that takes none (`/tasks/stats/summary?days=7` is not a filter), a body sent to an endpoint
+        that takes its fields in the query. Probes and the compatibility redirects (file URLs of the original app,
+        which may carry a cache-buster) read no query and ignore it."""
+        if endpoint.query is None and endpoint.body is None and not endpoint.upload and request.query_string \
+                and not endpoint.public and endpoint.tag != "compat":
+            names = ", ".join(sorted(request.args)) or request.query_string.decode("latin-1")[:80]
+            raise errors.InvalidInput(f"{endpoint.method} {endpoint.rule} takes no query parameters (got {names})",
+                                      field="query")
         if (endpoint.body is not None or endpoint.upload) and endpoint.query is None and request.query_string:
             names = ", ".join(sorted(request.args))
             raise errors.InvalidInput(f"{endpoint.method} {endpoint.rule} takes its fields in the body, not in the "

@@ -354,3 +354,12 @@ def test_input_where_an_endpoint_reads_none_is_refused_not_ignored(api):
                       content_type="application/json")
     assert nested.status_code == 400 and nested.json["error"]["field"] == "steps"
     assert api.get("/tasks").json["items"] == []
+    # An endpoint that reads no query says so (a caller believing `days=7` filtered the summary got all of it);
+    # probes and the original app's file URLs (which may carry a cache-buster) still ignore one.
+    for path in ("/tasks/stats/summary?days=abc", "/me?x=1", "/info?foo=bar&foo=baz", "/image/selfie/options?x",
+                 "/style/nova?v=2", "/tasks/" + "img-" + "0" * 32 + "-0?verbose=1"):
+        refused = api.get(path)
+        assert refused.status_code == 400 and refused.json["error"]["field"] == "query", (path, refused.json)
+        assert "takes no query parameters" in refused.json["error"]["message"]
+    assert api.get("/healthz?probe=1").status_code == 200
+    assert api.get(f"/static/image/{new_ulid()}.png?v=3").status_code == 404
