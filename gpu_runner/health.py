@@ -10,7 +10,9 @@ autohealing and for `docker ps`/HEALTHCHECK.
 
 The decisions are pure functions over a `Vitals` snapshot, so they are tested without a server or a GPU; the
 server only asks two callables (`is_alive`, `is_ready`) and answers. It never touches the runner's work: a
-probe cannot slow a render down or change what the runner does."""
+probe cannot slow a render down or change what the runner does. The port is reachable from the VPC, so a
+connection may hold a thread for `CONNECTION_TIMEOUT_S` at most, at most `MAX_CONNECTIONS` are served at once (more
+are closed at once), and every answer, other methods' 405 included, is JSON."""
 
 from __future__ import annotations
 
@@ -27,6 +29,38 @@ log = structlog.get_logger(__name__)
 # Runner states (gpu_runner.worker.WorkerState values) as plain strings: this module stays free of the worker.
 READY_STATES = frozenset({"ready", "processing"})
 DEAD_STATES = frozenset({"defunct", "stopped"})
+CONNECTION_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 16
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most `MAX_CONNECTIONS` of them; a client gone mid-answer is not an error."""
+
+    daemon_threads = True
+    request_queue_size = 128  # connections past the cap are accepted and closed, not left to SYN retries
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # the probes that matter come one at a time
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        log.info("health_connection_dropped", exc_info=False)
 
 
 @dataclass(frozen=True)
@@ -73,6 +107,8 @@ class HealthServer:
         checks = {"/healthz": ("alive", is_alive), "/readyz": ("ready", is_ready)}
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = CONNECTION_TIMEOUT_S  # a silent or slow client lets its thread go
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 check = checks.get(self.path.split("?", 1)[0])
                 if check is None:
@@ -92,6 +128,17 @@ class HealthServer:
                         log.warning("health_details_failed", exc_info=True)
                 self._answer(200 if ok else 503, body)
 
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._answer(405, {"status": "method_not_allowed", "allow": "GET"})
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD  # noqa: N815
+
+            def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+                # http.server's own refusals (a bad request line, an unknown method) in JSON, not its HTML page
+                self.close_connection = True
+                self._answer(code, {"status": "bad_request" if code < 500 else "error",
+                                    "message": message or self.responses.get(code, ("",))[0]})
+
             def _answer(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
@@ -99,13 +146,13 @@ class HealthServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                self.wfile.write(data)
+                if self.command != "HEAD":
+                    self.wfile.write(data)
 
             def log_message(self, *_args) -> None:  # probes every few seconds: no access log noise
                 return
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedServer((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 
     @property

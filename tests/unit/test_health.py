@@ -107,3 +107,34 @@ def test_both_answers_carry_the_start_up_report_and_a_failing_report_changes_no_
         assert get(server.port, "/healthz") == (200, {"status": "ok"})
     finally:
         server.close()
+
+
+def test_idle_connections_cannot_pin_the_runners_threads_and_every_answer_is_json():
+    """300 idle sockets held 300 runner threads for as long as they stayed open; POST got http.server's HTML 501."""
+    import socket
+    import threading
+    import time
+
+    from gpu_runner import health
+
+    server = HealthServer(lambda: True, lambda: True, host="127.0.0.1", port=0)
+    server._server.RequestHandlerClass.timeout = 0.5  # CONNECTION_TIMEOUT_S, shortened for the test
+    server.start()
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(60)]
+    try:
+        time.sleep(0.3)
+        assert threading.active_count() - before <= health.MAX_CONNECTIONS  # past the cap: closed at once
+        time.sleep(1.0)  # past the timeout: the idle ones let their threads go
+        assert threading.active_count() - before <= 1
+        assert get(server.port, "/healthz") == (200, {"status": "ok"})
+        for method in ("POST", "DELETE", "BREW"):
+            request = urllib.request.Request(f"http://127.0.0.1:{server.port}/healthz", method=method)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=5)
+            assert refused.value.code in (405, 501) and refused.value.headers["Content-Type"] == "application/json"
+            assert "status" in json.loads(refused.value.read())
+    finally:
+        for sock in idle:
+            sock.close()
+        server.close()
