@@ -186,6 +186,7 @@ class Runner:
         self.max_batch = self._settings.max_batch or default_max_batch(_free_device_bytes(device))
         capacity = max(self._settings.lookahead, self.max_batch - 1)
         self._lookahead = LookAhead(max(capacity, 1))
+        self._recover_orphans()
         self._transition(WorkerState.READY)
         log.info("runner_ready", runner_id=self._settings.runner_id, device=device.name, lanes=self._paths,
                  lookahead=self._settings.lookahead, max_batch=self.max_batch)
@@ -204,6 +205,17 @@ class Runner:
         reconciler.join(timeout=5)
         self._transition(WorkerState.STOPPED)
         log.info("runner_stopped", jobs_done=self.jobs_done)
+
+    def _recover_orphans(self) -> None:
+        """What this runner id held when its previous process died goes back to the queue now, not after that
+        process's lease and its messages' ack deadline (soul_common/reconciler.py)."""
+        try:
+            report = self._reconciler.recover_orphans(self._settings.runner_id)
+        except Exception:  # noqa: BLE001 - the periodic pass takes them once their leases run out
+            log.warning("recover_orphans_failed", exc_info=True)
+            return
+        if report.republished or report.failed:
+            log.info("orphans_recovered", requeued=report.republished, failed=report.failed)
 
     def _reconcile_loop(self) -> None:
         while not self._stopping.wait(self._settings.reconcile_interval_seconds):

@@ -14,6 +14,10 @@ The rules (`decide`, pure) for a non-terminal job:
   the runner's ack-deadline extension, so by then the dead runner's message has been redelivered or dropped;
 - running with an expired lease after `max_attempts` claims (it kills every runner that takes it), or re-published
   `max_republishes` times without ending (its messages never lead to a claim): fail it with the reason;
+- running under the lease of a runner id whose process has just started (`recover_orphans`: a runner restarted
+  in place, a systemd or supervisor restart under the same id, holds nothing yet): re-queue and publish at once,
+  instead of after the dead process's lease and its message's ack deadline (a runner id names one process at a
+  time: the runner's settings);
 - a non-terminal document that no longer validates: fail it (it can never run, it must not stay queued);
 - a finished job whose completion event was never published (its runner died between the two, and its message
   is gone too) after the same window: publish the event (consumers dedup on the CloudEvent id = job id).
@@ -48,6 +52,7 @@ from soul_common.delivery import LANES, policy
 log = structlog.get_logger(__name__)
 
 PAGE_SIZE = 300
+ORPHANS_READ = 100  # running jobs one restarted runner id may have held (its batch and look-ahead: a handful)
 
 
 def redelivery_window() -> timedelta:
@@ -97,10 +102,15 @@ def decide(job: JobDoc, now: datetime, policy: ReconcilePolicy) -> Decision | No
             lost = now - job.published_at >= policy.undelivered_after
         return _bounded(job, policy, Decision(Action.PUBLISH, "stuck_queued")) if lost else None
     if job.status == JobStatus.RUNNING and (job.lease_expires_at is None or job.lease_expires_at <= now):
-        if job.attempts >= policy.max_attempts:
-            return Decision(Action.FAIL, f"attempts_exhausted: {job.attempts} runners lost this job")
-        return _bounded(job, policy, Decision(Action.REQUEUE, "lease_expired"))
+        return requeue(job, policy, "lease_expired")
     return None
+
+
+def requeue(job: JobDoc, policy: ReconcilePolicy, reason: str) -> Decision:
+    """A running job whose runner is gone: back to the queue, unless it has used up its attempts or republishes."""
+    if job.attempts >= policy.max_attempts:
+        return Decision(Action.FAIL, f"attempts_exhausted: {job.attempts} runners lost this job")
+    return _bounded(job, policy, Decision(Action.REQUEUE, reason))
 
 
 def needs_publish(job: JobDoc, now: datetime, policy: ReconcilePolicy) -> str | None:
@@ -193,6 +203,20 @@ class Reconciler:
         self._events = events
         self._policy = policy
 
+    def recover_orphans(self, runner_id: str) -> ReconcileReport:
+        """Re-queue and publish the running jobs leased to `runner_id` (called by a runner of that id before it
+        takes any work: what its id holds was held by its previous process, now dead), within the usual bounds
+        on attempts and republishes."""
+        report = ReconcileReport()
+        query = (fs.collection(names.JOBS).where("status", "==", JobStatus.RUNNING.value)
+                 .where("lease_owner", "==", runner_id).limit(ORPHANS_READ))
+        for snap in self._db.stream(query):
+            try:
+                self._handle(snap, report, orphaned=True)
+            except Exception as exc:  # noqa: BLE001 - the periodic pass takes it once its lease runs out
+                report.errors.append(f"{snap.id}: {type(exc).__name__}")
+        return report
+
     def run_once(self) -> list[str]:
         """One pass; the ids of the jobs published again."""
         return self.sweep().republished
@@ -260,7 +284,7 @@ class Reconciler:
         self._db.update(snap.ref, {"event_published_at": utcnow()})
         report.announced.append(job.job_id)
 
-    def _handle(self, snap, report: ReconcileReport) -> None:
+    def _handle(self, snap, report: ReconcileReport, *, orphaned: bool = False) -> None:
         now = utcnow()
         try:
             job = JobDoc.model_validate(snap.data)
@@ -271,6 +295,8 @@ class Reconciler:
                 log.warning("job_failed_by_reconciler", job_id=snap.id, reason="invalid_document")
             return
         decision = decide(job, now, self._policy)
+        if decision is None and orphaned and job.status == JobStatus.RUNNING:
+            decision = requeue(job, self._policy, "runner_restarted")
         if decision is None:
             return
         if decision.action is Action.FAIL:

@@ -40,6 +40,7 @@ INTEREST_TTL_S = 5.0
 # A listing whose filter applies to the jobs read (status, finished images) reads up to this many pages of the
 # tenant's interest records to fill one page: a constant bound per request, and few near-empty pages to follow.
 FILTERED_SCAN_PAGES = 4
+STALLED_STAGE = "waiting_for_runner"  # running, but its runner's lease ran out: the reconciler re-queues it
 
 
 Item = TypeVar("Item")
@@ -325,13 +326,16 @@ class TaskService:
             user_id = self._joined(job, tenant)[1]  # a joiner: its user is on its interest record
         url = f"{self._base_url}/tasks/{job.job_id}"
         active = JobStatus(job.status) not in TERMINAL_STATUSES
+        # A running job whose lease ran out lost its runner: no ETA is true until another one takes it up.
+        stalled = job.status == JobStatus.RUNNING and job.lease_expires_at is not None \
+            and job.lease_expires_at <= utcnow()
         return Task(
             task_id=job.job_id,
             type=job.type,
             status=job.status,
             progress=job.progress,
-            stage=job.stage,
-            eta_seconds=job.eta_seconds,
+            stage=STALLED_STAGE if stalled else job.stage,
+            eta_seconds=None if stalled else job.eta_seconds,
             soul_id=job.soul_id,
             user_id=user_id,
             cue=getattr(job.request, "cue", None),

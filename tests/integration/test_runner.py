@@ -259,3 +259,38 @@ def test_reconciler_publishes_what_was_never_published_and_requeues_expired_leas
     run_runner()
     assert job_doc(db, queued["task_id"])["status"] == "succeeded"
     assert job_doc(db, other["task_id"])["status"] == "succeeded"
+
+
+def test_a_runner_restarted_under_its_id_takes_back_what_its_dead_process_held(api, run_runner, runner_settings,
+                                                                               db, subscriber):
+    """A runner killed mid-render and restarted by its supervisor under the same id within a second left the
+    task `running` for the whole lease (and its message's ack deadline) before anyone took it up again."""
+    from gpu_runner.adapters.jobstore import JobStore
+
+    queued = api.get("/image", query_string=PENGUIN).json
+    assert len(pull_all(subscriber, names.SUB_RUNNER)) == 1  # the dead process had taken the message
+    dead = JobStore(Db(db), "runner-restarted", timedelta(minutes=10))  # a lease far from running out
+    dead.claim(queued["task_id"], "image")
+    assert job_doc(db, queued["task_id"])["status"] == "running"
+    other = run_runner(runner_settings.model_copy(update={"runner_id": "runner-elsewhere"}))
+    assert other.jobs_done == 0 and job_doc(db, queued["task_id"])["status"] == "running"  # not another id's
+    restarted = run_runner(runner_settings.model_copy(update={"runner_id": "runner-restarted"}))
+    assert restarted.jobs_done == 1
+    task = api.get(f"/tasks/{queued['task_id']}").json
+    assert task["status"] == "succeeded" and task["attempts"] == 2, task
+
+
+def test_a_task_whose_runner_lease_ran_out_says_so_and_claims_no_eta(api, db):
+    """It read `denoising, eta 5 s` for the whole minute its dead runner's lease took to run out."""
+    from gpu_runner.adapters.jobstore import JobStore
+
+    queued = api.get("/image", query_string=PENGUIN).json
+    JobStore(Db(db), "runner-gone", timedelta(minutes=1)).claim(queued["task_id"], "image")
+    job = db.collection(names.JOBS).document(queued["task_id"])
+    job.update({"stage": "denoising", "progress": 0.4, "eta_seconds": 5.0})
+    live = api.get(f"/tasks/{queued['task_id']}").json
+    assert (live["stage"], live["eta_seconds"]) == ("denoising", 5.0)
+    job.update({"lease_expires_at": utcnow() - timedelta(seconds=1)})
+    stalled = api.get(f"/tasks/{queued['task_id']}").json
+    assert stalled["status"] == "running" and stalled["stage"] == "waiting_for_runner"
+    assert stalled["eta_seconds"] is None and stalled["progress"] == 0.4

@@ -16,6 +16,7 @@ export const STAGES = {
   retrying: "Retrying after a hiccup",
   requeued: "Back in line",
   stuck_queued: "Back in line",
+  waiting_for_runner: "Its runner stopped: waiting for another",
   succeeded: "Done",
   failed: "Failed",
   canceled: "Canceled",
