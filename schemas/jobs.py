@@ -163,6 +163,15 @@ class JobPreview(Contract):
     variant_index: int = Field(default=0, ge=0)
 
 
+class GpuReservation(Contract):
+    """The estimated GPU-seconds a job's creation reserved against its tenant's daily quota, and the counter shard
+    holding them (soul_common/reservations.py); taken back when the job ends."""
+
+    tenant: str
+    counter: str
+    millis: int = Field(ge=0)
+
+
 class JobDoc(Document):
     """`jobs/{job_id}`: the source of truth for a job. Pub/Sub only carries its id."""
 
@@ -201,6 +210,7 @@ class JobDoc(Document):
     # A cancel that found nobody else waiting says so here before it looks again (functions/services/tasks.py): a
     # joiner that reads it asks for a fresh job instead. The runner ignores it; it lapses after CANCEL_PENDING_S.
     cancel_pending_at: datetime | None = None
+    gpu_reservation: GpuReservation | None = None
     created_at: datetime
     published_at: datetime | None = None
     event_published_at: datetime | None = None

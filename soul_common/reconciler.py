@@ -46,7 +46,7 @@ from schemas import names
 from schemas._base import firestore_dict, utcnow
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobLane, JobStatus, JobType
 from soul_common import firestore as fs
-from soul_common import retention
+from soul_common import reservations, retention
 from soul_common.delivery import LANES, policy
 
 log = structlog.get_logger(__name__)
@@ -291,6 +291,7 @@ class Reconciler:
         except ValidationError as exc:
             error = JobError(type="InvalidJob", message=f"invalid job document: {exc.errors()[0]['msg']}"[:1000])
             if self._write(snap, _failed(error, now, self._policy.job_retention)):
+                reservations.settle(self._db, (snap.data or {}).get("gpu_reservation"), now)
                 report.failed.append(snap.id)
                 log.warning("job_failed_by_reconciler", job_id=snap.id, reason="invalid_document")
             return
@@ -322,6 +323,7 @@ class Reconciler:
         update = _failed(error, now, self._policy.job_retention)
         if not self._write(snap, update):
             return
+        reservations.settle(self._db, (snap.data or {}).get("gpu_reservation"), now)
         report.failed.append(job.job_id)
         log.warning("job_failed_by_reconciler", job_id=job.job_id, reason=reason)
         finished = job.model_copy(update={**update, "status": JobStatus.FAILED, "error": error})

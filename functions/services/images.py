@@ -247,7 +247,8 @@ class ImageService:
             ),
             Interest(ask.tenant, ask.user_id),
             admit=lambda: self._quotas.admit_job(
-                ask.tenant, user_key=user, cue=keys.cue_key(kind=ask.kind, soul_id=ask.soul_id, cue=cue)),
+                ask.tenant, user_key=user, cue=keys.cue_key(kind=ask.kind, soul_id=ask.soul_id, cue=cue),
+                gpu_seconds=estimates.image_seconds(self._runner_stats(), self._defaults)),
             on_created=(lambda _job: on_created()) if on_created is not None else None,
         )
         return lanes.promote_if_waited_on(self._jobs, self._publisher, job, ask.lane)

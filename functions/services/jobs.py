@@ -24,6 +24,7 @@ from functions.adapters.firestore.jobs import JobStore
 from functions.adapters.pubsub import Publisher
 from functions.core.errors import Unavailable
 from functions.core.tenants import scoped_user
+from functions.services.quotas import Admission
 from schemas._base import utcnow
 from schemas.jobs import JobDoc, JobStatus
 
@@ -34,8 +35,9 @@ CANCEL_PENDING_S = 30.0  # how long a cancel's "nobody else waits?" intent keeps
 _SCAN_LIMIT = 32  # dead retries one request may step over (the head normally points at the live one)
 
 # `admit()` is called right before this request would create a job: it raises when a quota is used up, and
-# returns a `refund()` to call when another creator won the race (nothing was created after all).
-Admit = Callable[[], Callable[[], None]]
+# returns the admission (functions/services/quotas.py): its `refund()` to call when another creator won the race
+# (nothing was created after all), and the GPU-seconds it reserved, recorded on the job.
+Admit = Callable[[], Admission]
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,16 @@ def ensure_job(
             with store.creation_lock(job.job_id):  # this instance's other askers wait, then find the job
                 existing = store.job(job.job_id)
                 if existing is None:
-                    refund = admit() if admit else None
+                    admission = admit() if admit else None
+                    if admission is not None and admission.gpu_reservation is not None:
+                        job = job.model_copy(update={"gpu_reservation": admission.gpu_reservation})
                     if store.create(job, interest.record()):
                         if on_created is not None:
                             on_created(job)  # e.g. the prompt index entry: written by the creator, once
                         _publish(store, publisher, job)
                         return job
-                    if refund:
-                        refund()
+                    if admission is not None:
+                        admission.refund()
                     continue  # another instance created this id a moment ago: look at its job
         if _live(existing):
             joined = _join(store, existing, interest)

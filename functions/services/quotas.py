@@ -7,7 +7,10 @@ in Firestore under `tenants/{tenant}/...`:
   does no Firestore call unless its instance ran dry;
 - jobs created per hour: a sharded counter per UTC hour, reserved before a job is created (one shard written,
   the shards summed by one aggregation), refunded when another creator won the race;
-- GPU-seconds per day: the tenant's usage rollup of the day (soul_common/rollups.py: one aggregation);
+- GPU-seconds per day: what the day's finished jobs cost (the tenant's usage rollup: soul_common/rollups.py, one
+  aggregation) plus what the jobs in flight reserved at creation (their estimate, on a sharded day counter:
+  soul_common/reservations.py, one aggregation), reserved before a job is created like the hourly count, so a
+  burst of concurrent creations passes its budget by at most about one job;
 - new variants per cue per end user per day: one counter per (user, cue, UTC day), the cue keyed without the
   style, identity and pins (`keys.cue_key`): pinning another seed or scheduler is still the same cue.
 
@@ -21,6 +24,7 @@ import itertools
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from functions.adapters.firestore.jobs import JobStore
@@ -30,8 +34,19 @@ from functions.core.quota_policy import Quota, day_window, gcra_take, hour_windo
 from functions.core.tenants import KeyRing
 from functions.services.rate import LocalRateLimiter
 from schemas._base import utcnow
+from schemas.jobs import GpuReservation
+from soul_common import reservations
 
 Refund = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A job creation admitted: how to take it back if the job is not created after all, and the GPU-seconds it
+    reserved (recorded on the job, so whoever ends the job takes them back)."""
+
+    refund: Refund
+    gpu_reservation: GpuReservation | None = None
 
 
 class QuotaService:
@@ -48,6 +63,9 @@ class QuotaService:
         # on each of 16 shards (each creation sums them with one aggregation: one read).
         self._job_shards = max(1, job_counter_shards)
         self._job_turn = itertools.count(random.randrange(self._job_shards))
+        # A GPU-seconds reservation shard is written twice per job (its creation, its end): twice the shards.
+        self._gpu_shards = 2 * self._job_shards
+        self._gpu_turn = itertools.count(random.randrange(self._gpu_shards))
 
     def quota(self, tenant: str) -> Quota:
         return self._defaults.with_overrides(self._ring.quota_overrides(tenant))
@@ -90,27 +108,36 @@ class QuotaService:
 
     # ---- GPU work ----------------------------------------------------------------------------------------------
 
-    def admit_job(self, tenant: str, *, user_key: str | None = None, cue: str | None = None) -> Refund:
-        """Reserve one job creation for `tenant` (and one new variant of the cue keyed `cue` for `user_key`, when
-        given); raise a 429 when a quota is used up. Returns the refund for a creation that did not happen."""
+    def admit_job(self, tenant: str, *, user_key: str | None = None, cue: str | None = None,
+                  gpu_seconds: float | None = None) -> Admission:
+        """Reserve one job creation for `tenant` (one new variant of the cue keyed `cue` for `user_key`, when
+        given, and the job's estimated `gpu_seconds` against the day's budget); raise a 429 when a quota is used
+        up. Returns the admission, whose refund takes it all back for a creation that did not happen."""
         if not self.enabled:
-            return lambda: None
+            return Admission(lambda: None)
         quota = self.quota(tenant)
         now = utcnow()
-        self._check_gpu_seconds(tenant, quota, now)
-        refunds = [self._reserve_job(tenant, quota, now)]
-        if user_key is not None and cue is not None:
-            try:
+        reservation = None
+        refunds: list[Refund] = []
+        try:
+            if gpu_seconds is None:
+                self._check_gpu_seconds(tenant, quota, now)
+            else:
+                refund, reservation = self._reserve_gpu_seconds(tenant, quota, now, gpu_seconds)
+                refunds.append(refund)
+            refunds.append(self._reserve_job(tenant, quota, now))
+            if user_key is not None and cue is not None:
                 refunds.append(self._reserve_variant(tenant, quota, now, user_key, cue))
-            except TooManyRequests:
-                refunds[0]()
-                raise
+        except TooManyRequests:
+            for refund in refunds:
+                refund()
+            raise
 
         def refund_all() -> None:
             for refund in refunds:
                 refund()
 
-        return refund_all
+        return Admission(refund_all, reservation)
 
     def _reserve_job(self, tenant: str, quota: Quota, now: datetime) -> Refund:
         hour, left = hour_window(now)
@@ -150,7 +177,33 @@ class QuotaService:
             )
         return refund
 
-    def _check_gpu_seconds(self, tenant: str, quota: Quota, now: datetime) -> None:
+    def _reserve_gpu_seconds(self, tenant: str, quota: Quota, now: datetime,
+                             seconds: float) -> tuple[Refund, GpuReservation]:
+        """Reserve a job's estimate on the day's counter, then refuse when the day's finished work and the other
+        jobs in flight already use the budget (reserve first, then sum: concurrent creators see each other)."""
+        used = self._check_gpu_seconds(tenant, quota, now)  # spent already: refused without a write
+        _, day, left = day_window(now)
+        millis = max(1, round(seconds * 1000))
+        group = f"gpu-{day}"
+        name = f"{group}-{next(self._gpu_turn) % self._gpu_shards}"
+        self._counters.add(tenant, name, millis, expires_at=now + reservations.KEEP, group=group)
+
+        def refund() -> None:
+            self._counters.add(tenant, name, -millis)
+
+        in_flight = max(0.0, (self._counters.total(tenant, group) - millis) / 1000)
+        if used + in_flight >= quota.gpu_seconds_per_day:
+            refund()
+            # Work in flight gives its reservation back as it ends: worth asking again once some of it has.
+            wait = min(left, max(5.0, in_flight))
+            raise TooManyRequests(
+                f"tenant '{tenant}' used {used:.0f} of its {quota.gpu_seconds_per_day:g} GPU-seconds today and has "
+                f"{in_flight:.0f} more in flight", retry_after=wait, code="quota_exceeded",
+            )
+        return refund, GpuReservation(tenant=tenant, counter=name, millis=millis)
+
+    def _check_gpu_seconds(self, tenant: str, quota: Quota, now: datetime) -> float:
+        """The GPU-seconds the tenant's finished jobs used today; a 429 when they use up the day's budget."""
         start, _, left = day_window(now)
         used = self.gpu_seconds_since(tenant, start)
         if used >= quota.gpu_seconds_per_day:
@@ -158,6 +211,7 @@ class QuotaService:
                 f"tenant '{tenant}' used {used:.0f} of its {quota.gpu_seconds_per_day:g} GPU-seconds today",
                 retry_after=left, code="quota_exceeded",
             )
+        return used
 
     def gpu_seconds_since(self, tenant: str, start: datetime) -> float:
         """GPU-seconds the runner recorded on jobs this tenant created (and that finished) since `start`."""

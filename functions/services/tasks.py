@@ -276,6 +276,7 @@ class TaskService:
                 return 200, self._as_withdrawn(self.view(job, tenant), now)
             canceled = job.model_copy(update=update)
             if canceled.status == JobStatus.CANCELED:
+                self._store.settle_reservation(job, now)  # a queued job never ran: its GPU-seconds are free again
                 self._announce(canceled)
                 return 200, self.view(canceled, tenant)
             return 202, self.view(canceled, tenant)

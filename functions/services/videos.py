@@ -97,6 +97,7 @@ class VideoService:
             variant_id=variant.variant_id, source_object=variant.object, num_frames=frames, fps=fps,
             formats=formats, seed=variant.seed, cue=variant.cue,
         )
+        estimate = estimates.video_estimate(self._jobs.runner_stats(), frames, self._defaults)
         job = ensure_job(
             self._jobs,
             self._publisher,
@@ -106,9 +107,8 @@ class VideoService:
                 created_at=utcnow(), updated_at=utcnow(),
             ),
             Interest(tenant, user_id),
-            admit=lambda: self._quotas.admit_job(tenant),
+            admit=lambda: self._quotas.admit_job(tenant, gpu_seconds=estimate.estimated_seconds),
         )
-        estimate = estimates.video_estimate(self._jobs.runner_stats(), frames, self._defaults)
         task = self._tasks.view(job, tenant) if job.status == JobStatus.SUCCEEDED else None
         answer = VideoAccepted(
             status=job.status, task_id=job.job_id, variant_id=variant.variant_id, num_frames=frames,

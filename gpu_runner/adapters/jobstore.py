@@ -25,7 +25,7 @@ from schemas._base import firestore_dict, utcnow
 from schemas.documents import VariantDoc
 from schemas.jobs import TERMINAL_STATUSES, JobDoc, JobError, JobMetrics, JobPreview, JobStatus, JobType
 from soul_common import firestore as fs
-from soul_common import retention, rollups
+from soul_common import reservations, retention, rollups
 
 log = structlog.get_logger(__name__)
 
@@ -192,12 +192,15 @@ class JobStore:
             return update
 
         def rollup(batch: fs.Batch, job: JobDoc) -> None:
+            finished_at = job.finished_at or utcnow()
             rollups.add_job(batch, tenant=job.tenant, job_type=str(job.type), succeeded=status is JobStatus.SUCCEEDED,
                             gpu_seconds=metrics.gpu_seconds if metrics is not None else None,
-                            finished_at=job.finished_at or utcnow(), writer=self._runner_id)
+                            finished_at=finished_at, writer=self._runner_id)
+            reservations.settle_in(batch, _reservation(job), finished_at)
 
-        # The usage rollups (soul_common/rollups.py) ride in the finishing commit: a job is in the sums exactly
-        # when it is finished, even if this runner dies right after.
+        # The usage rollups (soul_common/rollups.py) and the return of the job's GPU-seconds reservation
+        # (soul_common/reservations.py) ride in the finishing commit: a job is in the sums exactly when it is
+        # finished, and no longer reserved, even if this runner dies right after.
         job = self._conditional(job_id, change, also=rollup)
         assert job is not None
         self._held.pop(job_id, None)
@@ -221,6 +224,7 @@ class JobStore:
                       **retention.expires(names.JOBS, now, self._job_retention)}
             if self._db.update(snap.ref, update, if_unchanged=snap):
                 self._held.pop(job_id, None)
+                reservations.settle(self._db, raw.get("gpu_reservation"), now)
                 return True
         return False
 
@@ -301,6 +305,10 @@ class JobStore:
                 self._wrote(job_id)
                 return
         raise TransientError(f"job {job_id} kept changing under us")
+
+
+def _reservation(job: JobDoc) -> dict | None:
+    return job.gpu_reservation.model_dump() if job.gpu_reservation is not None else None
 
 
 def add_variant_writes(batch: fs.Batch, variant: VariantDoc, now: datetime) -> None:

@@ -87,7 +87,7 @@ def test_a_jobs_rollup_lands_in_the_commit_that_finishes_it_or_not_at_all(emulat
     monkeypatch.setattr(rollups.fs.Batch, "commit", lambda self: calls.append(len(self._refs)) or real_commit(self))
     db.collection(names.JOBS).document(task).update({"lease_owner": None, "status": "queued"})
     finish(db, task, 2.0, runner="runner-new")
-    assert 3 in calls  # the job's update and its two rollup increments, one commit
+    assert 4 in calls  # the job's update, its two rollup increments and its reservation's return, one commit
     assert rollups.totals(Db(db))["gpu_seconds"] == 2.0
     assert rollups.gpu_seconds_on(Db(db), "acme", utcnow().date().isoformat()) == 2.0
 
@@ -101,8 +101,9 @@ def test_the_gpu_quota_reads_the_rollup_of_the_day(emulator_stack, monkeypatch, 
         assert_error(client.get("/image", query_string={**PENGUIN, "cue": "yak"}, headers=H_ACME), 429,
                      "quota_exceeded")
     assert tally.by_collection[("read", "usage/*/days")] == 1  # one aggregation, not a scan of jobs
-    # No scan of jobs: the aggregation is the request's only query; the new job's own id is read by id (the
-    # creation's existence check and its single-flight re-check), a constant.
+    # No scan of jobs: the aggregation is the request's only query (a tenant past its budget is refused before any
+    # reservation is written or summed); the new job's own id is read by id (the creation's existence check and
+    # its single-flight re-check), a constant.
     assert tally.queries == 1
     assert tally.by_collection.get(("read", names.JOBS), 0) <= 2
 

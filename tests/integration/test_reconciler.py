@@ -109,6 +109,21 @@ def test_a_job_whose_messages_never_lead_to_a_claim_ends_failed(db, events):
     assert "republish_exhausted" in doc(db, job_id)["error"]["message"]
 
 
+def test_a_job_the_reconciler_fails_gives_back_its_gpu_seconds_reservation(db, events):
+    """The reservation its creation made against the tenant's day (soul_common/reservations.py) goes when the
+    reconciler ends the job, as it does when a runner finishes one."""
+    counter = db.collection(names.TENANTS).document("acme").collection("counters").document("gpu-20261204-3")
+    counter.set({"n": 8000 + 3000, "group": "gpu-20261204"})  # this job's 8 s and another's 3 s
+    reservation = {"tenant": "acme", "counter": "gpu-20261204-3", "millis": 8000}
+    lost = put_job(db, 6, published_at=utcnow() - timedelta(hours=1), republished=POLICY.max_republishes,
+                   gpu_reservation=reservation)
+    invalid = put_job(db, 7, gpu_reservation={**reservation, "millis": 2000})
+    db.collection(names.JOBS).document(invalid).update({"request": {"kind": "image"}})
+    counter.update({"n": firestore.Increment(2000)})
+    assert sorted(Reconciler(Db(db), events, POLICY).sweep().failed) == sorted([lost, invalid])
+    assert counter.get().to_dict()["n"] == 3000
+
+
 def test_an_invalid_unfinished_document_is_failed_not_skipped_forever(db, events):
     job_id = put_job(db, 5)
     db.collection(names.JOBS).document(job_id).update({"request": {"kind": "image"}})

@@ -197,8 +197,9 @@ def test_the_rate_limiter_leases_tokens_instead_of_writing_per_request(app, db):
 
 def test_creating_a_job_reads_the_same_whatever_the_counter_shards(emulator_stack, monkeypatch, tmp_path,
                                                                    clean_firestore, drain_jobs):
-    """The jobs-per-hour quota writes one shard and sums them all with one aggregation: a new job's reads do not
-    grow with `SOUL_QUOTA_JOB_COUNTER_SHARDS` (they were 16 document reads with 16 shards), and the sum is exact."""
+    """The jobs-per-hour quota and the GPU-seconds reservations each write one shard and sum theirs with one
+    aggregation: a new job's reads do not grow with `SOUL_QUOTA_JOB_COUNTER_SHARDS` (they were 16 document reads
+    with 16 shards), and the sums are exact."""
     reads = {}
     for shards in (1, 16, 64):
         monkeypatch.setenv("SOUL_QUOTA_JOB_COUNTER_SHARDS", str(shards))
@@ -213,7 +214,7 @@ def test_creating_a_job_reads_the_same_whatever_the_counter_shards(emulator_stac
             counts.append(tally.by_collection[("read", "tenants/*/counters")])
         reads[shards] = max(counts)
         api.services.usage._hits.flush()
-    assert set(reads.values()) == {1}, reads  # one aggregation, billed as one read
+    assert set(reads.values()) == {2}, reads  # two aggregations (jobs this hour, GPU reserved), a read each
     hour = [d for d in api.services.db._client.collection("tenants").document("acme").collection("counters").stream()
             if d.id.startswith("jobs-")]
     assert sum(d.to_dict()["n"] for d in hour) == 3 * 4  # every creation counted once

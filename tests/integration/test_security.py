@@ -328,6 +328,44 @@ def test_gpu_seconds_per_day_quota_counts_what_the_runner_recorded(emulator_stac
     assert client.get("/image", query_string={**PENGUIN, "cue": "yak"}, headers=H_GLOBEX).status_code == 202
 
 
+def test_jobs_in_flight_count_against_the_gpu_seconds_of_the_day(emulator_stack, monkeypatch, tmp_path,
+                                                               clean_firestore, drain_jobs, db):
+    """Only finished jobs counted: 30 concurrent new jobs against a 1 s budget all ran (14 s used). Now each
+    creation reserves its estimate (8 s here) first, and gives it back when the job ends."""
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    from gpu_runner.adapters.jobstore import JobStore as RunnerJobStore
+    from schemas.jobs import JobMetrics, JobStatus
+    from soul_common.firestore import Db
+
+    client, _ = make_api(monkeypatch, tmp_path, quotas={"gpu_seconds_per_day": 1.0})
+    with Pool(max_workers=8) as pool:
+        burst = list(pool.map(lambda n: client.get("/image", query_string={**PENGUIN, "cue": f"burst{n}"},
+                                                   headers=H_ACME), range(20)))
+    admitted = [r for r in burst if r.status_code == 202]
+    assert len(admitted) <= 1 and all(r.status_code in (202, 429) for r in burst), [r.status_code for r in burst]
+    assert len(list(db.collection(names.JOBS).stream())) == len(admitted)
+    if not admitted:  # every creator saw another's reservation at once: asking alone gets through
+        admitted = [client.get("/image", query_string={**PENGUIN, "cue": "alone"}, headers=H_ACME)]
+    task_id = admitted[0].json["task_id"]
+    assert job(db, task_id)["gpu_reservation"]["millis"] == 8000
+    refused = client.get("/image", query_string={**PENGUIN, "cue": "yak"}, headers=H_ACME)
+    assert_error(refused, 429, "quota_exceeded")
+    assert "in flight" in refused.json["error"]["message"] and 5 <= int(refused.headers["Retry-After"]) <= 8
+    assert client.get("/image", query_string={**PENGUIN, "cue": "yak"}, headers=H_GLOBEX).status_code == 202
+
+    # The runner's finish gives the reservation back and charges what the job used: 0.25 s of 1.
+    runner = RunnerJobStore(Db(db), "runner-q", timedelta(seconds=30))
+    runner.claim(task_id, "image")
+    runner.finish(task_id, JobStatus.SUCCEEDED, metrics=JobMetrics(gpu_seconds=0.25, model="tiny", device="cpu"))
+    second = client.get("/image", query_string={**PENGUIN, "cue": "okapi"}, headers=H_ACME)
+    assert second.status_code == 202 and job(db, second.json["task_id"])["tenant"] == "acme", second.json
+    # A cancel of a queued job gives its reservation back too.
+    assert_error(client.get("/image", query_string={**PENGUIN, "cue": "zebra"}, headers=H_ACME), 429)
+    assert client.delete(f"/tasks/{second.json['task_id']}", headers=H_ACME).status_code == 200
+    assert client.get("/image", query_string={**PENGUIN, "cue": "zebra"}, headers=H_ACME).status_code == 202
+
+
 def test_variants_per_prompt_key_per_user_per_day_are_capped(emulator_stack, monkeypatch, tmp_path,
                                                              clean_firestore, drain_jobs, db):
     """The attack: mark-seen + re-request added variants to one prompt key without bound."""

@@ -53,7 +53,7 @@ RULES = (
          # the wiring of each deployable builds the gateway it hands the adapters
          exempt=("functions/adapters/", "functions/wiring.py", "gpu_runner/adapters/", "gpu_runner/worker.py",
                  "soul_common/reconciler.py", "soul_common/reconcile_function.py", "soul_common/firestore.py",
-                 "soul_common/rollups.py")),
+                 "soul_common/rollups.py", "soul_common/reservations.py")),  # shared documents of both deployables
     Rule("only adapters hold cloud clients", ("functions/",),
          GOOGLE_CLIENTS,
          exempt=("functions/adapters/",)),

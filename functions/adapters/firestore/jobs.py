@@ -18,7 +18,7 @@ from schemas._base import firestore_dict, utcnow
 from schemas.documents import RunnerStats
 from schemas.jobs import JobDoc, JobStatus
 from soul_common import firestore as fs
-from soul_common import retention, rollups
+from soul_common import reservations, retention, rollups
 
 _CREATION_STRIPES = 64
 
@@ -80,6 +80,10 @@ class JobStore:
             return self._db.update(self._ref(version.snapshot.id), update, if_unchanged=version.snapshot)
         except fs.Missing:
             return False
+
+    def settle_reservation(self, job: JobDoc, now: datetime) -> None:
+        """Give back the GPU-seconds the job reserved at creation (it ended without its runner's finish)."""
+        reservations.settle(self._db, job.gpu_reservation.model_dump() if job.gpu_reservation else None, now)
 
     def mark_published(self, job_id: str, when: datetime) -> None:
         self._db.update(self._ref(job_id), {"published_at": when})

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from schemas import names
 from soul_common import firestore as fs
+from soul_common import reservations
 
 Version = fs.Snapshot
 
@@ -39,7 +40,7 @@ class QuotaStore:
     # counters
     @staticmethod
     def _counter(tenant: str, name: str) -> fs.DocRef:
-        return fs.doc(names.TENANTS, tenant, "counters", name)
+        return reservations.counter_ref(tenant, name)  # the runner settles GPU reservations on these too
 
     def add(self, tenant: str, name: str, by: int, expires_at: datetime | None = None,
             group: str | None = None) -> int | None:
@@ -59,4 +60,5 @@ class QuotaStore:
     def total(self, tenant: str, group: str) -> int:
         """The sum of a sharded counter's shards (those written with `group`): one aggregation, billed as one read
         however many shards there are."""
-        return int(self._db.sum(fs.collection(names.TENANTS, tenant, "counters").where("group", "==", group), "n"))
+        return int(self._db.sum(fs.collection(names.TENANTS, tenant, reservations.COUNTERS)
+                                .where("group", "==", group), "n"))
