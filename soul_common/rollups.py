@@ -3,8 +3,10 @@ GPU figures of `/tasks/stats/summary` read a few small documents instead of aggr
 collections.
 
 - `usage/{tenant}/days/{day}-{shard}`: one tenant's day (UTC, `day` = "YYYY-MM-DD"): `jobs`, `images` (image
-  jobs that succeeded), `gpu_seconds`, `image_gpu_seconds`, `dedup_hits` (valued at read time at the
-  deployment's mean GPU-seconds per rendered image).
+  jobs that succeeded), `gpu_seconds`, `image_gpu_seconds`, `dedup_hits` and what they saved,
+  `dedup_gpu_seconds_saved` (each flush values its hits at the deployment's mean GPU-seconds per rendered image
+  of that moment, so a past day's saving stays as written; `dedup_hits_valued` counts the hits so valued, and
+  hits from before them are valued at read time).
 - `usage_totals/{shard}`: the deployment's running totals: `gpu_seconds`, `image_gpu_seconds`, `rendered_images`,
   `rendered_gpu_seconds` (over succeeded image jobs: their mean is the value of a dedup hit).
 
@@ -35,7 +37,8 @@ TOTALS = "usage_totals"
 TENANT_SHARDS = 8
 TOTAL_SHARDS = 64
 MAX_DAYS = 92  # the longest window one `GET /usage` reads
-FIELDS = ("jobs", "images", "gpu_seconds", "image_gpu_seconds", "dedup_hits")
+FIELDS = ("jobs", "images", "gpu_seconds", "image_gpu_seconds", "dedup_hits", "dedup_gpu_seconds_saved",
+          "dedup_hits_valued")
 TOTAL_FIELDS = ("gpu_seconds", "image_gpu_seconds", "rendered_images", "rendered_gpu_seconds")
 
 
@@ -72,10 +75,19 @@ def add_job(batch: fs.Batch, *, tenant: str | None, job_type: str, succeeded: bo
         "updated_at": finished_at}, merge=True)
 
 
-def record_dedup(db: fs.Db, *, tenant: str, day: str, hits: int, writer: str) -> None:
+def record_dedup(db: fs.Db, *, tenant: str, day: str, hits: int, writer: str, mean: float | None = None) -> None:
+    """Add `hits` to a tenant's day, valued at `mean` GPU-seconds each when the deployment has rendered any."""
     shard = shard_of(writer, TENANT_SHARDS)
+    valued = {"dedup_gpu_seconds_saved": fs.increment(hits * mean), "dedup_hits_valued": fs.increment(hits)} \
+        if mean is not None else {}
     db.set(_day_doc(tenant, day, shard), {"tenant": tenant, "day": day, "shard": shard,
-                                          "dedup_hits": fs.increment(hits)}, merge=True)
+                                          "dedup_hits": fs.increment(hits), **valued}, merge=True)
+
+
+def mean_per_image(sums: dict[str, float]) -> float | None:
+    """The deployment's mean GPU-seconds per rendered image (what one dedup hit saves), None before any."""
+    rendered = sums["rendered_images"]
+    return sums["rendered_gpu_seconds"] / rendered if rendered else None
 
 
 def gpu_seconds_on(db: fs.Db, tenant: str, day: str) -> float:
@@ -125,10 +137,16 @@ class DedupBuffer:
         """Write what was counted (a failed write puts the counts back for the next flush)."""
         with self._lock:
             hits, self._hits = self._hits, Counter()
+        if not hits:
+            return
         failed: Exception | None = None
+        try:
+            mean = mean_per_image(totals(self._db))  # one aggregation per flush: the value of each hit now
+        except Exception as exc:  # noqa: BLE001 - counted unvalued (valued at read time) rather than lost
+            mean, failed = None, exc
         for (tenant, day), count in hits.items():
             try:
-                record_dedup(self._db, tenant=tenant, day=day, hits=count, writer=self._writer)
+                record_dedup(self._db, tenant=tenant, day=day, hits=count, writer=self._writer, mean=mean)
             except Exception as exc:  # noqa: BLE001 - every pair is tried; the failed ones wait for the next flush
                 failed = exc
                 with self._lock:

@@ -5,8 +5,8 @@ The runner adds each finished job to the usage rollups (soul_common/rollups.py: 
 deployment's totals), so every figure here reads a few small documents however many jobs there were. A dedup hit
 (an image request answered with an existing variant) is a render the GPU did not do: counted in the deployment's
 sharded counter (added up in memory per instance and flushed off the request path: `BufferedCounter`) and,
-buffered, in the tenant's day; it is valued at the measured mean GPU-seconds of a rendered
-image. The arithmetic is `gpu_stats` and `usage_report`, pure functions."""
+buffered, in the tenant's day; it is valued at the measured mean GPU-seconds of a rendered image when its
+flush writes it (a past day's saving stays as written). The arithmetic is `gpu_stats` and `usage_report`, pure functions."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from functions.adapters.firestore.counters import BufferedCounter, ShardedCounte
 from functions.adapters.firestore.usage import UsageStore
 from schemas._base import utcnow
 from schemas.api import GpuStats, Usage, UsageDay
+from soul_common.rollups import mean_per_image
 
 log = structlog.get_logger(__name__)
 
@@ -37,15 +38,19 @@ def gpu_stats(
     )
 
 
-def mean_per_image(totals: dict[str, float]) -> float | None:
-    rendered = totals["rendered_images"]
-    return totals["rendered_gpu_seconds"] / rendered if rendered else None
+def saved_by_dedup(day: dict[str, float], mean: float | None) -> float | None:
+    """A day's GPU-seconds saved by dedup: as valued when its hits were recorded, and hits recorded unvalued (before
+    values were kept, or with no render yet) at today's `mean`."""
+    if not day["dedup_hits_valued"] and mean is None:
+        return None  # nothing rendered yet: a hit has no value to speak of
+    unvalued = max(0.0, day["dedup_hits"] - day["dedup_hits_valued"])
+    return round(day["dedup_gpu_seconds_saved"] + unvalued * (mean or 0.0), 3)
 
 
 def usage_report(tenant: str, by_day: dict[str, dict[str, float]], mean: float | None) -> Usage:
     days = [UsageDay(day=day, jobs=int(s["jobs"]), images=int(s["images"]), gpu_seconds=round(s["gpu_seconds"], 3),
                      image_gpu_seconds=round(s["image_gpu_seconds"], 3), dedup_hits=int(s["dedup_hits"]),
-                     gpu_seconds_saved_by_dedup=None if mean is None else round(s["dedup_hits"] * mean, 3))
+                     gpu_seconds_saved_by_dedup=saved_by_dedup(s, mean))
             for day, s in by_day.items()]
     return Usage(tenant=tenant, days=days, gpu_seconds=round(sum(d.gpu_seconds for d in days), 3),
                  images=sum(d.images for d in days), dedup_hits=sum(d.dedup_hits for d in days))

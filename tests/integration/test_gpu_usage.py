@@ -149,3 +149,28 @@ def test_a_queued_task_knows_its_place_in_its_lane(api, db):
     # Cancel the first: everyone behind it moves up.
     assert api.delete(f"/tasks/{image_job(1).job_id}").status_code == 200
     assert api.get(f"/tasks/{image_job(3).job_id}").json["queue_position"] == 1
+
+
+def test_a_days_dedup_saving_stays_as_written_when_the_mean_moves_later(db, clean_firestore):
+    """It was valued at read time at the deployment's current mean: a past day's figure of one tenant moved
+    whenever other tenants rendered (0.974 -> 0.501 with its hits unchanged)."""
+    from functions.services.usage import usage_report
+
+    gateway = Db(db)
+    totals = db.collection(rollups.TOTALS).document("0")
+    totals.set({"gpu_seconds": 2.0, "image_gpu_seconds": 2.0, "rendered_images": 1,
+                "rendered_gpu_seconds": 2.0})  # as the runner writes it: a hit is worth 2 GPU-seconds now
+    buffer = rollups.DedupBuffer(gateway, "functions-test", flush_s=3600)
+    for _ in range(3):
+        buffer.add("acme", utcnow())
+    buffer.flush()
+    totals.set({"gpu_seconds": 100.0, "image_gpu_seconds": 100.0, "rendered_images": 10,
+                "rendered_gpu_seconds": 100.0})  # others rendered: the mean is 10 now
+    today = utcnow().date()
+    report = usage_report("acme", rollups.days(gateway, "acme", today, today), 10.0)
+    assert report.days[0].dedup_hits == 3 and report.days[0].gpu_seconds_saved_by_dedup == 6.0
+    # hits recorded before savings were kept are valued at the mean of the day they are read
+    day = rollups.days(gateway, "acme", today, today)[today.isoformat()]
+    assert usage_report("acme", {"d": {**day, "dedup_hits": 4.0}}, 10.0).days[0].gpu_seconds_saved_by_dedup == 16.0
+    assert usage_report("acme", {"d": {**day, "dedup_hits_valued": 0.0, "dedup_gpu_seconds_saved": 0.0}},
+                        None).days[0].gpu_seconds_saved_by_dedup is None
