@@ -179,7 +179,7 @@ class ImageService:
             now = utcnow()
             prompt = PromptDoc(pk=pk, kind=ask.kind, soul_id=ask.soul_id, cue=cue,
                                style_fingerprint=keys.style_fingerprint(style), created_at=now, updated_at=now)
-            describe = partial(self._prompts.ensure_prompt, prompt)  # by the job's creator only, once
+            describe = partial(self._describe, prompt)  # by the job's creator only, once
         job = self._ensure_variant_job(ask, pk, cue, look, index, on_created=describe)
         self._warm.after_join(pk, job, ask.tenant, partial(self.prerender, tenant=ask.tenant))
         return ImageQueued(
@@ -189,6 +189,11 @@ class ImageService:
             status_url=f"{self._settings.public_base_url}/tasks/{job.job_id}",
             estimated_seconds=estimates.image_seconds(self._runner_stats(), self._defaults),
         )
+
+    def _describe(self, prompt: PromptDoc) -> None:
+        """A new prompt key's entry, and the warm-pool settings its cue had under its earlier keys."""
+        self._prompts.ensure_prompt(prompt)
+        self._warm.carry_over(keys.cue_key(kind=prompt.kind, soul_id=prompt.soul_id, cue=prompt.cue), prompt.pk)
 
     def _first_unseen(self, index: PromptIndex, viewer: Viewer) -> VariantDoc | None:
         """The first variant of the index the user has not seen and may be given: one read, a few more only when
@@ -280,7 +285,8 @@ class ImageService:
                                             style_fingerprint=keys.style_fingerprint(style), created_at=now,
                                             updated_at=now))
         return self._warm.warm(pk, request.variants, self._prompts.variants_of(pk),
-                               partial(self.prerender, tenant=tenant), tenant)
+                               partial(self.prerender, tenant=tenant), tenant,
+                               cue_key=keys.cue_key(kind="image", soul_id=request.soul_id, cue=cue))
 
     def variant_view(self, variant: VariantDoc, viewer: Viewer = Viewer()) -> Variant | None:
         """The variant as `viewer` may see it; None when its content policy withholds it."""

@@ -132,20 +132,33 @@ class WarmPool:
                                f"a user marked variant {variant.variant_index} seen with {left} unseen left")
 
     def warm(self, pk: str, variants: int, existing: Sequence[VariantDoc], prerender: Prerender,
-             tenant: str) -> WarmAnswer:
+             tenant: str, cue_key: str | None = None) -> WarmAnswer:
         """`POST /image/warm`: from now on keep `variants` ahead of this key for `tenant` (and for no other
-        tenant); queue what is missing now, charged to `tenant`."""
+        tenant), and of the keys this cue gets after a style or identity change (`cue_key`); queue what is missing
+        now, charged to `tenant`."""
         if variants > self._settings.warm_pool_max_ahead:
             limit = self._settings.warm_pool_max_ahead
             raise InvalidInput(f"variants may be at most {limit} (SOUL_WARM_POOL_MAX_AHEAD)", field="variants")
         if not self._settings.warm_pool_enabled:
             raise InvalidInput("the warm pool is off in this deployment (SOUL_WARM_POOL_ENABLED)", field="variants")
         self._pool.set_explicit_ahead(pk, tenant, variants)
+        if cue_key is not None:
+            self._pool.set_cue_ahead(cue_key, tenant, variants)
         self._demand.put((pk, tenant), variants)
         # Nobody has seen anything yet from the pool's point of view: existing variants count as fresh.
         queued = self._replenish(pk, tenant, next_variant_index(existing), len(existing), prerender,
                                  f"POST /image/warm asked for {variants} ahead", ahead=variants)
         return WarmAnswer(pk_id=pk, ahead=variants, queued=queued)
+
+    def carry_over(self, cue_key: str, pk: str) -> None:
+        """A cue got a new prompt key (its style or identity changed): the tenants that warmed the cue keep their
+        `ahead` on the new key (called once, by the request that creates the key's first job)."""
+        if not self._settings.warm_pool_enabled:
+            return
+        for tenant, ahead in self._pool.cue_settings(cue_key).items():
+            if ahead:
+                self._pool.set_explicit_ahead(pk, tenant, ahead)
+                self._demand.put((pk, tenant), ahead)
 
     # ---- the work ------------------------------------------------------------------------------------------------
 

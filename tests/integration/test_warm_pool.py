@@ -198,3 +198,20 @@ def test_demand_is_per_tenant_and_pre_renders_charge_only_the_tenant_that_showed
     assert [t for t in client.get("/tasks", headers=acme).json["items"] if t["task_id"] == pre["job_id"]] == []
     record = db().collection(names.WARM_POOL).document(first["pk_id"]).collection("prerenders").document("1")
     assert record.get().to_dict()["tenant"] == "globex"
+
+
+def test_a_warmed_cue_stays_warm_after_its_style_changes(pool, subscriber):
+    """A style or identity change makes the cue a new prompt key: the warm setting stayed on the old key, the new
+    one was rendered cold and nothing was ever pre-rendered for it (the old pre-renders were never delivered)."""
+    client = pool()
+    warmed = client.post("/image/warm", json={"soul_id": "nova", "cue": "otter", "variants": 2}).json
+    assert len(warmed["queued"]) == 2
+    changed = client.post("/style", json={"soul_id": "nova", "style": {"steps": 3}})
+    assert changed.status_code in (200, 201), changed.json
+    asked = client.get("/image", query_string={"soul_id": "nova", "cue": "otter", "user_id": "w1"}).json
+    assert asked["pk_id"] != warmed["pk_id"]
+    state = db().collection(names.WARM_POOL).document(asked["pk_id"]).collection("tenants").document(
+        "default").get().to_dict()
+    assert state["explicit_ahead"] == 2  # carried over to the new key
+    fresh = [j for j in prerender_jobs() if j["request"]["pk"] == asked["pk_id"]]
+    assert len(fresh) == 2, fresh  # the user's render is the first; two more wait behind it

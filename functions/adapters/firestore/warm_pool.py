@@ -18,6 +18,7 @@ from soul_common import retention
 PRERENDERS = "prerenders"
 ASKERS = "askers"
 TENANTS = "tenants"
+CUE_TENANTS_READ = 100
 
 
 class WarmPoolStore:
@@ -41,6 +42,21 @@ class WarmPoolStore:
         self._db.set(self._tenant(pk, tenant), {"pk": pk, "tenant": tenant, "explicit_ahead": ahead,
                                                 "updated_at": utcnow(), retention.TTL_FIELD: fs.DELETE_FIELD},
                      merge=True)
+
+    @staticmethod
+    def _cue_setting(cue_key: str, tenant: str) -> fs.DocRef:
+        return fs.doc(names.WARM_POOL, f"cue-{cue_key}", TENANTS, tenant)
+
+    def set_cue_ahead(self, cue_key: str, tenant: str, ahead: int) -> None:
+        """The tenant's setting for a cue whatever its prompt key (`keys.cue_key`): a style or identity change makes
+        the cue a new key, and the setting carries over to it (kept until changed, like the key's)."""
+        self._db.set(self._cue_setting(cue_key, tenant), {"cue_key": cue_key, "tenant": tenant,
+                                                          "explicit_ahead": ahead, "updated_at": utcnow()}, merge=True)
+
+    def cue_settings(self, cue_key: str) -> dict[str, int]:
+        """Every tenant's `ahead` for a cue (one small query: the tenants that warmed it, at most 100)."""
+        snaps = self._db.stream(fs.collection(names.WARM_POOL, f"cue-{cue_key}", TENANTS).limit(CUE_TENANTS_READ))
+        return {s.data["tenant"]: int(s.data.get("explicit_ahead") or 0) for s in snaps}
 
     def count_askers_since(self, pk: str, tenant: str, since: datetime) -> int:
         return self._db.count(fs.collection(names.WARM_POOL, pk, TENANTS, tenant, ASKERS).where("at", ">=", since))
