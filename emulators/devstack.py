@@ -76,6 +76,7 @@ class DevStack:
         return f"http://{self.config.host}:{self.config.webhooks_port}/"
 
     def start(self) -> None:
+        refuse_a_second_stack(self.emulators.state_dir)
         self.emulators.start()
         self.emulators.provision(push_endpoint=self.ingest_url, webhooks_endpoint=self.webhooks_url)
         # Clients outside the stack (the CLI, tests, a shell) find the stand-ins here and in stack.json.
@@ -177,9 +178,21 @@ class DevStack:
             self.emulators.stop()
 
 
+def refuse_a_second_stack(state_dir: Path) -> None:
+    """One `make run` per state folder: a second one would overwrite the first's stack.json, env.json and logs
+    (`python -m emulators env` would then point every shell at the wrong stack). Refused, naming the one running;
+    `STACK_DIR` gives another stack a folder of its own."""
+    running = detached.load(state_dir)
+    if running is None or not any(running.running().values()):
+        return  # nothing recorded, or a record left by a stack that died: this start replaces it
+    api = running.env.get("SOUL_API_URL", "another port")
+    raise SystemExit(f"a stack started from {state_dir} is still running (API at {api}); stop it first (Ctrl-C in "
+                     f"its shell), or give this one its own folder: STACK_DIR=.soul/stack-{os.getpid()} make run")
+
+
 def config_from_env(port: int | None = None) -> DevStackConfig:
     """The `make run` knobs: PORT, INGEST_PORT, WEBHOOKS_PORT, RECONCILE_PORT, RUNNERS, AUTOSCALE=MIN:MAX, AUTOSCALE_IDLE_S,
-    RECONCILE_INTERVAL_S."""
+    RECONCILE_INTERVAL_S, STACK_DIR (the state folder: logs, stack.json, env.json)."""
     api_port = port or int(os.environ.get("PORT", "8080"))
     autoscale = None
     if os.environ.get("AUTOSCALE"):
@@ -197,6 +210,7 @@ def config_from_env(port: int | None = None) -> DevStackConfig:
         runners=runners,
         autoscale=autoscale,
         reconcile_interval_s=float(os.environ.get("RECONCILE_INTERVAL_S", 15.0)),
+        emulators=StackConfig(state_dir=Path(os.environ.get("STACK_DIR") or ".soul/emulators")),
     )
 
 

@@ -125,3 +125,31 @@ def test_reconcile_decisions(fields, expected):
         assert decision is None
     else:
         assert decision is not None and decision.action is expected[0] and decision.reason.startswith(expected[1])
+
+
+def test_a_second_make_run_from_one_state_folder_is_refused_while_the_first_runs(tmp_path, monkeypatch):
+    """Two stacks in one checkout overwrote each other's stack.json, env.json and runner logs; `python -m
+    emulators env` then sent every shell to the later stack. A record left by a dead stack is replaced."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from emulators.devstack import config_from_env, refuse_a_second_stack
+
+    live = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        record = {"name": "firestore", "pid": live.pid, "pgid": live.pid, "marker": "sleep", "start_ticks": None,
+                  "log_path": str(tmp_path / "fs.log")}
+        (tmp_path / "stack.json").write_text(json.dumps({
+            "project_id": "p", "bucket": "b", "ports": {"firestore": 1}, "processes": [record],
+            "env": {"SOUL_API_URL": "http://127.0.0.1:8180"}}))
+        with pytest.raises(SystemExit, match="still running .API at http://127.0.0.1:8180.*STACK_DIR="):
+            refuse_a_second_stack(tmp_path)
+    finally:
+        os.killpg(live.pid, signal.SIGTERM)
+        live.wait(timeout=5)
+    refuse_a_second_stack(tmp_path)  # its stack died: a new start may take the folder
+    refuse_a_second_stack(tmp_path / "nothing-here")
+    monkeypatch.setenv("STACK_DIR", str(tmp_path / "second"))
+    assert config_from_env().emulators.state_dir == tmp_path / "second"
