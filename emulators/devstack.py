@@ -134,9 +134,14 @@ class DevStack:
         return self.emulators.state_dir / "logs" / f"{name}.log"
 
     def add_runner(self, name: str) -> None:
-        """One more runner process on the same subscription, supervised (restarted if it dies)."""
+        """One more runner process on the same subscription, supervised (restarted if it dies, on the same health
+        port: `GET /healthz`, `/readyz` with its start-up phases, as the instance group's health check sees it)."""
+        env = {**self._runner_env, "SOUL_RUNNER_ID": name}
+        if "SOUL_HEALTH_PORT" not in env:
+            env["SOUL_HEALTH_PORT"] = str(_process.free_ports(self.config.host, 1)[0])
+        log.info("runner_health_port", runner=name, url=f"http://{self.config.host}:{env['SOUL_HEALTH_PORT']}/healthz")
         self.supervisor.add(name, [sys.executable, "-m", "gpu_runner", "--warm"], self._log(name),
-                            marker="gpu_runner", env={**self._runner_env, "SOUL_RUNNER_ID": name})
+                            marker="gpu_runner", env=env)
 
     def tick(self) -> None:
         """One turn of the main loop: restarts, scaling, and the scheduled reconcile call when due."""

@@ -169,3 +169,15 @@ def test_the_seed_readme_curls_replayed_as_written(stack):
     assert done["status"] == "succeeded"
     gif = next(o for o in done["result"]["outputs"] if o["format"] == "gif")
     assert requests.get(gif["url"], timeout=10).content[:6] in (b"GIF89a", b"GIF87a")
+
+
+def test_each_runner_of_make_run_answers_on_its_health_port(stack):
+    """`make run` gave its runners no health port: the responder the instance group relies on went unexercised."""
+    import re
+
+    logged = (stack["workdir"] / "devstack.log").read_text()
+    urls = re.findall(r"http://127\.0\.0\.1:[0-9]+/healthz", logged)
+    assert urls, logged[-2000:]
+    answer = requests.get(urls[0], timeout=5)
+    assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
+    assert requests.get(urls[0].replace("/healthz", "/readyz"), timeout=5).json()["status"] == "ok"
