@@ -226,9 +226,9 @@ class AdapterHost:
             self._slot = None  # until the swap is whole: a failed one leaves weights of no known LoRA
             try:
                 pipe.load_lora_weights(state, adapter_name=HOTSWAP_SLOT, hotswap=True)
-            # peft refuses a swap it cannot make in place with one of these (NotImplementedError for a layer
-            # type it has no hot swap for): the job fails with the reason, the slot is kept when it survived.
-            except (ValueError, RuntimeError, KeyError, NotImplementedError) as exc:
+            # peft refuses a swap it cannot make in place with one of these (a layer type it cannot swap raises a
+            # RuntimeError subclass): the job fails with the reason, the slot is kept when it survived.
+            except (ValueError, RuntimeError, KeyError) as exc:
                 if HOTSWAP_SLOT in getattr(pipe.unet, "peft_config", {}):
                     self._scale_slot(0.0)
                 else:  # gone with the failed swap: serve as an uncompiled-for-LoRA runner (LoRAs recompile)
