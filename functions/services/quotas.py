@@ -108,8 +108,8 @@ class QuotaService:
 
     # ---- GPU work ----------------------------------------------------------------------------------------------
 
-    def admit_job(self, tenant: str, *, user_key: str | None = None, cue: str | None = None,
-                  gpu_seconds: float | None = None) -> Admission:
+    def admit_job(self, tenant: str, *, gpu_seconds: float, user_key: str | None = None,
+                  cue: str | None = None) -> Admission:
         """Reserve one job creation for `tenant` (one new variant of the cue keyed `cue` for `user_key`, when
         given, and the job's estimated `gpu_seconds` against the day's budget); raise a 429 when a quota is used
         up. Returns the admission, whose refund takes it all back for a creation that did not happen."""
@@ -117,26 +117,20 @@ class QuotaService:
             return Admission(lambda: None)
         quota = self.quota(tenant)
         now = utcnow()
-        reservation = None
-        refunds: list[Refund] = []
-        try:
-            if gpu_seconds is None:
-                self._check_gpu_seconds(tenant, quota, now)
-            else:
-                refund, reservation = self._reserve_gpu_seconds(tenant, quota, now, gpu_seconds)
-                refunds.append(refund)
-            refunds.append(self._reserve_job(tenant, quota, now))
-            if user_key is not None and cue is not None:
-                refunds.append(self._reserve_variant(tenant, quota, now, user_key, cue))
-        except TooManyRequests:
-            for refund in refunds:
-                refund()
-            raise
+        refund, reservation = self._reserve_gpu_seconds(tenant, quota, now, gpu_seconds)
+        refunds: list[Refund] = [refund]
 
         def refund_all() -> None:
             for refund in refunds:
                 refund()
 
+        try:
+            refunds.append(self._reserve_job(tenant, quota, now))
+            if user_key is not None and cue is not None:
+                refunds.append(self._reserve_variant(tenant, quota, now, user_key, cue))
+        except TooManyRequests:
+            refund_all()
+            raise
         return Admission(refund_all, reservation)
 
     def _reserve_job(self, tenant: str, quota: Quota, now: datetime) -> Refund:

@@ -120,9 +120,6 @@ class TaskService:
 
     def visible(self, job: JobDoc, tenant: str) -> bool:
         """GET /tasks/{id}'s rule: the job names the tenant, or the tenant's interest marker exists (cached)."""
-        return self._visible(job, tenant)
-
-    def _visible(self, job: JobDoc, tenant: str) -> bool:
         return self._standing(job, tenant)[0]
 
     def _queue_position(self, job: JobDoc, version: object) -> int:
