@@ -5,7 +5,9 @@ Shared by the HTTP router and the ingest function, which take the same bodies.""
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+import re
+import types
+from typing import TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -14,12 +16,32 @@ from functions.core import errors
 M = TypeVar("M", bound=BaseModel)
 
 
+_QUERY_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_QUERY_BOOLEANS = frozenset({"true", "false", "1", "0"})
+
+
 def parse(model: type[M], raw: dict[str, str]) -> M:
-    """Validate query parameters (strings, converted as their fields say) into `model`."""
+    """Validate query parameters (strings, converted as their fields say) into `model`. Integers are ASCII digits
+    (no `+10`, ` 10`, `1_0` or `10.0`) and booleans `true`/`false`/`1`/`0`, so one value has one spelling."""
+    for name, value in raw.items():
+        field = model.model_fields.get(name)
+        kind = _scalar(field.annotation) if field is not None else None
+        if kind is int and not _QUERY_INTEGER.fullmatch(value):
+            raise errors.InvalidInput(f"{name}: an integer, written as digits", field=name)
+        if kind is bool and value.lower() not in _QUERY_BOOLEANS:
+            raise errors.InvalidInput(f"{name}: true or false", field=name)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise _invalid(exc) from None
+
+
+def _scalar(annotation) -> type | None:
+    """`int` for `int` and `int | None` (likewise bool); None for anything else."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        kinds = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = kinds[0] if len(kinds) == 1 else None
+    return annotation if annotation in (int, bool) else None
 
 
 def parse_json(model: type[M], raw: bytes) -> M:
